@@ -1,0 +1,1 @@
+"""Command-line interface: ``otaro`` (umbrella) and ``otaro-export``."""

@@ -1,0 +1,10 @@
+"""``otaro tune``: not available yet."""
+
+from __future__ import annotations
+
+from otaro_export.errors import OtaroError
+
+
+def tune() -> None:
+    """Not implemented yet in this build of otaro-export."""
+    raise OtaroError("'otaro tune' is not implemented yet in this version of otaro-export")

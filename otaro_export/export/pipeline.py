@@ -1,0 +1,94 @@
+"""The export driver shared by both targets: load, apply checkpoint, convert, write, manifest.
+
+Target writers live beside this file (``onnx_export.py``, ``executorch_export.py``)
+and share the graph passes in ``otaro_export.passes``: one lowering, two writers.
+"""
+
+from __future__ import annotations
+
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+from otaro_export.convert import check_supported
+from otaro_export.errors import OtaroError
+from otaro_export.manifest import KERNEL_MODES, TARGETS, Manifest
+
+
+@dataclass
+class ExportOptions:
+    target: str
+    model: str = "default"
+    output: Path = Path("out")
+    checkpoint: Path | None = None
+    kernels: str = "fused"
+    quantize_lm_head: bool = False
+    max_seq_len: int = 512
+
+    def validate(self) -> None:
+        if self.target not in TARGETS:
+            raise OtaroError(f"unknown target {self.target!r}; choose one of {', '.join(TARGETS)}")
+        if self.kernels not in KERNEL_MODES:
+            raise OtaroError(f"unknown kernels mode {self.kernels!r}; choose one of {', '.join(KERNEL_MODES)}")
+        if not 2 <= self.max_seq_len <= 32768:
+            raise OtaroError(f"--max-seq-len must be in 2..32768, got {self.max_seq_len}")
+
+
+def model_info(model, source: str, max_seq_len: int) -> dict:
+    """The ``model`` section of the manifest: what a runtime needs to drive the artifact."""
+    cfg = model.config
+    eos = model.generation_config.eos_token_id if getattr(model, "generation_config", None) else None
+    if eos is None:
+        eos = cfg.eos_token_id
+    eos_ids = [eos] if isinstance(eos, int) else list(eos or [])
+    head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
+    return {
+        "source": source,
+        "model_type": cfg.model_type,
+        "vocab_size": cfg.vocab_size,
+        "num_layers": cfg.num_hidden_layers,
+        "num_kv_heads": getattr(cfg, "num_key_value_heads", cfg.num_attention_heads),
+        "head_dim": head_dim,
+        "max_seq_len": max_seq_len,
+        "eos_token_ids": eos_ids,
+    }
+
+
+def export_model(options: ExportOptions, log: Callable[[str], None] = print, loaded=None) -> Path:
+    """Run the whole export; returns the path of the written manifest.json.
+
+    ``loaded`` (a :class:`otaro_export.models.LoadedModel`) skips loading, for
+    tests and for callers that already hold the model.
+    """
+    options.validate()
+    from otaro_export.models import load_model
+
+    t0 = time.perf_counter()
+    if loaded is None:
+        loaded = load_model(options.model)
+        log(f"loaded {loaded.source} in {time.perf_counter() - t0:.1f}s")
+    check_supported(loaded.model)
+    if options.checkpoint is not None:
+        from otaro_export.train.checkpoint import load_tuned_weights
+
+        load_tuned_weights(loaded.model, options.checkpoint)
+        log(f"applied tuned weights from {options.checkpoint}")
+
+    out = Path(options.output)
+    out.mkdir(parents=True, exist_ok=True)
+    if options.target == "onnx":
+        from otaro_export.export.onnx_export import export_onnx as write
+    else:
+        from otaro_export.export.executorch_export import export_executorch as write
+    manifest: Manifest = write(loaded, options, out, log)
+
+    if loaded.tokenizer is not None:
+        tok_dir = out / manifest.tokenizer
+        if tok_dir.exists():
+            shutil.rmtree(tok_dir)
+        loaded.tokenizer.save_pretrained(str(tok_dir))
+    path = manifest.save(out)
+    log(f"export finished in {time.perf_counter() - t0:.1f}s")
+    return path

@@ -1,0 +1,1 @@
+"""Graph passes on torch.export programs (installed as ``otaro_export.passes``). One pass per file."""

@@ -1,0 +1,48 @@
+// SEFP linear kernel core: y = x @ W_k^T (+ bias), straight from packed planes.
+//
+// One core shared by the onnxruntime and ExecuTorch wrappers. The packed layout
+// (planes p0..p3 + int8 exponents) is documented in runtime_ops/README.md and
+// defined by otaro_export/packing.py; precision k reads only the planes it needs.
+#pragma once
+
+#include <cstdint>
+
+namespace otaro {
+
+// A [out_features, in_features] weight in packed SEFP planes (row-major; the
+// bytes of one group of 64 weights are contiguous in every plane).
+struct SEFPWeightView {
+  const uint8_t* p0;          // [N, G*32]  sign | q[7:5] nibbles
+  const uint8_t* p1;          // [N, G*16]  q[4:3]   (read for k >= 4)
+  const uint8_t* p2;          // [N, G*16]  q[2:1]   (read for k >= 6)
+  const uint8_t* p3;          // [N, G*8]   q[0]     (read for k == 8)
+  const int8_t* exponents;    // [N, G]     unbiased shared exponents
+  int64_t out_features;       // N
+  int64_t in_features;        // K (<= G*64, > G*64 - 64)
+  int64_t num_groups;         // G
+};
+
+enum class Status : int {
+  kOk = 0,
+  kInvalidBits = 1,    // bits outside 3..8
+  kInvalidShape = 2,   // in_features inconsistent with num_groups, or null pointers
+};
+
+const char* status_message(Status status);
+
+// Which implementation runs. kAuto picks the best the CPU supports at run time.
+enum class Isa : int { kAuto = 0, kScalar = 1, kAvx2 = 2, kAvx512 = 3, kNeon = 4 };
+
+// True if `isa` is compiled in and supported by this CPU.
+bool isa_available(Isa isa);
+// The ISA kAuto resolves to on this machine.
+Isa best_isa();
+const char* isa_name(Isa isa);
+
+// y[r, n] = sum_k x[r, k] * W_bits[n, k] + (bias ? bias[n] : 0) for r < rows.
+// x: [rows, in_features] float32 row-major; y: [rows, out_features].
+// num_threads <= 0 means "use the default" (hardware concurrency, capped).
+Status sefp_linear(const float* x, int64_t rows, const SEFPWeightView& w, const float* bias, int bits,
+                   float* y, int num_threads = 0, Isa isa = Isa::kAuto);
+
+}  // namespace otaro
