@@ -13,7 +13,7 @@ from otaro_export.sefp import BITS_PER_WEIGHT_AT_REST, GROUP_SIZE, SUPPORTED_BIT
 
 MANIFEST_NAME = "manifest.json"
 FORMAT_VERSION = 1
-TARGETS = ("onnx", "executorch")
+TARGETS = ("onnx", "executorch")  # "torch" is the in-memory reference, never written
 KERNEL_MODES = ("fused", "portable")
 
 

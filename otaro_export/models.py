@@ -70,8 +70,7 @@ def _load_gguf(gguf: Path, use_cache: bool) -> tuple[torch.nn.Module, object]:
     if use_cache:
         try:
             tmp = cached.with_name(cached.name + ".tmp")
-            model.save_pretrained(str(tmp))
-            tokenizer.save_pretrained(str(tmp))
+            _save_plain_hf_dir(model, tokenizer, tmp)
             if cached.exists():
                 import shutil
 
@@ -80,6 +79,26 @@ def _load_gguf(gguf: Path, use_cache: bool) -> tuple[torch.nn.Module, object]:
         except OSError:
             pass  # a read-only home only costs the conversion next time
     return model, tokenizer
+
+
+def _save_plain_hf_dir(model: torch.nn.Module, tokenizer, directory: Path) -> None:
+    """Write a GGUF-loaded model as a plain float HF directory.
+
+    transformers refuses ``save_pretrained`` on GGUF-loaded models, so write
+    config + safetensors ourselves (tied lm_head stored once, as HF does).
+    """
+    from safetensors.torch import save_file
+
+    directory.mkdir(parents=True, exist_ok=True)
+    config = model.config.to_dict()
+    config.pop("quantization_config", None)
+    type(model.config).from_dict(config).save_pretrained(str(directory))
+    model.generation_config.save_pretrained(str(directory))
+    state = {k: v.detach().contiguous() for k, v in model.state_dict().items()}
+    if getattr(model.config, "tie_word_embeddings", False):
+        state.pop("lm_head.weight", None)
+    save_file(state, str(directory / "model.safetensors"), metadata={"format": "pt"})
+    tokenizer.save_pretrained(str(directory))
 
 
 def _load_hf_dir(path: Path) -> tuple[torch.nn.Module, object]:

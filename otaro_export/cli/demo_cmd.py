@@ -1,10 +1,30 @@
-"""``otaro demo``: not available yet."""
+"""``otaro demo``: one artifact loaded once, a scripted session of tasks, a precision per task."""
 
 from __future__ import annotations
 
-from otaro_export.errors import OtaroError
+import json
+from pathlib import Path
+
+import typer
 
 
-def demo() -> None:
-    """Not implemented yet in this build of otaro-export."""
-    raise OtaroError("'otaro demo' is not implemented yet in this version of otaro-export")
+def demo(
+    artifact: Path = typer.Argument(..., help="an exported .onnx/.pte (or its directory)"),
+    policy: Path = typer.Option(
+        None, "--policy", help="precision policy TOML (default: built-in, same as examples/policy.toml)"
+    ),
+    tasks: Path = typer.Option(
+        None, "--tasks", help="task script TOML (default: built-in, same as examples/tasks.toml)"
+    ),
+    json_out: Path = typer.Option(None, "--json", help="also write the session report as JSON here"),
+) -> None:
+    """Load ONE artifact once and run mixed tasks, each at its policy's precision (no reload)."""
+    from otaro_export.demo import load_policy, load_tasks, run_demo
+
+    # Parse both files before loading the artifact: a bad policy fails in milliseconds.
+    task_list = load_tasks(tasks)
+    precision_policy = load_policy(policy)
+    precision_policy.plan(task_list)
+    report = run_demo(artifact, precision_policy, task_list, echo=typer.echo)
+    if json_out is not None:
+        json_out.write_text(json.dumps(report.to_dict(), indent=2) + "\n")

@@ -26,6 +26,7 @@ enum class Status : int {
   kOk = 0,
   kInvalidBits = 1,    // bits outside 3..8
   kInvalidShape = 2,   // in_features inconsistent with num_groups, or null pointers
+  kUnavailableIsa = 3, // an explicit Isa that is not compiled in / not supported by this CPU
 };
 
 const char* status_message(Status status);
@@ -39,9 +40,21 @@ bool isa_available(Isa isa);
 Isa best_isa();
 const char* isa_name(Isa isa);
 
+// Threads used when sefp_linear gets num_threads <= 0: $OTARO_NUM_THREADS if
+// set (> 0), else min(hardware threads, 4).
+int default_num_threads();
+
+// The checks sefp_linear makes before computing anything (kOk if it would run).
+Status validate(const float* x, int64_t rows, const SEFPWeightView& w, int bits, const float* y);
+
 // y[r, n] = sum_k x[r, k] * W_bits[n, k] + (bias ? bias[n] : 0) for r < rows.
 // x: [rows, in_features] float32 row-major; y: [rows, out_features].
-// num_threads <= 0 means "use the default" (hardware concurrency, capped).
+// num_threads <= 0 means default_num_threads(). Output rows are split across
+// a persistent pool; a call made while the pool is busy (another thread's
+// call, or a nested one) runs on its caller alone instead of oversubscribing.
+// Accumulates in float32; the dequantized weights are exact, so results differ
+// from "dequantize then matmul" only by summation order.
+// Never throws; any Status other than kOk means y was not written.
 Status sefp_linear(const float* x, int64_t rows, const SEFPWeightView& w, const float* bias, int bits,
                    float* y, int num_threads = 0, Isa isa = Isa::kAuto);
 

@@ -1,0 +1,322 @@
+"""Tuning and evaluation data: the user's text/JSONL/HF-datasets directory, or data-free self-distillation.
+
+Every source becomes a list of :class:`Sample`: token ids plus the index of
+the first token whose prediction is scored (``target_start``). For chat data
+only the answer is scored, the prompt is context; for plain text every next
+token is scored.
+
+Data-free default: the FP model answers a fixed list of instructions with
+temperature sampling (seeded), and those answers are the training text; the
+loss is the KL divergence to the FP model's own next-token distribution, so
+nothing but the model is needed. Evaluation uses a disjoint prompt list.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from otaro_export.errors import OtaroError
+
+
+class DataError(OtaroError, ValueError):
+    """A training/evaluation data source is missing, empty or malformed."""
+
+
+@dataclass(frozen=True)
+class Sample:
+    ids: tuple[int, ...]
+    target_start: int  # first position whose token is a scored target (>= 1)
+
+    def to_json(self) -> dict:
+        return {"ids": list(self.ids), "target_start": self.target_start}
+
+    @staticmethod
+    def from_json(obj: dict) -> Sample:
+        return Sample(tuple(int(i) for i in obj["ids"]), int(obj["target_start"]))
+
+
+TRAIN_PROMPTS = (
+    "Explain why the sky is blue in two sentences.",
+    "Write a short poem about the sea.",
+    "What is the capital of France, and what is it famous for?",
+    "Give me three tips for staying focused while studying.",
+    "Summarize the plot of Romeo and Juliet.",
+    "How do I boil an egg?",
+    "What is photosynthesis?",
+    "Write a friendly email inviting a colleague to lunch.",
+    "List five fruits that are rich in vitamin C.",
+    "Explain what a computer program is to a child.",
+    "What are the benefits of regular exercise?",
+    "Translate 'good morning, how are you?' into Spanish.",
+    "Describe a rainy day in a small town.",
+    "What is the difference between weather and climate?",
+    "Write a Python function that adds two numbers.",
+    "Why do we have seasons on Earth?",
+    "Give a short definition of democracy.",
+    "What should I pack for a weekend camping trip?",
+    "Tell me a fun fact about octopuses.",
+    "How does a bicycle stay upright?",
+    "Write a haiku about autumn leaves.",
+    "What is the Pythagorean theorem?",
+    "Suggest a name for a new coffee shop and explain why.",
+    "How can I save money on groceries?",
+    "Explain what gravity is.",
+    "Write a two-sentence horror story.",
+    "What are the main parts of a plant cell?",
+    "Give me a simple recipe for pancakes.",
+    "Why is sleep important for health?",
+    "Describe the water cycle.",
+    "What is machine learning, in simple terms?",
+    "Write a short thank-you note to a teacher.",
+    "How many continents are there, and which is the largest?",
+    "What are some ways to reduce stress?",
+    "Explain how a rainbow forms.",
+    "Write the opening line of a mystery novel.",
+    "What does a librarian do?",
+    "Compare cats and dogs as pets.",
+    "What is the boiling point of water at sea level?",
+    "Give three reasons to learn a second language.",
+)
+
+EVAL_PROMPTS = (
+    "Explain how vaccines work.",
+    "Write a short story about a robot who learns to paint.",
+    "What are the causes of the French Revolution?",
+    "Give me advice for a job interview.",
+    "How does the internet work?",
+    "Describe the taste of a lemon to someone who has never had one.",
+    "What is the difference between a virus and a bacterium?",
+    "Write a limerick about a cat.",
+    "Why do leaves change color in the fall?",
+    "Explain the rules of chess briefly.",
+    "What is inflation in economics?",
+    "Plan a one-day trip to the mountains.",
+)
+
+
+def _chat_ids(tokenizer, prompt: str, answer: str | None) -> tuple[list[int], int]:
+    """Token ids of a chat turn (prompt, optional answer) and where the answer starts."""
+    messages = [{"role": "user", "content": prompt}]
+    prompt_ids = _as_ids(tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True))
+    if answer is None:
+        return prompt_ids, len(prompt_ids)
+    answer_ids = tokenizer(answer, add_special_tokens=False)["input_ids"]
+    eos = tokenizer.eos_token_id
+    tail = [eos] if eos is not None else []
+    return prompt_ids + list(answer_ids) + tail, len(prompt_ids)
+
+
+def _as_ids(encoded) -> list[int]:
+    if isinstance(encoded, dict) or hasattr(encoded, "keys"):
+        encoded = encoded["input_ids"]
+    if isinstance(encoded, torch.Tensor):
+        encoded = encoded.reshape(-1).tolist()
+    return [int(i) for i in encoded]
+
+
+def _record_to_sample(record: dict, tokenizer, seq_len: int, where: str) -> list[Sample]:
+    if "messages" in record:
+        messages = record["messages"]
+        if not isinstance(messages, list) or not messages:
+            raise DataError(f"{where}: 'messages' must be a non-empty list of {{role, content}}")
+        ids = _as_ids(tokenizer.apply_chat_template(messages, tokenize=True))
+        ids = ids[:seq_len]
+        return [Sample(tuple(ids), 1)] if len(ids) >= 2 else []
+    for prompt_key, answer_key in (("prompt", "response"), ("prompt", "completion"), ("instruction", "output")):
+        if prompt_key in record and answer_key in record:
+            ids, start = _chat_ids(tokenizer, str(record[prompt_key]), str(record[answer_key]))
+            ids = ids[:seq_len]
+            return [Sample(tuple(ids), max(start, 1))] if len(ids) > start else []
+    if "text" in record:
+        return _text_to_samples(str(record["text"]), tokenizer, seq_len)
+    raise DataError(
+        f"{where}: a record needs a 'text' field, 'messages', or 'prompt' + 'response'/'completion'; "
+        f"got keys {sorted(record)}"
+    )
+
+
+def _text_to_samples(text: str, tokenizer, seq_len: int) -> list[Sample]:
+    ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+    return [Sample(tuple(ids[i : i + seq_len]), 1) for i in range(0, len(ids), seq_len) if len(ids[i : i + seq_len]) >= 2]
+
+
+def _read_jsonl(path: Path) -> list[dict]:
+    records = []
+    with path.open(encoding="utf-8") as f:
+        for lineno, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                obj = json.loads(line)
+            except json.JSONDecodeError as exc:
+                raise DataError(f"{path}:{lineno}: not valid JSON ({exc.msg})") from exc
+            if not isinstance(obj, dict):
+                raise DataError(f"{path}:{lineno}: each line must be a JSON object")
+            records.append(obj)
+    return records
+
+
+def _read_hf_dataset_dir(path: Path) -> list[dict]:
+    if (path / "dataset_info.json").is_file() or (path / "dataset_dict.json").is_file():
+        try:
+            import datasets
+        except ImportError as exc:
+            raise DataError(
+                f"{path} is a HF datasets directory (save_to_disk); reading it needs the 'datasets' package "
+                "(pip install datasets), or export it to JSONL first"
+            ) from exc
+        ds = datasets.load_from_disk(str(path))
+        if isinstance(ds, datasets.DatasetDict):
+            ds = ds["train"] if "train" in ds else next(iter(ds.values()))
+        return [dict(r) for r in ds]
+    files = sorted(p for p in path.rglob("*") if p.suffix in (".jsonl", ".json", ".txt"))
+    if not files:
+        raise DataError(f"{path}: no dataset_info.json and no .jsonl/.json/.txt files inside")
+    records: list[dict] = []
+    for f in files:
+        if f.suffix == ".txt":
+            records.append({"text": f.read_text(encoding="utf-8")})
+        else:
+            records.extend(_read_jsonl(f))
+    return records
+
+
+def load_samples(path: str | Path, tokenizer, seq_len: int = 256, max_samples: int | None = None) -> list[Sample]:
+    """Samples from a ``.txt`` file, a ``.jsonl`` file, or a local HF datasets directory."""
+    if tokenizer is None:
+        raise DataError("the model has no tokenizer; text data cannot be tokenized")
+    path = Path(path).expanduser()
+    if not path.exists():
+        raise DataError(f"data path {path} does not exist")
+    if path.is_dir():
+        records = _read_hf_dataset_dir(path)
+    elif path.suffix in (".jsonl", ".json"):
+        records = _read_jsonl(path)
+    elif path.suffix in (".txt", ".md", ""):
+        records = [{"text": path.read_text(encoding="utf-8")}]
+    else:
+        raise DataError(f"{path}: unsupported data file type {path.suffix!r} (use .txt, .jsonl or a directory)")
+    samples: list[Sample] = []
+    for i, record in enumerate(records):
+        samples.extend(_record_to_sample(record, tokenizer, seq_len, f"{path} record {i}"))
+        if max_samples is not None and len(samples) >= max_samples:
+            samples = samples[:max_samples]
+            break
+    if not samples:
+        raise DataError(f"{path}: no usable samples (every record was empty or shorter than 2 tokens)")
+    return samples
+
+
+@torch.no_grad()
+def self_distillation_samples(
+    model: torch.nn.Module,
+    tokenizer,
+    num_samples: int,
+    max_new_tokens: int = 96,
+    seed: int = 0,
+    prompts: tuple[str, ...] = TRAIN_PROMPTS,
+    temperature: float = 0.7,
+    batch_size: int = 8,
+    progress: bool = False,
+) -> list[Sample]:
+    """The FP model's own sampled answers to ``prompts`` (cycled), as chat samples.
+
+    Deterministic for a given seed and model. The answer (not the prompt) is scored.
+    """
+    if tokenizer is None:
+        raise DataError("self-distillation needs the model's tokenizer (to apply its chat template)")
+    if num_samples < 1:
+        raise DataError(f"num_samples must be >= 1, got {num_samples}")
+    device = next(model.parameters()).device
+    generator = torch.Generator(device="cpu").manual_seed(seed)
+    eos = tokenizer.eos_token_id
+    prompt_ids = [_chat_ids(tokenizer, prompts[i % len(prompts)], None)[0] for i in range(num_samples)]
+    samples: list[Sample] = []
+    iterator = range(0, num_samples, batch_size)
+    if progress:
+        from tqdm import tqdm
+
+        iterator = tqdm(iterator, desc="self-distillation data", unit="batch")
+    was_training = model.training
+    model.eval()
+    for start in iterator:
+        chunk = prompt_ids[start : start + batch_size]
+        samples.extend(
+            _sample_answers(model, chunk, max_new_tokens, temperature, eos, generator, device)
+        )
+    model.train(was_training)
+    return samples
+
+
+def _sample_answers(model, prompts, max_new_tokens, temperature, eos, generator, device) -> list[Sample]:
+    """Temperature sampling with a KV cache, left-padded batch, own generator (reproducible)."""
+    lengths = [len(p) for p in prompts]
+    width = max(lengths)
+    pad = 0
+    ids = torch.tensor([[pad] * (width - len(p)) + p for p in prompts], dtype=torch.long, device=device)
+    attention = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts], dtype=torch.long, device=device)
+    position_ids = (attention.cumsum(-1) - 1).clamp(min=0)
+    answers: list[list[int]] = [[] for _ in prompts]
+    done = [False] * len(prompts)
+    past = None
+    step_ids, step_pos = ids, position_ids
+    for _ in range(max_new_tokens):
+        out = model(input_ids=step_ids, attention_mask=attention, position_ids=step_pos, past_key_values=past, use_cache=True)
+        past = out.past_key_values
+        probs = torch.softmax(out.logits[:, -1, :].float().cpu() / temperature, dim=-1)
+        nxt = torch.multinomial(probs, 1, generator=generator).squeeze(1)
+        for i, token in enumerate(nxt.tolist()):
+            if not done[i]:
+                answers[i].append(token)
+                done[i] = token == eos
+        if all(done):
+            break
+        step_ids = nxt.view(-1, 1).to(device)
+        step_pos = step_pos[:, -1:] + 1
+        attention = torch.cat([attention, torch.ones_like(attention[:, :1])], dim=1)
+    return [Sample(tuple(p + a), len(p)) for p, a in zip(prompts, answers) if a]
+
+
+def save_samples(samples: list[Sample], path: Path) -> None:
+    path.write_text(json.dumps([s.to_json() for s in samples]), encoding="utf-8")
+
+
+def load_saved_samples(path: Path) -> list[Sample]:
+    try:
+        return [Sample.from_json(obj) for obj in json.loads(path.read_text(encoding="utf-8"))]
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise DataError(f"{path}: saved samples are unreadable ({exc})") from exc
+
+
+@dataclass
+class Batch:
+    input_ids: torch.Tensor  # [B, T] int64, right-padded
+    attention_mask: torch.Tensor  # [B, T]
+    loss_mask: torch.Tensor  # [B, T] bool: logits at t (predicting token t+1) are scored
+    indices: tuple[int, ...]  # sample indices
+
+
+def collate(samples: list[Sample], indices, device: torch.device | str = "cpu") -> Batch:
+    chosen = [samples[i] for i in indices]
+    width = max(len(s.ids) for s in chosen)
+    ids = torch.zeros(len(chosen), width, dtype=torch.long)
+    attention = torch.zeros(len(chosen), width, dtype=torch.long)
+    loss_mask = torch.zeros(len(chosen), width, dtype=torch.bool)
+    for row, s in enumerate(chosen):
+        n = len(s.ids)
+        ids[row, :n] = torch.tensor(s.ids)
+        attention[row, :n] = 1
+        loss_mask[row, s.target_start - 1 : n - 1] = True
+    return Batch(ids.to(device), attention.to(device), loss_mask.to(device), tuple(indices))
+
+
+def batch_indices(num_samples: int, batch_size: int, step: int, seed: int) -> list[int]:
+    """Sample indices of batch ``step``: a fresh seeded permutation per epoch (a pure function of step)."""
+    per_epoch = max(1, num_samples // batch_size)
+    epoch, slot = divmod(step, per_epoch)
+    order = torch.randperm(num_samples, generator=torch.Generator().manual_seed(seed * 1_000_003 + epoch))
+    return order[slot * batch_size : slot * batch_size + batch_size].tolist()

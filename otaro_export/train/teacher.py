@@ -1,0 +1,62 @@
+"""The full-precision teacher: next-token log-probabilities of the untuned FP model.
+
+Tuning minimises the KL divergence between the fake-quantized student and
+the original FP model. The teacher never changes, so when the training set's
+scored positions fit in ``cache_bytes`` their log-probs are computed once
+(float16; the exp/KL is done in float32) and the teacher model is dropped;
+otherwise they are recomputed each step from a frozen teacher copy.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch.nn import functional as F
+
+from otaro_export.train.data import Batch, Sample, collate
+
+DEFAULT_CACHE_BYTES = 3 * 2**30
+
+
+class FPTeacher:
+    def __init__(
+        self,
+        teacher: torch.nn.Module,
+        samples: list[Sample],
+        vocab_size: int,
+        cache_bytes: int = DEFAULT_CACHE_BYTES,
+        progress: bool = False,
+    ):
+        self.samples = samples
+        scored = sum(len(s.ids) - s.target_start for s in samples)
+        self.cached = scored * vocab_size * 2 <= cache_bytes
+        self._teacher = teacher.eval()
+        for p in self._teacher.parameters():
+            p.requires_grad_(False)
+        self._cache: list[torch.Tensor] = []
+        if self.cached:
+            self._fill(progress)
+            self._teacher = None  # free it: the cache holds all it would compute
+
+    @torch.no_grad()
+    def _fill(self, progress: bool) -> None:
+        device = next(self._teacher.parameters()).device
+        iterator = range(len(self.samples))
+        if progress:
+            from tqdm import tqdm
+
+            iterator = tqdm(iterator, desc="FP teacher", unit="sample")
+        for i in iterator:
+            batch = collate(self.samples, [i], device)
+            self._cache.append(self._compute(batch).to(torch.float16).cpu())
+
+    def _compute(self, batch: Batch) -> torch.Tensor:
+        logits = self._teacher(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits
+        return F.log_softmax(logits[batch.loss_mask].float(), dim=-1)
+
+    @torch.no_grad()
+    def logprobs(self, batch: Batch) -> torch.Tensor:
+        """Teacher log-probs ``[M, V]`` at the batch's scored positions (row-major, like ``logits[mask]``)."""
+        if self.cached:
+            device = batch.input_ids.device
+            return torch.cat([self._cache[i] for i in batch.indices]).to(device=device, dtype=torch.float32)
+        return self._compute(batch)

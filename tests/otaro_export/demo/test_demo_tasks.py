@@ -1,0 +1,34 @@
+import pytest
+
+from otaro_export.demo.tasks import DEFAULT_MAX_NEW_TOKENS, load_tasks, parse_tasks
+from otaro_export.demo.toml_io import DemoConfigError, parse_toml
+
+
+def test_parses_both_kinds(tmp_path):
+    path = tmp_path / "tasks.toml"
+    path.write_text(
+        '[[task]]\nname = "s"\nkind = "choose"\nprompt = "p?"\noptions = ["yes", "no"]\n'
+        '[[task]]\nname = "g"\nkind = "generate"\nprompt = "write"\n'
+    )
+    s, g = load_tasks(path)
+    assert (s.kind, s.options) == ("choose", ("yes", "no"))
+    assert (g.kind, g.max_new_tokens) == ("generate", DEFAULT_MAX_NEW_TOKENS)
+
+
+@pytest.mark.parametrize(
+    "toml, message",
+    [
+        ("", r"at least one \[\[task\]\]"),
+        ('[[task]]\nname = "a"\nkind = "classify"\nprompt = "p"', "kind must be one of"),
+        ('[[task]]\nname = "a"\nkind = "choose"\nprompt = "p"\noptions = ["x"]', "at least 2"),
+        ('[[task]]\nname = "a"\nkind = "choose"\nprompt = "p"\noptions = ["x", "x"]', "duplicates"),
+        ('[[task]]\nname = "a"\nkind = "generate"\nprompt = ""', "'prompt' must be a non-empty string"),
+        ('[[task]]\nname = "a"\nkind = "generate"\nprompt = "p"\nmax_new_tokens = 0', "max_new_tokens"),
+        ('[[task]]\nname = "a"\nkind = "generate"\nprompt = "p"\noptions = ["x", "y"]', r"unknown key\(s\) \['options'\]"),
+        ('[[task]]\nname = "a b"\nkind = "generate"\nprompt = "p"', "letters, digits"),
+        ('[[task]]\nname = "a"\nkind = "generate"\nprompt = "p"\n[[task]]\nname = "a"\nkind = "generate"\nprompt = "q"', "used twice"),
+    ],
+)
+def test_invalid_task_scripts(toml, message):
+    with pytest.raises(DemoConfigError, match=message):
+        parse_tasks(parse_toml(toml, "t.toml"), "t.toml")
