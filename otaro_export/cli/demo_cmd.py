@@ -17,6 +17,12 @@ def demo(
         None, "--tasks", help="task script TOML (default: built-in, same as examples/tasks.toml)"
     ),
     json_out: Path = typer.Option(None, "--json", help="also write the session report as JSON here"),
+    mobile_bundle: Path = typer.Option(
+        None,
+        "--write-mobile-bundle",
+        help="instead of running, write the model + tokenized tasks + policy for the Android/iOS "
+        "example apps into this directory (ONNX artifacts only)",
+    ),
 ) -> None:
     """Load ONE artifact once and run mixed tasks, each at its policy's precision (no reload)."""
     from otaro_export.demo import load_policy, load_tasks, run_demo
@@ -25,6 +31,13 @@ def demo(
     task_list = load_tasks(tasks)
     precision_policy = load_policy(policy)
     precision_policy.plan(task_list)
+    if mobile_bundle is not None:
+        from otaro_export import runtime
+        from otaro_export.demo.mobile_bundle import write_mobile_bundle
+
+        path = write_mobile_bundle(runtime.load(artifact), precision_policy, task_list, mobile_bundle)
+        typer.echo(f"wrote {path} (+ the model) for examples/android and examples/ios")
+        return
     report = run_demo(artifact, precision_policy, task_list, echo=typer.echo)
     if json_out is not None:
         json_out.write_text(json.dumps(report.to_dict(), indent=2) + "\n")

@@ -26,6 +26,9 @@ def export(
     kernels: Kernels = typer.Option(Kernels.fused, "--kernels", help="fused: project kernel library; portable: standard ops only"),
     quantize_lm_head: bool = typer.Option(False, "--quantize-lm-head", help="also store lm_head in SEFP"),
     max_seq_len: int = typer.Option(512, "--max-seq-len", help="KV-cache capacity (prompt + generated tokens)"),
+    external_weights: bool = typer.Option(
+        False, "--external-weights", help="executorch: write the weights to model.ptd beside model.pte"
+    ),
 ) -> None:
     """Export a (tuned) HF causal LM to ONE artifact that runs at every precision E5M3..E5M8."""
     from otaro_export.export.pipeline import ExportOptions, export_model
@@ -38,6 +41,7 @@ def export(
         kernels=kernels.value,
         quantize_lm_head=quantize_lm_head,
         max_seq_len=max_seq_len,
+        external_weights=external_weights,
     )
     manifest_path = export_model(options, log=typer.echo)
     typer.echo(f"wrote {manifest_path.parent}")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import sys
 
 import typer
@@ -32,7 +33,15 @@ def _register() -> None:
 _register()
 
 
+def _quiet_third_party_logs() -> None:
+    # torchao (pulled in by executorch) warns about CUDA-only extensions on every
+    # CPU import, and torch warns about torchao's pytree registrations: noise for users.
+    for name in ("torchao", "torch.utils._pytree"):
+        logging.getLogger(name).setLevel(logging.ERROR)
+
+
 def _run(typer_app: typer.Typer) -> None:
+    _quiet_third_party_logs()
     try:
         typer_app()
     except OtaroError as exc:

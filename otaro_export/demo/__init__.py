@@ -3,7 +3,9 @@
 * :mod:`.tasks`: the task script (``choose`` and ``generate`` tasks);
 * :mod:`.policy`: the precision policy (task name / kind -> E5M3..E5M8);
 * :mod:`.harness`: loads the artifact once and runs the script, reporting
-  precision, latency, tokens/s and resident memory per task.
+  precision, latency, tokens/s and resident memory per task;
+* :mod:`.mobile_bundle` (+ :mod:`.token_bytes`): the model + tokenized tasks
+  for the Android/iOS example apps (``otaro demo --write-mobile-bundle``).
 
 The built-in policy and task script are ``default_policy.toml`` and
 ``default_tasks.toml`` beside this file (copies: examples/policy.toml, examples/tasks.toml).

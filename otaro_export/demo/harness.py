@@ -151,7 +151,9 @@ def _default_loader(path):
 
 
 def _one_line(text: str, width: int = 100) -> str:
+    """One printable line: newlines shown as a return symbol, control characters escaped."""
     flat = text.replace("\r", " ").replace("\n", " \u23ce ").strip()
+    flat = "".join(c if c.isprintable() else c.encode("unicode_escape").decode("ascii") for c in flat)
     return flat if len(flat) <= width else flat[: width - 3] + "..."
 
 
@@ -161,6 +163,43 @@ def _task_line(i: int, n: int, r: TaskResult) -> str:
         f"{r.latency_s * 1e3:9.1f} ms  {r.tokens_per_s:8.1f} tok/s  "
         f"RSS {format_mib(r.rss_bytes):>7} MiB  session 0x{r.session_id:x}"
     )
+
+
+def _header_lines(report: DemoReport, session, policy: Policy, plan) -> list[str]:
+    served = ", ".join(precision_name(b) for b in session.precisions)
+    return [
+        f"artifact  {report.artifact} ({report.target}, {session.manifest.kernels} kernels, serves {served})",
+        f"load      {report.loads} load in {report.load_s:.2f} s -> {report.session_type} session "
+        f"0x{report.session_id:x}; RSS {format_mib(report.rss_before_load)} -> {format_mib(report.rss_after_load)} MiB",
+        f"policy    {policy.source}: " + ", ".join(f"{t.name}={precision_name(b)}" for t, b in plan),
+        "",
+    ]
+
+
+def _result_lines(i: int, n: int, r: TaskResult) -> list[str]:
+    if r.scores:
+        ranked = ", ".join(f"{o} {s:.2f}" for o, s in sorted(r.scores.items(), key=lambda kv: -kv[1]))
+        answer = f"{r.answer}   (mean log-prob: {ranked})"
+    else:
+        answer = _one_line(r.answer) or "(empty: the model stopped at once)"
+    return [_task_line(i, n, r), f"        -> {answer}"]
+
+
+def _summary_lines(report: DemoReport) -> list[str]:
+    last_rss = report.results[-1].rss_bytes if report.results else None
+    growth = (
+        "n/a"
+        if last_rss is None or report.rss_after_load is None
+        else f"{(last_rss - report.rss_after_load) / 2**20:+.1f} MiB"
+    )
+    return [
+        "",
+        f"summary   {len(report.results)} tasks at {', '.join(precision_name(b) for b in report.precisions_used)}; "
+        f"{report.loads} load; same session object for every task: {'yes' if report.single_session else 'NO'} "
+        f"(0x{report.session_id:x}); RSS change since load {growth}",
+        "tok/s     choose = prompt+option tokens scored per second; "
+        "generate = new tokens per second (prefill included)",
+    ]
 
 
 def run_demo(
@@ -175,14 +214,12 @@ def run_demo(
     load = loader or _default_loader
     rss_before = resident_memory_bytes()
     t0 = time.perf_counter()
-    session = load(artifact)
-    load_s = time.perf_counter() - t0
-    loads = 1
+    session = load(artifact)  # the one and only load: every task below reuses `session`
     report = DemoReport(
         artifact=str(artifact),
         target=session.manifest.target,
-        loads=loads,
-        load_s=load_s,
+        loads=1,
+        load_s=time.perf_counter() - t0,
         session_id=id(session),
         session_type=type(session).__name__,
         rss_before_load=rss_before,
@@ -193,36 +230,13 @@ def run_demo(
     check_precisions(session, plan)
     check_fits(session, tasks)
 
-    echo(
-        f"artifact  {artifact} ({report.target}, {session.manifest.kernels} kernels, "
-        f"serves {', '.join(precision_name(b) for b in session.precisions)})"
-    )
-    echo(
-        f"load      {loads} load in {load_s:.2f} s -> {report.session_type} session 0x{report.session_id:x}; "
-        f"RSS {format_mib(report.rss_before_load)} -> {format_mib(report.rss_after_load)} MiB"
-    )
-    echo(f"policy    {policy.source}: " + ", ".join(f"{t.name}={precision_name(b)}" for t, b in plan))
-    echo("")
+    for line in _header_lines(report, session, policy, plan):
+        echo(line)
     for i, (task, bits) in enumerate(plan, 1):
         result = run_task(session, task, bits)
         report.results.append(result)
-        echo(_task_line(i, len(plan), result))
-        if result.scores:
-            ranked = ", ".join(f"{o} {s:.2f}" for o, s in sorted(result.scores.items(), key=lambda kv: -kv[1]))
-            echo(f"        -> {result.answer}   (mean log-prob: {ranked})")
-        else:
-            echo(f"        -> {_one_line(result.answer) or '(empty: the model stopped at once)'}")
-    echo("")
-    last_rss = report.results[-1].rss_bytes if report.results else None
-    growth = (
-        "n/a"
-        if last_rss is None or report.rss_after_load is None
-        else f"{(last_rss - report.rss_after_load) / 2**20:+.1f} MiB"
-    )
-    echo(
-        f"summary   {len(report.results)} tasks at {', '.join(precision_name(b) for b in report.precisions_used)}; "
-        f"{report.loads} load; same session object for every task: {'yes' if report.single_session else 'NO'} "
-        f"(0x{report.session_id:x}); RSS change since load {growth}"
-    )
-    echo("tok/s     choose = prompt+option tokens scored per second; generate = new tokens per second (prefill included)")
+        for line in _result_lines(i, len(plan), result):
+            echo(line)
+    for line in _summary_lines(report):
+        echo(line)
     return report

@@ -26,6 +26,8 @@ class ExportOptions:
     kernels: str = "fused"
     quantize_lm_head: bool = False
     max_seq_len: int = 512
+    #: ExecuTorch only: keep the weights in model.ptd beside model.pte (program-data separation)
+    external_weights: bool = False
 
     def validate(self) -> None:
         if self.target not in TARGETS:

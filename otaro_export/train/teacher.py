@@ -12,7 +12,7 @@ from __future__ import annotations
 import torch
 from torch.nn import functional as F
 
-from otaro_export.train.data import Batch, Sample, collate
+from otaro_export.train.tune_data import Batch, Sample, collate
 
 DEFAULT_CACHE_BYTES = 3 * 2**30
 

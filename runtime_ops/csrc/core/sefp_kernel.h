@@ -58,4 +58,10 @@ Status validate(const float* x, int64_t rows, const SEFPWeightView& w, int bits,
 Status sefp_linear(const float* x, int64_t rows, const SEFPWeightView& w, const float* bias, int bits,
                    float* y, int num_threads = 0, Isa isa = Isa::kAuto);
 
+// Single-threaded slice for callers that bring their own threads (e.g. an
+// inference engine's intra-op pool): computes y[r * ldy + n] for r < rows and
+// n in [n_begin, n_end) only; other columns of y are left untouched.
+Status sefp_linear_range(const float* x, int64_t rows, const SEFPWeightView& w, const float* bias, int bits,
+                         float* y, int64_t ldy, int64_t n_begin, int64_t n_end, Isa isa = Isa::kAuto);
+
 }  // namespace otaro

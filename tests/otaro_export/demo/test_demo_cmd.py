@@ -40,15 +40,15 @@ def test_runs_builtin_script_with_one_load(counted_fake_load, tmp_path):
     assert set(session.bits_seen) == {3, 4, 8}
 
 
-@pytest.mark.parametrize(
-    "policy, message",
-    [
-        ('default = "E5M9"', "unknown precision 'E5M9'"),
-        ("[kinds]\nchoose = 2", "unknown precision 2"),
-        ('default = 8\n[tasks]\nsumarize = "E5M3"', r"unknown task name\(s\) \['sumarize'\]"),
-        ("default = [", "is not valid TOML"),
-    ],
-)
+INVALID_POLICIES = [
+    ('default = "E5M9"', "unknown precision 'E5M9'"),
+    ("[kinds]\nchoose = 2", "unknown precision 2"),
+    ('default = 8\n[tasks]\nsumarize = "E5M3"', r"unknown task name\(s\) \['sumarize'\]"),
+    ("default = [", "is not valid TOML"),
+]
+
+
+@pytest.mark.parametrize("policy, message", INVALID_POLICIES)
 def test_invalid_policy_is_a_config_error_raised_before_loading(counted_fake_load, tmp_path, policy, message):
     loads, _ = counted_fake_load
     path = tmp_path / "policy.toml"
@@ -59,12 +59,13 @@ def test_invalid_policy_is_a_config_error_raised_before_loading(counted_fake_loa
     assert loads == []
 
 
-def test_entry_point_prints_one_clean_line_and_exits_2(counted_fake_load, tmp_path, monkeypatch, capsys):
+@pytest.mark.parametrize("policy, message", INVALID_POLICIES)
+def test_entry_point_prints_one_clean_line_and_exits_2(counted_fake_load, tmp_path, monkeypatch, capsys, policy, message):
     path = tmp_path / "policy.toml"
-    path.write_text('default = "E5M9"')
+    path.write_text(policy)
     monkeypatch.setattr(sys, "argv", ["otaro", "demo", "model.onnx", "--policy", str(path)])
     with pytest.raises(SystemExit) as exit_info:
         main()
     assert exit_info.value.code == 2
     err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and err[0].startswith("error: ") and "E5M9" in err[0] and "Traceback" not in err[0]
+    assert len(err) == 1 and err[0].startswith("error: ") and re.search(message, err[0])

@@ -78,3 +78,11 @@ def test_default_policy_mixes_precisions_over_the_default_tasks():
 def test_missing_policy_file(tmp_path):
     with pytest.raises(DemoConfigError, match="does not exist"):
         load_policy(tmp_path / "nope.toml")
+
+
+def test_python_310_without_tomli_gets_a_clear_error(monkeypatch):
+    from otaro_export.demo import toml_io
+
+    monkeypatch.setattr(toml_io, "_toml", None)  # what 3.10 without the tomli backport looks like
+    with pytest.raises(DemoConfigError, match="pip install tomli"):
+        load_policy()

@@ -145,6 +145,17 @@ def _text_to_samples(text: str, tokenizer, seq_len: int) -> list[Sample]:
 
 
 def _read_jsonl(path: Path) -> list[dict]:
+    """JSON Lines; a ``.json`` file holding one JSON array of objects is read too."""
+    if path.suffix == ".json":
+        text = path.read_text(encoding="utf-8")
+        if text.lstrip().startswith("["):
+            try:
+                records = json.loads(text)
+            except json.JSONDecodeError as exc:
+                raise DataError(f"{path}: not valid JSON ({exc.msg} at line {exc.lineno})") from exc
+            if not all(isinstance(r, dict) for r in records):
+                raise DataError(f"{path}: the JSON array must hold objects")
+            return records
     records = []
     with path.open(encoding="utf-8") as f:
         for lineno, line in enumerate(f, 1):

@@ -1,0 +1,226 @@
+"""OTARo tuning experiment: PTQ vs E5M8-only QAT vs uniform sampling vs BPS vs BPS+LAA (SGD, AdamW).
+
+Every configuration starts from the same untuned model, sees the same
+self-distillation data (the FP model's own sampled chat answers to
+``TRAIN_PROMPTS``), runs the same number of steps, and is evaluated on the
+FP model's sampled answers to the disjoint ``EVAL_PROMPTS`` at E5M3..E5M8 + FP
+(KL to the FP teacher, top-1 agreement, perplexity).
+
+    python benchmarks/tune_experiment.py --out results/tune --steps 60
+
+Results are written after every configuration (``results.json``,
+``results.md``, ``results.png`` under ``--out``, or ``$OUT`` on the device
+machine), so a run cut short keeps what it finished. ``--samples-cache DIR``
+stores the generated train/eval samples so that several processes (each
+running a ``--configs`` subset) share identical data; ``--merge A B ...``
+combines their results.json files into one table and plot.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import os
+import time
+from pathlib import Path
+
+import torch
+
+from otaro_export.models import LoadedModel, load_model
+from otaro_export.train.tune_config import TuneConfig
+from otaro_export.train.tune_data import (
+    EVAL_PROMPTS,
+    TRAIN_PROMPTS,
+    load_saved_samples,
+    save_samples,
+    self_distillation_samples,
+)
+from otaro_export.train.evaluation import evaluate_precisions, format_table, plot_png, rows_to_json
+from otaro_export.train.fake_quant import attach_fake_quant
+from otaro_export.train.teacher import FPTeacher
+from otaro_export.train.trainer import Tuner
+
+# name -> TuneConfig overrides (on top of the shared budget)
+CONFIGS = {
+    "PTQ (no tuning)": dict(method="ptq"),
+    "BPS+LAA AdamW": dict(method="otaro", optimizer="adamw"),
+    "BPS AdamW": dict(method="bps", optimizer="adamw"),
+    "uniform AdamW": dict(method="uniform", optimizer="adamw"),
+    "E5M8 QAT AdamW": dict(method="qat", optimizer="adamw", qat_bits=8),
+    "BPS+LAA SGD lr1e-5": dict(method="otaro", optimizer="sgd", lr=1e-5),
+    "BPS+LAA SGD lr1e-3": dict(method="otaro", optimizer="sgd", lr=1e-3),
+}
+
+
+def markdown_table(results: dict, key: str, fmt: str) -> str:
+    names = list(results)
+    precisions = [r["precision"] for r in results[names[0]]["metrics"]]
+    lines = ["| run | " + " | ".join(precisions) + " |", "|---|" + "---|" * len(precisions)]
+    for name in names:
+        cells = [format(r[key], fmt) for r in results[name]["metrics"]]
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def write_results(out: Path, results: dict, setup: dict) -> None:
+    (out / "results.json").write_text(json.dumps({"setup": setup, "runs": results}, indent=2))
+    md = [
+        "# OTARo tuning experiment",
+        "",
+        "```",
+        json.dumps(setup, indent=2),
+        "```",
+        "",
+        "## KL to FP teacher (nats/token, lower is better)",
+        markdown_table(results, "kl", ".4f"),
+        "",
+        "## top-1 agreement with FP teacher (higher is better)",
+        markdown_table(results, "top1", ".3f"),
+        "",
+        "## perplexity of the eval answers",
+        markdown_table(results, "ppl", ".3f"),
+        "",
+    ]
+    (out / "results.md").write_text("\n".join(md))
+    from otaro_export.train.evaluation import PrecisionMetrics
+
+    plot_png(
+        {n: [PrecisionMetrics(**m) for m in r["metrics"]] for n, r in results.items()},
+        out / "results.png",
+        title=f"{setup['model']}: {setup['steps']} steps",
+    )
+
+
+def cached_samples(cache: str | None, name: str, make):
+    if cache is None:
+        return make()
+    path = Path(cache) / f"{name}_samples.json"
+    if path.is_file():
+        return load_saved_samples(path)
+    samples = make()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    save_samples(samples, path)
+    return samples
+
+
+def merge(dirs: list[str], out: Path) -> None:
+    runs: dict = {}
+    setup = None
+    for d in dirs:
+        data = json.loads((Path(d) / "results.json").read_text())
+        setup = setup or data["setup"]
+        runs.update(data["runs"])
+    order = [n for n in CONFIGS if n in runs] + [n for n in runs if n not in CONFIGS]
+    out.mkdir(parents=True, exist_ok=True)
+    write_results(out, {n: runs[n] for n in order}, setup)
+    print((out / "results.md").read_text())
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--model", default="default")
+    ap.add_argument("--out", default=os.environ.get("OUT", "tune_experiment_out"))
+    ap.add_argument("--steps", type=int, default=60)
+    ap.add_argument("--batch-size", type=int, default=2)
+    ap.add_argument("--lr", type=float, default=1e-4, help="AdamW learning rate (SGD rows set their own)")
+    ap.add_argument("--num-samples", type=int, default=40)
+    ap.add_argument("--gen-tokens", type=int, default=64)
+    ap.add_argument("--eval-samples", type=int, default=12)
+    ap.add_argument("--eval-tokens", type=int, default=64)
+    ap.add_argument("--laa-interval", type=int, default=10)
+    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    ap.add_argument("--configs", default=",".join(CONFIGS), help="comma-separated subset of: " + ", ".join(CONFIGS))
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--samples-cache", default=None, help="directory to save/reuse the generated samples")
+    ap.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    ap.add_argument("--merge", nargs="+", default=None, help="results directories to combine into --out")
+    args = ap.parse_args()
+    if args.merge:
+        merge(args.merge, Path(args.out))
+        return
+    if args.threads:
+        torch.set_num_threads(args.threads)
+
+    names = [n.strip() for n in args.configs.split(",") if n.strip()]
+    unknown = [n for n in names if n not in CONFIGS]
+    if unknown:
+        raise SystemExit(f"unknown configs {unknown}; choose from {list(CONFIGS)}")
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    t0 = time.time()
+    loaded = load_model(args.model)
+    original = loaded.model.to(args.device).eval()
+    train = cached_samples(
+        args.samples_cache, "train",
+        lambda: self_distillation_samples(
+            original, loaded.tokenizer, args.num_samples, args.gen_tokens, seed=args.seed, prompts=TRAIN_PROMPTS
+        ),
+    )
+    evals = cached_samples(
+        args.samples_cache, "eval",
+        lambda: self_distillation_samples(
+            original, loaded.tokenizer, args.eval_samples, args.eval_tokens, seed=args.seed + 1234, prompts=EVAL_PROMPTS
+        ),
+    )
+    vocab = original.get_output_embeddings().weight.shape[0]
+    teacher = FPTeacher(original, train, vocab)
+    setup = {
+        "model": loaded.source,
+        "device": args.device,
+        "torch_threads": torch.get_num_threads(),
+        "steps": args.steps,
+        "batch_size": args.batch_size,
+        "adamw_lr": args.lr,
+        "laa_interval": args.laa_interval,
+        "train_samples": len(train),
+        "train_scored_tokens": sum(len(s.ids) - s.target_start for s in train),
+        "eval_samples": len(evals),
+        "eval_scored_tokens": sum(len(s.ids) - s.target_start for s in evals),
+        "data_prep_s": round(time.time() - t0, 1),
+    }
+    print(json.dumps(setup, indent=2), flush=True)
+    results: dict = {}
+    for name in names:
+        t = time.time()
+        overrides = dict(CONFIGS[name])
+        overrides.setdefault("lr", args.lr)
+        cfg = TuneConfig(
+            model=args.model,
+            steps=args.steps,
+            batch_size=args.batch_size,
+            laa_interval=args.laa_interval,
+            seed=args.seed,
+            device=args.device,
+            **overrides,
+        )
+        student = copy.deepcopy(original)
+        for p in student.parameters():
+            p.requires_grad_(False)
+        if cfg.method == "ptq":
+            attach_fake_quant(student)
+            tuned, visits, history = student, {}, []
+        else:
+            result = Tuner(
+                cfg, LoadedModel(student, loaded.tokenizer, loaded.source), samples=train, teacher=teacher, progress=True
+            ).run()
+            tuned, visits, history = result.model, result.visits(), result.history
+        train_s = time.time() - t
+        metrics = evaluate_precisions(tuned, original, evals, batch_size=4)
+        results[name] = {
+            "config": cfg.to_dict(),
+            "train_s": round(train_s, 1),
+            "eval_s": round(time.time() - t - train_s, 1),
+            "visits": {f"E5M{k}": v for k, v in visits.items()},
+            "bit_path": [h["bits"] for h in history],
+            "losses": [round(h["loss"], 5) for h in history],
+            "metrics": rows_to_json(metrics),
+        }
+        print(format_table(metrics, f"== {name} (train {train_s:.0f}s, visits {visits})"), flush=True)
+        write_results(out, results, setup)
+        del tuned, student
+    print(f"done in {time.time() - t0:.0f}s; results in {out}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,6 @@
+package ai.onnxruntime;
+
+// Compile-check stub (see OnnxValue.java).
+public class TensorInfo {
+    public long[] getShape() { throw new UnsupportedOperationException("stub"); }
+}

@@ -1,0 +1,128 @@
+"""Run a demo bundle the way the Android and iOS apps do: onnxruntime + a JSON file, nothing else.
+
+    python examples/mobile/bundle_runner.py BUNDLE_DIR [--bits TASK=E5M5 ...]
+
+Each function here has a twin in examples/android/.../DemoEngine.kt and
+examples/ios/OtaroDemo/DemoEngine.swift (same names, same steps), so this file
+is the executable specification of the apps' logic, and the test suite runs it
+against otaro_export.runtime. It uses no otaro_export code on purpose.
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+
+
+class BundleModel:
+    """One ONNX session, loaded once; ``step`` runs tokens at a precision against the KV cache."""
+
+    def __init__(self, bundle_dir: Path):
+        self.bundle = json.loads((bundle_dir / "demo_bundle.json").read_text())
+        if self.bundle.get("format") != "otaro-demo-bundle" or self.bundle.get("format_version") != 1:
+            raise ValueError(f"{bundle_dir} holds no version-1 otaro demo bundle")
+        self.io = self.bundle["io"]
+        self.session = ort.InferenceSession(str(bundle_dir / self.bundle["model_file"]), providers=["CPUExecutionProvider"])
+        self.token_bytes = [base64.b64decode(t) for t in self.bundle["token_bytes"]]
+        self.reset()
+
+    def reset(self) -> None:
+        self.cache = {c["input"]: np.zeros(c["empty_shape"], np.float32) for c in self.io["cache"]}
+        self.position = 0
+
+    def step(self, ids: list[int], bits: int) -> np.ndarray:
+        """Logits [len(ids), V] for ``ids`` at positions position.., appended to the cache."""
+        if bits not in self.bundle["precisions"]:
+            raise ValueError(f"E5M{bits} is not served by this model ({self.bundle['precisions']})")
+        n = len(ids)
+        feeds = {
+            self.io["input_ids"]: np.asarray([ids], np.int64),
+            self.io["bits"]: np.asarray(bits, np.int64),  # a 0-dim tensor: the per-call precision
+            **self.cache,
+        }
+        if self.io["position"] is not None:
+            pos = np.arange(self.position, self.position + n, dtype=np.int64)
+            feeds[self.io["position"]["name"]] = pos if self.io["position"]["rank"] == 1 else pos[None, :]
+        if self.io["attention_mask"] is not None:
+            feeds[self.io["attention_mask"]] = np.ones((1, self.position + n), np.int64)
+        names = [self.io["logits"]] + [c["output"] for c in self.io["cache"]]
+        logits, *present = self.session.run(names, feeds)
+        for c, value in zip(self.io["cache"], present):
+            self.cache[c["input"]] = value
+        self.position += n
+        return logits[0]
+
+    def decode(self, ids: list[int]) -> str:
+        return b"".join(self.token_bytes[i] for i in ids).decode("utf-8", errors="replace")
+
+
+def score_options(model: BundleModel, task: dict) -> tuple[str, dict[str, float]]:
+    """Mean log-probability of each option's tokens after the prompt; the best option wins."""
+    prompt = task["prompt_ids"]
+    scores = {}
+    for option in task["options"]:
+        model.reset()
+        logits = model.step(prompt + option["ids"], task["bits"]).astype(np.float64)
+        rows = logits[len(prompt) - 1 : len(prompt) - 1 + len(option["ids"])]
+        logp = rows - rows.max(axis=1, keepdims=True)
+        logp -= np.log(np.exp(logp).sum(axis=1, keepdims=True))
+        scores[option["text"]] = float(np.mean(logp[np.arange(len(option["ids"])), option["ids"]]))
+    best = max(task["options"], key=lambda o: scores[o["text"]])["text"]  # ties: first option
+    return best, scores
+
+
+def generate(model: BundleModel, task: dict) -> tuple[str, int]:
+    """Greedy generation with the KV cache; returns (text, new tokens)."""
+    model.reset()
+    eos = set(model.bundle["eos_token_ids"])
+    budget = min(task["max_new_tokens"], model.bundle["max_seq_len"] - len(task["prompt_ids"]))
+    logits = model.step(task["prompt_ids"], task["bits"])
+    out: list[int] = []
+    while budget > 0:
+        token = int(np.argmax(logits[-1]))
+        out.append(token)
+        if token in eos or len(out) >= budget:
+            break
+        logits = model.step([token], task["bits"])
+    return model.decode([t for t in out if t not in eos]), len(out)
+
+
+def run_bundle(bundle_dir: Path, overrides: dict[str, int] | None = None, echo=print) -> list[dict]:
+    t0 = time.perf_counter()
+    model = BundleModel(bundle_dir)
+    echo(f"loaded {model.bundle['model_file']} once in {time.perf_counter() - t0:.2f} s (session 0x{id(model.session):x})")
+    results = []
+    for task in model.bundle["tasks"]:
+        task = {**task, "bits": (overrides or {}).get(task["name"], task["bits"])}
+        t = time.perf_counter()
+        if task["kind"] == "choose":
+            answer, scores = score_options(model, task)
+            tokens = sum(len(task["prompt_ids"]) + len(o["ids"]) for o in task["options"])
+        else:
+            (answer, tokens), scores = generate(model, task), {}
+        latency = time.perf_counter() - t
+        results.append({"name": task["name"], "bits": task["bits"], "answer": answer, "scores": scores})
+        echo(f"{task['name']:<14} E5M{task['bits']}  {latency * 1e3:8.1f} ms  {tokens / latency:8.1f} tok/s  -> {answer!r}")
+    return results
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("bundle_dir", type=Path)
+    parser.add_argument("--bits", action="append", default=[], metavar="TASK=E5Mk", help="override a task's precision")
+    args = parser.parse_args()
+    overrides = {}
+    for item in args.bits:
+        name, _, precision = item.partition("=")
+        overrides[name] = int(precision.upper().removeprefix("E5M"))
+    run_bundle(args.bundle_dir, overrides)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,138 @@
+"""Export each benchmarked artifact variant once and cache it.
+
+ExecuTorch lowering of SmolLM2 takes minutes, so ``otaro bench`` reuses
+artifacts across runs: each variant lives in ``<cache>/<key>/`` where the key
+names the model (path + size + mtime of its source), the target, the weights
+(SEFP or fp32), the kernel mode and ``max_seq_len``. A variant is written into
+a temporary sibling directory and renamed into place only when complete, so
+an interrupted export never leaves a directory that looks finished.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+from otaro_export.errors import OtaroError
+from otaro_export.manifest import MANIFEST_NAME
+
+
+@dataclass(frozen=True)
+class ArtifactSpec:
+    """One exported file to benchmark."""
+
+    target: str  # "onnx" | "executorch"
+    weights: str  # "sefp" | "fp32"
+    kernels: str = "fused"  # SEFP only: "fused" | "portable" (how the artifact was *exported*)
+
+    @property
+    def name(self) -> str:
+        return f"{self.target}-{self.weights}" + (f"-{self.kernels}" if self.weights == "sefp" else "")
+
+    def __post_init__(self) -> None:
+        if self.target not in ("onnx", "executorch"):
+            raise OtaroError(f"unknown benchmark target {self.target!r}")
+        if self.weights not in ("sefp", "fp32"):
+            raise OtaroError(f"unknown benchmark weights {self.weights!r}")
+        if self.kernels not in ("fused", "portable"):
+            raise OtaroError(f"unknown benchmark kernels {self.kernels!r}")
+
+
+def bench_cache_root() -> Path:
+    from otaro_export.models import cache_dir
+
+    return Path(os.environ.get("OTARO_BENCH_CACHE_DIR", cache_dir() / "bench"))
+
+
+def model_key(model: str) -> str:
+    """A short stable key of the model source: re-export when the source file changes."""
+    if model == "default":
+        from otaro_export.models import default_gguf_path
+
+        path = default_gguf_path()
+    else:
+        path = Path(model)
+        if not path.exists():
+            raise OtaroError(f"--model {model}: no such file or directory")
+    stat = path.stat()
+    digest = hashlib.sha1(f"{path.resolve()}:{stat.st_size}:{stat.st_mtime_ns}".encode()).hexdigest()[:10]
+    return f"{path.stem[:40]}-{digest}"
+
+
+def artifact_dir(spec: ArtifactSpec, model: str, max_seq_len: int, root: Path | None = None) -> Path:
+    root = bench_cache_root() if root is None else Path(root)
+    return root / f"{model_key(model)}-{spec.name}-L{max_seq_len}"
+
+
+def is_complete(directory: Path) -> bool:
+    return (directory / MANIFEST_NAME).is_file()
+
+
+def _export_into(spec: ArtifactSpec, model: str, max_seq_len: int, out: Path, loaded, log) -> None:
+    from otaro_export.export.pipeline import ExportOptions, export_model
+
+    if spec.weights == "sefp":
+        export_model(
+            ExportOptions(target=spec.target, model=model, output=out, kernels=spec.kernels, max_seq_len=max_seq_len),
+            log=log,
+            loaded=loaded,
+        )
+        return
+    if spec.target == "onnx":
+        from otaro_export.export.onnx_export import export_onnx_fp32
+        from otaro_export.export.pipeline import ExportOptions
+
+        options = ExportOptions(target="onnx", model=model, output=out, max_seq_len=max_seq_len)
+        manifest = export_onnx_fp32(loaded, options, out, log)
+        if loaded.tokenizer is not None:
+            loaded.tokenizer.save_pretrained(str(out / manifest.tokenizer))
+        manifest.save(out)
+    else:
+        from otaro_export.export.executorch_export import export_executorch_fp32
+
+        export_executorch_fp32(loaded, out, max_seq_len=max_seq_len, log=log)
+
+
+def ensure_artifact(
+    spec: ArtifactSpec,
+    model: str = "default",
+    max_seq_len: int = 256,
+    root: Path | None = None,
+    log: Callable[[str], None] = print,
+    loaded_factory: Callable[[], object] | None = None,
+) -> Path:
+    """Directory of the exported ``spec`` (exported now unless cached); returns it.
+
+    ``loaded_factory`` makes a fresh :class:`LoadedModel` (exporters may modify
+    the model in place, so each export gets its own copy); default: ``load_model(model)``.
+    """
+    directory = artifact_dir(spec, model, max_seq_len, root)
+    if is_complete(directory):
+        return directory
+    if loaded_factory is None:
+        from otaro_export.models import load_model
+
+        def loaded_factory():
+            return load_model(model)
+
+    staging = directory.with_name(f"{directory.name}.partial-{os.getpid()}")
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir(parents=True)
+    t0 = time.perf_counter()
+    log(f"exporting {spec.name} (max_seq_len {max_seq_len}) into {directory} ...")
+    try:
+        _export_into(spec, model, max_seq_len, staging, loaded_factory(), log)
+        if not is_complete(staging):
+            raise OtaroError(f"exporting {spec.name} wrote no {MANIFEST_NAME}")
+        if directory.exists():  # a half-written directory of an older, different layout
+            shutil.rmtree(directory)
+        staging.rename(directory)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    log(f"exported {spec.name} in {time.perf_counter() - t0:.0f}s")
+    return directory

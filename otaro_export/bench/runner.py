@@ -1,0 +1,325 @@
+"""Run the whole benchmark: exports (cached), one fresh process per configuration, accuracy, report.
+
+Everything runs on this machine in one invocation with the same thread count,
+so every ratio compares numbers taken under the same conditions. The machine
+may be shared: the 1-minute load average is sampled around every job and
+reported, and every speed is a median over several runs.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import time
+from dataclasses import asdict
+from pathlib import Path
+from typing import Callable
+
+from otaro_export.bench import report
+from otaro_export.bench.artifacts import ensure_artifact
+from otaro_export.bench.configs import BenchSettings, RunConfig
+from otaro_export.bench.worker import RESULT_PREFIX
+from otaro_export.errors import OtaroError
+
+
+class JobFailed(OtaroError):
+    """A benchmark child process failed; the message carries its error output."""
+
+
+def machine_info() -> dict:
+    cpu = platform.processor() or ""
+    try:
+        with open("/proc/cpuinfo") as f:
+            cpu = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), cpu)
+    except OSError:
+        pass
+    try:
+        import psutil
+
+        mem_gib = psutil.virtual_memory().total / 2**30
+    except ImportError:
+        mem_gib = float("nan")
+    versions = {}
+    for module in ("onnxruntime", "executorch", "llama_cpp", "torch"):
+        try:
+            versions[module] = __import__(module).__version__
+        except Exception:  # not installed or no __version__: leave it out
+            pass
+    return {
+        "cpu": cpu,
+        "logical_cpus": os.cpu_count(),
+        "memory_gib": round(mem_gib, 1),
+        "platform": platform.platform(),
+        "python": platform.python_version(),
+        "versions": versions,
+    }
+
+
+def _child_env(threads: int) -> dict:
+    env = dict(os.environ)
+    for name in ("OTARO_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
+        env[name] = str(threads)
+    env.setdefault("TQDM_DISABLE", "1")
+    return env
+
+
+def run_worker(job: dict, threads: int, timeout_s: float) -> dict:
+    """Run one job in a fresh Python process; return its result dict or raise JobFailed."""
+    cmd = [sys.executable, "-m", "otaro_export.bench.worker", json.dumps(job)]
+    try:
+        proc = subprocess.run(cmd, capture_output=True, text=True, env=_child_env(threads), timeout=timeout_s)
+    except subprocess.TimeoutExpired as exc:
+        raise JobFailed(f"timed out after {timeout_s:.0f}s") from exc
+    for line in proc.stdout.splitlines():
+        if line.startswith(RESULT_PREFIX):
+            return json.loads(line[len(RESULT_PREFIX):])
+    tail = "\n".join((proc.stderr or proc.stdout).strip().splitlines()[-6:])
+    raise JobFailed(f"exit code {proc.returncode}: {tail}")
+
+
+def artifact_mib(directory: Path) -> float:
+    """Size of the model files (artifact + external data), without tokenizer and manifest."""
+    return sum(p.stat().st_size for p in Path(directory).iterdir() if p.is_file() and p.name != "manifest.json") / 2**20
+
+
+def sefp_storage_from_onnx(path: Path) -> dict | None:
+    """Exact SEFP storage of an ONNX artifact: weights (padded K) and bytes of planes + exponents."""
+    import onnx
+
+    model = onnx.load(str(path), load_external_data=False)
+    inits = {t.name: t for t in model.graph.initializer}
+    weights = stored = 0
+    for node in model.graph.node:
+        if node.domain != "ai.otaro" or node.op_type != "SEFPLinear":
+            continue
+        tensors = [inits.get(name) for name in node.input[1:6]]
+        if any(t is None for t in tensors):
+            return None  # constants folded into other nodes: cannot attribute bytes exactly
+        n, half_k = tensors[0].dims
+        weights += n * half_k * 2
+        stored += sum(int(__import__("math").prod(t.dims)) for t in tensors)  # uint8/int8: one byte each
+    if not weights:
+        return None
+    return {"sefp_weights": weights, "sefp_stored_bytes": stored, "bytes_per_sefp_weight": stored / weights}
+
+
+def prompt_ids(directory: Path, prompt: str) -> list[int]:
+    from otaro_export.manifest import Manifest
+    from otaro_export.runtime import load_tokenizer
+
+    tokenizer = load_tokenizer(directory, Manifest.load(directory))
+    if tokenizer is None:
+        raise OtaroError(f"no tokenizer in {directory}")
+    if getattr(tokenizer, "chat_template", None):
+        text = tokenizer.apply_chat_template([{"role": "user", "content": prompt}], tokenize=False, add_generation_prompt=True)
+        return list(tokenizer(text, add_special_tokens=False)["input_ids"])
+    return list(tokenizer(prompt)["input_ids"])
+
+
+def llama_cpp_gguf(model: str) -> Path | None:
+    if model == "default":
+        from otaro_export.models import default_gguf_path
+
+        return default_gguf_path()
+    return Path(model) if model.endswith(".gguf") else None
+
+
+def gguf_quant_type(path: Path) -> str:
+    """The quantization named in the GGUF file name (e.g. Q4_1), else 'gguf'."""
+    import re
+
+    match = re.search(r"\b(Q\d_[0-9K_A-Z]+|F16|F32|BF16)\b", path.stem.replace(".", " "))
+    return match.group(1) if match else "gguf"
+
+
+class LoadSampler:
+    """1-minute load average sampled around every job."""
+
+    def __init__(self) -> None:
+        self.samples: list[float] = []
+
+    def sample(self) -> None:
+        self.samples.append(round(os.getloadavg()[0], 2))
+
+    def summary(self) -> dict:
+        if not self.samples:
+            return {}
+        return {"min": min(self.samples), "median": statistics.median(self.samples), "max": max(self.samples),
+                "samples": self.samples}
+
+
+def _speed_jobs(settings: BenchSettings, config: RunConfig) -> list[int | None]:
+    if config.is_fp32:
+        return [None]
+    return list(settings.slow_bits if config.slow else settings.bits)
+
+
+def run_bench(settings: BenchSettings, log: Callable[[str], None] = print) -> dict:
+    """Run everything ``settings`` asks for; write JSON + PNGs into ``settings.output``; return the report."""
+    settings.validate()
+    started = time.strftime("%Y-%m-%d %H:%M:%S %Z")
+    t_start = time.perf_counter()
+    loads = LoadSampler()
+    loads.sample()
+    out = Path(settings.output)
+    out.mkdir(parents=True, exist_ok=True)
+
+    dirs = {}
+    for spec in settings.artifacts():
+        dirs[spec] = ensure_artifact(spec, settings.model, settings.max_seq_len, settings.cache_dir, log=log)
+    first_sefp = next((d for s, d in dirs.items() if s.weights == "sefp"), next(iter(dirs.values())))
+    ids = prompt_ids(first_sefp, settings.prompt)
+    log(f"prompt: {len(ids)} tokens; {settings.new_tokens} new tokens; {settings.runs} timed runs; {settings.threads} threads")
+
+    results: list[report.SpeedResult] = []
+    failures: list[dict] = []
+
+    def record_failure(what: str, exc: Exception) -> None:
+        log(f"  FAILED {what}: {exc}")
+        failures.append({"what": what, "error": str(exc)})
+
+    gguf = llama_cpp_gguf(settings.model) if settings.llama_cpp else None
+    if settings.llama_cpp and gguf is None:
+        settings.extra_notes.append("llama.cpp baseline skipped: --model is neither 'default' nor a .gguf file")
+    if gguf is not None:
+        quant = gguf_quant_type(gguf)
+        job = {"kind": "llama_cpp", "gguf": str(gguf), "prompt_ids": ids, "new_tokens": settings.new_tokens,
+               "runs": settings.runs, "threads": settings.threads, "n_ctx": settings.max_seq_len}
+        log(f"llama.cpp {quant} ...")
+        loads.sample()
+        try:
+            r = run_worker(job, settings.threads, settings.job_timeout_s)
+            results.append(report.SpeedResult(report.LLAMA_CPP, report.LLAMA_CPP, quant, None, r["decode_tok_s"],
+                                              r["prefill_tok_s"], r["peak_rss_mib"], gguf.stat().st_size / 2**20,
+                                              settings.new_tokens, settings.runs, r))
+            log(f"  decode {r['decode_tok_s']:.1f} tok/s, prefill {r['prefill_tok_s']:.1f} tok/s")
+        except (JobFailed, OSError) as exc:
+            record_failure(f"llama.cpp {quant}", exc)
+
+    for config in settings.run_configs():
+        directory = dirs[config.artifact]
+        new = settings.slow_new_tokens if config.slow else settings.new_tokens
+        runs = settings.slow_runs if config.slow else settings.runs
+        for bits in _speed_jobs(settings, config):
+            precision = report.FP32 if bits is None else f"E5M{bits}"
+            job = {"kind": "session", "directory": str(directory), "bits": 8 if bits is None else bits,
+                   "use_library": config.use_library, "prompt_ids": ids, "new_tokens": new, "runs": runs,
+                   "threads": settings.threads}
+            log(f"{config.label} {precision} ...")
+            loads.sample()
+            try:
+                r = run_worker(job, settings.threads, settings.job_timeout_s)
+            except (JobFailed, OSError) as exc:
+                record_failure(f"{config.label} {precision}", exc)
+                continue
+            results.append(report.SpeedResult(config.label, config.runtime, precision, bits, r["decode_tok_s"],
+                                              r["prefill_tok_s"], r["peak_rss_mib"], artifact_mib(directory),
+                                              new, runs, r))
+            log(f"  decode {r['decode_tok_s']:.1f} tok/s, prefill {r['prefill_tok_s']:.1f} tok/s, "
+                f"peak RSS {r['peak_rss_mib']:.0f} MiB, artifact mapping {r['artifact_mapped_rss_mib']:.1f} MiB")
+
+    switch: dict[str, dict] = {}
+    for config in settings.run_configs():
+        if config.is_fp32 or config.slow or not {3, 8} <= set(settings.bits):
+            continue
+        job = {"kind": "switch", "directory": str(dirs[config.artifact]), "prompt_ids": ids, "threads": settings.threads,
+               "steps": settings.switch_steps, "rounds": settings.switch_rounds, "low": 3, "high": 8}
+        log(f"{config.label}: precision switching ...")
+        loads.sample()
+        try:
+            switch[config.label] = run_worker(job, settings.threads, settings.job_timeout_s)
+            log(f"  alternating/fixed step time: {switch[config.label]['switch_ratio']:.3f}")
+        except (JobFailed, OSError) as exc:
+            record_failure(f"{config.label} switching", exc)
+    loads.sample()
+
+    storage = None
+    onnx_sefp = next((d for s, d in dirs.items() if s.target == "onnx" and s.weights == "sefp"), None)
+    if onnx_sefp is not None:
+        storage = sefp_storage_from_onnx(onnx_sefp / "model.onnx")
+    et_mapped = {r.bits: r.extra.get("artifact_mapped_rss_mib", float("nan"))
+                 for r in results if r.config == "executorch fused" and r.bits is not None}
+    resident, resident_note = ({}, "needs the SEFP storage size (from the ONNX artifact)")
+    if storage is not None:
+        resident, resident_note = report.resident_sefp_weights(et_mapped, storage["sefp_stored_bytes"])
+
+    accuracy: dict[str, list] = {}
+    if settings.accuracy:
+        log(f"accuracy: {settings.eval_samples} samples of up to {settings.eval_gen_tokens} tokens ...")
+        loads.sample()
+        try:
+            import torch
+
+            torch.set_num_threads(settings.threads)
+            from otaro_export.bench.accuracy import evaluate_accuracy
+
+            accuracy = evaluate_accuracy(settings.model, settings.bits, settings.eval_samples, settings.eval_gen_tokens,
+                                         settings.checkpoint, log=log)
+        except OtaroError as exc:
+            record_failure("accuracy", exc)
+        loads.sample()
+
+    rows = report.with_ratios(results)
+    goals = report.evaluate_goals(results, switch, resident, resident_note, storage["sefp_weights"] if storage else None)
+    payload = {
+        "started": started,
+        "wall_s": round(time.perf_counter() - t_start, 1),
+        "command": " ".join(["otaro", "bench"] + sys.argv[2:]) if sys.argv[1:2] == ["bench"] else " ".join(sys.argv),
+        "settings": {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(settings).items()},
+        "machine": machine_info(),
+        "load_average_1min": loads.summary(),
+        "prompt_tokens": len(ids),
+        "speed": rows,
+        "switching": switch,
+        "sefp_storage": storage,
+        "resident_sefp_weights_mib": {str(k): v for k, v in resident.items()},
+        "resident_note": resident_note,
+        "accuracy": {name: [asdict(r) for r in rs] for name, rs in accuracy.items()},
+        "goals": [asdict(g) for g in goals],
+        "failures": failures,
+        "notes": settings.extra_notes,
+    }
+    report.save_json(out / "bench.json", payload)
+    title = f"{settings.model}: {settings.threads} threads, {machine_info()['cpu']}"
+    if rows:
+        report.plot_speed(rows, out / "speed.png", title)
+    if accuracy:
+        report.plot_accuracy(accuracy, out / "accuracy.png", f"{settings.model}: accuracy per precision")
+    payload["text"] = render_text(payload, accuracy, goals)
+    (out / "bench.txt").write_text(payload["text"] + "\n", encoding="utf-8")
+    return payload
+
+
+def render_text(payload: dict, accuracy: dict, goals: list) -> str:
+    load = payload["load_average_1min"]
+    m = payload["machine"]
+    parts = [
+        f"otaro bench, started {payload['started']}, {payload['wall_s']:.0f}s; {m['cpu']}, {m['logical_cpus']} logical CPUs; "
+        f"1-min load average during the run: min {load.get('min')}, median {load.get('median')}, max {load.get('max')}",
+        f"prompt {payload['prompt_tokens']} tokens; ratios: x llama = / llama.cpp row, x fp32 = / fp32 export of the same runtime",
+        "",
+        report.format_speed_table(payload["speed"]),
+    ]
+    storage = payload["sefp_storage"]
+    if storage:
+        parts += ["", f"SEFP storage: {storage['sefp_weights']:,} weights, {storage['sefp_stored_bytes'] / 2**20:.1f} MiB, "
+                  f"{storage['bytes_per_sefp_weight']:.4f} bytes/weight at rest (fp16: 2, fp32: 4)"]
+    if payload["resident_sefp_weights_mib"]:
+        parts.append("resident SEFP weights of the mmapped .pte after decoding (MiB): " + ", ".join(
+            f"E5M{k} {v:.1f}" for k, v in payload["resident_sefp_weights_mib"].items()))
+    if payload["switching"]:
+        parts += ["", "precision switching (median decode-step ms, fixed vs alternating 3/8 every call):"]
+        for name, s in payload["switching"].items():
+            parts.append(f"  {name}: fixed {s['fixed_step_ms']}, alternating {s['alternating_step_ms']}, ratio {s['switch_ratio']:.3f}")
+    if accuracy:
+        parts += ["", report.format_accuracy_table(accuracy)]
+    parts += ["", "goals:", report.format_goals(goals)]
+    if payload["failures"]:
+        parts += ["", "FAILED:"] + [f"  {f['what']}: {f['error']}" for f in payload["failures"]]
+    for note in payload["notes"]:
+        parts.append(f"note: {note}")
+    return "\n".join(parts)

@@ -1,0 +1,114 @@
+"""Decompose ``otaro::sefp_linear`` into Core ATen ops that a stock ExecuTorch runtime runs.
+
+The ``--kernels portable`` ExecuTorch artifact must run on the stock portable
+kernels (plus XNNPACK) with no project library. This pass rewrites every
+``otaro.sefp_linear`` node of an ExportedProgram into a dequantize-then-linear
+subgraph built only from ops the portable runtime has (DESIGN.md section 6):
+
+* unpacking the planes uses ``bitwise_and`` and floor ``div`` by powers of two
+  on int32 (bit shifts are not Core ATen, and uint8 ``>>`` has no portable kernel);
+* the precision mask ``0xFF << (8 - bits)`` is looked up with ``index_select``
+  in a 6-entry table indexed by ``bits - 3``, so a ``bits`` outside 3..8 is an
+  out-of-range index: an error in eager and in the portable kernel, never a
+  silently wrong mask;
+* ``2**(e - 7)`` comes from an exact float32 power-of-two table (``index_select``),
+  so every dequantized weight equals :meth:`SEFPWeight.dequantize` bit for bit;
+* the matmul is ``aten.linear`` on the dequantized weight (XNNPACK may take it
+  when partitioned with ``force_non_static_weights_for_f32_linear=True``).
+
+The packed planes stay the program's only weight constants: nothing here
+depends on constants alone in a way that a later pass could fold into a float
+weight, because the mask (which depends on the ``bits`` input) is applied
+before any float is formed. This path reads every plane at every precision;
+only the fused kernel skips the planes a low precision does not need.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch.export import ExportedProgram
+
+from otaro_export import ops
+from otaro_export.sefp import EXPONENT_MIN, GROUP_SIZE, STORED_MANTISSA_BITS, SUPPORTED_BITS
+
+__all__ = ["decompose_sefp_linear", "sefp_linear_decomposition", "count_sefp_nodes"]
+
+_SEFP_OVERLOADS = (ops.sefp_linear, ops.sefp_linear_out)
+
+
+def _mask(bits: torch.Tensor) -> torch.Tensor:
+    """``0xFF << (8 - bits)`` as a 1-element int32 tensor; raises for ``bits`` outside 3..8.
+
+    The table of the six valid masks is built with ``arange``/``pow`` (tensor
+    literals would become constants that ``run_decompositions`` cannot lift),
+    and ``index_select`` at ``bits - 3`` is the range check.
+    """
+    lowest, count = SUPPORTED_BITS[0], len(SUPPORTED_BITS)
+    dropped_bits = (STORED_MANTISSA_BITS - lowest) - torch.arange(count, dtype=torch.int64)  # 5..0
+    table = 256 - torch.pow(2, dropped_bits)
+    return torch.index_select(table, 0, (bits - lowest).reshape(1)).to(torch.int32)
+
+
+def _scale(exponents: torch.Tensor) -> torch.Tensor:
+    """``2**(e - 7)`` as exact float32: an exact integer power of two times an exact float power of two."""
+    shift = -EXPONENT_MIN  # e + 15 in 0..31: 2**(e+15) fits int64 and is exact in float32
+    as_int = torch.pow(2, exponents.to(torch.int64) + shift)
+    return as_int.to(torch.float32) * (2.0 ** (EXPONENT_MIN - (STORED_MANTISSA_BITS - 1)))
+
+
+def _fields(plane: torch.Tensor, n: int, g: int, lanes: int, width: int) -> torch.Tensor:
+    """Split each byte of a ``[N, G*lanes]`` plane into its ``8 // width`` fields.
+
+    Byte i of a group holds the field of element ``i + lanes*j`` at bits
+    ``width*j ..``; the result is ``[N, G, 64]`` int32 in element order. One
+    broadcast floor-division by ``[1, radix, radix**2, ...]`` extracts every
+    field at once (few graph nodes keep lowering fast).
+    """
+    count = 8 // width
+    radix = 1 << width
+    divisors = torch.pow(radix, torch.arange(count, dtype=torch.int32)).reshape(1, 1, count, 1)
+    b = plane.to(torch.int32).reshape(n, g, 1, lanes)
+    return torch.bitwise_and(torch.div(b, divisors, rounding_mode="floor"), radix - 1).reshape(n, g, GROUP_SIZE)
+
+
+def sefp_linear_decomposition(x, p0, p1, p2, p3, exponents, bits, bias=None):
+    """Core-ATen equivalent of ``otaro::sefp_linear`` (same result, bit-exact weights)."""
+    n, g = exponents.shape
+    k = x.shape[-1]
+    code = _fields(p0, n, g, 32, 4)  # sign << 3 | q[7:5]
+    q = (
+        torch.bitwise_and(code, 7) * 32
+        + _fields(p1, n, g, 16, 2) * 8
+        + _fields(p2, n, g, 16, 2) * 2
+        + _fields(p3, n, g, 8, 1)
+    )
+    q_k = torch.bitwise_and(q, _mask(bits))
+    signed = torch.where(code >= 8, -q_k, q_k).to(torch.float32)
+    weight = (signed * _scale(exponents).reshape(n, g, 1)).reshape(n, g * GROUP_SIZE)
+    if k != g * GROUP_SIZE:
+        weight = weight[:, :k]
+    return torch.nn.functional.linear(x, weight, bias)
+
+
+def _sefp_linear_out_decomposition(x, p0, p1, p2, p3, exponents, bits, bias=None, *, out):
+    return out.copy_(sefp_linear_decomposition(x, p0, p1, p2, p3, exponents, bits, bias))
+
+
+def count_sefp_nodes(ep: ExportedProgram) -> int:
+    return sum(1 for node in ep.graph.nodes if node.op == "call_function" and node.target in _SEFP_OVERLOADS)
+
+
+def decompose_sefp_linear(ep: ExportedProgram) -> ExportedProgram:
+    """Return ``ep`` with every ``otaro::sefp_linear`` node replaced by Core ATen ops.
+
+    Other ops are left as they are (the decomposition table holds only the SEFP
+    op), so the result can go straight to ``to_edge_transform_and_lower``.
+    """
+    if count_sefp_nodes(ep) == 0:
+        return ep
+    table = {ops.sefp_linear: sefp_linear_decomposition, ops.sefp_linear_out: _sefp_linear_out_decomposition}
+    out = ep.run_decompositions(table)
+    left = count_sefp_nodes(out)
+    if left:
+        raise RuntimeError(f"decompose_sefp_linear: {left} otaro::sefp_linear node(s) survived decomposition")
+    return out

@@ -1,0 +1,101 @@
+"""Pass: freeze the selected layers' float weights into packed SEFP constants.
+
+For each layer FQN (``otaro_export.convert.select_sefp_linears``), find its
+``<layer>.weight`` input in the program (a parameter, buffer or lifted
+constant; the program may come from a wrapper, so ``model.<layer>.weight``
+matches too), quantize it with :func:`otaro_export.sefp.quantize` (M8, errors
+name the layer), pack it with :func:`otaro_export.packing.pack` and add the
+planes ``p0..p3`` and ``exponents`` as lifted constants. The float weight
+input is left in place (its users are rewritten by ``lower_sefp_linears`` and
+``drop_unused_inputs`` removes it once nothing uses it).
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+
+import torch
+from torch.export import ExportedProgram
+
+from otaro_export.errors import OtaroError
+from otaro_export.packing import PLANE_NAMES, pack
+from otaro_export.sefp import quantize
+from otaro_export.passes import program_utils as pu
+
+log = logging.getLogger(__name__)
+
+
+class LayerNotFoundError(OtaroError, KeyError):
+    """A layer selected for SEFP has no (unique) weight in the exported program."""
+
+    def __str__(self) -> str:  # KeyError would quote the message
+        return str(self.args[0])
+
+
+@dataclass
+class FrozenLayer:
+    name: str  # module FQN as given (HF model naming)
+    weight_node: torch.fx.Node  # the float weight placeholder
+    planes: dict[str, torch.fx.Node]  # "p0".."p3", "exponents" -> constant placeholders
+    out_features: int
+    in_features: int
+
+
+@dataclass
+class FreezeResult:
+    layers: dict[str, FrozenLayer] = field(default_factory=dict)  # keyed by weight placeholder name
+
+    @property
+    def count(self) -> int:
+        return len(self.layers)
+
+
+def find_weight_input(ep: ExportedProgram, layer: str, lifted=None):
+    """The unique lifted input named ``<layer>.weight`` (optionally under a wrapper prefix)."""
+    lifted = pu.lifted_inputs(ep) if lifted is None else lifted
+    want = f"{layer}.weight"
+    hits = [t for t in lifted if t == want or t.endswith("." + want)]
+    if len(hits) > 1 and want in hits:
+        hits = [want]
+    if not hits:
+        raise LayerNotFoundError(
+            f"SEFP layer {layer!r}: no weight named {want!r} among the exported program's parameters, "
+            "buffers or constants (was the program exported from this model?)"
+        )
+    if len(hits) > 1:
+        raise LayerNotFoundError(f"SEFP layer {layer!r}: ambiguous, several inputs match: {hits}")
+    return hits[0], lifted[hits[0]]
+
+
+def freeze_sefp_weights(ep: ExportedProgram, layer_names: list[str]) -> tuple[ExportedProgram, FreezeResult]:
+    """Add packed SEFP constants for every layer in ``layer_names`` (in place)."""
+    result = FreezeResult()
+    if not layer_names:
+        log.warning("freeze_sefp_weights: no layers selected, nothing to freeze")
+        return ep, result
+    lifted = pu.lifted_inputs(ep)
+    pending = []  # (layer, weight node, packed, target stem)
+    for layer in layer_names:
+        target, (node, spec) = find_weight_input(ep, layer, lifted)
+        if any(p[1] is node for p in pending):
+            raise ValueError(f"SEFP layer {layer!r} listed twice")
+        weight = pu.lifted_tensor(ep, spec)
+        if weight.dim() != 2 or not weight.is_floating_point():
+            raise ValueError(
+                f"SEFP layer {layer!r}: weight {target} must be a 2-D float tensor, "
+                f"got {weight.dtype} {list(weight.shape)}"
+            )
+        with torch.no_grad():
+            packed = pack(quantize(weight.detach().to(torch.float32), name=f"{layer}.weight"))
+        pending.append((layer, node, packed, target[: -len(".weight")]))
+    keys = (*PLANE_NAMES, "exponents")
+    # one batched insertion: rebuilding the signature per tensor is quadratic in the layer count
+    added = pu.add_constants(
+        ep, {f"{stem}.sefp_{key}": getattr(packed, key) for _, _, packed, stem in pending for key in keys}
+    )
+    for layer, node, packed, stem in pending:
+        planes = {key: added[f"{stem}.sefp_{key}"] for key in keys}
+        result.layers[node.name] = FrozenLayer(layer, node, planes, packed.out_features, packed.in_features)
+    log.info("freeze_sefp_weights: froze %d layers", result.count)
+    return ep, result

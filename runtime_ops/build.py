@@ -1,0 +1,251 @@
+"""Build the native SEFP kernel libraries on first use, and cache them.
+
+Public entry points:
+
+* :func:`library_path(kind) <library_path>` with ``kind`` one of
+  ``"core"`` (the kernel core plus a small C ABI for ctypes),
+  ``"onnxruntime"`` (core + ``csrc/onnxruntime/*.cc``: the ORT custom-op library) and
+  ``"executorch"`` (core + ``csrc/executorch/*.cc`` against the executorch wheel's
+  headers, linked to its ``libexecutorch.so``). Returns the path of a shared library.
+* :func:`build_aarch64_tests` cross-compiles the core and its C++ test driver
+  into a static ARM64 executable (run under qemu-aarch64 by the test suite).
+
+Every translation unit of the core is compiled with the flags of its ISA
+(``sefp_kernel_avx2.cc`` with ``-mavx2 -mfma -mf16c``, ...); the core picks one
+at run time from the CPU's features, so the library runs on any x86-64.
+
+Cache: ``$OTARO_KERNEL_CACHE_DIR`` or ``~/.cache/otaro-export/kernels``, one
+directory per hash of (sources, flags, compiler version, executorch version).
+A file lock serializes builders and the library is moved into place with an
+atomic rename, so concurrent processes never see a half-written file.
+Set ``CXX`` (or ``OTARO_CROSS_CXX`` for ARM64) to choose the compiler.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import importlib.util
+import os
+import platform
+import shutil
+import subprocess
+import tempfile
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from otaro_export.errors import KernelLibraryError
+
+CSRC = Path(__file__).resolve().parent / "csrc"
+CORE_DIR = CSRC / "core"
+KINDS = ("core", "onnxruntime", "executorch")
+BUILD_VERSION = "1"  # bump to invalidate every cached library
+
+_COMMON_FLAGS = ["-std=c++17", "-O3", "-fPIC", "-pthread", "-Wall", "-Wextra", "-Wno-unused-parameter"]
+# Core symbols stay private to each library: the ORT and ExecuTorch libraries
+# (and the ctypes core) can share one process without interposing each other.
+_CORE_FLAGS = ["-fvisibility=hidden", "-fvisibility-inlines-hidden"]
+_X86_ISA_FLAGS = {
+    "sefp_kernel_avx2.cc": ["-mavx2", "-mfma", "-mf16c"],
+    "sefp_kernel_avx512.cc": ["-mavx2", "-mfma", "-mf16c", "-mavx512f", "-mavx512bw", "-mavx512vl", "-mavx512dq"],
+}
+_X86_ONLY = set(_X86_ISA_FLAGS)
+_ARM_ONLY = {"sefp_kernel_neon.cc"}
+_CORE_ONLY_SOURCES = {"sefp_capi.cc"}  # the ctypes C ABI, only in the "core" library
+
+_lock = threading.Lock()
+_built: dict[str, Path] = {}
+
+
+@dataclass
+class _Unit:
+    source: Path
+    flags: list[str]
+
+
+@dataclass
+class _Target:
+    name: str  # output file name
+    units: list[_Unit]
+    link_flags: list[str] = field(default_factory=list)
+    extra_hash: list[str] = field(default_factory=list)
+    shared: bool = True
+
+
+def cache_root() -> Path:
+    env = os.environ.get("OTARO_KERNEL_CACHE_DIR")
+    return Path(env).expanduser() if env else Path.home() / ".cache" / "otaro-export" / "kernels"
+
+
+def find_compiler(env_var: str = "CXX", default: str = "g++") -> str:
+    """Absolute path of the C++ compiler, or a KernelLibraryError that says how to get one."""
+    name = os.environ.get(env_var) or default
+    path = shutil.which(name)
+    if path is None:
+        raise KernelLibraryError(
+            f"no C++ compiler found ({env_var}={name!r} is not on PATH): the SEFP kernel libraries are built "
+            f"on first use; install one (e.g. `apt-get install g++`) or set {env_var} to a C++17 compiler"
+        )
+    return path
+
+
+def _compiler_id(cxx: str) -> str:
+    try:
+        out = subprocess.run([cxx, "--version"], capture_output=True, text=True, timeout=60)
+    except OSError as exc:
+        raise KernelLibraryError(f"C++ compiler {cxx} cannot run: {exc}") from exc
+    return out.stdout.strip()
+
+
+def _core_units(arch: str, with_capi: bool) -> list[_Unit]:
+    units = []
+    for src in sorted(CORE_DIR.glob("*.cc")):
+        if src.name in _CORE_ONLY_SOURCES and not with_capi:
+            continue
+        if src.name in _X86_ONLY and arch != "x86_64":
+            continue
+        if src.name in _ARM_ONLY and arch != "aarch64":
+            continue
+        units.append(_Unit(src, [*_CORE_FLAGS, *(_X86_ISA_FLAGS.get(src.name, []) if arch == "x86_64" else [])]))
+    if not units:
+        raise KernelLibraryError(f"no kernel core sources found under {CORE_DIR}")
+    return units
+
+
+def _host_arch() -> str:
+    machine = platform.machine().lower()
+    return {"amd64": "x86_64", "arm64": "aarch64"}.get(machine, machine)
+
+
+def executorch_dirs() -> tuple[Path, Path, str]:
+    """(include dir, lib dir, version) of the installed executorch wheel."""
+    spec = importlib.util.find_spec("executorch")
+    if spec is None or not spec.submodule_search_locations:
+        raise KernelLibraryError("the executorch package is not installed: `pip install executorch`")
+    root = Path(list(spec.submodule_search_locations)[0])
+    include, lib = root / "include", root / "lib"
+    if not (include / "executorch").is_dir() or not (lib / "libexecutorch.so").is_file():
+        raise KernelLibraryError(
+            f"the executorch wheel at {root} lacks include/executorch or lib/libexecutorch.so; "
+            "the kernel library needs an executorch wheel that ships them (executorch>=1.0)"
+        )
+    from executorch.version import __version__ as version
+
+    return include, lib, version
+
+
+def _target(kind: str) -> _Target:
+    arch = _host_arch()
+    include = ["-I", str(CSRC)]
+    if kind == "core":
+        return _Target("libotaro_sefp_core.so", [_Unit(u.source, [*u.flags, *include]) for u in _core_units(arch, True)])
+    core = [_Unit(u.source, [*u.flags, *include]) for u in _core_units(arch, False)]
+    if kind == "onnxruntime":
+        wrappers = sorted((CSRC / "onnxruntime").glob("*.cc"))
+        if not wrappers:
+            raise KernelLibraryError(f"no onnxruntime wrapper sources under {CSRC / 'onnxruntime'}")
+        return _Target("libotaro_sefp_onnxruntime.so", core + [_Unit(s, include) for s in wrappers])
+    if kind == "executorch":
+        et_include, et_lib, et_version = executorch_dirs()
+        wrappers = sorted((CSRC / "executorch").glob("*.cc"))
+        if not wrappers:
+            raise KernelLibraryError(f"no executorch wrapper sources under {CSRC / 'executorch'}")
+        # the wheel ships its own copy of the c10 headers it needs under portable_type/c10
+        et_c10 = et_include / "executorch" / "runtime" / "core" / "portable_type" / "c10"
+        et_flags = [*include, "-isystem", str(et_include), "-isystem", str(et_c10), "-DC10_USING_CUSTOM_GENERATED_MACROS"]
+        return _Target(
+            "libotaro_sefp_executorch.so",
+            core + [_Unit(s, et_flags) for s in wrappers],
+            link_flags=[f"-L{et_lib}", "-lexecutorch", f"-Wl,-rpath,{et_lib}"],
+            extra_hash=[f"executorch={et_version}", str(et_lib)],
+        )
+    raise ValueError(f"unknown kernel library kind {kind!r}; expected one of {list(KINDS)}")
+
+
+def _digest(target: _Target, cxx_id: str) -> str:
+    h = hashlib.sha256()
+    for part in [BUILD_VERSION, cxx_id, target.name, *target.link_flags, *target.extra_hash]:
+        h.update(part.encode() + b"\0")
+    headers = sorted(CSRC.rglob("*.h"))
+    for path in [*(u.source for u in target.units), *headers]:
+        h.update(str(path.relative_to(CSRC)).encode() + b"\0" + path.read_bytes() + b"\0")
+    for unit in target.units:
+        h.update(" ".join(unit.flags).encode() + b"\0")
+    return h.hexdigest()[:20]
+
+
+def _run(cmd: list[str], what: str) -> None:
+    try:
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=900)
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        raise KernelLibraryError(f"{what} failed to run: {exc}") from exc
+    if proc.returncode != 0:
+        tail = (proc.stdout + proc.stderr).strip()[-3000:]
+        raise KernelLibraryError(f"{what} failed (exit {proc.returncode}):\n$ {' '.join(cmd)}\n{tail}")
+
+
+def _compile_and_link(cxx: str, target: _Target, out: Path, work: Path) -> None:
+    objects = [work / f"{i}_{u.source.stem}.o" for i, u in enumerate(target.units)]
+
+    def compile_one(args):
+        unit, obj = args
+        _run([cxx, *_COMMON_FLAGS, *unit.flags, "-c", str(unit.source), "-o", str(obj)], f"compiling {unit.source.name}")
+
+    with ThreadPoolExecutor(max_workers=max(1, min(len(objects), os.cpu_count() or 1))) as pool:
+        list(pool.map(compile_one, zip(target.units, objects)))
+    kind_flags = ["-shared"] if target.shared else ["-static"]
+    _run(
+        [cxx, *kind_flags, "-pthread", *map(str, objects), "-o", str(out), *target.link_flags],
+        f"linking {target.name}",
+    )
+
+
+def _build_cached(target: _Target, cxx: str) -> Path:
+    digest = _digest(target, _compiler_id(cxx))
+    root = cache_root()
+    final_dir = root / digest
+    final = final_dir / target.name
+    if final.is_file():
+        return final
+    try:
+        final_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise KernelLibraryError(f"cannot create the kernel cache dir {final_dir}: {exc}") from exc
+    with open(root / f"{digest}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # another process may be building the same library
+        try:
+            if final.is_file():
+                return final
+            with tempfile.TemporaryDirectory(dir=final_dir, prefix=".build-") as tmp:
+                work = Path(tmp)
+                staged = work / target.name
+                _compile_and_link(cxx, target, staged, work)
+                os.replace(staged, final)  # atomic: readers see the old state or the whole file
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+    return final
+
+
+def library_path(kind: str) -> Path:
+    """Path of the native library ``kind`` ("core", "onnxruntime", "executorch"), building it if needed."""
+    if kind not in KINDS:
+        raise ValueError(f"unknown kernel library kind {kind!r}; expected one of {list(KINDS)}")
+    with _lock:
+        if kind not in _built:
+            _built[kind] = _build_cached(_target(kind), find_compiler())
+        return _built[kind]
+
+
+def build_aarch64_tests() -> Path:
+    """Cross-compile the core (scalar + NEON) and csrc/tests/*.cc into a static ARM64 test executable.
+
+    Raises KernelLibraryError if ``aarch64-linux-gnu-g++`` (or ``$OTARO_CROSS_CXX``) is missing.
+    """
+    cxx = find_compiler("OTARO_CROSS_CXX", "aarch64-linux-gnu-g++")
+    include = ["-I", str(CSRC)]
+    units = [_Unit(u.source, [*u.flags, *include]) for u in _core_units("aarch64", False)]
+    units += [_Unit(s, include) for s in sorted((CSRC / "tests").glob("*.cc"))]
+    target = _Target("sefp_kernel_tests_aarch64", units, shared=False)
+    return _build_cached(target, cxx)

@@ -1,0 +1,259 @@
+// AVX2 + FMA kernel. Same structure as the AVX-512 one with 8-lane vectors:
+// a group of 64 weights is eight sub-blocks s (elements 8s..8s+7).
+// Plane addressing of element i = 8s + l (see otaro_export/packing.py):
+//   p0 byte 8(s&3)+l, nibble s>>2;  p1/p2 byte 8(s&1)+l, field s>>1;  p3 byte l, bit s.
+#include <immintrin.h>
+
+#include "core/sefp_kernel_internal.h"
+
+namespace otaro {
+namespace detail {
+namespace {
+
+inline int64_t min64(int64_t a, int64_t b) { return a < b ? a : b; }
+
+template <int S>
+inline __m256i shift_left(__m256i v) {
+  if constexpr (S >= 0)
+    return _mm256_slli_epi32(v, S);
+  else
+    return _mm256_srli_epi32(v, -S);
+}
+
+inline __m256i load8_u8(const uint8_t* p) {
+  long long b8;
+  __builtin_memcpy(&b8, p, 8);
+  return _mm256_cvtepu8_epi32(_mm_cvtsi64_si128(b8));
+}
+
+struct GroupBytes {
+  __m256i c[4];   // p0 bytes 8j..8j+7 widened
+  __m256i f1[2];  // p1 bytes 8j..8j+7
+  __m256i f2[2];  // p2
+  __m256i f3;     // p3 bytes 0..7
+};
+
+template <int BITS, int S>
+inline __m256 decode_sub(const GroupBytes& gb) {
+  const __m256i c = gb.c[S & 3];
+  if constexpr (BITS == 3) {
+    // |q_3| = (code & 7) << 5 by an 8-entry vpermps (low 3 bits of each lane)
+    const __m256 table = _mm256_setr_ps(0.f, 32.f, 64.f, 96.f, 128.f, 160.f, 192.f, 224.f);
+    const __m256i idx = (S >> 2) ? _mm256_srli_epi32(c, 4) : c;
+    const __m256 mag = _mm256_permutevar8x32_ps(table, idx);
+    const __m256i sign = _mm256_and_si256(shift_left<(S >> 2) ? 24 : 28>(c), _mm256_set1_epi32(static_cast<int>(0x80000000u)));
+    return _mm256_xor_ps(mag, _mm256_castsi256_ps(sign));
+  } else {
+    __m256i q = _mm256_and_si256(shift_left<(S >> 2) ? 1 : 5>(c), _mm256_set1_epi32(0xE0));
+    constexpr int m1 = BITS == 4 ? 0x10 : 0x18;
+    q = _mm256_or_si256(q, _mm256_and_si256(shift_left<3 - 2 * (S >> 1)>(gb.f1[S & 1]), _mm256_set1_epi32(m1)));
+    if constexpr (BITS >= 6) {
+      constexpr int m2 = BITS == 6 ? 0x04 : 0x06;
+      q = _mm256_or_si256(q, _mm256_and_si256(shift_left<1 - 2 * (S >> 1)>(gb.f2[S & 1]), _mm256_set1_epi32(m2)));
+    }
+    if constexpr (BITS == 8) q = _mm256_or_si256(q, _mm256_and_si256(shift_left<-S>(gb.f3), _mm256_set1_epi32(1)));
+    const __m256i sign = _mm256_and_si256(shift_left<(S >> 2) ? 24 : 28>(c), _mm256_set1_epi32(static_cast<int>(0x80000000u)));
+    return _mm256_xor_ps(_mm256_cvtepi32_ps(q), _mm256_castsi256_ps(sign));
+  }
+}
+
+template <int BITS>
+inline void decode_group(const SEFPWeightView& w, int64_t ng, __m256 v[8]) {
+  GroupBytes gb;
+  const uint8_t* p0 = w.p0 + ng * kP0Bytes;
+  for (int j = 0; j < 4; ++j) gb.c[j] = load8_u8(p0 + 8 * j);
+  if constexpr (BITS >= 4) {
+    gb.f1[0] = load8_u8(w.p1 + ng * kP1Bytes);
+    gb.f1[1] = load8_u8(w.p1 + ng * kP1Bytes + 8);
+  }
+  if constexpr (BITS >= 6) {
+    gb.f2[0] = load8_u8(w.p2 + ng * kP2Bytes);
+    gb.f2[1] = load8_u8(w.p2 + ng * kP2Bytes + 8);
+  }
+  if constexpr (BITS == 8) gb.f3 = load8_u8(w.p3 + ng * kP3Bytes);
+  v[0] = decode_sub<BITS, 0>(gb);
+  v[1] = decode_sub<BITS, 1>(gb);
+  v[2] = decode_sub<BITS, 2>(gb);
+  v[3] = decode_sub<BITS, 3>(gb);
+  v[4] = decode_sub<BITS, 4>(gb);
+  v[5] = decode_sub<BITS, 5>(gb);
+  v[6] = decode_sub<BITS, 6>(gb);
+  v[7] = decode_sub<BITS, 7>(gb);
+}
+
+inline float hsum(__m256 v) {
+  __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+  s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+  s = _mm_add_ss(s, _mm_movehdup_ps(s));
+  return _mm_cvtss_f32(s);
+}
+
+// scales[i] = 2^(e[i] - 7) for count groups, 8 at a time from the exponent bits.
+inline void group_scales(const int8_t* e, int64_t count, float* scales) {
+  int64_t i = 0;
+  for (; i + 8 <= count; i += 8) {
+    long long e8;
+    __builtin_memcpy(&e8, e + i, 8);
+    const __m256i biased = _mm256_add_epi32(_mm256_cvtepi8_epi32(_mm_cvtsi64_si128(e8)), _mm256_set1_epi32(127 - 7));
+    if (_mm256_movemask_epi8(_mm256_cmpgt_epi32(_mm256_set1_epi32(1), biased)) != 0) break;  // subnormal: scalar
+    _mm256_storeu_ps(scales + i, _mm256_castsi256_ps(_mm256_slli_epi32(biased, 23)));
+  }
+  for (; i < count; ++i) scales[i] = unit_scale(e[i]);
+}
+
+constexpr int64_t kScaleChunk = 256;
+
+// Few activation rows (decode): R weight rows at a time share the x loads.
+template <int BITS, int M, int R>
+void matvec_rows(const LinearArgs& a, int64_t n) {
+  const SEFPWeightView& w = a.w;
+  const int64_t G = w.num_groups, N = a.ldy;  // y row stride
+  __m256 acc[M][R];
+  for (int m = 0; m < M; ++m)
+    for (int r = 0; r < R; ++r) acc[m][r] = _mm256_setzero_ps();
+  alignas(32) float scales[R][kScaleChunk];
+  for (int64_t g0 = 0; g0 < G; g0 += kScaleChunk) {
+    const int64_t gc = min64(kScaleChunk, G - g0);
+    for (int r = 0; r < R; ++r) group_scales(w.exponents + (n + r) * G + g0, gc, scales[r]);
+    for (int64_t gg = 0; gg < gc; ++gg) {
+      const int64_t g = g0 + gg;
+      __m256 v[R][8];
+      for (int r = 0; r < R; ++r) decode_group<BITS>(w, (n + r) * G + g, v[r]);
+      for (int m = 0; m < M; ++m) {
+        const float* x = a.x + m * a.ldx + g * kGroup;
+        __m256 s0[R], s1[R];
+        for (int r = 0; r < R; ++r) {
+          s0[r] = _mm256_mul_ps(_mm256_loadu_ps(x), v[r][0]);
+          s1[r] = _mm256_mul_ps(_mm256_loadu_ps(x + 8), v[r][1]);
+        }
+        for (int b = 2; b < 8; b += 2) {
+          const __m256 xa = _mm256_loadu_ps(x + 8 * b), xb = _mm256_loadu_ps(x + 8 * b + 8);
+          for (int r = 0; r < R; ++r) {
+            s0[r] = _mm256_fmadd_ps(xa, v[r][b], s0[r]);
+            s1[r] = _mm256_fmadd_ps(xb, v[r][b + 1], s1[r]);
+          }
+        }
+        for (int r = 0; r < R; ++r)
+          acc[m][r] = _mm256_fmadd_ps(_mm256_add_ps(s0[r], s1[r]), _mm256_set1_ps(scales[r][gg]), acc[m][r]);
+      }
+    }
+  }
+  for (int m = 0; m < M; ++m)
+    for (int r = 0; r < R; ++r) a.y[m * N + n + r] = hsum(acc[m][r]) + (a.bias ? a.bias[n + r] : 0.0f);
+}
+
+// Two weight rows at a time only where the decoded group fits the 16 ymm
+// registers twice over (E5M3); above that, spills cost more than the shared loads save.
+template <int BITS, int M>
+void matvec(const LinearArgs& a, int64_t n_begin, int64_t n_end) {
+  int64_t n = n_begin;
+  if constexpr (BITS == 3 && M == 1)
+    for (; n + 2 <= n_end; n += 2) matvec_rows<BITS, M, 2>(a, n);
+  for (; n < n_end; ++n) matvec_rows<BITS, M, 1>(a, n);
+}
+
+inline __m128 reduce4(__m256 a, __m256 b, __m256 c, __m256 d) {
+  const __m256 abcd = _mm256_hadd_ps(_mm256_hadd_ps(a, b), _mm256_hadd_ps(c, d));
+  return _mm_add_ps(_mm256_castps256_ps128(abcd), _mm256_extractf128_ps(abcd, 1));
+}
+
+// MR x NR dot products over kc (MR <= 3, NR <= 4; 3 x 4 measured faster than
+// 2 x 4 although 12 accumulators leave few of the 16 ymm registers for loads).
+template <int MR, int NR>
+void micro(const float* x, int64_t ldx, const float* wb, int64_t kc, float* y, int64_t ldy) {
+  __m256 acc[MR][NR];
+  for (int i = 0; i < MR; ++i)
+    for (int j = 0; j < NR; ++j) acc[i][j] = _mm256_setzero_ps();
+  for (int64_t k = 0; k < kc; k += 8) {
+    __m256 wv[NR];
+    for (int j = 0; j < NR; ++j) wv[j] = _mm256_load_ps(wb + j * kc + k);
+    for (int i = 0; i < MR; ++i) {
+      const __m256 xv = _mm256_loadu_ps(x + i * ldx + k);
+      for (int j = 0; j < NR; ++j) acc[i][j] = _mm256_fmadd_ps(xv, wv[j], acc[i][j]);
+    }
+  }
+  for (int i = 0; i < MR; ++i) {
+    if constexpr (NR == 4) {
+      float* yi = y + i * ldy;
+      _mm_storeu_ps(yi, _mm_add_ps(_mm_loadu_ps(yi), reduce4(acc[i][0], acc[i][1], acc[i][2], acc[i][3])));
+    } else {
+      for (int j = 0; j < NR; ++j) y[i * ldy + j] += hsum(acc[i][j]);
+    }
+  }
+}
+
+using MicroFn = void (*)(const float*, int64_t, const float*, int64_t, float*, int64_t);
+template <int MR>
+constexpr MicroFn kMicroRow[4] = {micro<MR, 1>, micro<MR, 2>, micro<MR, 3>, micro<MR, 4>};
+constexpr const MicroFn* kMicro[3] = {kMicroRow<1>, kMicroRow<2>, kMicroRow<3>};
+
+template <int BITS>
+void gemm(const LinearArgs& a, int64_t n_begin, int64_t n_end) {
+  constexpr int kNB = 16;
+  constexpr int kKG = 8;
+  alignas(32) float wbuf[kNB * kKG * kGroup];
+  const SEFPWeightView& w = a.w;
+  const int64_t G = w.num_groups, N = a.ldy;  // y row stride
+  for (int64_t n0 = n_begin; n0 < n_end; n0 += kNB) {
+    const int64_t nb = min64(kNB, n_end - n0);
+    for (int64_t r = 0; r < a.rows; ++r)
+      for (int64_t j = 0; j < nb; ++j) a.y[r * N + n0 + j] = a.bias ? a.bias[n0 + j] : 0.0f;
+    for (int64_t g0 = 0; g0 < G; g0 += kKG) {
+      const int64_t gc = min64(kKG, G - g0), kc = gc * kGroup;
+      for (int64_t j = 0; j < nb; ++j) {
+        for (int64_t gg = 0; gg < gc; ++gg) {
+          const int64_t ng = (n0 + j) * G + g0 + gg;
+          __m256 v[8];
+          decode_group<BITS>(w, ng, v);
+          const __m256 scale = _mm256_set1_ps(unit_scale(w.exponents[ng]));
+          float* dst = wbuf + j * kc + gg * kGroup;
+          for (int b = 0; b < 8; ++b) _mm256_store_ps(dst + 8 * b, _mm256_mul_ps(v[b], scale));
+        }
+      }
+      for (int64_t m0 = 0; m0 < a.rows; m0 += 3) {
+        const int64_t mr = min64(3, a.rows - m0);
+        for (int64_t j0 = 0; j0 < nb; j0 += 4) {
+          const int64_t nr = min64(4, nb - j0);
+          kMicro[mr - 1][nr - 1](a.x + m0 * a.ldx + g0 * kGroup, a.ldx, wbuf + j0 * kc, kc, a.y + m0 * N + n0 + j0,
+                                 N);
+        }
+      }
+    }
+  }
+}
+
+template <int BITS>
+void linear_bits(const LinearArgs& a, int64_t n_begin, int64_t n_end) {
+  switch (a.rows) {
+    case 1:
+      return matvec<BITS, 1>(a, n_begin, n_end);
+    case 2:
+      return matvec<BITS, 2>(a, n_begin, n_end);
+    case 3:
+      return matvec<BITS, 3>(a, n_begin, n_end);
+    default:
+      return gemm<BITS>(a, n_begin, n_end);
+  }
+}
+
+}  // namespace
+
+void linear_range_avx2(const LinearArgs& a, int64_t n_begin, int64_t n_end) {
+  switch (a.bits) {
+    case 3:
+      return linear_bits<3>(a, n_begin, n_end);
+    case 4:
+      return linear_bits<4>(a, n_begin, n_end);
+    case 5:
+      return linear_bits<5>(a, n_begin, n_end);
+    case 6:
+      return linear_bits<6>(a, n_begin, n_end);
+    case 7:
+      return linear_bits<7>(a, n_begin, n_end);
+    default:
+      return linear_bits<8>(a, n_begin, n_end);
+  }
+}
+
+}  // namespace detail
+}  // namespace otaro

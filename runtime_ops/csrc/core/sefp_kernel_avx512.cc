@@ -1,0 +1,270 @@
+// AVX-512 kernel (F/BW/VL/DQ). Decode: each group of 64 weights becomes four
+// 16-lane float vectors of signed magnitudes q_k (exact integers), built with
+// shifts and masks from the planes precision k needs; E5M3 is one vpermps
+// table lookup per 16 weights, E5M4 one vpermt2ps. Multiply-accumulate in float32.
+#include <immintrin.h>
+
+#include "core/sefp_kernel_internal.h"
+
+namespace otaro {
+namespace detail {
+namespace {
+
+constexpr int kTernaryOrAnd = 0xF8;  // a | (b & c)
+constexpr int kTernaryXorAnd = 0x78; // a ^ (b & c)
+
+inline int64_t min64(int64_t a, int64_t b) { return a < b ? a : b; }
+
+template <int S>
+inline __m512i shift_left(__m512i v) {
+  if constexpr (S >= 0)
+    return _mm512_slli_epi32(v, S);
+  else
+    return _mm512_srli_epi32(v, -S);
+}
+
+// +-q_4 for E5M4 indexed by code | (q[4] << 4): one vpermt2ps per 16 weights.
+// (A 64-entry E5M5 table needs two permutes and a blend: no faster than the
+// shift/mask path, measured.)
+struct M4Table {
+  alignas(64) float v[32];
+  constexpr M4Table() : v{} {
+    for (int i = 0; i < 32; ++i) {
+      const int code = i & 15;
+      const int q = ((code & 7) << 5) | ((i >> 4) << 4);
+      v[i] = (code & 8) ? -static_cast<float>(q) : static_cast<float>(q);
+    }
+  }
+};
+constexpr M4Table kM4Table{};
+
+// Block b (elements 16b..16b+15) of one group as floats q_k * sign.
+template <int BITS, int B>
+inline __m512 decode_block(__m512i c01, __m512i c23, __m512i p1v, __m512i p2v, __m512i p3v) {
+  const __m512i c = (B & 1) ? c23 : c01;  // p0 bytes 0..15 hold blocks 0/2, 16..31 blocks 1/3
+  if constexpr (BITS == 3) {
+    // code (sign<<3 | q[7:5]) -> +-q_3: vpermps reads the low 4 bits of each lane.
+    const __m512 table = _mm512_setr_ps(0.f, 32.f, 64.f, 96.f, 128.f, 160.f, 192.f, 224.f, -0.f, -32.f, -64.f,
+                                        -96.f, -128.f, -160.f, -192.f, -224.f);
+    return _mm512_permutexvar_ps((B >> 1) ? _mm512_srli_epi32(c, 4) : c, table);
+  } else if constexpr (BITS == 4) {
+    // index = code (bits 0..3) | q[4] (bit 4; bits above are ignored by vpermt2ps)
+    const __m512i code = (B >> 1) ? _mm512_srli_epi32(c, 4) : c;
+    constexpr int kSelect = 0xE4;  // c ? a : b, bitwise
+    const __m512i idx = _mm512_ternarylogic_epi32(code, shift_left<3 - 2 * B>(p1v), _mm512_set1_epi32(0x0F), kSelect);
+    return _mm512_permutex2var_ps(_mm512_load_ps(kM4Table.v), idx, _mm512_load_ps(kM4Table.v + 16));
+  } else {
+    // q[7:5] from the nibble; low nibble sits at bit 0, high nibble at bit 4.
+    __m512i q = _mm512_and_si512(shift_left<(B >> 1) ? 1 : 5>(c), _mm512_set1_epi32(0xE0));
+    q = _mm512_ternarylogic_epi32(q, shift_left<3 - 2 * B>(p1v), _mm512_set1_epi32(0x18), kTernaryOrAnd);  // q[4:3]
+    if constexpr (BITS >= 6) {
+      constexpr int m2 = BITS == 6 ? 0x04 : 0x06;  // q[2:1] (k=6 keeps only q[2])
+      q = _mm512_ternarylogic_epi32(q, shift_left<1 - 2 * B>(p2v), _mm512_set1_epi32(m2), kTernaryOrAnd);
+    }
+    if constexpr (BITS == 8) {
+      // p3 byte l&7, bit 2B + (l >> 3) holds q[0] of element 16B + l
+      const __m512i counts = _mm512_setr_epi32(2 * B, 2 * B, 2 * B, 2 * B, 2 * B, 2 * B, 2 * B, 2 * B, 2 * B + 1,
+                                               2 * B + 1, 2 * B + 1, 2 * B + 1, 2 * B + 1, 2 * B + 1, 2 * B + 1,
+                                               2 * B + 1);
+      q = _mm512_ternarylogic_epi32(q, _mm512_srlv_epi32(p3v, counts), _mm512_set1_epi32(1), kTernaryOrAnd);
+    }
+    const __m512i sign_at_31 = shift_left<(B >> 1) ? 24 : 28>(c);
+    const __m512i f = _mm512_castps_si512(_mm512_cvtepi32_ps(q));
+    return _mm512_castsi512_ps(
+        _mm512_ternarylogic_epi32(f, sign_at_31, _mm512_set1_epi32(static_cast<int>(0x80000000u)), kTernaryXorAnd));
+  }
+}
+
+template <int BITS>
+inline void decode_group(const SEFPWeightView& w, int64_t ng, __m512 v[4]) {
+  const uint8_t* p0 = w.p0 + ng * kP0Bytes;
+  const __m512i c01 = _mm512_cvtepu8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p0)));
+  const __m512i c23 = _mm512_cvtepu8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p0 + 16)));
+  __m512i p1v = _mm512_setzero_si512(), p2v = _mm512_setzero_si512(), p3v = _mm512_setzero_si512();
+  if constexpr (BITS >= 4)
+    p1v = _mm512_cvtepu8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(w.p1 + ng * kP1Bytes)));
+  if constexpr (BITS >= 6)
+    p2v = _mm512_cvtepu8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(w.p2 + ng * kP2Bytes)));
+  if constexpr (BITS == 8) {
+    long long b8;
+    __builtin_memcpy(&b8, w.p3 + ng * kP3Bytes, 8);
+    p3v = _mm512_cvtepu8_epi32(_mm_set1_epi64x(b8));  // lanes 0..7 and 8..15 both see bytes 0..7
+  }
+  v[0] = decode_block<BITS, 0>(c01, c23, p1v, p2v, p3v);
+  v[1] = decode_block<BITS, 1>(c01, c23, p1v, p2v, p3v);
+  v[2] = decode_block<BITS, 2>(c01, c23, p1v, p2v, p3v);
+  v[3] = decode_block<BITS, 3>(c01, c23, p1v, p2v, p3v);
+}
+
+inline float hsum(__m512 v) { return _mm512_reduce_add_ps(v); }
+
+// scales[i] = 2^(e[i] - 7) for count groups, 16 at a time from the exponent bits.
+inline void group_scales(const int8_t* e, int64_t count, float* scales) {
+  int64_t i = 0;
+  for (; i + 16 <= count; i += 16) {
+    const __m512i biased = _mm512_add_epi32(_mm512_cvtepi8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(e + i))),
+                                            _mm512_set1_epi32(127 - 7));
+    if (_mm512_cmpgt_epi32_mask(_mm512_set1_epi32(1), biased) != 0) break;  // subnormal: scalar path below
+    _mm512_storeu_ps(scales + i, _mm512_castsi512_ps(_mm512_slli_epi32(biased, 23)));
+  }
+  for (; i < count; ++i) scales[i] = unit_scale(e[i]);
+}
+
+constexpr int64_t kScaleChunk = 256;  // groups whose scales sit on the stack at once
+
+// Few activation rows (decode): two weight rows at a time share the x loads;
+// every group is decoded once and dotted with each activation row.
+template <int BITS, int M, int R>
+void matvec_rows(const LinearArgs& a, int64_t n) {
+  const SEFPWeightView& w = a.w;
+  const int64_t G = w.num_groups, N = a.ldy;  // y row stride
+  __m512 acc[M][R];
+  for (int m = 0; m < M; ++m)
+    for (int r = 0; r < R; ++r) acc[m][r] = _mm512_setzero_ps();
+  alignas(64) float scales[R][kScaleChunk];
+  for (int64_t g0 = 0; g0 < G; g0 += kScaleChunk) {
+    const int64_t gc = min64(kScaleChunk, G - g0);
+    for (int r = 0; r < R; ++r) group_scales(w.exponents + (n + r) * G + g0, gc, scales[r]);
+    for (int64_t gg = 0; gg < gc; ++gg) {
+      const int64_t g = g0 + gg;
+      __m512 v[R][4];
+      for (int r = 0; r < R; ++r) decode_group<BITS>(w, (n + r) * G + g, v[r]);
+      for (int m = 0; m < M; ++m) {
+        const float* x = a.x + m * a.ldx + g * kGroup;
+        const __m512 x0 = _mm512_loadu_ps(x), x1 = _mm512_loadu_ps(x + 16);
+        const __m512 x2 = _mm512_loadu_ps(x + 32), x3 = _mm512_loadu_ps(x + 48);
+        for (int r = 0; r < R; ++r) {
+          __m512 s0 = _mm512_mul_ps(x0, v[r][0]);
+          __m512 s1 = _mm512_mul_ps(x1, v[r][1]);
+          s0 = _mm512_fmadd_ps(x2, v[r][2], s0);
+          s1 = _mm512_fmadd_ps(x3, v[r][3], s1);
+          acc[m][r] = _mm512_fmadd_ps(_mm512_add_ps(s0, s1), _mm512_set1_ps(scales[r][gg]), acc[m][r]);
+        }
+      }
+    }
+  }
+  for (int m = 0; m < M; ++m)
+    for (int r = 0; r < R; ++r) a.y[m * N + n + r] = hsum(acc[m][r]) + (a.bias ? a.bias[n + r] : 0.0f);
+}
+
+// Two weight rows at a time for the cheap decodes; for E5M6..M8 the decode
+// temporaries of two rows crowd the registers (measured slower).
+template <int BITS, int M>
+void matvec(const LinearArgs& a, int64_t n_begin, int64_t n_end) {
+  int64_t n = n_begin;
+  if constexpr (BITS <= 5)
+    for (; n + 2 <= n_end; n += 2) matvec_rows<BITS, M, 2>(a, n);
+  for (; n < n_end; ++n) matvec_rows<BITS, M, 1>(a, n);
+}
+
+// [a, b, c, d] horizontal sums.
+inline __m128 reduce4(__m512 a, __m512 b, __m512 c, __m512 d) {
+  const __m256 a8 = _mm256_add_ps(_mm512_castps512_ps256(a), _mm512_extractf32x8_ps(a, 1));
+  const __m256 b8 = _mm256_add_ps(_mm512_castps512_ps256(b), _mm512_extractf32x8_ps(b, 1));
+  const __m256 c8 = _mm256_add_ps(_mm512_castps512_ps256(c), _mm512_extractf32x8_ps(c, 1));
+  const __m256 d8 = _mm256_add_ps(_mm512_castps512_ps256(d), _mm512_extractf32x8_ps(d, 1));
+  const __m256 abcd = _mm256_hadd_ps(_mm256_hadd_ps(a8, b8), _mm256_hadd_ps(c8, d8));
+  return _mm_add_ps(_mm256_castps256_ps128(abcd), _mm256_extractf128_ps(abcd, 1));
+}
+
+// y[i, j] += dot(x row i, wbuf row j) over kc, for MR x NR outputs.
+template <int MR, int NR>
+void micro(const float* x, int64_t ldx, const float* wb, int64_t kc, float* y, int64_t ldy) {
+  __m512 acc[MR][NR];
+  for (int i = 0; i < MR; ++i)
+    for (int j = 0; j < NR; ++j) acc[i][j] = _mm512_setzero_ps();
+  for (int64_t k = 0; k < kc; k += 16) {
+    __m512 xv[MR], wv[NR];
+    for (int i = 0; i < MR; ++i) xv[i] = _mm512_loadu_ps(x + i * ldx + k);
+    for (int j = 0; j < NR; ++j) wv[j] = _mm512_load_ps(wb + j * kc + k);
+    for (int i = 0; i < MR; ++i)
+      for (int j = 0; j < NR; ++j) acc[i][j] = _mm512_fmadd_ps(xv[i], wv[j], acc[i][j]);
+  }
+  for (int i = 0; i < MR; ++i) {
+    if constexpr (NR == 4) {
+      float* yi = y + i * ldy;
+      _mm_storeu_ps(yi, _mm_add_ps(_mm_loadu_ps(yi), reduce4(acc[i][0], acc[i][1], acc[i][2], acc[i][3])));
+    } else {
+      for (int j = 0; j < NR; ++j) y[i * ldy + j] += hsum(acc[i][j]);
+    }
+  }
+}
+
+using MicroFn = void (*)(const float*, int64_t, const float*, int64_t, float*, int64_t);
+template <int MR>
+constexpr MicroFn kMicroRow[4] = {micro<MR, 1>, micro<MR, 2>, micro<MR, 3>, micro<MR, 4>};
+constexpr const MicroFn* kMicro[4] = {kMicroRow<1>, kMicroRow<2>, kMicroRow<3>, kMicroRow<4>};
+
+// Many activation rows (prefill): decode a block of weight rows x groups to
+// exact float32 (q_k * 2^(e-7)) in an L1-sized buffer, then a register-blocked
+// dot-product GEMM over all activation rows reuses it.
+template <int BITS>
+void gemm(const LinearArgs& a, int64_t n_begin, int64_t n_end) {
+  constexpr int kNB = 16;  // weight rows per block
+  constexpr int kKG = 8;   // groups per k chunk (512 weights)
+  alignas(64) float wbuf[kNB * kKG * kGroup];  // 32 KiB
+  const SEFPWeightView& w = a.w;
+  const int64_t G = w.num_groups, N = a.ldy;  // y row stride
+  for (int64_t n0 = n_begin; n0 < n_end; n0 += kNB) {
+    const int64_t nb = min64(kNB, n_end - n0);
+    for (int64_t r = 0; r < a.rows; ++r)
+      for (int64_t j = 0; j < nb; ++j) a.y[r * N + n0 + j] = a.bias ? a.bias[n0 + j] : 0.0f;
+    for (int64_t g0 = 0; g0 < G; g0 += kKG) {
+      const int64_t gc = min64(kKG, G - g0), kc = gc * kGroup;
+      for (int64_t j = 0; j < nb; ++j) {
+        for (int64_t gg = 0; gg < gc; ++gg) {
+          const int64_t ng = (n0 + j) * G + g0 + gg;
+          __m512 v[4];
+          decode_group<BITS>(w, ng, v);
+          const __m512 scale = _mm512_set1_ps(unit_scale(w.exponents[ng]));
+          float* dst = wbuf + j * kc + gg * kGroup;
+          for (int b = 0; b < 4; ++b) _mm512_store_ps(dst + 16 * b, _mm512_mul_ps(v[b], scale));
+        }
+      }
+      for (int64_t m0 = 0; m0 < a.rows; m0 += 4) {
+        const int64_t mr = min64(4, a.rows - m0);
+        for (int64_t j0 = 0; j0 < nb; j0 += 4) {
+          const int64_t nr = min64(4, nb - j0);
+          kMicro[mr - 1][nr - 1](a.x + m0 * a.ldx + g0 * kGroup, a.ldx, wbuf + j0 * kc, kc, a.y + m0 * N + n0 + j0,
+                                 N);
+        }
+      }
+    }
+  }
+}
+
+template <int BITS>
+void linear_bits(const LinearArgs& a, int64_t n_begin, int64_t n_end) {
+  switch (a.rows) {
+    case 1:
+      return matvec<BITS, 1>(a, n_begin, n_end);
+    case 2:
+      return matvec<BITS, 2>(a, n_begin, n_end);
+    case 3:
+      return matvec<BITS, 3>(a, n_begin, n_end);
+    default:
+      return gemm<BITS>(a, n_begin, n_end);
+  }
+}
+
+}  // namespace
+
+void linear_range_avx512(const LinearArgs& a, int64_t n_begin, int64_t n_end) {
+  switch (a.bits) {
+    case 3:
+      return linear_bits<3>(a, n_begin, n_end);
+    case 4:
+      return linear_bits<4>(a, n_begin, n_end);
+    case 5:
+      return linear_bits<5>(a, n_begin, n_end);
+    case 6:
+      return linear_bits<6>(a, n_begin, n_end);
+    case 7:
+      return linear_bits<7>(a, n_begin, n_end);
+    default:
+      return linear_bits<8>(a, n_begin, n_end);
+  }
+}
+
+}  // namespace detail
+}  // namespace otaro

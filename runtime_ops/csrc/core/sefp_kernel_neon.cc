@@ -1,0 +1,193 @@
+// ARM64 NEON kernel. Decode runs on 16 weights per instruction in 8-bit lanes
+// (q_k fits a byte), then widens to int32 and converts to float32 for FMA.
+// Block b = elements 16b..16b+15 of a group (see otaro_export/packing.py):
+//   p0 bytes 16(b&1).., nibble b>>1;  p1/p2 bytes 0..15, field b;  p3 byte l&7, bit 2b+(l>>3).
+#include <arm_neon.h>
+
+#include "core/sefp_kernel_internal.h"
+
+namespace otaro {
+namespace detail {
+namespace {
+
+inline int64_t min64(int64_t a, int64_t b) { return a < b ? a : b; }
+
+template <int S>
+inline uint8x16_t shift_left(uint8x16_t v) {
+  if constexpr (S > 0)
+    return vshlq_n_u8(v, S);
+  else if constexpr (S < 0)
+    return vshrq_n_u8(v, -S);
+  else
+    return v;
+}
+
+template <int BITS, int B>
+inline void decode_block(uint8x16_t b0, uint8x16_t b1, uint8x16_t p1v, uint8x16_t p2v, uint8x16_t p3v,
+                         float32x4_t out[4]) {
+  const uint8x16_t raw = (B & 1) ? b1 : b0;
+  const uint8x16_t code = (B >> 1) ? vshrq_n_u8(raw, 4) : vandq_u8(raw, vdupq_n_u8(0xF));
+  uint8x16_t q = vshlq_n_u8(code, 5);  // (code & 7) << 5: the sign bit shifts out
+  if constexpr (BITS >= 4)
+    q = vorrq_u8(q, vandq_u8(shift_left<3 - 2 * B>(p1v), vdupq_n_u8(BITS == 4 ? 0x10 : 0x18)));
+  if constexpr (BITS >= 6)
+    q = vorrq_u8(q, vandq_u8(shift_left<1 - 2 * B>(p2v), vdupq_n_u8(BITS == 6 ? 0x04 : 0x06)));
+  if constexpr (BITS == 8) {
+    const int8x16_t counts = vcombine_s8(vdup_n_s8(-2 * B), vdup_n_s8(-2 * B - 1));
+    q = vorrq_u8(q, vandq_u8(vshlq_u8(p3v, counts), vdupq_n_u8(1)));
+  }
+  const int8x16_t neg = vreinterpretq_s8_u8(vtstq_u8(code, vdupq_n_u8(8)));  // -1 where negative
+  // widen to int16 and apply the sign: (q ^ m) - m
+  const int16x8_t m_lo = vmovl_s8(vget_low_s8(neg)), m_hi = vmovl_s8(vget_high_s8(neg));
+  const int16x8_t q_lo = vsubq_s16(veorq_s16(vreinterpretq_s16_u16(vmovl_u8(vget_low_u8(q))), m_lo), m_lo);
+  const int16x8_t q_hi = vsubq_s16(veorq_s16(vreinterpretq_s16_u16(vmovl_u8(vget_high_u8(q))), m_hi), m_hi);
+  out[0] = vcvtq_f32_s32(vmovl_s16(vget_low_s16(q_lo)));
+  out[1] = vcvtq_f32_s32(vmovl_s16(vget_high_s16(q_lo)));
+  out[2] = vcvtq_f32_s32(vmovl_s16(vget_low_s16(q_hi)));
+  out[3] = vcvtq_f32_s32(vmovl_s16(vget_high_s16(q_hi)));
+}
+
+// The 64 signed magnitudes of one group as 16 float32x4 vectors.
+template <int BITS>
+inline void decode_group(const SEFPWeightView& w, int64_t ng, float32x4_t v[16]) {
+  const uint8_t* p0 = w.p0 + ng * kP0Bytes;
+  const uint8x16_t b0 = vld1q_u8(p0), b1 = vld1q_u8(p0 + 16);
+  uint8x16_t p1v = vdupq_n_u8(0), p2v = vdupq_n_u8(0), p3v = vdupq_n_u8(0);
+  if constexpr (BITS >= 4) p1v = vld1q_u8(w.p1 + ng * kP1Bytes);
+  if constexpr (BITS >= 6) p2v = vld1q_u8(w.p2 + ng * kP2Bytes);
+  if constexpr (BITS == 8) {
+    const uint8x8_t d = vld1_u8(w.p3 + ng * kP3Bytes);
+    p3v = vcombine_u8(d, d);
+  }
+  decode_block<BITS, 0>(b0, b1, p1v, p2v, p3v, v);
+  decode_block<BITS, 1>(b0, b1, p1v, p2v, p3v, v + 4);
+  decode_block<BITS, 2>(b0, b1, p1v, p2v, p3v, v + 8);
+  decode_block<BITS, 3>(b0, b1, p1v, p2v, p3v, v + 12);
+}
+
+inline float32x4_t group_dot(const float* x, const float32x4_t v[16]) {
+  float32x4_t s[4];
+  for (int j = 0; j < 4; ++j) s[j] = vmulq_f32(vld1q_f32(x + 4 * j), v[j]);
+  for (int b = 4; b < 16; b += 4)
+    for (int j = 0; j < 4; ++j) s[j] = vfmaq_f32(s[j], vld1q_f32(x + 4 * (b + j)), v[b + j]);
+  return vaddq_f32(vaddq_f32(s[0], s[1]), vaddq_f32(s[2], s[3]));
+}
+
+template <int BITS, int M>
+void matvec(const LinearArgs& a, int64_t n_begin, int64_t n_end) {
+  const SEFPWeightView& w = a.w;
+  const int64_t G = w.num_groups, N = a.ldy;  // y row stride
+  for (int64_t n = n_begin; n < n_end; ++n) {
+    float32x4_t acc[M][2];
+    for (int m = 0; m < M; ++m) acc[m][0] = acc[m][1] = vdupq_n_f32(0.0f);
+    for (int64_t g = 0; g < G; ++g) {
+      const int64_t ng = n * G + g;
+      float32x4_t v[16];
+      decode_group<BITS>(w, ng, v);
+      const float scale = unit_scale(w.exponents[ng]);
+      for (int m = 0; m < M; ++m)
+        acc[m][g & 1] = vfmaq_n_f32(acc[m][g & 1], group_dot(a.x + m * a.ldx + g * kGroup, v), scale);
+    }
+    for (int m = 0; m < M; ++m)
+      a.y[m * N + n] = vaddvq_f32(vaddq_f32(acc[m][0], acc[m][1])) + (a.bias ? a.bias[n] : 0.0f);
+  }
+}
+
+template <int MR, int NR>
+void micro(const float* x, int64_t ldx, const float* wb, int64_t kc, float* y, int64_t ldy) {
+  float32x4_t acc[MR][NR];
+  for (int i = 0; i < MR; ++i)
+    for (int j = 0; j < NR; ++j) acc[i][j] = vdupq_n_f32(0.0f);
+  for (int64_t k = 0; k < kc; k += 4) {
+    float32x4_t xv[MR], wv[NR];
+    for (int i = 0; i < MR; ++i) xv[i] = vld1q_f32(x + i * ldx + k);
+    for (int j = 0; j < NR; ++j) wv[j] = vld1q_f32(wb + j * kc + k);
+    for (int i = 0; i < MR; ++i)
+      for (int j = 0; j < NR; ++j) acc[i][j] = vfmaq_f32(acc[i][j], xv[i], wv[j]);
+  }
+  for (int i = 0; i < MR; ++i) {
+    if constexpr (NR == 4) {
+      const float32x4_t sums =
+          vpaddq_f32(vpaddq_f32(acc[i][0], acc[i][1]), vpaddq_f32(acc[i][2], acc[i][3]));
+      vst1q_f32(y + i * ldy, vaddq_f32(vld1q_f32(y + i * ldy), sums));
+    } else {
+      for (int j = 0; j < NR; ++j) y[i * ldy + j] += vaddvq_f32(acc[i][j]);
+    }
+  }
+}
+
+using MicroFn = void (*)(const float*, int64_t, const float*, int64_t, float*, int64_t);
+template <int MR>
+constexpr MicroFn kMicroRow[4] = {micro<MR, 1>, micro<MR, 2>, micro<MR, 3>, micro<MR, 4>};
+constexpr const MicroFn* kMicro[4] = {kMicroRow<1>, kMicroRow<2>, kMicroRow<3>, kMicroRow<4>};
+
+template <int BITS>
+void gemm(const LinearArgs& a, int64_t n_begin, int64_t n_end) {
+  constexpr int kNB = 16;
+  constexpr int kKG = 4;  // 16 x 256 floats = 16 KiB: fits small phone L1s
+  alignas(16) float wbuf[kNB * kKG * kGroup];
+  const SEFPWeightView& w = a.w;
+  const int64_t G = w.num_groups, N = a.ldy;  // y row stride
+  for (int64_t n0 = n_begin; n0 < n_end; n0 += kNB) {
+    const int64_t nb = min64(kNB, n_end - n0);
+    for (int64_t r = 0; r < a.rows; ++r)
+      for (int64_t j = 0; j < nb; ++j) a.y[r * N + n0 + j] = a.bias ? a.bias[n0 + j] : 0.0f;
+    for (int64_t g0 = 0; g0 < G; g0 += kKG) {
+      const int64_t gc = min64(kKG, G - g0), kc = gc * kGroup;
+      for (int64_t j = 0; j < nb; ++j) {
+        for (int64_t gg = 0; gg < gc; ++gg) {
+          const int64_t ng = (n0 + j) * G + g0 + gg;
+          float32x4_t v[16];
+          decode_group<BITS>(w, ng, v);
+          const float scale = unit_scale(w.exponents[ng]);
+          float* dst = wbuf + j * kc + gg * kGroup;
+          for (int b = 0; b < 16; ++b) vst1q_f32(dst + 4 * b, vmulq_n_f32(v[b], scale));
+        }
+      }
+      for (int64_t m0 = 0; m0 < a.rows; m0 += 4) {
+        const int64_t mr = min64(4, a.rows - m0);
+        for (int64_t j0 = 0; j0 < nb; j0 += 4) {
+          const int64_t nr = min64(4, nb - j0);
+          kMicro[mr - 1][nr - 1](a.x + m0 * a.ldx + g0 * kGroup, a.ldx, wbuf + j0 * kc, kc, a.y + m0 * N + n0 + j0,
+                                 N);
+        }
+      }
+    }
+  }
+}
+
+template <int BITS>
+void linear_bits(const LinearArgs& a, int64_t n_begin, int64_t n_end) {
+  switch (a.rows) {
+    case 1:
+      return matvec<BITS, 1>(a, n_begin, n_end);
+    case 2:
+      return matvec<BITS, 2>(a, n_begin, n_end);
+    case 3:
+      return matvec<BITS, 3>(a, n_begin, n_end);
+    default:
+      return gemm<BITS>(a, n_begin, n_end);
+  }
+}
+
+}  // namespace
+
+void linear_range_neon(const LinearArgs& a, int64_t n_begin, int64_t n_end) {
+  switch (a.bits) {
+    case 3:
+      return linear_bits<3>(a, n_begin, n_end);
+    case 4:
+      return linear_bits<4>(a, n_begin, n_end);
+    case 5:
+      return linear_bits<5>(a, n_begin, n_end);
+    case 6:
+      return linear_bits<6>(a, n_begin, n_end);
+    case 7:
+      return linear_bits<7>(a, n_begin, n_end);
+    default:
+      return linear_bits<8>(a, n_begin, n_end);
+  }
+}
+
+}  // namespace detail
+}  // namespace otaro

@@ -1,0 +1,127 @@
+#include "core/thread_pool.h"
+
+#include <algorithm>
+#include <chrono>
+
+#if defined(__x86_64__) || defined(_M_X64)
+#include <immintrin.h>
+#define OTARO_CPU_RELAX() _mm_pause()
+#elif defined(__aarch64__)
+#define OTARO_CPU_RELAX() asm volatile("yield" ::: "memory")
+#else
+#define OTARO_CPU_RELAX() ((void)0)
+#endif
+
+namespace otaro {
+
+namespace {
+// Workers spin this long for the next job before sleeping: decode runs one
+// layer after another, microseconds apart, and a futex wake-up costs more
+// than a small matvec.
+constexpr auto kSpinTime = std::chrono::microseconds(200);
+constexpr int kMaxWorkers = 63;
+}  // namespace
+
+// Spin briefly, then yield: on an oversubscribed machine a spinning caller
+// would hold the core the straggling worker needs.
+static void wait_until_zero(const std::atomic<int>& counter) {
+  for (int spins = 0; counter.load(std::memory_order_acquire) > 0; ++spins) {
+    if (spins < 4096) {
+      OTARO_CPU_RELAX();
+    } else {
+      std::this_thread::yield();
+    }
+  }
+}
+
+int hardware_threads() {
+  const unsigned n = std::thread::hardware_concurrency();
+  return n == 0 ? 1 : static_cast<int>(n);
+}
+
+ThreadPool& ThreadPool::instance() {
+  static ThreadPool pool;  // destroyed (workers joined) at exit or dlclose
+  return pool;
+}
+
+ThreadPool::~ThreadPool() {
+  {
+    std::lock_guard<std::mutex> lock(mutex_);
+    stop_ = true;
+    generation_.fetch_add(1);
+  }
+  wake_.notify_all();
+  for (auto& t : workers_) t.join();
+}
+
+void ThreadPool::ensure_workers(int count) {
+  count = std::min(count, kMaxWorkers);
+  while (static_cast<int>(workers_.size()) < count) workers_.emplace_back([this] { worker_loop(); });
+}
+
+void ThreadPool::drain(Job& job) {
+  for (;;) {
+    const int t = job.next.fetch_add(1);
+    if (t >= job.tasks) return;
+    (*job.fn)(t);
+    job.pending.fetch_sub(1, std::memory_order_acq_rel);
+  }
+}
+
+void ThreadPool::worker_loop() {
+  uint64_t seen = generation_.load();
+  for (;;) {
+    const auto spin_until = std::chrono::steady_clock::now() + kSpinTime;
+    while (generation_.load(std::memory_order_acquire) == seen && std::chrono::steady_clock::now() < spin_until) {
+      for (int i = 0; i < 64; ++i) OTARO_CPU_RELAX();
+    }
+    Job* job = nullptr;
+    {
+      std::unique_lock<std::mutex> lock(mutex_);
+      wake_.wait(lock, [&] { return generation_.load() != seen; });
+      seen = generation_.load();
+      if (stop_) return;
+      job = job_;
+      if (job && job->helpers < job->max_helpers) {  // pool may hold more workers than this job wants
+        ++job->helpers;
+        job->holders.fetch_add(1);
+      } else {
+        job = nullptr;
+      }
+    }
+    if (job) {
+      drain(*job);
+      job->holders.fetch_sub(1, std::memory_order_acq_rel);
+    }
+  }
+}
+
+void ThreadPool::run(int threads, int tasks, const std::function<void(int)>& fn) {
+  bool expected = false;
+  if (threads <= 1 || tasks <= 1 || !busy_.compare_exchange_strong(expected, true)) {
+    for (int t = 0; t < tasks; ++t) fn(t);
+    return;
+  }
+  Job job;
+  job.fn = &fn;
+  job.tasks = tasks;
+  job.max_helpers = threads - 1;
+  job.pending.store(tasks);
+  {
+    std::lock_guard<std::mutex> lock(mutex_);
+    ensure_workers(threads - 1);
+    job_ = &job;
+    generation_.fetch_add(1, std::memory_order_acq_rel);
+  }
+  wake_.notify_all();
+  drain(job);  // the caller also takes any task no worker has started yet
+  wait_until_zero(job.pending);
+  {
+    std::lock_guard<std::mutex> lock(mutex_);
+    job_ = nullptr;  // no worker can pick this job up any more
+  }
+  wait_until_zero(job.holders);
+  busy_.store(false);
+}
+
+}  // namespace otaro

@@ -1,0 +1,54 @@
+// A small persistent thread pool for the SEFP kernels (one per library).
+#pragma once
+
+#include <atomic>
+#include <condition_variable>
+#include <cstdint>
+#include <functional>
+#include <mutex>
+#include <thread>
+#include <vector>
+
+namespace otaro {
+
+int hardware_threads();
+
+class ThreadPool {
+ public:
+  static ThreadPool& instance();
+
+  // Runs fn(0), ..., fn(tasks - 1) on `threads` threads (the caller is one of
+  // them; tasks are handed out dynamically) and returns when all are done. If
+  // the pool is already busy (a concurrent or nested call), everything runs on
+  // the caller: never more threads than asked for.
+  void run(int threads, int tasks, const std::function<void(int)>& fn);
+
+  ~ThreadPool();
+
+ private:
+  ThreadPool() = default;
+  // One run() call; lives on the caller's stack until no worker holds it.
+  struct Job {
+    const std::function<void(int)>* fn;
+    int tasks;
+    std::atomic<int> next{0};
+    std::atomic<int> pending{0};
+    std::atomic<int> holders{0};  // workers that may still touch this Job
+    int max_helpers = 0;          // workers allowed to join (guarded by mutex_)
+    int helpers = 0;              // workers that joined (guarded by mutex_)
+  };
+
+  void ensure_workers(int count);
+  void worker_loop();
+  static void drain(Job& job);
+
+  std::mutex mutex_;
+  std::condition_variable wake_;
+  std::vector<std::thread> workers_;
+  std::atomic<bool> busy_{false};
+  std::atomic<uint64_t> generation_{0};
+  Job* job_ = nullptr;  // guarded by mutex_
+  bool stop_ = false;
+};
+
+}  // namespace otaro

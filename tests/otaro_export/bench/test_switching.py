@@ -1,0 +1,17 @@
+import pytest
+
+from otaro_export.bench.switching import switch_ratios
+
+
+def test_switch_ratio_is_geometric_mean_of_per_precision_ratios():
+    fixed = {3: [1.0, 1.0, 1.0], 8: [2.0, 2.0, 2.0]}
+    alternating = [(3, 1.1), (8, 2.0), (3, 1.1), (8, 2.0)]
+    out = switch_ratios(fixed, alternating)
+    assert out["per_bits_ratio"] == {"3": pytest.approx(1.1), "8": pytest.approx(1.0)}
+    assert out["switch_ratio"] == pytest.approx(1.1 ** 0.5)
+    assert out["fixed_step_ms"]["8"] == pytest.approx(2000.0)
+
+
+def test_switch_ratio_needs_both_schedules():
+    with pytest.raises(ValueError, match="E5M8"):
+        switch_ratios({3: [1.0], 8: [1.0]}, [(3, 1.0)])

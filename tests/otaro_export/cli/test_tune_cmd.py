@@ -1,0 +1,81 @@
+import json
+import sys
+from types import SimpleNamespace
+
+import pytest
+
+from otaro_export.cli.main import main
+from otaro_export.testing import tiny_causal_lm
+
+
+@pytest.fixture(scope="module")
+def tiny_dir(tmp_path_factory):
+    """The tiny llama saved as a local HF model directory (what --model PATH takes)."""
+    path = tmp_path_factory.mktemp("tiny_model")
+    loaded = tiny_causal_lm(seed=0)
+    loaded.model.save_pretrained(str(path))
+    loaded.tokenizer.save_pretrained(str(path))
+    return path
+
+
+@pytest.fixture
+def cli(capsys, monkeypatch):
+    """Run ``otaro ARGS`` in-process through the real entry point (clean-error handling included)."""
+
+    def run(*args):
+        monkeypatch.setattr(sys, "argv", ["otaro", *map(str, args)])
+        try:
+            main()
+            code = 0
+        except SystemExit as exc:
+            code = exc.code or 0
+        captured = capsys.readouterr()
+        return SimpleNamespace(exit_code=code, output=captured.out + captured.err)
+
+    return run
+
+
+def test_tune_writes_a_resumable_loadable_run_and_eval_reads_it(cli, tiny_dir, tmp_path):
+    out = tmp_path / "run"
+    common = ["--model", str(tiny_dir), "--output", str(out), "--num-samples", "3", "--gen-tokens", "6", "--batch-size", "2"]
+    res = cli("tune", *common, "--steps", "3", "--optimizer", "adamw", "--lr", "1e-3", "--laa-interval", "2")
+    assert res.exit_code == 0, res.output
+    assert "tuned 3 steps (otaro)" in res.output and (out / "LATEST").is_file()
+    assert json.loads((out / "tune_config.json").read_text())["method"] == "otaro"
+    again = cli("tune", *common, "--steps", "3")
+    assert again.exit_code == 2 and "--resume" in again.output
+    more = cli("tune", "--output", str(out), "--resume", "--steps", "5")
+    assert more.exit_code == 0, more.output
+    assert "resumed from ckpt-000003 at step 3" in more.output and "tuned 5 steps" in more.output
+
+    report = tmp_path / "eval"
+    ev = cli(
+        "eval", "--model", tiny_dir, "--checkpoint", out, "--num-samples", 2, "--gen-tokens", 6,
+        "--bits", "3,8", "--output", report,
+    )
+    assert ev.exit_code == 0, ev.output
+    rows = json.loads((report / "eval.json").read_text())["runs"]["tuned"]
+    assert [r["precision"] for r in rows] == ["E5M3", "E5M8", "FP"]
+    assert (report / "eval.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "E5M3" in ev.output and "top-1" in ev.output
+
+
+def test_tune_bad_inputs_are_one_clear_line(cli, tiny_dir, tmp_path):
+    res = cli("tune", "--model", str(tiny_dir), "--output", str(tmp_path / "o"), "--data", str(tmp_path / "none.jsonl"))
+    assert res.exit_code == 2 and "does not exist" in res.output and "Traceback" not in res.output
+    res = cli("tune", "--model", str(tiny_dir), "--output", str(tmp_path / "o"), "--bits", "3,x")
+    assert res.exit_code == 2 and "--bits" in res.output
+    res = cli("tune", "--model", str(tiny_dir), "--output", str(tmp_path / "o"), "--bits", "2,3")
+    assert res.exit_code == 2 and "E5M3..E5M8), got 2" in res.output
+    res = cli("tune", "--output", str(tmp_path / "fresh"), "--resume")
+    assert res.exit_code == 2 and "nothing to resume" in res.output
+
+
+def test_eval_rejects_a_corrupt_checkpoint(cli, tiny_dir, tmp_path):
+    (tmp_path / "ck").mkdir()
+    (tmp_path / "ck" / "LATEST").write_text("ckpt-000001\n")
+    (tmp_path / "ck" / "ckpt-000001").mkdir()
+    (tmp_path / "ck" / "ckpt-000001" / "model.safetensors").write_bytes(b"garbage")
+    (tmp_path / "ck" / "ckpt-000001" / "meta.json").write_text('{"format": "otaro-tune/1"}')
+    res = cli("eval", "--model", tiny_dir, "--checkpoint", tmp_path / "ck")
+    assert res.exit_code == 2 and "not a readable safetensors" in res.output

@@ -1,0 +1,14 @@
+import pytest
+
+from otaro_export.export.onnx_fixtures import tiny_onnx_artifact
+
+
+@pytest.fixture(scope="session")
+def onnx_root(tmp_path_factory):
+    # getbasetemp() is shared by the whole pytest run, so other test directories reuse these exports
+    return tmp_path_factory.getbasetemp() / "tiny-onnx"
+
+
+@pytest.fixture(scope="session")
+def tiny_onnx(onnx_root):
+    return lambda model_type, kernels="fused": tiny_onnx_artifact(model_type, onnx_root, kernels)

@@ -1,0 +1,113 @@
+"""OnnxSession: KV-cache decoding equals the full-sequence forward; errors are clear."""
+
+import copy
+
+import numpy as np
+import pytest
+import torch
+
+from otaro_export.convert import convert_model, dequantized_copy
+from otaro_export.errors import ArtifactError, InvalidBitsError, KernelLibraryError
+from otaro_export.export.onnx_export import ARTIFACT_NAME
+from otaro_export.runtime import load
+
+# Same reasoning as the export parity test: exact dequantization on both sides, float32 summation
+# order differs (~1e-6 on logits ~10); a cached decode step reorders nothing else.
+ATOL = 1e-4
+
+
+@pytest.fixture(scope="module")
+def llama(tiny_onnx):
+    return tiny_onnx("llama")
+
+
+@pytest.mark.parametrize("use_library", [True, False], ids=["fused", "fallback"])
+def test_kv_cache_decode_equals_full_forward_and_reference(llama, use_library):
+    directory, loaded = llama
+    session = load(directory, use_library=use_library)
+    assert session.use_library is use_library
+    converted = copy.deepcopy(loaded.model)
+    convert_model(converted)
+    ids = np.random.default_rng(1).integers(0, 259, (1, 11))
+    for k in (3, 6, 8):  # one session, precision switched per call
+        full = session.forward(ids, k)
+        with torch.no_grad():
+            ref = dequantized_copy(converted, k)(input_ids=torch.from_numpy(ids), use_cache=False).logits.numpy()
+        np.testing.assert_allclose(full, ref, rtol=0, atol=ATOL)
+        session._reset()
+        steps = [session._step(ids[:, :6], 0, k)] + [session._step(ids[:, i : i + 1], i, k) for i in range(6, 11)]
+        np.testing.assert_allclose(np.concatenate(steps, axis=1), full, rtol=0, atol=ATOL)
+
+
+def test_generate_is_greedy_over_the_reference(llama):
+    directory, loaded = llama
+    session = load(directory)
+    converted = copy.deepcopy(loaded.model)
+    convert_model(converted)
+    prompt = session.encode_prompt("hi")
+    got = session.generate_ids(prompt, 4, 6, stop_at_eos=False)
+    ref_model = dequantized_copy(converted, 4)
+    ids = list(prompt)
+    with torch.no_grad():
+        for _ in range(6):
+            ids.append(int(ref_model(input_ids=torch.tensor([ids]), use_cache=False).logits[0, -1].argmax()))
+    assert got == ids[len(prompt) :]
+    assert session.last_stats.new_tokens == 6
+
+
+def test_bits_out_of_range_is_rejected_before_onnxruntime(llama):
+    session = load(llama[0], use_library=False)
+    for bad in (2, 9):
+        with pytest.raises(InvalidBitsError):
+            session.forward(np.zeros((1, 2), np.int64), bad)
+        with pytest.raises(InvalidBitsError):
+            session._step(np.zeros((1, 2), np.int64), 0, bad)
+
+
+def test_cache_position_mismatch_and_overflow_are_errors(llama):
+    session = load(llama[0], use_library=False)
+    session._reset()
+    with pytest.raises(ValueError, match="cache holds 0"):
+        session._step(np.zeros((1, 1), np.int64), 3, 8)
+    with pytest.raises(ValueError, match="max_seq_len"):
+        session.forward(np.zeros((1, session.max_seq_len + 1), np.int64), 8)
+
+
+def test_missing_library_names_the_fix(llama, monkeypatch):
+    from otaro_export.runtime_ops import ort_library
+
+    def unavailable(num_threads=None):
+        raise KernelLibraryError("cannot build the onnxruntime SEFP kernel library: g++ not found")
+
+    monkeypatch.setattr(ort_library, "session_options", unavailable)
+    with pytest.raises(KernelLibraryError, match="use_library=False") as info:
+        load(llama[0])  # the manifest says fused -> the library is required
+    assert "g++" in str(info.value)
+    assert load(llama[0], use_library=False).use_library is False  # the portable path still works
+
+
+def test_portable_manifest_does_not_load_the_library(tiny_onnx, monkeypatch):
+    from otaro_export.runtime_ops import ort_library
+
+    directory, _ = tiny_onnx("llama", kernels="portable")
+    monkeypatch.setattr(ort_library, "session_options", lambda **_: pytest.fail("library loaded"))
+    session = load(directory)
+    assert session.use_library is False and session.manifest.kernel_library is None
+    assert session.forward(np.zeros((1, 3), np.int64), 3).shape == (1, 3, 259)
+
+
+@pytest.mark.parametrize("damage", ["truncate", "garbage", "drop_data"])
+def test_corrupt_or_truncated_artifact_is_an_artifact_error(llama, tmp_path, damage):
+    import shutil
+
+    directory = tmp_path / "copy"
+    shutil.copytree(llama[0], directory)
+    path = directory / ARTIFACT_NAME
+    if damage == "truncate":
+        path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+    elif damage == "garbage":
+        path.write_bytes(b"not an onnx model" * 100)
+    else:
+        (directory / f"{ARTIFACT_NAME}.data").write_bytes(b"")
+    with pytest.raises(ArtifactError, match="re-export"):
+        load(directory, use_library=False)

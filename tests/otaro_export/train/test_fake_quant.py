@@ -1,0 +1,79 @@
+import pytest
+import torch
+from torch import nn
+
+from otaro_export.convert import select_sefp_linears
+from otaro_export.errors import InvalidBitsError
+from otaro_export.sefp import SUPPORTED_BITS, fake_quantize, quantize
+from otaro_export.train.fake_quant import (
+    FakeQuantLinear,
+    attach_fake_quant,
+    detach_fake_quant,
+    fake_quant_layers,
+    set_precision,
+    ste_fake_quantize,
+)
+
+
+@pytest.mark.parametrize("bits", SUPPORTED_BITS)
+def test_ste_forward_is_the_format_and_gradient_is_identity(bits, rng):
+    w = (torch.randn(8, 100, generator=rng) * 0.3).requires_grad_(True)
+    g = torch.randn(8, 100, generator=rng)
+    y = ste_fake_quantize(w, bits)
+    # Forward: exactly the stored format's dequantization at k bits (nesting property).
+    assert torch.equal(y.detach(), quantize(w.detach()).dequantize(bits))
+    y.backward(g)
+    assert torch.equal(w.grad, g)  # dQ/dW = 1, bit for bit
+
+
+def test_ste_rejects_bad_bits():
+    with pytest.raises(InvalidBitsError):
+        ste_fake_quantize(torch.ones(2, 64, requires_grad=True), 9)
+
+
+def test_fake_quant_linear_matches_quantized_linear_and_shares_master_weights(rng):
+    linear = nn.Linear(96, 5)
+    fq = FakeQuantLinear.from_linear(linear)
+    assert fq.weight is linear.weight and fq.bias is linear.bias
+    x = torch.randn(3, 96, generator=rng)
+    assert torch.equal(fq(x), linear(x))  # bits None: plain float
+    fq.bits = 4
+    expected = torch.nn.functional.linear(x, fake_quantize(linear.weight, 4), linear.bias)
+    assert torch.equal(fq(x), expected)
+    assert "E5M4" in repr(fq)
+
+
+def test_attach_selects_export_layers_keeps_state_dict_and_detaches(tiny):
+    model = tiny.model
+    keys = list(model.state_dict())
+    ids = torch.tensor([[5, 17, 42, 7]])
+    before = model(ids).logits
+    names = attach_fake_quant(model)
+    assert names == select_sefp_linears(model) and sorted(fake_quant_layers(model)) == sorted(names)
+    assert list(model.state_dict()) == keys  # same parameter names: checkpoints load into plain HF models
+    assert attach_fake_quant(model) == names  # idempotent
+    set_precision(model, None)
+    assert torch.equal(model(ids).logits, before)
+    set_precision(model, 3)
+    assert not torch.equal(model(ids).logits, before)
+    detach_fake_quant(model)
+    assert not fake_quant_layers(model)
+    assert type(model.get_submodule(names[0])) is nn.Linear
+    assert torch.equal(model(ids).logits, before)
+
+
+def test_gradients_reach_master_weights_at_low_precision(tiny):
+    model = tiny.model
+    attach_fake_quant(model)
+    set_precision(model, 3)
+    model(torch.tensor([[1, 2, 3, 4, 5]])).logits.square().mean().backward()
+    grad = model.get_submodule("model.layers.0.self_attn.q_proj").weight.grad
+    assert grad is not None and grad.abs().sum() > 0
+
+
+def test_set_precision_errors(tiny):
+    with pytest.raises(ValueError, match="attach_fake_quant"):
+        set_precision(tiny.model, 4)
+    attach_fake_quant(tiny.model)
+    with pytest.raises(InvalidBitsError):
+        set_precision(tiny.model, 2)

@@ -1,0 +1,30 @@
+import torch
+from torch.nn import functional as F
+
+from otaro_export.train.losses import kl_to_teacher, next_token_nll, top1_agreement
+
+
+def test_kl_is_zero_for_identical_and_matches_definition(rng):
+    logits = torch.randn(2, 5, 11, generator=rng)
+    mask = torch.tensor([[True, True, False, True, False], [False, True, True, True, True]])
+    teacher = F.log_softmax(logits, -1)
+    assert kl_to_teacher(logits, teacher, mask).abs() < 1e-6
+    student = torch.randn(2, 5, 11, generator=rng)
+    p, q = teacher[mask].exp(), F.log_softmax(student[mask], -1)
+    expected = (p * (teacher[mask] - q)).sum(-1).mean()
+    assert torch.allclose(kl_to_teacher(student, teacher, mask), expected, atol=1e-6)
+    assert torch.allclose(kl_to_teacher(student, teacher[mask], mask), expected, atol=1e-6)  # pre-gathered
+
+
+def test_nll_and_top1(rng):
+    ids = torch.tensor([[1, 2, 3, 0]])
+    mask = torch.tensor([[True, True, False, False]])
+    logits = torch.full((1, 4, 5), -10.0)
+    logits[0, 0, 2] = 10.0  # predicts the true next token 2
+    logits[0, 1, 0] = 10.0  # predicts 0, true next is 3
+    expected = F.cross_entropy(logits[0, :2], torch.tensor([2, 3]))
+    assert torch.allclose(next_token_nll(logits, ids, mask), expected)
+    teacher = F.log_softmax(logits.clone(), -1)
+    assert top1_agreement(logits, teacher, mask) == 1.0
+    teacher[0, 1] = F.log_softmax(torch.tensor([0.0, 0, 0, 9, 0]), -1)
+    assert top1_agreement(logits, teacher, mask) == 0.5

@@ -1,0 +1,137 @@
+import copy
+import json
+
+import pytest
+import torch
+
+from otaro_export.models import LoadedModel
+from otaro_export.testing import tiny_causal_lm
+from otaro_export.train.checkpoint import load_tuned_weights
+from otaro_export.train.evaluation import evaluate_precisions
+from otaro_export.train.fake_quant import attach_fake_quant, detach_fake_quant
+from otaro_export.train.trainer import SAMPLES_FILE, SUMMARY_FILE, Tuner, TuneError
+from otaro_export.train.tune_config import TuneConfig
+
+
+def _tune(tiny, samples, **overrides):
+    cfg = TuneConfig(**{"steps": 12, "batch_size": 3, "laa_interval": 2, "optimizer": "adamw", **overrides})
+    loaded = LoadedModel(copy.deepcopy(tiny.model), tiny.tokenizer, "tiny")
+    return Tuner(cfg, loaded, samples=samples, progress=False).run()
+
+
+def _metrics(model, teacher, samples):
+    return {m.precision: m for m in evaluate_precisions(model, teacher, samples)}
+
+
+def test_a_few_steps_lower_the_loss_at_every_precision(tiny, chat_samples):
+    base = copy.deepcopy(tiny.model)
+    attach_fake_quant(base)
+    before = _metrics(base, tiny.model, chat_samples)
+    result = _tune(tiny, chat_samples, method="otaro", loss="ce", lr=1e-3)
+    after = _metrics(result.model, tiny.model, chat_samples)
+    assert set(result.path) == {3, 4, 5, 6, 7, 8}
+    for precision in ("E5M3", "E5M4", "E5M5", "E5M6", "E5M7", "E5M8", "FP"):
+        # A random tiny model memorises 6 short answers fast: every precision's NLL falls clearly.
+        assert after[precision].ppl < 0.9 * before[precision].ppl, precision
+
+
+def test_kl_self_distillation_narrows_the_low_precision_gap(tiny, chat_samples):
+    base = copy.deepcopy(tiny.model)
+    attach_fake_quant(base)
+    before = _metrics(base, tiny.model, chat_samples)
+    after = _metrics(_tune(tiny, chat_samples, method="otaro", lr=3e-4).model, tiny.model, chat_samples)
+    for precision in ("E5M3", "E5M4"):
+        assert after[precision].kl < 0.7 * before[precision].kl, precision
+
+
+def _weights(model):
+    return {n: p.detach().clone() for n, p in model.named_parameters()}
+
+
+def test_kill_and_resume_gives_bitwise_the_same_weights(tmp_path):
+    def fresh_tuner():
+        tiny = tiny_causal_lm(seed=0)
+        # Self-distillation data (generated once, saved, reused on resume), AdamW state,
+        # LAA buffers mid-accumulation and BPS state must all survive the restart.
+        cfg = TuneConfig(
+            method="otaro", steps=7, batch_size=2, num_samples=4, gen_tokens=8, optimizer="adamw",
+            lr=1e-3, laa_interval=2, checkpoint_every=3, seed=5,
+        )
+        return Tuner(cfg, tiny, progress=False)
+
+    straight = fresh_tuner().run(tmp_path / "a")
+
+    class Killed(Exception):
+        pass
+
+    def kill_at_5(step):
+        if step == 5:
+            raise Killed
+
+    with pytest.raises(Killed):
+        fresh_tuner().run(tmp_path / "b", on_step=kill_at_5)
+    assert (tmp_path / "b" / "LATEST").read_text().strip() == "ckpt-000003"  # steps 4-5 were lost
+    resumed = fresh_tuner().run(tmp_path / "b", resume=True)
+
+    assert resumed.path == straight.path and len(resumed.history) == 7
+    assert [h["loss"] for h in resumed.history] == [h["loss"] for h in straight.history]
+    a, b = _weights(straight.model), _weights(resumed.model)
+    assert all(torch.equal(a[n], b[n]) for n in a)
+    assert json.loads((tmp_path / "b" / SAMPLES_FILE).read_text()) == json.loads((tmp_path / "a" / SAMPLES_FILE).read_text())
+
+
+def test_output_is_loadable_into_a_plain_hf_model(tiny, chat_samples, tmp_path):
+    cfg = TuneConfig(method="qat", qat_bits=8, steps=3, batch_size=2, optimizer="adamw", lr=1e-3)
+    loaded = LoadedModel(copy.deepcopy(tiny.model), tiny.tokenizer, "tiny")
+    result = Tuner(cfg, loaded, samples=chat_samples, progress=False).run(tmp_path)
+    assert result.path == [8, 8, 8]
+    summary = json.loads((tmp_path / SUMMARY_FILE).read_text())
+    assert summary["visits"] == {"E5M8": 3}
+    plain = tiny_causal_lm(seed=0).model
+    load_tuned_weights(plain, tmp_path)
+    detach_fake_quant(result.model)
+    ids = torch.tensor([[3, 9, 27, 81]])
+    assert torch.equal(plain(ids).logits, result.model(ids).logits)
+    assert not torch.equal(plain(ids).logits, tiny.model(ids).logits)
+
+
+def test_ptq_writes_the_untouched_weights(tiny, chat_samples, tmp_path):
+    cfg = TuneConfig(method="ptq", steps=50)
+    Tuner(cfg, LoadedModel(copy.deepcopy(tiny.model), tiny.tokenizer, "tiny"), samples=chat_samples, progress=False).run(tmp_path)
+    plain = tiny_causal_lm(seed=3).model
+    load_tuned_weights(plain, tmp_path)
+    q = "model.layers.1.mlp.down_proj.weight"
+    assert torch.equal(plain.get_parameter(q), tiny.model.get_parameter(q))
+
+
+def test_output_directory_guards(tiny, chat_samples, tmp_path):
+    cfg = TuneConfig(method="uniform", steps=1, batch_size=2)
+    Tuner(cfg, LoadedModel(copy.deepcopy(tiny.model), tiny.tokenizer, "t"), samples=chat_samples, progress=False).run(tmp_path / "r")
+    with pytest.raises(TuneError, match="--resume"):
+        Tuner(cfg, LoadedModel(copy.deepcopy(tiny.model), tiny.tokenizer, "t"), samples=chat_samples, progress=False).run(tmp_path / "r")
+    with pytest.raises(TuneError, match="nothing to resume"):
+        Tuner(cfg, LoadedModel(copy.deepcopy(tiny.model), tiny.tokenizer, "t"), samples=chat_samples, progress=False).run(
+            tmp_path / "empty", resume=True
+        )
+
+
+@pytest.mark.slow
+def test_real_model_tunes_checkpoints_and_loads_for_export(tmp_path):
+    """SmolLM2-135M: two BPS steps on a user JSONL file, then the export loader reads the result."""
+    from otaro_export.models import load_model
+
+    data = tmp_path / "chat.jsonl"
+    data.write_text(
+        json.dumps({"prompt": "What is the capital of France?", "response": "The capital of France is Paris."}) + "\n"
+        + json.dumps({"text": "Water boils at 100 degrees Celsius at sea level."}) + "\n"
+    )
+    cfg = TuneConfig(method="bps", steps=2, batch_size=1, seq_len=48, data=str(data), optimizer="adamw", lr=1e-4)
+    result = Tuner(cfg, load_model("default"), progress=False).run(tmp_path / "run")
+    assert result.path == [3, 4] and all(h["loss"] > 0 for h in result.history)
+    plain = load_model("default").model
+    names = load_tuned_weights(plain, tmp_path / "run")
+    assert len(names) == 30 * 7  # every decoder-block linear of the 30 layers
+    tuned = dict(result.model.named_parameters())
+    assert all(torch.equal(plain.get_parameter(n), tuned[n]) for n in names)
+    untuned = load_model("default").model
+    assert not torch.equal(plain.get_parameter(names[0]), untuned.get_parameter(names[0]))

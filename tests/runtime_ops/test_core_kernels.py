@@ -1,0 +1,144 @@
+"""Every compiled x86 code path of the kernel core equals the torch reference op.
+
+Tolerances are justified in sefp_kernel_cases.py (exact cases: bit-for-bit;
+float cases: the float32 summation-order bound). ARM64 NEON: test_neon_qemu.py.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from otaro_export.errors import InvalidBitsError
+from otaro_export.runtime_ops.core_ctypes import CoreKernels
+
+from sefp_kernel_cases import BITS, SHAPES, exact_problem, float_problem, reference, summation_tolerance
+
+X86_ISAS = ["scalar", "avx2", "avx512"]
+
+
+@pytest.fixture(scope="module")
+def kernels() -> CoreKernels:
+    return CoreKernels.load()
+
+
+def _require(kernels: CoreKernels, isa: str) -> None:
+    if not kernels.isa_available(isa):
+        pytest.skip(f"{isa} is not compiled in or not supported by this CPU ({kernels.available_isas()})")
+
+
+@pytest.fixture(scope="module")
+def exact_cases():
+    """(label, x, packed, bits, bias, torch reference) for every shape and precision."""
+    cases = []
+    for i, (n, k, rows) in enumerate(SHAPES):
+        x, packed, bias = exact_problem(n, k, rows, seed=i)
+        for bits in BITS:
+            cases.append((f"N={n} K={k} rows={rows} bits={bits}", x, packed, bits, bias, reference(x, packed, bits, bias)))
+    return cases
+
+
+@pytest.fixture(scope="module")
+def float_cases():
+    """As exact_cases, plus the per-element summation-order tolerance; with and without bias."""
+    cases = []
+    for i, (n, k, rows) in enumerate(SHAPES):
+        x, packed, bias = float_problem(n, k, rows, seed=100 + i)
+        for bits in BITS:
+            b = bias if bits % 2 else None
+            label = f"N={n} K={k} rows={rows} bits={bits} bias={b is not None}"
+            cases.append((label, x, packed, bits, b, reference(x, packed, bits, b), summation_tolerance(x, packed, bits, b)))
+    return cases
+
+
+@pytest.mark.parametrize("isa", X86_ISAS)
+def test_exact_cases_equal_reference_bit_for_bit(kernels, exact_cases, isa):
+    _require(kernels, isa)
+    for label, x, packed, bits, bias, want in exact_cases:
+        got = kernels.linear(x, packed, bits, bias, isa=isa, num_threads=2)
+        assert torch.equal(got, want), f"{isa} {label}"
+
+
+@pytest.mark.parametrize("isa", X86_ISAS)
+def test_float_cases_within_summation_bound(kernels, float_cases, isa):
+    _require(kernels, isa)
+    for label, x, packed, bits, bias, want, tol in float_cases:
+        got = kernels.linear(x, packed, bits, bias, isa=isa, num_threads=2)
+        err = (got.double() - want.double()).abs()
+        assert bool((err <= tol).all()), f"{isa} {label}: max err {err.max():.3g}"
+
+
+def test_auto_picks_an_available_isa(kernels):
+    assert kernels.best_isa() in kernels.available_isas()
+    assert kernels.isa_available("scalar")
+
+
+def test_leading_batch_dims_are_rows(kernels):
+    x, packed, bias = exact_problem(40, 130, 6, seed=7)
+    x3 = x.reshape(2, 3, 130)
+    got = kernels.linear(x3, packed, 5, bias)
+    assert got.shape == (2, 3, 40)
+    assert torch.equal(got, reference(x3, packed, 5, bias))
+
+
+def test_thread_count_does_not_change_results(kernels):
+    # threads split output rows; each output's summation order is fixed
+    x, packed, bias = float_problem(300, 1000, 5, seed=3)
+    for rows in (1, 5):
+        runs = [kernels.linear(x[:rows], packed, 6, bias, num_threads=t) for t in (1, 2, 3, 8)]
+        assert all(torch.equal(runs[0], r) for r in runs[1:])
+
+
+def test_range_call_writes_only_its_columns(kernels):
+    x, packed, bias = exact_problem(70, 200, 3, seed=11)
+    want = reference(x, packed, 4, bias)
+    out = torch.full((3, 80), -7.0)  # ldy 80 > N 70
+    kernels.linear_range(x, packed, 4, out, 16, 50, bias)
+    assert torch.equal(out[:, 16:50], want[:, 16:50])
+    assert bool((out[:, :16] == -7).all()) and bool((out[:, 50:] == -7).all())
+    with pytest.raises(ValueError, match="shape"):
+        kernels.linear_range(x, packed, 4, out, 60, 71, bias)  # past N
+
+
+@pytest.mark.parametrize("bits", [-1, 0, 2, 9, 16])
+def test_bits_outside_3_to_8_is_an_error(kernels, bits):
+    x, packed, _ = exact_problem(8, 64, 1, seed=0)
+    with pytest.raises(InvalidBitsError, match="3..8"):
+        kernels.linear(x, packed, bits)
+
+
+def test_shape_mismatch_is_an_error_not_a_crash(kernels):
+    x, packed, _ = exact_problem(8, 100, 2, seed=0)  # 2 groups: accepts K in 65..128
+    for k in (64, 129):
+        with pytest.raises(ValueError, match="shape mismatch"):
+            kernels.linear(torch.zeros(2, k), packed, 4)
+
+
+def test_unsupported_isa_is_an_error(kernels):
+    x, packed, _ = exact_problem(8, 64, 1, seed=0)
+    missing = [isa for isa in ("avx2", "avx512", "neon") if not kernels.isa_available(isa)]
+    for isa in missing:
+        with pytest.raises(ValueError, match="not supported"):
+            kernels.linear(x, packed, 4, isa=isa)
+    with pytest.raises(ValueError, match="unknown isa"):
+        kernels.linear(x, packed, 4, isa="sse9")
+
+
+def test_concurrent_callers_share_the_pool_safely(kernels, exact_cases):
+    # ctypes releases the GIL: four Python threads call the kernel at once; a call
+    # that finds the pool busy runs on its own thread. Results must stay exact.
+    from concurrent.futures import ThreadPoolExecutor
+
+    picked = [c for c in exact_cases if c[1].shape[0] in (1, 16)][:6]
+
+    def run(case):
+        label, x, packed, bits, bias, want = case
+        for _ in range(10):
+            got = kernels.linear(x, packed, bits, bias, num_threads=2)
+            if not torch.equal(got, want):
+                return label
+        return None
+
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        failures = [r for r in pool.map(run, picked * 2) if r is not None]
+    assert not failures

@@ -1,0 +1,277 @@
+"""The onnxruntime custom-op library (runtime_ops/ort_library.py, csrc/onnxruntime/).
+
+One-layer ONNX models built with onnx.helper hold a single ``ai.otaro::SEFPLinear``
+node (no function body, so only the library's kernel can run them) and are
+compared with the torch reference op ``torch.ops.otaro.sefp_linear``.
+"""
+
+from __future__ import annotations
+
+import ctypes
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+import torch
+from onnx import TensorProto, helper, numpy_helper
+
+from otaro_export import ops, packing, sefp
+from otaro_export.errors import KernelLibraryError
+from otaro_export.runtime_ops import ort_library
+
+ORT_FAIL = 1  # OrtErrorCode
+
+
+def make_layer(n: int, k: int, bias: bool, seed: int = 0):
+    g = torch.Generator().manual_seed(seed)
+    w = torch.randn(n, k, generator=g)
+    b = torch.randn(n, generator=g) if bias else None
+    return packing.pack(sefp.quantize(w)), b
+
+
+def make_model(packed, bias, *, overrides=None, bits_shape=(), empty_bias_name=False) -> bytes:
+    """SEFPLinear with the planes (and bias) as initializers; X (any rank) and bits are graph inputs.
+
+    Without a bias the node has 7 inputs, or 8 with "" as the omitted B if ``empty_bias_name``.
+    """
+    arrays = {"P0": packed.p0, "P1": packed.p1, "P2": packed.p2, "P3": packed.p3, "E": packed.exponents}
+    if bias is not None:
+        arrays["B"] = bias
+    arrays = {name: t.numpy() for name, t in arrays.items()}
+    arrays.update(overrides or {})
+    inputs = ["X", "P0", "P1", "P2", "P3", "E", "bits"]
+    inputs += ["B"] if "B" in arrays else ([""] if empty_bias_name else [])
+    node = helper.make_node(ort_library.OP_TYPE, inputs, ["Y"], domain=ort_library.DOMAIN)
+    graph = helper.make_graph(
+        [node],
+        "one_sefp_linear",
+        [
+            helper.make_tensor_value_info("X", TensorProto.FLOAT, None),  # rank left open on purpose
+            helper.make_tensor_value_info("bits", TensorProto.INT64, list(bits_shape)),
+        ],
+        [helper.make_tensor_value_info("Y", TensorProto.FLOAT, None)],
+        initializer=[numpy_helper.from_array(a, name) for name, a in arrays.items()],
+    )
+    opsets = [helper.make_opsetid("", 17), helper.make_opsetid(ort_library.DOMAIN, 1)]
+    return helper.make_model(graph, opset_imports=opsets).SerializeToString()
+
+
+def session(model: bytes, num_threads: int = 1) -> ort.InferenceSession:
+    return ort.InferenceSession(model, ort_library.session_options(num_threads), providers=["CPUExecutionProvider"])
+
+
+def run(sess, x: np.ndarray, bits: int) -> np.ndarray:
+    return sess.run(None, {"X": x, "bits": np.array(bits, dtype=np.int64)})[0]
+
+
+def assert_matches_reference(y: np.ndarray, x: np.ndarray, packed, bias, bits: int) -> None:
+    xt = torch.from_numpy(x)
+    expected = ops.sefp_linear(xt, *packed.planes(), packed.exponents, ops.bits_tensor(bits), bias)
+    assert y.shape == tuple(expected.shape)
+    # Tolerance: both sides use the exact SEFP weights (W_k is exact in float32), so they
+    # differ only in float32 summation order. A K-term dot product carries at most
+    # ~K*u*sum|x_i*w_i| rounding error (u = 2^-24) whatever the order; bound the difference
+    # of the two results by twice that, plus the bias add, elementwise.
+    w = packed.unpack().dequantize(bits)
+    magnitude = xt.abs() @ w.abs().T + (bias.abs() if bias is not None else 0)
+    k = x.shape[-1]
+    bound = (k + 1) * 2.0**-23 * magnitude
+    err = (torch.from_numpy(y) - expected).abs()
+    assert bool((err <= bound).all()), f"max err {err.max():.3g} exceeds the summation bound (bits={bits})"
+
+
+@pytest.mark.parametrize("with_bias", [True, False])
+def test_every_precision_from_one_model_and_one_session(with_bias):
+    packed, bias = make_layer(n=40, k=100, bias=with_bias)  # K=100: not a multiple of 64
+    sess = session(make_model(packed, bias))
+    g = torch.Generator().manual_seed(1)
+    shapes = [(100,), (1, 100), (4, 100), (2, 3, 100)]  # rank 1..3, batch 1 and > 1
+    for bits in sefp.SUPPORTED_BITS:
+        for shape in shapes:
+            x = torch.randn(*shape, generator=g).numpy()
+            assert_matches_reference(run(sess, x, bits), x, packed, bias, bits)
+
+
+def test_omitted_bias_written_as_an_empty_input_name():
+    packed, _ = make_layer(n=40, k=100, bias=False)
+    sess = session(make_model(packed, None, empty_bias_name=True))
+    x = torch.randn(3, 100, generator=torch.Generator().manual_seed(5)).numpy()
+    assert_matches_reference(run(sess, x, 6), x, packed, None, 6)
+
+
+def test_precision_changes_the_result():
+    """bits really reaches the kernel: coarser precisions give different outputs."""
+    packed, bias = make_layer(n=40, k=100, bias=True)
+    sess = session(make_model(packed, bias))
+    x = torch.randn(2, 100, generator=torch.Generator().manual_seed(2)).numpy()
+    outputs = [run(sess, x, bits) for bits in sefp.SUPPORTED_BITS]
+    assert all(not np.array_equal(a, b) for a, b in zip(outputs, outputs[1:]))
+
+
+def test_registered_kernel_wins_over_a_model_local_function():
+    """Exported models also carry a SEFPLinear function body (stock ORT's slow path);
+    with the library registered, ORT must run the kernel instead."""
+    import onnx
+
+    packed, bias = make_layer(n=40, k=100, bias=True)
+    model = onnx.load_from_string(make_model(packed, bias))
+    # a deliberately different body (Y = X, shape [..., K]) so that the path taken shows
+    body = [helper.make_node("Identity", ["X"], ["Y"])]
+    inputs = ["X", "P0", "P1", "P2", "P3", "E", "bits", "B"]
+    model.functions.append(
+        helper.make_function(ort_library.DOMAIN, ort_library.OP_TYPE, inputs, ["Y"], body, [helper.make_opsetid("", 17)])
+    )
+    data = model.SerializeToString()
+    x = np.ones((1, 100), np.float32)
+    stock = ort.InferenceSession(data, providers=["CPUExecutionProvider"])
+    assert run(stock, x, 5).shape == (1, 100)  # the function body ran
+    assert_matches_reference(run(session(data), x, 5), x, packed, bias, 5)
+
+
+@pytest.mark.parametrize("rows", [1, 5])
+def test_work_split_across_intra_op_threads(rows):
+    """Large enough that the kernel splits output features into several ORT tasks."""
+    packed, bias = make_layer(n=1100, k=130, bias=True, seed=3)
+    model = make_model(packed, bias)
+    one, two = session(model, num_threads=1), session(model, num_threads=2)
+    x = torch.randn(rows, 130, generator=torch.Generator().manual_seed(4)).numpy()
+    for bits in (3, 8):
+        y = run(two, x, bits)
+        assert_matches_reference(y, x, packed, bias, bits)
+        # each output is computed by the same code whatever thread runs it
+        np.testing.assert_array_equal(y, run(one, x, bits))
+
+
+@pytest.mark.parametrize("bits", [2, 9, 0, -1])
+def test_bits_out_of_range_is_a_clean_error(bits):
+    packed, bias = make_layer(n=40, k=100, bias=True)
+    sess = session(make_model(packed, bias))
+    x = np.ones((1, 100), np.float32)
+    with pytest.raises(Exception, match=r"bits must be one of 3\.\.8") as info:
+        run(sess, x, bits)
+    assert "InvalidArgument" in type(info.value).__name__
+    assert_matches_reference(run(sess, x, 5), x, packed, bias, 5)  # the session is still usable
+
+
+def test_bits_must_be_a_scalar():
+    packed, bias = make_layer(n=40, k=100, bias=True)
+    sess = session(make_model(packed, bias, bits_shape=(1,)))
+    with pytest.raises(Exception, match="bits must be a 0-dim int64 tensor"):
+        sess.run(None, {"X": np.ones((1, 100), np.float32), "bits": np.array([5], dtype=np.int64)})
+
+
+def test_input_features_inconsistent_with_groups_is_a_clean_error():
+    packed, bias = make_layer(n=40, k=100, bias=True)  # 2 groups: accepts K in 65..128
+    sess = session(make_model(packed, bias))
+    for k in (64, 129, 200):
+        with pytest.raises(Exception, match=rf"X has {k} input features .*accepts 65\.\.128"):
+            run(sess, np.ones((1, k), np.float32), 5)
+    with pytest.raises(Exception, match="rank >= 1"):
+        run(sess, np.array(1.0, np.float32), 5)
+
+
+@pytest.mark.parametrize(
+    "name, bad, message",
+    [
+        ("P0", lambda p: p.p0.numpy()[:, :-1], r"plane P0 must be uint8 \[40, 64\]"),
+        ("P3", lambda p: p.p3.numpy()[:-1], r"plane P3 must be uint8 \[40, 16\]"),
+        ("E", lambda p: p.exponents.numpy()[:-1], r"plane P0 must be uint8 \[39, 64\]"),
+        ("E", lambda p: p.exponents.numpy()[0], r"E \(exponents\) must be int8 \[N, G\]"),
+        ("B", lambda p: np.zeros(39, np.float32), r"bias B must be float32 \[40\]"),
+    ],
+)
+def test_inconsistent_weight_shapes_are_clean_errors(name, bad, message):
+    packed, bias = make_layer(n=40, k=100, bias=True)
+    sess = session(make_model(packed, bias, overrides={name: np.ascontiguousarray(bad(packed))}))
+    with pytest.raises(Exception, match=message):
+        run(sess, np.ones((1, 100), np.float32), 8)
+
+
+def test_wrong_dtypes_are_rejected_when_the_model_loads():
+    packed, bias = make_layer(n=40, k=100, bias=True)
+    model = make_model(packed, bias, overrides={"P0": packed.p0.numpy().view(np.int8)})
+    with pytest.raises(Exception, match=r"Type 'tensor\(int8\)' of input parameter \(P0\)"):
+        session(model)
+
+
+# ---- the C ABI declared in csrc/onnxruntime/ort_abi.h, against the installed onnxruntime ----
+
+
+def test_abi_declaration_matches_installed_onnxruntime():
+    ort_library.abi_selfcheck()
+
+
+class _OrtApiBase(ctypes.Structure):
+    _fields_ = [
+        ("GetApi", ctypes.CFUNCTYPE(ctypes.c_void_p, ctypes.c_uint32)),
+        ("GetVersionString", ctypes.CFUNCTYPE(ctypes.c_void_p)),
+    ]
+
+
+def test_registration_on_a_too_old_runtime_returns_a_clear_error():
+    """An onnxruntime without API 17 (GetApi -> nullptr) gets an error status, not a crash."""
+    ort_c = ctypes.CDLL(str(ort_library.onnxruntime_c_library()))
+    ort_c.OrtGetApiBase.restype = ctypes.POINTER(_OrtApiBase)
+    real = ort_c.OrtGetApiBase().contents
+    asked = []
+
+    def get_api(version):
+        asked.append(version)
+        return real.GetApi(version) if version < ort_library.ORT_API_VERSION else None
+
+    version_string = ctypes.create_string_buffer(b"1.16.3")
+    old_runtime = _OrtApiBase(
+        _OrtApiBase._fields_[0][1](get_api), _OrtApiBase._fields_[1][1](lambda: ctypes.addressof(version_string))
+    )
+    lib = ctypes.CDLL(str(ort_library.library_path()))
+    lib.RegisterCustomOps.restype = ctypes.c_void_p
+    lib.RegisterCustomOps.argtypes = [ctypes.c_void_p, ctypes.c_void_p]
+    status = lib.RegisterCustomOps(None, ctypes.byref(old_runtime))  # must not touch the options
+    assert status, "registration reported success on a runtime without API 17"
+
+    api = ctypes.cast(real.GetApi(1), ctypes.POINTER(ctypes.c_void_p))  # version-1 table entries
+    get_error_code = ctypes.CFUNCTYPE(ctypes.c_int, ctypes.c_void_p)(api[1])
+    get_error_message = ctypes.CFUNCTYPE(ctypes.c_char_p, ctypes.c_void_p)(api[2])
+    release_status = ctypes.CFUNCTYPE(None, ctypes.c_void_p)(api[93])
+    code, message = get_error_code(status), get_error_message(status).decode()
+    release_status(status)
+    assert asked[0] == ort_library.ORT_API_VERSION
+    assert code == ORT_FAIL
+    assert "needs onnxruntime >= 1.17" in message and "1.16.3" in message and "pip install" in message
+
+
+def test_library_registers_into_several_session_options():
+    packed, bias = make_layer(n=40, k=100, bias=False)
+    model = make_model(packed, bias)
+    x = np.ones((1, 100), np.float32)
+    first, second = session(model), session(model, num_threads=2)
+    np.testing.assert_array_equal(run(first, x, 4), run(second, x, 4))
+
+
+# ---- ort_library.py error handling ----
+
+
+def test_session_options_rejects_bad_thread_counts():
+    with pytest.raises(ValueError, match="num_threads"):
+        ort_library.session_options(0)
+
+
+def test_unbuildable_library_is_a_kernel_library_error(monkeypatch):
+    from otaro_export.runtime_ops import build
+
+    def broken(kind):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(build, "library_path", broken)
+    with pytest.raises(KernelLibraryError, match="disk full.*C\\+\\+17 compiler"):
+        ort_library.session_options()
+
+
+def test_unloadable_library_is_a_kernel_library_error(monkeypatch, tmp_path):
+    from otaro_export.runtime_ops import build
+
+    fake = tmp_path / "libotaro_sefp_onnxruntime.so"
+    fake.write_bytes(b"not a shared library")
+    monkeypatch.setattr(build, "library_path", lambda kind: fake)
+    with pytest.raises(KernelLibraryError, match="could not load the SEFP custom-op library"):
+        ort_library.session_options()
