@@ -111,7 +111,7 @@ def merge(dirs: list[str], out: Path) -> None:
         data = json.loads((Path(d) / "results.json").read_text())
         setup = setup or data["setup"]
         runs.update(data["runs"])
-    order = [n for n in CONFIGS if n in runs] + [n for n in runs if n not in CONFIGS]
+    order = list(runs)
     out.mkdir(parents=True, exist_ok=True)
     write_results(out, {n: runs[n] for n in order}, setup)
     print((out / "results.md").read_text())
@@ -135,6 +135,7 @@ def main() -> None:
     ap.add_argument("--samples-cache", default=None, help="directory to save/reuse the generated samples")
     ap.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     ap.add_argument("--merge", nargs="+", default=None, help="results directories to combine into --out")
+    ap.add_argument("--tag", default="", help="suffix for the run names in the results (e.g. ' lr2e-5')")
     args = ap.parse_args()
     if args.merge:
         merge(args.merge, Path(args.out))
@@ -207,7 +208,7 @@ def main() -> None:
             tuned, visits, history = result.model, result.visits(), result.history
         train_s = time.time() - t
         metrics = evaluate_precisions(tuned, original, evals, batch_size=4)
-        results[name] = {
+        results[name + args.tag] = {
             "config": cfg.to_dict(),
             "train_s": round(train_s, 1),
             "eval_s": round(time.time() - t - train_s, 1),

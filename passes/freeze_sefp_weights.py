@@ -65,7 +65,18 @@ def find_weight_input(ep: ExportedProgram, layer: str, lifted=None):
         )
     if len(hits) > 1:
         raise LayerNotFoundError(f"SEFP layer {layer!r}: ambiguous, several inputs match: {hits}")
-    return hits[0], lifted[hits[0]]
+    target = hits[0]
+    node, _ = lifted[target]
+    if not node.users:
+        # Tied weights (lm_head / embedding) are lifted once under one of their names; the
+        # graph reads that one. Follow it so the layer's linear is found.
+        tensor = pu.lifted_tensor(ep, lifted[target][1])
+        for other, (other_node, other_spec) in lifted.items():
+            if other_node.users and other_spec.kind in pu.LIFTED_KINDS:
+                candidate = pu.lifted_tensor(ep, other_spec)
+                if candidate.shape == tensor.shape and candidate.data_ptr() == tensor.data_ptr():
+                    return other, lifted[other]
+    return target, lifted[target]
 
 
 def freeze_sefp_weights(ep: ExportedProgram, layer_names: list[str]) -> tuple[ExportedProgram, FreezeResult]:

@@ -68,8 +68,7 @@ def lower_sefp_linears(ep: ExportedProgram, frozen: FreezeResult) -> tuple[Expor
         with graph.inserting_before(node):
             new = graph.call_function(ops.sefp_linear, args)
         new.meta.update(node.meta)
-        node.replace_all_uses_with(new)
-        graph.erase_node(node)
+        pu.replace_node(ep, node, new)  # the linear may be a graph output (e.g. lm_head's logits)
         result.lowered.append(layer.name)
     missing = sorted({lay.name for lay in frozen.layers.values()} - set(result.lowered))
     if missing:

@@ -104,7 +104,7 @@ def add_constants(ep: ExportedProgram, values: dict[str, torch.Tensor]) -> dict[
             ep.constants[target] = value
             specs[node.name] = InputSpec(InputKind.CONSTANT_TENSOR, TensorArgument(node.name), target, None)
             nodes[requested] = node
-    _resync_specs(ep, specs)
+    resync_input_specs(ep, specs)
     return nodes
 
 
@@ -125,7 +125,7 @@ def remove_placeholders(ep: ExportedProgram, nodes: list[torch.fx.Node]) -> list
         specs.append(spec)
     for node in nodes:
         ep.graph.erase_node(node)
-    _resync_specs(ep, {})
+    resync_input_specs(ep, {})
     still_named = {s.target for s in ep.graph_signature.input_specs}
     for spec in specs:
         if spec.target not in still_named:
@@ -134,7 +134,7 @@ def remove_placeholders(ep: ExportedProgram, nodes: list[torch.fx.Node]) -> list
     return [spec.target for spec in specs]
 
 
-def _resync_specs(ep: ExportedProgram, new_specs: dict[str, InputSpec]) -> None:
+def resync_input_specs(ep: ExportedProgram, new_specs: dict[str, InputSpec]) -> None:
     """Rebuild ``input_specs`` in placeholder order (existing specs + ``new_specs``)."""
     by_name = {s.arg.name: s for s in ep.graph_signature.input_specs if hasattr(s.arg, "name")}
     by_name.update(new_specs)
@@ -144,6 +144,18 @@ def _resync_specs(ep: ExportedProgram, new_specs: dict[str, InputSpec]) -> None:
             raise RuntimeError(f"placeholder {node.name} has no input spec")
         specs.append(by_name[node.name])
     ep.graph_signature.input_specs = specs
+
+
+def replace_node(ep: ExportedProgram, old: torch.fx.Node, new: torch.fx.Node) -> None:
+    """Point every use of ``old`` at ``new``, including output specs that name ``old``, then erase it."""
+    old.replace_all_uses_with(new)
+    for spec in ep.graph_signature.output_specs:
+        if isinstance(spec.arg, TensorArgument) and spec.arg.name == old.name:
+            spec.arg = TensorArgument(name=new.name)
+    for entry in ep.module_call_graph:
+        if entry.signature is not None:
+            entry.signature.replace_all_uses_with(old, new)
+    ep.graph.erase_node(old)
 
 
 def finish(ep: ExportedProgram) -> ExportedProgram:

@@ -45,7 +45,7 @@ def _append_user_input(ep: ExportedProgram, name: str) -> torch.fx.Node:
     with ep.graph.inserting_after(last):
         node = ep.graph.placeholder(name)
     node.meta["val"] = pu.fake_mode(ep).from_tensor(ops.bits_tensor(8), static_shapes=True)
-    pu._resync_specs(ep, {node.name: InputSpec(InputKind.USER_INPUT, TensorArgument(node.name), None, None)})
+    pu.resync_input_specs(ep, {node.name: InputSpec(InputKind.USER_INPUT, TensorArgument(node.name), None, None)})
     # The call signature (pytree in_spec) must grow too, or ep.module() rejects the new argument.
     entry = ep.module_call_graph[0]
     signature = entry.signature

@@ -103,6 +103,11 @@ class CoreKernels:
         x2 = x.reshape(-1, x.shape[-1]).contiguous()
         if out.dtype != torch.float32 or out.dim() != 2 or not out.is_contiguous() or out.shape[0] != x2.shape[0]:
             raise ValueError(f"out must be a contiguous float32 [{x2.shape[0]}, ldy] tensor")
+        if x2.dtype != torch.float32:
+            raise TypeError(f"x must be float32, got {x2.dtype}")
+        n = packed.out_features
+        if bias is not None and (bias.dtype != torch.float32 or tuple(bias.shape) != (n,) or not bias.is_contiguous()):
+            raise ValueError(f"bias must be a contiguous float32 [{n}] tensor")
         planes = [p.contiguous() for p in (*packed.planes(), packed.exponents)]
         status = self._lib.otaro_sefp_linear_range(
             _ptr(x2), x2.shape[0], *(_ptr(p) for p in planes), packed.out_features, x.shape[-1],

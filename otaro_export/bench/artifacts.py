@@ -5,11 +5,13 @@ artifacts across runs: each variant lives in ``<cache>/<key>/`` where the key
 names the model (path + size + mtime of its source), the target, the weights
 (SEFP or fp32), the kernel mode and ``max_seq_len``. A variant is written into
 a temporary sibling directory and renamed into place only when complete, so
-an interrupted export never leaves a directory that looks finished.
+an interrupted export never leaves a directory that looks finished, and a
+file lock per variant makes concurrent runs wait for one exporter.
 """
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import os
 import shutil
@@ -114,6 +116,17 @@ def ensure_artifact(
     directory = artifact_dir(spec, model, max_seq_len, root)
     if is_complete(directory):
         return directory
+    directory.parent.mkdir(parents=True, exist_ok=True)
+    # One exporter per variant: a second bench run waits here, then finds the finished export.
+    with open(directory.with_name(directory.name + ".lock"), "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if is_complete(directory):
+            return directory
+        _export_variant(spec, model, max_seq_len, directory, log, loaded_factory)
+    return directory
+
+
+def _export_variant(spec, model, max_seq_len, directory: Path, log, loaded_factory) -> None:
     if loaded_factory is None:
         from otaro_export.models import load_model
 
@@ -135,4 +148,3 @@ def ensure_artifact(
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     log(f"exported {spec.name} in {time.perf_counter() - t0:.0f}s")
-    return directory

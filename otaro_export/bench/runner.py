@@ -168,11 +168,17 @@ def run_bench(settings: BenchSettings, log: Callable[[str], None] = print) -> di
     out = Path(settings.output)
     out.mkdir(parents=True, exist_ok=True)
 
-    dirs = {}
-    for spec in settings.artifacts():
+    specs = settings.artifacts()
+    dirs = {specs[0]: ensure_artifact(specs[0], settings.model, settings.max_seq_len, settings.cache_dir, log=log)}
+    ids = prompt_ids(dirs[specs[0]], settings.prompt)  # checked before the other (slow) exports
+    need = len(ids) + max(settings.new_tokens, settings.switch_steps + 1)
+    if need > settings.max_seq_len:
+        raise OtaroError(
+            f"the prompt ({len(ids)} tokens) + {need - len(ids)} new tokens exceed --max-seq-len {settings.max_seq_len}: "
+            "use a shorter --prompt, fewer --new-tokens or a larger --max-seq-len"
+        )
+    for spec in specs[1:]:
         dirs[spec] = ensure_artifact(spec, settings.model, settings.max_seq_len, settings.cache_dir, log=log)
-    first_sefp = next((d for s, d in dirs.items() if s.weights == "sefp"), next(iter(dirs.values())))
-    ids = prompt_ids(first_sefp, settings.prompt)
     log(f"prompt: {len(ids)} tokens; {settings.new_tokens} new tokens; {settings.runs} timed runs; {settings.threads} threads")
 
     results: list[report.SpeedResult] = []
@@ -244,7 +250,9 @@ def run_bench(settings: BenchSettings, log: Callable[[str], None] = print) -> di
     et_mapped = {r.bits: r.extra.get("artifact_mapped_rss_mib", float("nan"))
                  for r in results if r.config == "executorch fused" and r.bits is not None}
     resident, resident_note = ({}, "needs the SEFP storage size (from the ONNX artifact)")
-    if storage is not None:
+    if not et_mapped:
+        resident_note = "needs the executorch fused rows (the mmapped .pte) at E5M3 and E5M8"
+    elif storage is not None:
         resident, resident_note = report.resident_sefp_weights(et_mapped, storage["sefp_stored_bytes"])
 
     accuracy: dict[str, list] = {}
@@ -308,13 +316,20 @@ def render_text(payload: dict, accuracy: dict, goals: list) -> str:
     if storage:
         parts += ["", f"SEFP storage: {storage['sefp_weights']:,} weights, {storage['sefp_stored_bytes'] / 2**20:.1f} MiB, "
                   f"{storage['bytes_per_sefp_weight']:.4f} bytes/weight at rest (fp16: 2, fp32: 4)"]
-    if payload["resident_sefp_weights_mib"]:
-        parts.append("resident SEFP weights of the mmapped .pte after decoding (MiB): " + ", ".join(
-            f"E5M{k} {v:.1f}" for k, v in payload["resident_sefp_weights_mib"].items()))
+    resident = {int(k): v for k, v in payload["resident_sefp_weights_mib"].items()}
+    if payload["speed"]:
+        parts += ["", "memory per precision (resident SEFP = weights paged in from the mmapped ExecuTorch .pte; "
+                  "peak RSS = VmHWM of a fresh process, MiB):",
+                  report.format_memory_table(payload["speed"], resident, storage["sefp_weights"] if storage else None)]
+    if payload["resident_note"] and not resident:
+        parts.append(f"resident SEFP weights not measured: {payload['resident_note']}")
     if payload["switching"]:
         parts += ["", "precision switching (median decode-step ms, fixed vs alternating 3/8 every call):"]
         for name, s in payload["switching"].items():
-            parts.append(f"  {name}: fixed {s['fixed_step_ms']}, alternating {s['alternating_step_ms']}, ratio {s['switch_ratio']:.3f}")
+            steps = "; ".join(f"E5M{b}: fixed {s['fixed_step_ms'][b]:.2f} ms, alternating {s['alternating_step_ms'][b]:.2f} ms"
+                              for b in s["fixed_step_ms"])
+            noise = f", noise {s['noise']:.3f}" if s.get("noise") is not None else ""
+            parts.append(f"  {name}: {steps}; ratio {s['switch_ratio']:.3f}{noise}")
     if accuracy:
         parts += ["", report.format_accuracy_table(accuracy)]
     parts += ["", "goals:", report.format_goals(goals)]

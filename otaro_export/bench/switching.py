@@ -9,7 +9,9 @@ each precision k in {low, high} the ratio is
 
 and the reported ``switch_ratio`` is the geometric mean of the two: 1.0 means
 switching is free. Schedules are interleaved over several rounds so a change
-in machine load hits all three alike. Step times exclude prefill.
+in machine load hits all three alike; ``noise`` (the spread of per-round
+medians of one fixed schedule) says how large a difference this machine can
+resolve. Step times exclude prefill.
 """
 
 from __future__ import annotations
@@ -36,8 +38,20 @@ def _decode_steps(session, prompt: np.ndarray, feed: list[int], schedule: list[i
     return times
 
 
-def switch_ratios(fixed: dict[int, list[float]], alternating: list[tuple[int, float]]) -> dict:
-    """Per-precision and overall ratios (alternating / fixed) of median step times."""
+def round_noise(fixed_rounds: dict[int, list[list[float]]]) -> float:
+    """Run-to-run noise: the largest relative spread of per-round median step times of one fixed schedule."""
+    spreads = [0.0]
+    for rounds in fixed_rounds.values():
+        medians = [statistics.median(r) for r in rounds if r]
+        if len(medians) > 1:
+            spreads.append(max(medians) / min(medians) - 1)
+    return max(spreads)
+
+
+def switch_ratios(
+    fixed: dict[int, list[float]], alternating: list[tuple[int, float]], noise: float | None = None
+) -> dict:
+    """Per-precision and overall ratios (alternating / fixed) of median step times (+ the noise, if given)."""
     per_bits = {}
     for bits, times in fixed.items():
         alt = [t for b, t in alternating if b == bits]
@@ -47,6 +61,7 @@ def switch_ratios(fixed: dict[int, list[float]], alternating: list[tuple[int, fl
     overall = math.exp(sum(math.log(r) for r in per_bits.values()) / len(per_bits))
     return {
         "switch_ratio": overall,
+        "noise": noise,
         "per_bits_ratio": {str(b): r for b, r in per_bits.items()},
         "fixed_step_ms": {str(b): 1e3 * statistics.median(t) for b, t in fixed.items()},
         "alternating_step_ms": {
@@ -70,8 +85,13 @@ def measure_switching(job: dict) -> dict:
     fixed: dict[int, list[float]] = {low: [], high: []}
     alternating: list[tuple[int, float]] = []
     _decode_steps(session, prompt, feed, alt_schedule)  # warm-up: every plane paged in
+    fixed_rounds: dict[int, list[list[float]]] = {low: [], high: []}
     for _ in range(rounds):
         for bits in (low, high):
-            fixed[bits] += _decode_steps(session, prompt, feed, [bits] * steps)
+            fixed_rounds[bits].append(_decode_steps(session, prompt, feed, [bits] * steps))
+            fixed[bits] += fixed_rounds[bits][-1]
         alternating += list(zip(alt_schedule, _decode_steps(session, prompt, feed, alt_schedule)))
-    return {**switch_ratios(fixed, alternating), "steps": steps, "rounds": rounds, "low": low, "high": high}
+    return {
+        **switch_ratios(fixed, alternating, round_noise(fixed_rounds)),
+        "steps": steps, "rounds": rounds, "low": low, "high": high,
+    }

@@ -18,6 +18,7 @@ def bench(
     threads: int = typer.Option(2, "--threads", help="threads for every engine (ORT intra-op, ExecuTorch/XNNPACK, SEFP kernels, llama.cpp)"),
     new_tokens: int = typer.Option(None, "--new-tokens", help="tokens generated per timed run (default 128; --quick 32)"),
     runs: int = typer.Option(None, "--runs", help="timed runs per configuration, after one warm-up; the median is reported (default 5; --quick 2)"),
+    prompt: str = typer.Option(None, "--prompt", help="the prompt every configuration decodes after (chat template applied)"),
     max_seq_len: int = typer.Option(256, "--max-seq-len", help="KV-cache length of the exported artifacts (part of the export cache key)"),
     portable: bool = typer.Option(None, "--portable/--no-portable", help="also time the no-library fallbacks (ONNX function body, ExecuTorch portable .pte); default: on, off with --quick"),
     llama_cpp: bool = typer.Option(True, "--llama-cpp/--no-llama-cpp", help="the llama.cpp baseline (llama-cpp-python) on the GGUF"),
@@ -41,6 +42,7 @@ def bench(
         "runs": runs,
         "portable": portable,
         "eval_samples": eval_samples,
+        "prompt": prompt,
     }
     settings = replace(settings, **{k: v for k, v in overrides.items() if v is not None})
     result = run_bench(settings, log=typer.echo)

@@ -45,6 +45,12 @@ def _translate_sefp_linear(x, p0, p1, p2, p3, exponents, bits, bias=None):
 
 
 def _to_onnx(ep: torch.export.ExportedProgram, path: Path, input_names, output_names) -> None:
+    """torch.onnx.export ``ep`` to ``path`` (+ ``path.data``), then attach the SEFPLinear function.
+
+    ``optimize=False``: onnxscript's rewriter took minutes on a 30-layer graph
+    (pattern matching over every node) and onnxruntime applies its own graph
+    optimizations at load anyway.
+    """
     register_schema()
     program = torch.onnx.export(
         ep,
@@ -54,12 +60,16 @@ def _to_onnx(ep: torch.export.ExportedProgram, path: Path, input_names, output_n
         opset_version=OPSET,
         custom_translation_table={ops.sefp_linear: _translate_sefp_linear},
         dynamo=True,
-        optimize=False,  # see _to_onnx docstring
+        optimize=False,
         verbose=False,
     )
     program.save(str(path), external_data=True)
     # Attach the function body to the graph proto only; the tensors stay in the data file.
     model = onnx.load(str(path), load_external_data=False)
+    for node in model.graph.node:
+        # per-node torch debug metadata (fx node, module path, stack) was ~90% of the graph file
+        del node.metadata_props[:]
+        node.doc_string = ""
     if any(n.domain == DOMAIN and n.op_type == OP_TYPE for n in model.graph.node):
         attach_function(model)
     onnx.save(model, str(path))
@@ -74,6 +84,21 @@ def data_files(path: Path) -> list[Path]:
             if entry.key == "location":
                 names.add(entry.value)
     return [path.parent / n for n in sorted(names)]
+
+
+def kernel_fields(kernels: str, lowered: bool = True) -> tuple[str, str | None]:
+    """Manifest ``(kernels, kernel_library)``.
+
+    The .onnx file is the same in both modes (custom node + function body);
+    the mode only says whether a session must load the custom-op library:
+    ``fused`` -> ``"onnxruntime"`` (required), ``portable`` -> ``None`` (stock
+    onnxruntime runs the function body). An fp32 export has no SEFP node.
+    """
+    if kernels not in ("fused", "portable"):
+        raise ValueError(f"unknown kernels mode {kernels!r}; choose fused or portable")
+    if not lowered or kernels == "portable":
+        return "portable", None
+    return "fused", "onnxruntime"
 
 
 def _write(loaded, options, out_dir: Path, log: Callable[[str], None], lower: bool) -> Manifest:
@@ -117,12 +142,12 @@ def _write(loaded, options, out_dir: Path, log: Callable[[str], None], lower: bo
         f"{name} ({size / 2**20:.1f} MiB)" for name, size in sizes.items()
     ))
 
-    kernels = options.kernels if lower else "portable"
+    kernels, kernel_library = kernel_fields(options.kernels, lowered=lower)
     return Manifest(
         target="onnx",
         artifact=ARTIFACT_NAME,
         kernels=kernels,
-        kernel_library="onnxruntime" if kernels == "fused" else None,
+        kernel_library=kernel_library,
         quantized_layers=layers,
         inputs=graph_inputs,
         outputs=graph_outputs,
@@ -146,8 +171,9 @@ def export_onnx(loaded, options, out_dir: Path, log: Callable[[str], None] = pri
 def export_onnx_fp32(loaded, options, out_dir: Path, log: Callable[[str], None] = print) -> Manifest:
     """The same KV-cache decoder with float32 weights and no SEFP nodes (benchmark baseline).
 
-    The graph keeps a ``bits`` input only if the exporter keeps unused inputs;
-    the runtime feeds ``bits`` only when the graph has it, so sessions treat
-    both artifacts alike. Its manifest says ``extra["weights"] == "fp32"``.
+    The graph keeps the (ignored) ``bits`` input, so sessions drive both
+    artifacts alike. Its manifest says ``kernels: portable`` and
+    ``extra["weights"] == "fp32"``. Like ``export_onnx`` it returns the
+    manifest unsaved: save it (and the tokenizer) beside the model.
     """
     return _write(loaded, options, out_dir, log, lower=False)

@@ -71,9 +71,11 @@ class OnnxSession(Session):
                 f"{path.name}.data file missing: re-export it with otaro-export"
             ) from exc
         self._input_names = {i.name for i in self._sess.get_inputs()}
-        self._past_names = [i.name for i in self._sess.get_inputs() if i.name.startswith("past_")]
         self._present_names = [o.name for o in self._sess.get_outputs() if o.name.startswith("present_")]
-        if len(self._past_names) != len(self._present_names) or "input_ids" not in self._input_names:
+        # present_key_i becomes the next call's past_key_i: pair them by name, not position
+        self._past_names = [name.replace("present_", "past_", 1) for name in self._present_names]
+        past_inputs = {name for name in self._input_names if name.startswith("past_")}
+        if set(self._past_names) != past_inputs or "input_ids" not in self._input_names:
             raise ArtifactError(f"{path} is not an otaro-export KV-cache decoder (inputs {sorted(self._input_names)})")
         info = manifest.model
         self._empty = np.zeros((1, int(info["num_kv_heads"]), 0, int(info["head_dim"])), dtype=np.float32)
@@ -100,11 +102,16 @@ class OnnxSession(Session):
         if start_pos + seq > self._max_seq_len:
             raise ValueError(f"{start_pos + seq} positions exceed this artifact's max_seq_len {self._max_seq_len}")
         bits = self.check_bits(bits)  # also in-graph, but a clean error beats an onnxruntime one
+        # Keep the numpy inputs referenced until the run ends: the binding may point at their memory.
+        feeds = {
+            "input_ids": np.ascontiguousarray(input_ids, dtype=np.int64),
+            "cache_position": np.arange(start_pos, start_pos + seq, dtype=np.int64),
+            "bits": np.array(bits, dtype=np.int64),
+        }
         binding = self._sess.io_binding()
-        binding.bind_cpu_input("input_ids", np.ascontiguousarray(input_ids, dtype=np.int64))
-        binding.bind_cpu_input("cache_position", np.arange(start_pos, start_pos + seq, dtype=np.int64))
-        if "bits" in self._input_names:
-            binding.bind_cpu_input("bits", np.array(bits, dtype=np.int64))
+        for name, array in feeds.items():
+            if name in self._input_names:
+                binding.bind_cpu_input(name, array)
         for name, value in zip(self._past_names, self._past):
             binding.bind_ortvalue_input(name, value)
         binding.bind_output("logits")

@@ -18,18 +18,21 @@ SEFP = torch.ops.otaro.sefp_linear.default
 ATOL = 1e-4
 
 
-@pytest.mark.parametrize("model_type", ["llama", "qwen2", "mistral"])
-def test_lowered_program_matches_torch_reference_at_every_precision(model_type, exporter, ids):
-    model = tiny_causal_lm(model_type).model
-    names = select_sefp_linears(model)
+@pytest.mark.parametrize(
+    "model_type, lm_head", [("llama", False), ("qwen2", False), ("mistral", False), ("llama", True)]
+)
+def test_lowered_program_matches_torch_reference_at_every_precision(model_type, lm_head, exporter, ids):
+    model = tiny_causal_lm(model_type).model  # tied embeddings: with lm_head=True only lm_head is SEFP
+    names = select_sefp_linears(model, quantize_lm_head=lm_head)
     converted = copy.deepcopy(model)
-    convert_model(converted)
+    convert_model(converted, quantize_lm_head=lm_head)
     ep, report = lower_to_sefp(exporter(model), names)
 
     assert report.layers == names and report.sefp_nodes == len(names) and not report.added_bits_input
     assert report.packed_bytes > 0
     stored = set(ep.state_dict) | set(ep.constants)
-    assert not {f"model.{n}.weight" for n in names} & stored, "float weights must not stay in the program"
+    decoder_weights = {f"model.{n}.weight" for n in names if n != "lm_head"}
+    assert not decoder_weights & stored, "float weights must not stay in the program"
     bits_node = next(n for n in ep.graph.find_nodes(op="placeholder") if n.name == "bits")
     assert all(n.args[6] is bits_node for n in ep.graph.nodes if n.target == SEFP)
 

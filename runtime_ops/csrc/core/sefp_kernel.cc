@@ -3,6 +3,7 @@
 
 #include <algorithm>
 #include <cstdlib>
+#include <new>
 #include <vector>
 
 #include "core/sefp_kernel_internal.h"
@@ -21,6 +22,8 @@ const char* status_message(Status status) {
              "sizes non-negative and pointers non-null";
     case Status::kUnavailableIsa:
       return "the requested instruction set is not compiled in or not supported by this CPU";
+    case Status::kOutOfMemory:
+      return "out of memory for the zero-padded copy of x";
   }
   return "unknown status";
 }
@@ -136,7 +139,11 @@ Status prepare(const float* x, int64_t rows, const SEFPWeightView& w, const floa
   *args = detail::LinearArgs{x, rows, w.in_features, w, bias, bits, y, ldy};
   const int64_t k_pad = w.num_groups * detail::kGroup;
   if (k_pad != w.in_features && rows > 0) {
-    padded->assign(static_cast<size_t>(rows * k_pad), 0.0f);
+    try {
+      padded->assign(static_cast<size_t>(rows * k_pad), 0.0f);
+    } catch (const std::bad_alloc&) {
+      return Status::kOutOfMemory;
+    }
     for (int64_t r = 0; r < rows; ++r)
       std::copy(x + r * w.in_features, x + (r + 1) * w.in_features, padded->begin() + r * k_pad);
     args->x = padded->data();

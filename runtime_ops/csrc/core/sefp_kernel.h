@@ -27,6 +27,7 @@ enum class Status : int {
   kInvalidBits = 1,    // bits outside 3..8
   kInvalidShape = 2,   // in_features inconsistent with num_groups, or null pointers
   kUnavailableIsa = 3, // an explicit Isa that is not compiled in / not supported by this CPU
+  kOutOfMemory = 4,    // the scratch copy of x (in_features not a multiple of 64) could not be allocated
 };
 
 const char* status_message(Status status);

@@ -57,8 +57,34 @@ inline __m256 decode_sub(const GroupBytes& gb) {
   }
 }
 
+// decode_group's values are q_k / kDecodeUnit<BITS>: E5M3 decodes q_3 >> 5
+// (-7..7) with one byte-table lookup per 32 weights; the scale absorbs the 32.
+template <int BITS>
+constexpr float kDecodeUnit = BITS == 3 ? 32.0f : 1.0f;
+
+// E5M3: vpshufb maps each code (sign<<3 | q[7:5]) to the int8 +-(q[7:5]);
+// p0's low nibbles are elements 0..31 and its high nibbles 32..63, in order.
+inline void decode_group_m3(const uint8_t* p0, __m256 v[8]) {
+  const __m256i table = _mm256_setr_epi8(0, 1, 2, 3, 4, 5, 6, 7, 0, -1, -2, -3, -4, -5, -6, -7,  //
+                                         0, 1, 2, 3, 4, 5, 6, 7, 0, -1, -2, -3, -4, -5, -6, -7);
+  const __m256i nibble = _mm256_set1_epi8(0x0F);
+  const __m256i bytes = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p0));
+  const __m256i lo = _mm256_shuffle_epi8(table, _mm256_and_si256(bytes, nibble));
+  const __m256i hi = _mm256_shuffle_epi8(table, _mm256_and_si256(_mm256_srli_epi16(bytes, 4), nibble));
+  const __m128i quarter[4] = {_mm256_castsi256_si128(lo), _mm256_extracti128_si256(lo, 1),
+                              _mm256_castsi256_si128(hi), _mm256_extracti128_si256(hi, 1)};
+  for (int q = 0; q < 4; ++q) {  // 16 elements each, widened 8 at a time
+    v[2 * q] = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(quarter[q]));
+    v[2 * q + 1] = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_unpackhi_epi64(quarter[q], quarter[q])));
+  }
+}
+
 template <int BITS>
 inline void decode_group(const SEFPWeightView& w, int64_t ng, __m256 v[8]) {
+  if constexpr (BITS == 3) {
+    decode_group_m3(w.p0 + ng * kP0Bytes, v);
+    return;
+  }
   GroupBytes gb;
   const uint8_t* p0 = w.p0 + ng * kP0Bytes;
   for (int j = 0; j < 4; ++j) gb.c[j] = load8_u8(p0 + 8 * j);
@@ -103,53 +129,39 @@ inline void group_scales(const int8_t* e, int64_t count, float* scales) {
 
 constexpr int64_t kScaleChunk = 256;
 
-// Few activation rows (decode): R weight rows at a time share the x loads.
-template <int BITS, int M, int R>
-void matvec_rows(const LinearArgs& a, int64_t n) {
-  const SEFPWeightView& w = a.w;
-  const int64_t G = w.num_groups, N = a.ldy;  // y row stride
-  __m256 acc[M][R];
-  for (int m = 0; m < M; ++m)
-    for (int r = 0; r < R; ++r) acc[m][r] = _mm256_setzero_ps();
-  alignas(32) float scales[R][kScaleChunk];
-  for (int64_t g0 = 0; g0 < G; g0 += kScaleChunk) {
-    const int64_t gc = min64(kScaleChunk, G - g0);
-    for (int r = 0; r < R; ++r) group_scales(w.exponents + (n + r) * G + g0, gc, scales[r]);
-    for (int64_t gg = 0; gg < gc; ++gg) {
-      const int64_t g = g0 + gg;
-      __m256 v[R][8];
-      for (int r = 0; r < R; ++r) decode_group<BITS>(w, (n + r) * G + g, v[r]);
-      for (int m = 0; m < M; ++m) {
-        const float* x = a.x + m * a.ldx + g * kGroup;
-        __m256 s0[R], s1[R];
-        for (int r = 0; r < R; ++r) {
-          s0[r] = _mm256_mul_ps(_mm256_loadu_ps(x), v[r][0]);
-          s1[r] = _mm256_mul_ps(_mm256_loadu_ps(x + 8), v[r][1]);
-        }
-        for (int b = 2; b < 8; b += 2) {
-          const __m256 xa = _mm256_loadu_ps(x + 8 * b), xb = _mm256_loadu_ps(x + 8 * b + 8);
-          for (int r = 0; r < R; ++r) {
-            s0[r] = _mm256_fmadd_ps(xa, v[r][b], s0[r]);
-            s1[r] = _mm256_fmadd_ps(xb, v[r][b + 1], s1[r]);
-          }
-        }
-        for (int r = 0; r < R; ++r)
-          acc[m][r] = _mm256_fmadd_ps(_mm256_add_ps(s0[r], s1[r]), _mm256_set1_ps(scales[r][gg]), acc[m][r]);
-      }
-    }
-  }
-  for (int m = 0; m < M; ++m)
-    for (int r = 0; r < R; ++r) a.y[m * N + n + r] = hsum(acc[m][r]) + (a.bias ? a.bias[n + r] : 0.0f);
-}
-
-// Two weight rows at a time only where the decoded group fits the 16 ymm
-// registers twice over (E5M3); above that, spills cost more than the shared loads save.
+// Few activation rows (decode): every group is decoded once and dotted with
+// each activation row. One weight row at a time: with 16 ymm registers, two
+// rows' decoded groups spill (measured slower for every precision).
 template <int BITS, int M>
 void matvec(const LinearArgs& a, int64_t n_begin, int64_t n_end) {
-  int64_t n = n_begin;
-  if constexpr (BITS == 3 && M == 1)
-    for (; n + 2 <= n_end; n += 2) matvec_rows<BITS, M, 2>(a, n);
-  for (; n < n_end; ++n) matvec_rows<BITS, M, 1>(a, n);
+  const SEFPWeightView& w = a.w;
+  const int64_t G = w.num_groups, N = a.ldy;  // y row stride
+  alignas(32) float scales[kScaleChunk];
+  for (int64_t n = n_begin; n < n_end; ++n) {
+    __m256 acc[M];
+    for (int m = 0; m < M; ++m) acc[m] = _mm256_setzero_ps();
+    for (int64_t g0 = 0; g0 < G; g0 += kScaleChunk) {
+      const int64_t gc = min64(kScaleChunk, G - g0);
+      group_scales(w.exponents + n * G + g0, gc, scales);
+      for (int64_t gg = 0; gg < gc; ++gg) {
+        const int64_t g = g0 + gg;
+        __m256 v[8];
+        decode_group<BITS>(w, n * G + g, v);
+        const __m256 scale = _mm256_set1_ps(scales[gg] * kDecodeUnit<BITS>);
+        for (int m = 0; m < M; ++m) {
+          const float* x = a.x + m * a.ldx + g * kGroup;
+          __m256 s0 = _mm256_mul_ps(_mm256_loadu_ps(x), v[0]);
+          __m256 s1 = _mm256_mul_ps(_mm256_loadu_ps(x + 8), v[1]);
+          for (int b = 2; b < 8; b += 2) {
+            s0 = _mm256_fmadd_ps(_mm256_loadu_ps(x + 8 * b), v[b], s0);
+            s1 = _mm256_fmadd_ps(_mm256_loadu_ps(x + 8 * b + 8), v[b + 1], s1);
+          }
+          acc[m] = _mm256_fmadd_ps(_mm256_add_ps(s0, s1), scale, acc[m]);
+        }
+      }
+    }
+    for (int m = 0; m < M; ++m) a.y[m * N + n] = hsum(acc[m]) + (a.bias ? a.bias[n] : 0.0f);
+  }
 }
 
 inline __m128 reduce4(__m256 a, __m256 b, __m256 c, __m256 d) {
@@ -205,7 +217,7 @@ void gemm(const LinearArgs& a, int64_t n_begin, int64_t n_end) {
           const int64_t ng = (n0 + j) * G + g0 + gg;
           __m256 v[8];
           decode_group<BITS>(w, ng, v);
-          const __m256 scale = _mm256_set1_ps(unit_scale(w.exponents[ng]));
+          const __m256 scale = _mm256_set1_ps(unit_scale(w.exponents[ng]) * kDecodeUnit<BITS>);
           float* dst = wbuf + j * kc + gg * kGroup;
           for (int b = 0; b < 8; ++b) _mm256_store_ps(dst + 8 * b, _mm256_mul_ps(v[b], scale));
         }

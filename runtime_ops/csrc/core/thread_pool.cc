@@ -15,10 +15,15 @@
 namespace otaro {
 
 namespace {
-// Workers spin this long for the next job before sleeping: decode runs one
-// layer after another, microseconds apart, and a futex wake-up costs more
-// than a small matvec.
-constexpr auto kSpinTime = std::chrono::microseconds(200);
+// Workers spin this long for the next job: decode runs one layer after
+// another, microseconds apart. After that they sleep in timed naps that grow
+// from kFirstNap to kLongestNap while idle. Callers never wake workers: on a
+// busy machine a woken thread preempts its waker, which then waits for its
+// next time slice (measured: milliseconds per call on an oversubscribed box).
+// A job published while all workers nap runs on the caller alone.
+constexpr auto kSpinTime = std::chrono::microseconds(1000);
+constexpr auto kFirstNap = std::chrono::milliseconds(1);
+constexpr auto kLongestNap = std::chrono::milliseconds(64);
 constexpr int kMaxWorkers = 63;
 }  // namespace
 
@@ -56,7 +61,10 @@ ThreadPool::~ThreadPool() {
 
 void ThreadPool::ensure_workers(int count) {
   count = std::min(count, kMaxWorkers);
-  while (static_cast<int>(workers_.size()) < count) workers_.emplace_back([this] { worker_loop(); });
+  try {
+    while (static_cast<int>(workers_.size()) < count) workers_.emplace_back([this] { worker_loop(); });
+  } catch (...) {  // no more threads (or memory): run with the workers we have; the caller works anyway
+  }
 }
 
 void ThreadPool::drain(Job& job) {
@@ -70,6 +78,7 @@ void ThreadPool::drain(Job& job) {
 
 void ThreadPool::worker_loop() {
   uint64_t seen = generation_.load();
+  auto nap = std::chrono::duration_cast<std::chrono::milliseconds>(kFirstNap);
   for (;;) {
     const auto spin_until = std::chrono::steady_clock::now() + kSpinTime;
     while (generation_.load(std::memory_order_acquire) == seen && std::chrono::steady_clock::now() < spin_until) {
@@ -78,9 +87,16 @@ void ThreadPool::worker_loop() {
     Job* job = nullptr;
     {
       std::unique_lock<std::mutex> lock(mutex_);
-      wake_.wait(lock, [&] { return generation_.load() != seen; });
-      seen = generation_.load();
+      if (generation_.load() == seen && !stop_) {
+        wake_.wait_for(lock, nap, [&] { return generation_.load() != seen || stop_; });
+      }
       if (stop_) return;
+      if (generation_.load() == seen) {  // idle: nap longer next time
+        nap = std::min(nap * 2, std::chrono::duration_cast<std::chrono::milliseconds>(kLongestNap));
+        continue;
+      }
+      nap = kFirstNap;
+      seen = generation_.load();
       job = job_;
       if (job && job->helpers < job->max_helpers) {  // pool may hold more workers than this job wants
         ++job->helpers;
@@ -112,8 +128,7 @@ void ThreadPool::run(int threads, int tasks, const std::function<void(int)>& fn)
     ensure_workers(threads - 1);
     job_ = &job;
     generation_.fetch_add(1, std::memory_order_acq_rel);
-  }
-  wake_.notify_all();
+  }  // no notify: spinning workers see the new generation, napping ones at their next check
   drain(job);  // the caller also takes any task no worker has started yet
   wait_until_zero(job.pending);
   {

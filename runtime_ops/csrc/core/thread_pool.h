@@ -43,7 +43,7 @@ class ThreadPool {
   static void drain(Job& job);
 
   std::mutex mutex_;
-  std::condition_variable wake_;
+  std::condition_variable wake_;  // only for shutdown; workers nap with a timeout
   std::vector<std::thread> workers_;
   std::atomic<bool> busy_{false};
   std::atomic<uint64_t> generation_{0};

@@ -87,7 +87,8 @@ Tensor& sefp_linear_out(KernelRuntimeContext& ctx, const Tensor& x, const Tensor
 
   const SEFPWeightView w{p0.const_data_ptr<uint8_t>(), p1.const_data_ptr<uint8_t>(), p2.const_data_ptr<uint8_t>(),
                          p3.const_data_ptr<uint8_t>(), exponents.const_data_ptr<int8_t>(), n, k, g};
-  const int64_t rows = k > 0 ? x.numel() / k : 0;
+  int64_t rows = 1;  // leading dims of x (not numel / K: K may be 0)
+  for (ssize_t d = 0; d + 1 < x.dim(); ++d) rows *= x.size(d);
   const Status status = sefp_linear(x.const_data_ptr<float>(), rows, w, bias_data, static_cast<int>(k_bits),
                                     out.mutable_data_ptr<float>());
   ET_KERNEL_CHECK_MSG(ctx, status == Status::kOk, InvalidArgument, out, "otaro::sefp_linear: %s",

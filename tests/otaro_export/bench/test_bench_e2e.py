@@ -8,7 +8,13 @@ from __future__ import annotations
 
 import json
 
+import pytest
 from typer.testing import CliRunner
+
+from otaro_export.bench.artifacts import ArtifactSpec, ensure_artifact
+from otaro_export.bench.configs import BenchSettings
+from otaro_export.bench.runner import run_bench
+from otaro_export.errors import OtaroError
 
 from otaro_export.cli.main import app
 from otaro_export.testing import tiny_causal_lm
@@ -20,7 +26,7 @@ def test_bench_quick_on_a_tiny_model(tmp_path):
     loaded.model.save_pretrained(str(model_dir))
     loaded.tokenizer.save_pretrained(str(model_dir))
     out = tmp_path / "out"
-    args = ["bench", "--quick", "--model", str(model_dir), "--targets", "onnx", "--no-llama-cpp", "--max-seq-len", "64",
+    args = ["bench", "--quick", "--model", str(model_dir), "--targets", "onnx", "--no-llama-cpp", "--max-seq-len", "64", "--prompt", "Hi",
             "--new-tokens", "4", "--runs", "1", "--eval-samples", "1", "--cache-dir", str(tmp_path / "cache"), "-o", str(out)]
     result = CliRunner().invoke(app, args)
     assert result.exit_code == 0, result.output
@@ -39,7 +45,20 @@ def test_bench_quick_on_a_tiny_model(tmp_path):
     assert goals["E5M3 decode vs llama.cpp Q4_1"] is None  # not measured, and said so
     assert (out / "speed.png").is_file() and (out / "accuracy.png").is_file()
     assert "goals:" in result.output
-    # a second run reuses the cached exports (no "exporting" line)
-    again = CliRunner().invoke(app, args + ["--no-accuracy"])
-    assert again.exit_code == 0, again.output
-    assert "exporting" not in again.output
+    # the exports are cached: asking again exports nothing
+    logged = []
+    for spec in (ArtifactSpec("onnx", "sefp", "fused"), ArtifactSpec("onnx", "fp32")):
+        ensure_artifact(spec, str(model_dir), 64, tmp_path / "cache", log=logged.append)
+    assert logged == []
+
+
+def test_bench_rejects_a_prompt_longer_than_the_cache(tmp_path):
+    model_dir = tmp_path / "tiny"
+    loaded = tiny_causal_lm(seed=0)
+    loaded.model.save_pretrained(str(model_dir))
+    loaded.tokenizer.save_pretrained(str(model_dir))
+    settings = BenchSettings(model=str(model_dir), targets=("onnx",), portable=False, llama_cpp=False,
+                             accuracy=False, max_seq_len=16, new_tokens=4, cache_dir=tmp_path / "cache",
+                             output=tmp_path / "out")
+    with pytest.raises(OtaroError, match="exceed --max-seq-len 16"):
+        run_bench(settings, log=lambda _: None)

@@ -98,3 +98,12 @@ def test_table_json_and_plots(tmp_path, results):
     for name in ("speed.png", "acc.png"):
         assert (tmp_path / name).read_bytes()[:4] == b"\x89PNG"
     assert "E5M3" in report.format_accuracy_table(acc)
+
+
+def test_memory_table(results):
+    rows = report.with_ratios(results)
+    table = report.format_memory_table(rows, {3: 25.0, 8: 60.0}, 50 * 2**20)  # fp16 = 100 MiB
+    lines = table.splitlines()
+    e5m3 = next(line for line in lines if line.startswith("E5M3"))
+    assert "4.125" in e5m3 and "25.0" in e5m3 and "0.250" in e5m3  # p0 + exponents: 4.125 bits/weight
+    assert any(line.startswith("fp32") for line in lines)

@@ -15,3 +15,20 @@ def test_switch_ratio_is_geometric_mean_of_per_precision_ratios():
 def test_switch_ratio_needs_both_schedules():
     with pytest.raises(ValueError, match="E5M8"):
         switch_ratios({3: [1.0], 8: [1.0]}, [(3, 1.0)])
+
+
+def test_round_noise_is_the_largest_spread_of_round_medians():
+    from otaro_export.bench.switching import round_noise
+
+    assert round_noise({3: [[1.0, 1.0], [1.1, 1.1]], 8: [[2.0], [2.0]]}) == pytest.approx(0.1)
+    assert round_noise({3: [[1.0]]}) == 0.0
+
+
+def test_switching_goal_allows_measured_noise():
+    from otaro_export.bench.report import evaluate_goals
+
+    def goal(switch):
+        return next(g for g in evaluate_goals([], switch, {}, None, None) if g.name == "precision switching cost")
+
+    assert goal({"onnx fused": {"switch_ratio": 1.08, "noise": 0.10}}).met is True
+    assert goal({"onnx fused": {"switch_ratio": 1.08, "noise": 0.01}}).met is False

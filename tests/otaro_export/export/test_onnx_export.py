@@ -11,7 +11,7 @@ import torch
 
 from otaro_export.convert import convert_model, dequantized_copy, select_sefp_linears
 from otaro_export.errors import UnsupportedModelError
-from otaro_export.export.onnx_export import ARTIFACT_NAME, data_files
+from otaro_export.export.onnx_export import ARTIFACT_NAME, data_files, kernel_fields
 from otaro_export.export.onnx_sefp_function import DOMAIN, OP_TYPE
 from otaro_export.export.pipeline import ExportOptions, export_model
 from otaro_export.manifest import Manifest
@@ -94,6 +94,14 @@ def test_artifact_structure_and_manifest(tiny_onnx):
     assert shapes.count(embed) + shapes.count(embed[::-1]) == 1
 
 
+def test_kernel_modes_in_the_manifest():
+    assert kernel_fields("fused") == ("fused", "onnxruntime")
+    assert kernel_fields("portable") == ("portable", None)
+    assert kernel_fields("fused", lowered=False) == ("portable", None)  # fp32 baseline: no custom op
+    with pytest.raises(ValueError, match="fused or portable"):
+        kernel_fields("fast")
+
+
 def test_loads_from_another_working_directory(tiny_onnx, tmp_path, monkeypatch):
     directory, _ = tiny_onnx("llama")
     monkeypatch.chdir(tmp_path)  # external data must resolve relative to the .onnx, not the cwd
@@ -112,6 +120,24 @@ def test_out_of_range_bits_fail_in_graph_on_both_paths(tiny_onnx):
         for bad in (2, 9):
             with pytest.raises(Exception, match=marker):  # onnxruntime's own exception types
                 session.run(["logits"], _feeds(manifest, ids, bad))
+
+
+def test_fp32_baseline_export_matches_the_float_model(tmp_path):
+    from otaro_export.export.onnx_export import export_onnx_fp32
+    from otaro_export.testing import tiny_causal_lm
+
+    loaded = tiny_causal_lm("qwen2")
+    options = ExportOptions(target="onnx", output=tmp_path, max_seq_len=32)
+    manifest = export_onnx_fp32(loaded, options, tmp_path, lambda m: None)
+    assert manifest.extra["weights"] == "fp32" and manifest.quantized_layers == []
+    assert manifest.kernel_library is None
+    model = onnx.load(str(tmp_path / ARTIFACT_NAME), load_external_data=False)
+    assert not any(n.domain == DOMAIN for n in model.graph.node) and not model.functions
+    ids = np.arange(5, dtype=np.int64)[None]
+    logits = _ort_session(tmp_path / ARTIFACT_NAME, False).run(["logits"], _feeds(manifest, ids, 8))[0]
+    with torch.no_grad():
+        ref = loaded.model(input_ids=torch.from_numpy(ids), use_cache=False).logits.numpy()
+    np.testing.assert_allclose(logits, ref, rtol=0, atol=ATOL)
 
 
 def test_unsupported_architecture_is_a_clear_error(tmp_path):

@@ -158,35 +158,34 @@ def test_missing_kernel_library_fails_cleanly_in_the_cli(et_root, tmp_path):
     env = dict(os.environ, CXX=str(tmp_path / "no-such-compiler"), OTARO_KERNEL_CACHE_DIR=str(tmp_path / "cache"))
     code = "from otaro_export.cli.main import main; import sys; sys.argv=['otaro','run',%r,'-p','hi','-b','3']; main()" % str(directory)
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=300)
-    assert proc.returncode == 1, (proc.returncode, proc.stderr[-2000:])
+    assert proc.returncode > 0, (proc.returncode, proc.stderr[-2000:])  # an error exit, not a signal
     assert "--kernels portable" in proc.stderr and "Traceback" not in proc.stderr
 
 
-@pytest.mark.parametrize("damage", ["truncate", "garbage"])
-def test_corrupt_pte_is_rejected_cleanly(et_root, tmp_path, damage):
+def test_corrupt_pte_is_rejected_cleanly(et_root, tmp_path):
     directory, _ = tiny_executorch_artifact(et_root, "llama", **CONFIGS["portable"])
-    broken = tmp_path / "broken"
-    broken.mkdir()
-    for name in ("manifest.json", "model.pte"):
-        (broken / name).write_bytes((directory / name).read_bytes())
-    data = (broken / "model.pte").read_bytes()
-    if damage == "truncate":
-        data = data[: len(data) // 3]
-    else:
-        data = data[:8] + bytes(b ^ 0x5A for b in data[8:4096]) + data[4096:]
-    (broken / "model.pte").write_bytes(data)
+    good = (directory / "model.pte").read_bytes()
+    damaged = {
+        "truncated": good[: len(good) // 3],
+        "garbled": good[:8] + bytes(b ^ 0x5A for b in good[8:4096]) + good[4096:],
+    }
+    for name, data in damaged.items():
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "manifest.json").write_bytes((directory / "manifest.json").read_bytes())
+        (tmp_path / name / "model.pte").write_bytes(data)
     # In a subprocess: a crash (signal) in the native loader must not take the test run down.
     code = f"""
 from otaro_export.errors import ArtifactError
 from otaro_export.runtime import load
-try:
-    load({str(broken)!r}).forward([[1, 2, 3]], 8)
-except ArtifactError as exc:
-    print('REJECTED', exc)
+for name in {list(damaged)!r}:
+    try:
+        load({str(tmp_path)!r} + '/' + name).forward([[1, 2, 3]], 8)
+    except ArtifactError as exc:
+        print('REJECTED', name)
 """
     proc = _run_python(code)
     assert proc.returncode == 0, (proc.returncode, proc.stderr[-2000:])
-    assert "REJECTED" in proc.stdout
+    assert all(f"REJECTED {name}" in proc.stdout for name in damaged), proc.stdout
 
 
 def test_cli_run_generates_at_a_chosen_precision(artifact):

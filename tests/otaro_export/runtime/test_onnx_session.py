@@ -86,10 +86,19 @@ def test_missing_library_names_the_fix(llama, monkeypatch):
     assert load(llama[0], use_library=False).use_library is False  # the portable path still works
 
 
-def test_portable_manifest_does_not_load_the_library(tiny_onnx, monkeypatch):
+def test_portable_manifest_does_not_load_the_library(llama, tmp_path, monkeypatch):
+    import shutil
+
+    from otaro_export.export.onnx_export import kernel_fields
+    from otaro_export.manifest import Manifest
     from otaro_export.runtime_ops import ort_library
 
-    directory, _ = tiny_onnx("llama", kernels="portable")
+    # --kernels portable writes the same .onnx; only the manifest differs (see kernel_fields)
+    directory = tmp_path / "portable"
+    shutil.copytree(llama[0], directory)
+    manifest = Manifest.load(directory)
+    manifest.kernels, manifest.kernel_library = kernel_fields("portable")
+    manifest.save(directory)
     monkeypatch.setattr(ort_library, "session_options", lambda **_: pytest.fail("library loaded"))
     session = load(directory)
     assert session.use_library is False and session.manifest.kernel_library is None
@@ -111,3 +120,35 @@ def test_corrupt_or_truncated_artifact_is_an_artifact_error(llama, tmp_path, dam
         (directory / f"{ARTIFACT_NAME}.data").write_bytes(b"")
     with pytest.raises(ArtifactError, match="re-export"):
         load(directory, use_library=False)
+
+
+@pytest.mark.slow
+def test_smollm2_greedy_text_at_e5m8_matches_torch_reference(tmp_path):
+    """The default model end to end: export, load with the fused library, 32 greedy tokens at E5M8."""
+    from otaro_export.convert import select_sefp_linears
+    from otaro_export.export.pipeline import ExportOptions, export_model
+    from otaro_export.models import load_model
+    from otaro_export.sefp import fake_quantize
+
+    loaded = load_model("default")
+    export_model(ExportOptions(target="onnx", output=tmp_path, max_seq_len=128), log=lambda m: None, loaded=loaded)
+    session = load(tmp_path)
+    prompt = session.encode_prompt("What is the capital of France?")
+    got = session.generate_ids(prompt, 8, 32, stop_at_eos=False)
+
+    # Torch reference: the same model with each SEFP layer's weight at E5M8 (fake_quantize at k equals
+    # dequantizing the stored M8 data at k: the format's nesting property), greedy with HF's KV cache.
+    model = loaded.model
+    with torch.no_grad():
+        for name in select_sefp_linears(model):
+            weight = model.get_submodule(name).weight
+            weight.copy_(fake_quantize(weight, 8))
+        ids = torch.tensor([prompt])
+        out = model(input_ids=ids, use_cache=True)
+        ref = []
+        for _ in range(32):
+            token = int(out.logits[0, -1].argmax())
+            ref.append(token)
+            out = model(input_ids=torch.tensor([[token]]), past_key_values=out.past_key_values, use_cache=True)
+    assert session.tokenizer.decode(got) == session.tokenizer.decode(ref)
+    assert got == ref

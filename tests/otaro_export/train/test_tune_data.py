@@ -1,7 +1,6 @@
 import json
 
 import pytest
-import torch
 
 from otaro_export.train.tune_data import (
     DataError,
