@@ -50,8 +50,8 @@ def _append_user_input(ep: ExportedProgram, name: str) -> torch.fx.Node:
     entry = ep.module_call_graph[0]
     signature = entry.signature
     if signature is not None:
-        args, kwargs = pytree.tree_unflatten([None] * signature.in_spec.num_leaves, signature.in_spec)
-        marker = torch.empty(())  # a leaf; its value is irrelevant to the spec
+        marker = torch.empty(())  # a tensor leaf; only the tree structure matters here
+        args, kwargs = pytree.tree_unflatten([marker] * signature.in_spec.num_leaves, signature.in_spec)
         if kwargs:
             kwargs = {**kwargs, name: marker}
         else:

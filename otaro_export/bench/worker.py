@@ -10,7 +10,7 @@ peak RSS belongs to that configuration alone. Jobs:
 * ``{"kind": "switch", "directory", ...}``: precision-switching cost (:mod:`.switching`).
 
 Common fields: ``prompt_ids`` (the same token ids for every configuration),
-``new_tokens``, ``runs`` (timed generations, after one warm-up), ``threads``.
+``new_tokens``, ``runs`` (timed generations, after one short warm-up), ``threads``.
 Decode tokens/s counts the tokens after the first (which comes from prefill),
 exactly as :class:`otaro_export.runtime.GenerationStats` does.
 """
@@ -26,6 +26,8 @@ from pathlib import Path
 from otaro_export.bench import memory
 
 RESULT_PREFIX = "BENCH_RESULT "
+#: the warm-up generation only has to touch every weight once; its length does not matter
+WARMUP_TOKENS = 16
 
 
 def _summary(prefill: list[float], decode: list[float]) -> dict:
@@ -49,12 +51,12 @@ def measure_session(job: dict) -> dict:
     load_s = time.perf_counter() - t0
     rss_load = memory.rss_mib()
     ids, bits, new = list(job["prompt_ids"]), int(job["bits"]), int(job["new_tokens"])
-    out = session.generate_ids(ids, bits, new, stop_at_eos=False)  # warm-up (pages weights in)
-    if len(out) != new:
-        raise RuntimeError(f"generated {len(out)} tokens, expected {new} (max_seq_len too small?)")
+    session.generate_ids(ids, bits, min(new, WARMUP_TOKENS), stop_at_eos=False)  # warm-up: every weight paged in
     prefill, decode = [], []
     for _ in range(int(job["runs"])):
-        session.generate_ids(ids, bits, new, stop_at_eos=False)
+        out = session.generate_ids(ids, bits, new, stop_at_eos=False)
+        if len(out) != new:
+            raise RuntimeError(f"generated {len(out)} tokens, expected {new} (max_seq_len too small?)")
         prefill.append(session.last_stats.prefill_tokens_per_s)
         decode.append(session.last_stats.decode_tokens_per_s)
     artifact = Path(job["directory"]) / session.manifest.artifact
@@ -103,7 +105,7 @@ def measure_llama_cpp(job: dict) -> dict:
         prefill_s, decode_s = first - start, end - first
         return tokens, len(ids) / prefill_s, (len(tokens) - 1) / decode_s if decode_s > 0 else 0.0
 
-    out, _, _ = generate()  # warm-up
+    out, _, _ = generate()  # warm-up: one untimed generation
     prefill, decode = [], []
     for _ in range(int(job["runs"])):
         _, p, d = generate()

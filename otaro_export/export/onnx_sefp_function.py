@@ -9,17 +9,17 @@ with no library, while an onnxruntime with the project's custom-op library
 registered runs the fused kernel instead (a registered kernel wins over the
 function). The body is written to be cheap at run time:
 
-* everything that does not depend on ``bits`` (unpacking the planes into one
-  int32 code ``sign * 256 + q`` per weight, and the group scales
-  ``2^(e - 7)``) depends only on initializers, so onnxruntime constant-folds
-  it once at session creation;
-* per call: one ``Gather`` of a 512-entry table row chosen by ``bits`` (the row
-  holds ``(-1)^s * (q & mask_k)``: sign and truncation in one lookup), one
-  ``Mul`` by the group scales, one ``Gemm`` (``transB``, bias as its optional C).
+* everything that does not depend on ``bits`` (unpacking the planes into the
+  uint8 magnitudes ``q`` and the signed group scales ``(-1)^s * 2^(e - 7)``)
+  depends only on initializers, so onnxruntime constant-folds it once at
+  session creation (memory: 5 bytes per weight while the session lives);
+* per call: one ``BitwiseAnd`` with the mask of ``bits``, one ``Cast``, one
+  ``Mul``, one ``Gemm`` (``transB``, bias as its optional C): vectorised
+  element-wise ops only (a per-weight table ``Gather`` was much slower).
 
 A function body is no range check (a raw out-of-range ``bits`` would index
-another row or wrap), so the body checks ``3 <= bits <= 8`` in-graph: the
-table row is reshaped to ``[512 * valid]`` with ``allowzero=1``, which fails
+another mask or wrap), so the body checks ``3 <= bits <= 8`` in-graph: the
+selected mask is reshaped to ``[valid]`` with ``allowzero=1``, which fails
 with an onnxruntime error naming the node ``SEFPLinear_bits_must_be_3_to_8``
 when ``valid`` is 0. The runtime session also checks ``bits`` before calling
 onnxruntime, so its users get a clean :class:`InvalidBitsError`.
@@ -68,16 +68,6 @@ def register_schema() -> None:
     defs.register_schema(schema)
 
 
-def lookup_table() -> np.ndarray:
-    """float32 [6, 512]: row k-3, column s*256+q holds (-1)^s * (q & mask_k) (exact in float32)."""
-    q = np.arange(256, dtype=np.int64)
-    rows = []
-    for k in SUPPORTED_BITS:
-        mag = (q & mantissa_mask(k)).astype(np.float32)
-        rows.append(np.concatenate([mag, -mag]))
-    return np.stack(rows).astype(np.float32)
-
-
 def _const(name: str, value: np.ndarray) -> onnx.NodeProto:
     return helper.make_node("Constant", [], [name], name=f"const_{name}", value=numpy_helper.from_array(value, name))
 
@@ -102,7 +92,6 @@ def function_proto(opset: int) -> onnx.FunctionProto:
         _const("c5u", np.array(5, u8)),
         _const("shift2", np.array([0, 2, 4, 6], u8).reshape(1, 1, 4, 1)),
         _const("shift1", np.arange(8, dtype=u8).reshape(1, 1, 8, 1)),
-        _const("c256", np.array(256, np.int32)),
         _const("i1", np.array([1], i64)),
         _const("i8", np.array([8], i64)),
         _const("i16", np.array([16], i64)),
@@ -112,10 +101,11 @@ def function_proto(opset: int) -> onnx.FunctionProto:
         _const("i0", np.array([0], i64)),
         _const("bits_lo", np.array(SUPPORTED_BITS[0], i64)),
         _const("bits_hi", np.array(SUPPORTED_BITS[-1], i64)),
-        _const("n512", np.array([512], i64)),
+        _const("masks", np.array([mantissa_mask(k) for k in SUPPORTED_BITS], u8)),
+        _const("minus2", np.array(-2.0, np.float32)),
+        _const("one", np.array(1.0, np.float32)),
         _const("two", np.array(2.0, np.float32)),
         _const("seven", np.array(7.0, np.float32)),
-        _const("table", lookup_table()),
     ]
     # -- bits-independent: folded by onnxruntime at session creation --
     node("Shape", ["E"], ["N"], start=0, end=1)
@@ -148,27 +138,28 @@ def function_proto(opset: int) -> onnx.FunctionProto:
             node("BitShift", [f"{out}_r", f"up{up}"], [out], direction="LEFT")
     node("BitwiseOr", ["t0", "f1"], ["t1"])
     node("BitwiseOr", ["t1", "f2"], ["t2"])
-    node("BitwiseOr", ["t2", "f3"], ["q"])
-    node("Cast", ["q"], ["q32"], to=TensorProto.INT32)
-    node("Cast", ["sign"], ["s32"], to=TensorProto.INT32)
-    node("Mul", ["s32", "c256"], ["s256"])
-    node("Add", ["s256", "q32"], ["lut_index"])  # int32 [N, G, 64]
+    node("BitwiseOr", ["t2", "f3"], ["q"])  # uint8 [N, G, 64]
+    node("Cast", ["sign"], ["sf"], to=TensorProto.FLOAT)
+    node("Mul", ["sf", "minus2"], ["sf2"])
+    node("Add", ["sf2", "one"], ["sign_pm"])  # +1 / -1
     node("Cast", ["E"], ["ef"], to=TensorProto.FLOAT)
     node("Sub", ["ef", "seven"], ["e7"])
     node("Pow", ["two", "e7"], ["scale2"])  # 2^(e-7), exact for integer exponents
     node("Unsqueeze", ["scale2", "im1"], ["scale"])  # [N, G, 1]
-    # -- per call: range check, one table row, one gather, one mul, one gemm --
+    node("Mul", ["sign_pm", "scale"], ["signed_scale"])  # float [N, G, 64]
+    # -- per call: range check, one mask, BitwiseAnd + Cast + Mul, one Gemm --
     node("GreaterOrEqual", ["bits", "bits_lo"], ["ge"])
     node("LessOrEqual", ["bits", "bits_hi"], ["le"])
     node("And", ["ge", "le"], ["valid"])
     node("Cast", ["valid"], ["valid64"], to=TensorProto.INT64)
-    node("Mul", ["n512", "valid64"], ["row_shape"])
+    node("Unsqueeze", ["valid64", "i0"], ["mask_shape"])  # [1] when valid, [0] when not
     node("Sub", ["bits", "bits_lo"], ["row_any"])
     node("Mul", ["row_any", "valid64"], ["row"])  # row 0 when invalid, so the named check below is what fails
-    node("Gather", ["table", "row"], ["row_raw"], axis=0)
-    n.append(helper.make_node("Reshape", ["row_raw", "row_shape"], ["lut"], name=RANGE_CHECK_NODE, allowzero=1))
-    node("Gather", ["lut", "lut_index"], ["wq"], axis=0)
-    node("Mul", ["wq", "scale"], ["wg"])
+    node("Gather", ["masks", "row"], ["mask_raw"], axis=0)
+    n.append(helper.make_node("Reshape", ["mask_raw", "mask_shape"], ["mask"], name=RANGE_CHECK_NODE, allowzero=1))
+    node("BitwiseAnd", ["q", "mask"], ["qk"])
+    node("Cast", ["qk"], ["qkf"], to=TensorProto.FLOAT)
+    node("Mul", ["qkf", "signed_scale"], ["wg"])
     node("Concat", ["N", "im1"], ["shapeNK"], axis=0)
     node("Reshape", ["wg", "shapeNK"], ["w_pad"])
     node("Shape", ["X"], ["K"], start=-1)

@@ -83,7 +83,7 @@ def evaluate_precisions(
             precision=precision_label(p),
             bits=p,
             ppl=math.exp(sums[p]["nll"] / tokens),
-            kl=sums[p]["kl"] / tokens,
+            kl=max(0.0, sums[p]["kl"] / tokens),  # float rounding can give -1e-8 for identical models
             top1=sums[p]["top1"] / tokens,
             tokens=tokens,
         )
@@ -120,11 +120,15 @@ def plot_png(results: dict[str, list[PrecisionMetrics]], path: Path, title: str 
     import matplotlib.pyplot as plt
 
     fig, (ax_kl, ax_top1) = plt.subplots(1, 2, figsize=(11, 4.2))
-    for name, rows in results.items():
+    colors = plt.get_cmap("tab20").colors
+    markers = "osD^vP*X"
+    for i, (name, rows) in enumerate(results.items()):
         quant = [r for r in rows if r.bits is not None]
         xs = [r.bits for r in quant]
-        ax_kl.plot(xs, [max(r.kl, 1e-6) for r in quant], marker="o", label=name)
-        ax_top1.plot(xs, [r.top1 for r in quant], marker="o", label=name)
+        # Distinct colour + marker per run: more runs than the default 10-colour cycle still read apart.
+        style = dict(color=colors[(2 * i) % 20 + (i // 10) % 2], marker=markers[i % len(markers)], label=name)
+        ax_kl.plot(xs, [max(r.kl, 1e-6) for r in quant], **style)
+        ax_top1.plot(xs, [r.top1 for r in quant], **style)
     for ax, ylabel in ((ax_kl, "KL to FP teacher (nats/token)"), (ax_top1, "top-1 agreement with FP")):
         ax.set_xlabel("mantissa bits (E5Mk)")
         ax.set_ylabel(ylabel)

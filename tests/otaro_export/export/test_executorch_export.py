@@ -126,8 +126,16 @@ def test_smollm2_greedy_32_tokens_at_e5m8_equal_torch_reference(tmp_path):
     model = copy.deepcopy(loaded.model)
     convert_model(model)
     ref = dequantized_copy(model, 8)
+    assert got == _torch_greedy(ref, prompt, 32)
+
+
+def _torch_greedy(model, prompt: list[int], new_tokens: int) -> list[int]:
+    """Plain greedy loop with the eager KV cache (HF generate's min_new_tokens would mask EOS)."""
+    out, past, step = [], None, torch.tensor([prompt])
     with torch.no_grad():
-        out = ref.generate(
-            torch.tensor([prompt]), max_new_tokens=32, min_new_tokens=32, do_sample=False, pad_token_id=0
-        )
-    assert got == out[0, len(prompt):].tolist()
+        for _ in range(new_tokens):
+            result = model(input_ids=step, past_key_values=past, use_cache=True)
+            past = result.past_key_values
+            out.append(int(result.logits[0, -1].argmax()))
+            step = torch.tensor([[out[-1]]])
+    return out
