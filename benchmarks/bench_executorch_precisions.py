@@ -26,10 +26,11 @@ from pathlib import Path
 PROMPT = "Explain in one paragraph why the sky is blue."
 
 
-def _rss_mib() -> float:
+def _rss_mib(field: str = "VmRSS") -> float:
+    """Resident MiB: VmRSS (all) or RssFile (file-backed pages: the mmapped weights)."""
     with open("/proc/self/status") as f:
         for line in f:
-            if line.startswith("VmRSS:"):
+            if line.startswith(field + ":"):
                 return int(line.split()[1]) / 1024
     return float("nan")
 
@@ -40,10 +41,10 @@ def measure(directory: str, bits: int, runs: int, new_tokens: int, threads: int)
 
     base = _rss_mib()
     session = load(directory, num_threads=threads)
-    after_load = _rss_mib()
+    after_load, file_load = _rss_mib(), _rss_mib("RssFile")
     ids = session.encode_prompt(PROMPT)
     session.generate_ids(ids, bits, new_tokens, stop_at_eos=False)
-    after_decode = _rss_mib()
+    after_decode, file_decode = _rss_mib(), _rss_mib("RssFile")
     speeds = []
     for _ in range(runs):
         session.generate_ids(ids, bits, new_tokens, stop_at_eos=False)
@@ -53,6 +54,8 @@ def measure(directory: str, bits: int, runs: int, new_tokens: int, threads: int)
         "rss_before_mib": base,
         "rss_load_mib": after_load,
         "rss_decode_mib": after_decode,
+        "file_load_mib": file_load,
+        "file_decode_mib": file_decode,
         "tok_s_median": statistics.median(speeds),
         "tok_s_runs": speeds,
         "prompt_tokens": len(ids),
@@ -113,10 +116,13 @@ def main() -> None:
 
     base = child(info["dirs"]["fp32"], 8)
     rows = [("fp32", base)] + [(f"E5M{k}", child(info["dirs"]["sefp"], k)) for k in args.bits]
-    print(f"{'precision':>9} | {'RSS load MiB':>12} | {'RSS decode MiB':>14} | {'decode tok/s (median)':>21} | {'vs fp32':>7}")
+    print(f"{'precision':>9} | {'RSS load MiB':>12} | {'RSS decode MiB':>14} | {'file-backed load/decode MiB':>27} "
+          f"| {'decode tok/s (median)':>21} | {'vs fp32':>7}")
     for name, r in rows:
         ratio = r["tok_s_median"] / base["tok_s_median"]
-        print(f"{name:>9} | {r['rss_load_mib']:12.1f} | {r['rss_decode_mib']:14.1f} | {r['tok_s_median']:21.2f} | {ratio:7.2f}")
+        files = f"{r['file_load_mib']:.1f} / {r['file_decode_mib']:.1f}"
+        print(f"{name:>9} | {r['rss_load_mib']:12.1f} | {r['rss_decode_mib']:14.1f} | {files:>27} "
+              f"| {r['tok_s_median']:21.2f} | {ratio:7.2f}")
     print(f"(prompt {base['prompt_tokens']} tokens, {args.new_tokens} new tokens, {args.runs} runs each; "
           f"RSS before load ~{base['rss_before_mib']:.0f} MiB is the Python + torch baseline)")
 

@@ -5,22 +5,24 @@ kernels (plus XNNPACK) with no project library. This pass rewrites every
 ``otaro.sefp_linear`` node of an ExportedProgram into a dequantize-then-linear
 subgraph built only from ops the portable runtime has (DESIGN.md section 6):
 
-* unpacking the planes uses ``bitwise_and`` and floor ``div`` by powers of two
-  on int32 (bit shifts are not Core ATen, and uint8 ``>>`` has no portable kernel);
-* the precision mask ``0xFF << (8 - bits)`` is looked up with ``index_select``
-  in a 6-entry table indexed by ``bits - 3``, so a ``bits`` outside 3..8 is an
+* unpacking the planes uses ``bitwise_and`` and a broadcast floor ``div`` by
+  powers of two on int32 (bit shifts are not Core ATen, and uint8 ``>>`` has no
+  portable kernel);
+* the precision mask ``0xFF << (8 - bits)`` is picked by ``index_select`` from
+  the 6 valid masks at index ``bits - 3``, so a ``bits`` outside 3..8 is an
   out-of-range index: an error in eager and in the portable kernel, never a
   silently wrong mask;
-* ``2**(e - 7)`` comes from an exact float32 power-of-two table (``index_select``),
-  so every dequantized weight equals :meth:`SEFPWeight.dequantize` bit for bit;
-* the matmul is ``aten.linear`` on the dequantized weight (XNNPACK may take it
+* ``2**(e - 7)`` is an integer ``pow(2, e + 15)`` (exact in int64 and float32)
+  times the float constant ``2**-22``, so every dequantized weight equals
+  :meth:`SEFPWeight.dequantize` bit for bit;
+* the matmul is ``aten.linear`` on the dequantized weight (XNNPACK takes it
   when partitioned with ``force_non_static_weights_for_f32_linear=True``).
 
-The packed planes stay the program's only weight constants: nothing here
-depends on constants alone in a way that a later pass could fold into a float
-weight, because the mask (which depends on the ``bits`` input) is applied
-before any float is formed. This path reads every plane at every precision;
-only the fused kernel skips the planes a low precision does not need.
+The packed planes stay the program's only weight constants (ExecuTorch's
+default lowering does not constant-fold the unpacking; the export tests check
+the file size). This path dequantizes every weight on every call and reads
+every plane at every precision; only the fused kernel skips the planes a low
+precision does not need.
 """
 
 from __future__ import annotations

@@ -21,8 +21,8 @@ GOAL_E5M3_VS_LLAMA = 1.0
 GOAL_E5M3_VS_LLAMA_STRETCH = 1.3
 GOAL_E5M8_VS_FP32 = 1.5
 GOAL_E5M3_RESIDENT_VS_FP16 = 0.31
-#: "costs nothing measurable": alternating precision every call within 5% of fixed precision
-#: (run-to-run noise of median step times on this shared machine is of that order)
+#: "costs nothing measurable": alternating precision every call at most 5% (or the measured
+#: run-to-run noise, if larger) slower than fixed precision
 GOAL_SWITCH_TOLERANCE = 0.05
 
 
@@ -145,18 +145,25 @@ def evaluate_goals(
 ) -> list[Goal]:
     """The issue's four goals, each met / not met / not measured, with the numbers."""
     goals: list[Goal] = []
-    llama = llama_row(results)
+    # The verdict uses the FASTEST llama.cpp row (e.g. the 1-thread context row when spinning
+    # threads collapse on a shared machine): beating a pathological baseline proves nothing.
+    llamas = [r for r in results if r.runtime.startswith(LLAMA_CPP)]
     fused = [r for r in results if r.config.endswith("fused") and r.precision == "E5M3"]
-    if llama is None or not fused:
+    if not llamas or not fused:
         goals.append(Goal("E5M3 decode vs llama.cpp Q4_1", ">= 1.0x (stretch 1.3x)", "-", None,
                           "needs the llama.cpp row and a fused E5M3 row"))
     else:
+        llama = max(llamas, key=lambda r: r.decode_tok_s)
         best = max(fused, key=lambda r: r.decode_tok_s)
         ratio = best.decode_tok_s / llama.decode_tok_s
-        others = ", ".join(f"{r.config} {r.decode_tok_s / llama.decode_tok_s:.2f}x" for r in fused)
+        others = "; ".join(
+            f"vs {ll.config}: " + ", ".join(f"{r.config} {r.decode_tok_s / ll.decode_tok_s:.2f}x" for r in fused)
+            for ll in llamas
+        )
         stretch = "stretch met" if ratio >= GOAL_E5M3_VS_LLAMA_STRETCH else "stretch not met"
-        goals.append(Goal("E5M3 decode vs llama.cpp Q4_1", ">= 1.0x (stretch 1.3x)", f"{ratio:.2f}x ({best.config})",
-                          ratio >= GOAL_E5M3_VS_LLAMA, f"{others}; {stretch}"))
+        goals.append(Goal("E5M3 decode vs llama.cpp Q4_1", ">= 1.0x (stretch 1.3x) vs the fastest llama.cpp row",
+                          f"{ratio:.2f}x ({best.config} vs {llama.config})", ratio >= GOAL_E5M3_VS_LLAMA,
+                          f"{others}; {stretch}"))
     parts, verdicts = [], []
     for runtime in ("onnx", "executorch"):
         fp32 = fp32_row(results, runtime)
@@ -184,9 +191,11 @@ def evaluate_goals(
 
         text = ", ".join(f"{name} {s['switch_ratio']:.3f}" for name, s in switch.items())
         noise = ", ".join(f"{name} {s['noise']:.3f}" for name, s in switch.items() if s.get("noise") is not None)
-        met = all(abs(s["switch_ratio"] - 1) <= allowed(s) for s in switch.values())
+        # One-sided: alternating may even run faster (the other precision's planes are warm in cache);
+        # only a slowdown beyond noise is a cost.
+        met = all(s["switch_ratio"] - 1 <= allowed(s) for s in switch.values())
         goals.append(Goal("precision switching cost",
-                          f"alternating/fixed within 1 +- max({GOAL_SWITCH_TOLERANCE}, run-to-run noise)", text, met,
+                          f"alternating/fixed <= 1 + max({GOAL_SWITCH_TOLERANCE}, run-to-run noise)", text, met,
                           "ratio of median decode-step times, bits alternating 3/8 every call vs fixed"
                           + (f"; noise (spread of per-round medians): {noise}" if noise else "")))
     else:
@@ -291,6 +300,7 @@ def plot_accuracy(accuracy: dict[str, list], path: Path, title: str) -> None:
             ax_ppl.axhline(fp.ppl, linestyle="--", color=f"C{i}", alpha=0.6, label=f"{name}: FP")
         ax_kl.plot([r.bits for r in quant], [max(r.kl, 1e-6) for r in quant], marker="o", color=f"C{i}", label=name)
     ax_ppl.set_ylabel("perplexity")
+    ax_ppl.set_yscale("log")  # E5M3 untuned is orders of magnitude above FP
     ax_kl.set_ylabel("KL to FP (nats/token)")
     ax_kl.set_yscale("log")
     for ax in (ax_ppl, ax_kl):

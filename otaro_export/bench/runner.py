@@ -177,8 +177,13 @@ def run_bench(settings: BenchSettings, log: Callable[[str], None] = print) -> di
             f"the prompt ({len(ids)} tokens) + {need - len(ids)} new tokens exceed --max-seq-len {settings.max_seq_len}: "
             "use a shorter --prompt, fewer --new-tokens or a larger --max-seq-len"
         )
-    for spec in specs[1:]:
-        dirs[spec] = ensure_artifact(spec, settings.model, settings.max_seq_len, settings.cache_dir, log=log)
+
+    def artifact(spec) -> Path:
+        # exported (or awaited, if another run is exporting it) only when first needed
+        if spec not in dirs:
+            dirs[spec] = ensure_artifact(spec, settings.model, settings.max_seq_len, settings.cache_dir, log=log)
+        return dirs[spec]
+
     log(f"prompt: {len(ids)} tokens; {settings.new_tokens} new tokens; {settings.runs} timed runs; {settings.threads} threads")
 
     results: list[report.SpeedResult] = []
@@ -205,16 +210,35 @@ def run_bench(settings: BenchSettings, log: Callable[[str], None] = print) -> di
             log(f"  decode {r['decode_tok_s']:.1f} tok/s, prefill {r['prefill_tok_s']:.1f} tok/s")
         except (JobFailed, OSError) as exc:
             record_failure(f"llama.cpp {quant}", exc)
+        if settings.threads > 1:
+            # Context only (never a ratio base): llama.cpp's threads spin at barriers, which collapses
+            # when the cores are shared; a 1-thread row shows how much of its speed that costs here.
+            log(f"llama.cpp {quant}, 1 thread (context row) ...")
+            loads.sample()
+            try:
+                r = run_worker({**job, "threads": 1}, 1, settings.job_timeout_s)
+                results.append(report.SpeedResult("llama.cpp 1 thread", "llama.cpp-1thread", quant, None,
+                                                  r["decode_tok_s"], r["prefill_tok_s"], r["peak_rss_mib"],
+                                                  gguf.stat().st_size / 2**20, settings.new_tokens, settings.runs, r))
+                log(f"  decode {r['decode_tok_s']:.1f} tok/s, prefill {r['prefill_tok_s']:.1f} tok/s")
+            except (JobFailed, OSError) as exc:
+                record_failure(f"llama.cpp {quant} 1 thread", exc)
 
-    for config in settings.run_configs():
-        directory = dirs[config.artifact]
+    configs = settings.run_configs()
+    # the slow portable fallbacks (and their exports) last: everything else is measured first
+    for config in sorted(configs, key=lambda c: c.slow):
+        try:
+            directory = artifact(config.artifact)
+        except OtaroError as exc:
+            record_failure(f"export {config.artifact.name}", exc)
+            continue
         new = settings.slow_new_tokens if config.slow else settings.new_tokens
         runs = settings.slow_runs if config.slow else settings.runs
         for bits in _speed_jobs(settings, config):
             precision = report.FP32 if bits is None else f"E5M{bits}"
             job = {"kind": "session", "directory": str(directory), "bits": 8 if bits is None else bits,
                    "use_library": config.use_library, "prompt_ids": ids, "new_tokens": new, "runs": runs,
-                   "threads": settings.threads}
+                   "threads": settings.threads, "page_out": config.runtime == "executorch"}
             log(f"{config.label} {precision} ...")
             loads.sample()
             try:
@@ -228,10 +252,14 @@ def run_bench(settings: BenchSettings, log: Callable[[str], None] = print) -> di
             log(f"  decode {r['decode_tok_s']:.1f} tok/s, prefill {r['prefill_tok_s']:.1f} tok/s, "
                 f"peak RSS {r['peak_rss_mib']:.0f} MiB, artifact mapping {r['artifact_mapped_rss_mib']:.1f} MiB")
 
+    order = {c.label: i for i, c in enumerate(configs)}
+    results.sort(key=lambda r: (order.get(r.config, -1), r.bits or 0))  # table order: by runtime, then precision
     switch: dict[str, dict] = {}
-    for config in settings.run_configs():
+    for config in configs:
         if config.is_fp32 or config.slow or not {3, 8} <= set(settings.bits):
             continue
+        if config.artifact not in dirs:
+            continue  # its export failed (reported above)
         job = {"kind": "switch", "directory": str(dirs[config.artifact]), "prompt_ids": ids, "threads": settings.threads,
                "steps": settings.switch_steps, "rounds": settings.switch_rounds, "low": 3, "high": 8}
         log(f"{config.label}: precision switching ...")
@@ -271,8 +299,6 @@ def run_bench(settings: BenchSettings, log: Callable[[str], None] = print) -> di
             record_failure("accuracy", exc)
         loads.sample()
 
-    rows = report.with_ratios(results)
-    goals = report.evaluate_goals(results, switch, resident, resident_note, storage["sefp_weights"] if storage else None)
     payload = {
         "started": started,
         "wall_s": round(time.perf_counter() - t_start, 1),
@@ -281,25 +307,50 @@ def run_bench(settings: BenchSettings, log: Callable[[str], None] = print) -> di
         "machine": machine_info(),
         "load_average_1min": loads.summary(),
         "prompt_tokens": len(ids),
-        "speed": rows,
+        "speed": [asdict(r) for r in results],
         "switching": switch,
         "sefp_storage": storage,
         "resident_sefp_weights_mib": {str(k): v for k, v in resident.items()},
         "resident_note": resident_note,
         "accuracy": {name: [asdict(r) for r in rs] for name, rs in accuracy.items()},
-        "goals": [asdict(g) for g in goals],
         "failures": failures,
         "notes": settings.extra_notes,
     }
+    return write_report(payload, out)
+
+
+def write_report(payload: dict, out: Path) -> dict:
+    """Derive ratios, goals and text from the measured numbers in ``payload``; write JSON, text, PNGs."""
+    from otaro_export.train.evaluation import rows_from_json
+
+    fields = report.SpeedResult.__dataclass_fields__
+    results = [report.SpeedResult(**{k: row[k] for k in fields}) for row in payload["speed"]]
+    accuracy = {name: rows_from_json(rows) for name, rows in payload["accuracy"].items()}
+    resident = {int(k): v for k, v in payload["resident_sefp_weights_mib"].items()}
+    storage = payload["sefp_storage"]
+    rows = report.with_ratios(results)
+    goals = report.evaluate_goals(results, payload["switching"], resident, payload["resident_note"],
+                                  storage["sefp_weights"] if storage else None)
+    payload = {**payload, "speed": rows, "goals": [asdict(g) for g in goals]}
+    payload.pop("text", None)
     report.save_json(out / "bench.json", payload)
-    title = f"{settings.model}: {settings.threads} threads, {machine_info()['cpu']}"
+    model = payload["settings"]["model"]
+    title = f"{model}: {payload['settings']['threads']} threads, {payload['machine']['cpu']}"
     if rows:
         report.plot_speed(rows, out / "speed.png", title)
     if accuracy:
-        report.plot_accuracy(accuracy, out / "accuracy.png", f"{settings.model}: accuracy per precision")
+        report.plot_accuracy(accuracy, out / "accuracy.png", f"{model}: accuracy per precision")
     payload["text"] = render_text(payload, accuracy, goals)
     (out / "bench.txt").write_text(payload["text"] + "\n", encoding="utf-8")
     return payload
+
+
+def rerender(out: Path) -> dict:
+    """Rewrite the report of a finished run in ``out`` from its bench.json (nothing is measured again)."""
+    path = Path(out) / "bench.json"
+    if not path.is_file():
+        raise OtaroError(f"no bench.json in {out}: run `otaro bench -o {out}` first")
+    return write_report(json.loads(path.read_text(encoding="utf-8")), Path(out))
 
 
 def render_text(payload: dict, accuracy: dict, goals: list) -> str:
@@ -308,7 +359,8 @@ def render_text(payload: dict, accuracy: dict, goals: list) -> str:
     parts = [
         f"otaro bench, started {payload['started']}, {payload['wall_s']:.0f}s; {m['cpu']}, {m['logical_cpus']} logical CPUs; "
         f"1-min load average during the run: min {load.get('min')}, median {load.get('median')}, max {load.get('max')}",
-        f"prompt {payload['prompt_tokens']} tokens; ratios: x llama = / llama.cpp row, x fp32 = / fp32 export of the same runtime",
+        f"prompt {payload['prompt_tokens']} tokens; ratios: x llama = / the llama.cpp row (configured threads), "
+        "x fp32 = / fp32 export of the same runtime",
         "",
         report.format_speed_table(payload["speed"]),
     ]

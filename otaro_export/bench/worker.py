@@ -4,8 +4,10 @@
 ``BENCH_RESULT <json>`` on stdout. One process per (artifact, precision) so
 peak RSS belongs to that configuration alone. Jobs:
 
-* ``{"kind": "session", "directory", "bits", "use_library", ...}``: an
-  exported artifact through ``otaro_export.runtime.load``;
+* ``{"kind": "session", "directory", "bits", "use_library", "page_out", ...}``: an
+  exported artifact through ``otaro_export.runtime.load``; ``page_out`` drops the
+  artifact's mapped pages after loading (see ``memory.release_file_pages``) so
+  ``artifact_mapped_rss_mib`` counts only what this precision touched;
 * ``{"kind": "llama_cpp", "gguf", ...}``: llama.cpp (llama-cpp-python) on a GGUF;
 * ``{"kind": "switch", "directory", ...}``: precision-switching cost (:mod:`.switching`).
 
@@ -50,6 +52,10 @@ def measure_session(job: dict) -> dict:
     session = load(job["directory"], **options)
     load_s = time.perf_counter() - t0
     rss_load = memory.rss_mib()
+    artifact = Path(job["directory"]) / session.manifest.artifact
+    mapped_after_load = memory.mapped_file_rss_mib(artifact)
+    if job.get("page_out"):
+        memory.release_file_pages(artifact)  # from here on, only pages this precision touches come back
     ids, bits, new = list(job["prompt_ids"]), int(job["bits"]), int(job["new_tokens"])
     session.generate_ids(ids, bits, min(new, WARMUP_TOKENS), stop_at_eos=False)  # warm-up: every weight paged in
     prefill, decode = [], []
@@ -59,7 +65,6 @@ def measure_session(job: dict) -> dict:
             raise RuntimeError(f"generated {len(out)} tokens, expected {new} (max_seq_len too small?)")
         prefill.append(session.last_stats.prefill_tokens_per_s)
         decode.append(session.last_stats.decode_tokens_per_s)
-    artifact = Path(job["directory"]) / session.manifest.artifact
     return {
         **_summary(prefill, decode),
         "load_s": load_s,
@@ -67,7 +72,9 @@ def measure_session(job: dict) -> dict:
         "rss_after_load_mib": rss_load,
         "rss_mib": memory.rss_mib(),
         "peak_rss_mib": memory.peak_rss_mib(),
+        "artifact_mapped_after_load_mib": mapped_after_load,
         "artifact_mapped_rss_mib": memory.mapped_file_rss_mib(artifact),
+        "paged_out_after_load": bool(job.get("page_out")),
         "first_tokens": out[:16],
     }
 

@@ -24,12 +24,18 @@ def bench(
     llama_cpp: bool = typer.Option(True, "--llama-cpp/--no-llama-cpp", help="the llama.cpp baseline (llama-cpp-python) on the GGUF"),
     accuracy: bool = typer.Option(True, "--accuracy/--no-accuracy", help="perplexity / KL to FP per precision (otaro eval's library)"),
     eval_samples: int = typer.Option(None, "--eval-samples", help="accuracy samples (default 12; --quick 2)"),
+    rerender: bool = typer.Option(False, "--rerender", help="measure nothing: rewrite the table, goals and plots in --output from its bench.json"),
     cache_dir: Path = typer.Option(None, "--cache-dir", help="where exported artifacts are cached (default ~/.cache/otaro-export/bench)"),
 ) -> None:
     """Benchmark one stored model at every precision against its fp32 exports and llama.cpp; print, JSON, PNG."""
     from otaro_export.bench.configs import BenchSettings, quick_settings
+    from otaro_export.bench.runner import rerender as rerender_report
     from otaro_export.bench.runner import run_bench
     from otaro_export.cli.tune_cmd import parse_bits
+
+    if rerender:
+        typer.echo(rerender_report(output)["text"])
+        return
 
     settings = BenchSettings(model=model, checkpoint=checkpoint, output=output, threads=threads,
                              max_seq_len=max_seq_len, llama_cpp=llama_cpp, accuracy=accuracy, cache_dir=cache_dir,

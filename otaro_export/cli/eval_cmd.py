@@ -33,6 +33,9 @@ def evaluate(
     from otaro_export.train.evaluation import evaluate_precisions, format_table, plot_png, save_json
     from otaro_export.train.fake_quant import attach_fake_quant
 
+    from otaro_export.train.trainer import check_device
+
+    check_device(device)
     precisions = tuple(check_bits(b) for b in parse_bits(bits, "--bits"))
     if checkpoint is not None:
         resolved = resolve_checkpoint(checkpoint)  # fail on a bad checkpoint before loading anything

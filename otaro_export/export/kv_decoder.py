@@ -19,6 +19,7 @@ import torch
 from torch import nn
 
 from otaro_export.convert import check_supported
+from otaro_export.errors import UnsupportedModelError
 
 
 def kv_shape(model: nn.Module) -> tuple[int, int, int]:
@@ -77,7 +78,20 @@ class KVCacheDecoder(nn.Module):
         kv = {2: past}
         return ({1: seq}, {0: seq}, None, tuple(kv for _ in range(2 * self.num_layers)))
 
+    def check_window(self, max_seq_len: int) -> None:
+        """Sliding-window attention would crop the cache; within the window it is plain causal attention."""
+        cfg = self.model.config
+        window = getattr(cfg, "sliding_window", None)
+        if cfg.model_type == "qwen2" and not getattr(cfg, "use_sliding_window", False):
+            window = None
+        if window is not None and max_seq_len > window:
+            raise UnsupportedModelError(
+                f"{cfg.model_type} model with sliding_window={window}: export with --max-seq-len <= {window} "
+                f"(got {max_seq_len}); the explicit KV-cache graph keeps every position"
+            )
+
     def export(self, max_seq_len: int) -> torch.export.ExportedProgram:
+        self.check_window(max_seq_len)
         with torch.no_grad():
             return torch.export.export(
                 self, self.example_inputs(), dynamic_shapes=self.dynamic_shapes(max_seq_len), strict=False

@@ -51,6 +51,42 @@ def ensure_kernel_library(runtime) -> None:
         )
 
 
+_MADV_DONTNEED = 4
+
+
+def release_locked_pages(path: Path) -> int:
+    """Undo the Python runtime's mlock of the mmapped ``.pte``; return the bytes released.
+
+    ExecuTorch's pybindings map the file with ``MlockConfig::UseMlockIgnoreErrors``:
+    where mlock is allowed (root, desktop Linux) every page of the file becomes
+    resident at load, so RSS no longer shows which planes a precision reads (on a
+    phone the mlock fails and pages load lazily). This unlocks the read-only
+    mappings of the file and drops their pages; they fault back in from the page
+    cache on first use, so afterwards RSS counts only the weights actually read.
+    Best effort: on any platform issue it does nothing.
+    """
+    import ctypes
+    import os
+
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        real = os.path.realpath(path)
+        released = 0
+        with open("/proc/self/maps") as maps:
+            for line in maps:
+                fields = line.split(maxsplit=5)
+                if len(fields) < 6 or fields[5].strip() != real or "w" in fields[1]:
+                    continue  # only this file's read-only mappings: nothing there can hold written data
+                start, end = (int(x, 16) for x in fields[0].split("-"))
+                addr, size = ctypes.c_void_p(start), ctypes.c_size_t(end - start)
+                libc.munlock(addr, size)
+                if libc.madvise(addr, size, _MADV_DONTNEED) == 0:
+                    released += end - start
+        return released
+    except (OSError, AttributeError, ValueError):
+        return 0
+
+
 def _set_threads(num_threads: int) -> None:
     from executorch.extension.pybindings import portable_lib
 
@@ -60,7 +96,9 @@ def _set_threads(num_threads: int) -> None:
 
 
 class ExecuTorchSession(Session):
-    def __init__(self, directory: Path, manifest: Manifest, tokenizer=None, num_threads: int = 2):
+    def __init__(
+        self, directory: Path, manifest: Manifest, tokenizer=None, num_threads: int = 2, lazy_weights: bool = True
+    ):
         super().__init__(directory, manifest, tokenizer)
         from executorch.runtime import Runtime, Verification
 
@@ -77,15 +115,21 @@ class ExecuTorchSession(Session):
             raise ArtifactError(f"{path.name} keeps its weights in {data_path.name}, which is missing from {self.directory}")
         method_name = manifest.extra.get("method", "forward")
         try:
-            # A path (not bytes) makes the runtime mmap the file: weights are paged in on use.
+            # A path (not bytes) makes the runtime mmap the file (see release_locked_pages).
             self._program = runtime.load_program(
                 path, verification=Verification.InternalConsistency, data_path=data_path
             )
-            self._method = self._program.load_method(method_name)
         except RuntimeError as exc:
             raise ArtifactError(f"cannot load {path} with the ExecuTorch runtime ({exc}): corrupt or incompatible file?") from exc
-        if self._method is None:
-            raise ArtifactError(f"{path} has no method {method_name!r}")
+        if method_name not in self._program.method_names:
+            raise ArtifactError(f"{path} has no method {method_name!r} (it has {sorted(self._program.method_names)})")
+        try:
+            self._method = self._program.load_method(method_name)
+        except RuntimeError as exc:
+            raise ArtifactError(f"cannot load method {method_name!r} of {path} ({exc}): an operator or backend missing?") from exc
+        if lazy_weights:  # after load_method: XNNPACK has packed what it keeps in its own memory
+            for file in [path, *([data_path] if data_path is not None else [])]:
+                release_locked_pages(file)
         self._takes_bits = "bits" in manifest.inputs
         self._max_seq_len = int(manifest.model.get("max_seq_len") or 0)
         if self._max_seq_len < 1:

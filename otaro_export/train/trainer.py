@@ -67,6 +67,17 @@ class TuneResult:
         return dict(sorted(counts.items()))
 
 
+def check_device(device: str) -> torch.device:
+    """The torch device named by ``device``, or a clear error if this machine does not have it."""
+    try:
+        dev = torch.device(device)
+    except RuntimeError as exc:
+        raise TuneError(f"unknown device {device!r} (use cpu, cuda, cuda:1, ...)") from exc
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise TuneError(f"device {device!r} asked for, but this torch build/machine has no CUDA GPU; use --device cpu")
+    return dev
+
+
 def build_sampler(config: TuneConfig):
     kind = config.sampler_kind
     if kind == "bps":
@@ -157,6 +168,7 @@ class Tuner:
 
     def _prepare(self, output: Path | None) -> None:
         cfg = self.config
+        check_device(cfg.device)
         model = self.loaded.model.to(cfg.device)
         model.eval()  # no dropout: the steps are deterministic
         teacher_model = None

@@ -234,38 +234,9 @@ void gemm(const LinearArgs& a, int64_t n_begin, int64_t n_end) {
   }
 }
 
-template <int BITS>
-void linear_bits(const LinearArgs& a, int64_t n_begin, int64_t n_end) {
-  switch (a.rows) {
-    case 1:
-      return matvec<BITS, 1>(a, n_begin, n_end);
-    case 2:
-      return matvec<BITS, 2>(a, n_begin, n_end);
-    case 3:
-      return matvec<BITS, 3>(a, n_begin, n_end);
-    default:
-      return gemm<BITS>(a, n_begin, n_end);
-  }
-}
-
 }  // namespace
 
-void linear_range_avx2(const LinearArgs& a, int64_t n_begin, int64_t n_end) {
-  switch (a.bits) {
-    case 3:
-      return linear_bits<3>(a, n_begin, n_end);
-    case 4:
-      return linear_bits<4>(a, n_begin, n_end);
-    case 5:
-      return linear_bits<5>(a, n_begin, n_end);
-    case 6:
-      return linear_bits<6>(a, n_begin, n_end);
-    case 7:
-      return linear_bits<7>(a, n_begin, n_end);
-    default:
-      return linear_bits<8>(a, n_begin, n_end);
-  }
-}
+OTARO_SEFP_DEFINE_RANGE_KERNEL(linear_range_avx2)
 
 }  // namespace detail
 }  // namespace otaro

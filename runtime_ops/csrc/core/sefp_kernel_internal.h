@@ -80,5 +80,43 @@ static inline int decode_element(const uint8_t* p0, const uint8_t* p1, const uin
   return (code & 8) ? -q : q;
 }
 
+// Defines `void RANGE_FN(const LinearArgs&, int64_t, int64_t)` dispatching the
+// runtime (bits, rows) to this translation unit's matvec<BITS, ROWS> (rows 1..3)
+// and gemm<BITS> templates. A macro rather than a shared template on purpose:
+// each expansion is compiled with its own TU's -m flags and its helper lives in
+// that TU's anonymous namespace (see the COMDAT note above).
+#define OTARO_SEFP_DEFINE_RANGE_KERNEL(RANGE_FN)                                   \
+  namespace {                                                                    \
+  template <int BITS>                                                            \
+  void linear_bits(const LinearArgs& a, int64_t n_begin, int64_t n_end) {        \
+    switch (a.rows) {                                                            \
+      case 1:                                                                    \
+        return matvec<BITS, 1>(a, n_begin, n_end);                               \
+      case 2:                                                                    \
+        return matvec<BITS, 2>(a, n_begin, n_end);                               \
+      case 3:                                                                    \
+        return matvec<BITS, 3>(a, n_begin, n_end);                               \
+      default:                                                                   \
+        return gemm<BITS>(a, n_begin, n_end);                                    \
+    }                                                                            \
+  }                                                                              \
+  }                                                                              \
+  void RANGE_FN(const LinearArgs& a, int64_t n_begin, int64_t n_end) {           \
+    switch (a.bits) {                                                            \
+      case 3:                                                                    \
+        return linear_bits<3>(a, n_begin, n_end);                                \
+      case 4:                                                                    \
+        return linear_bits<4>(a, n_begin, n_end);                                \
+      case 5:                                                                    \
+        return linear_bits<5>(a, n_begin, n_end);                                \
+      case 6:                                                                    \
+        return linear_bits<6>(a, n_begin, n_end);                                \
+      case 7:                                                                    \
+        return linear_bits<7>(a, n_begin, n_end);                                \
+      default:                                                                   \
+        return linear_bits<8>(a, n_begin, n_end);                                \
+    }                                                                            \
+  }
+
 }  // namespace detail
 }  // namespace otaro

@@ -45,6 +45,11 @@ def test_bench_quick_on_a_tiny_model(tmp_path):
     assert goals["E5M3 decode vs llama.cpp Q4_1"] is None  # not measured, and said so
     assert (out / "speed.png").is_file() and (out / "accuracy.png").is_file()
     assert "goals:" in result.output
+    # --rerender derives the same report from bench.json without measuring
+    rendered = CliRunner().invoke(app, ["bench", "--rerender", "-o", str(out)])
+    assert rendered.exit_code == 0, rendered.output
+    assert json.loads((out / "bench.json").read_text())["goals"] == data["goals"]
+    assert "goals:" in rendered.output
     # the exports are cached: asking again exports nothing
     logged = []
     for spec in (ArtifactSpec("onnx", "sefp", "fused"), ArtifactSpec("onnx", "fp32")):

@@ -32,3 +32,11 @@ def test_switching_goal_allows_measured_noise():
 
     assert goal({"onnx fused": {"switch_ratio": 1.08, "noise": 0.10}}).met is True
     assert goal({"onnx fused": {"switch_ratio": 1.08, "noise": 0.01}}).met is False
+
+
+def test_faster_when_alternating_is_no_cost():
+    from otaro_export.bench.report import evaluate_goals
+
+    goal = next(g for g in evaluate_goals([], {"onnx fused": {"switch_ratio": 0.9, "noise": 0.01}}, {}, None, None)
+                if g.name == "precision switching cost")
+    assert goal.met is True

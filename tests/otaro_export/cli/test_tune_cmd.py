@@ -69,6 +69,8 @@ def test_tune_bad_inputs_are_one_clear_line(cli, tiny_dir, tmp_path):
     assert res.exit_code == 2 and "E5M3..E5M8), got 2" in res.output
     res = cli("tune", "--output", str(tmp_path / "fresh"), "--resume")
     assert res.exit_code == 2 and "nothing to resume" in res.output
+    res = cli("eval", "--model", str(tiny_dir), "--device", "tpu9")
+    assert res.exit_code == 2 and "unknown device" in res.output
 
 
 def test_eval_rejects_a_corrupt_checkpoint(cli, tiny_dir, tmp_path):

@@ -140,6 +140,16 @@ def test_fp32_baseline_export_matches_the_float_model(tmp_path):
     np.testing.assert_allclose(logits, ref, rtol=0, atol=ATOL)
 
 
+def test_sliding_window_longer_than_the_cache_is_refused():
+    from otaro_export.export.kv_decoder import KVCacheDecoder
+    from otaro_export.testing import tiny_causal_lm
+
+    decoder = KVCacheDecoder(tiny_causal_lm("mistral", sliding_window=16).model)
+    decoder.check_window(16)
+    with pytest.raises(UnsupportedModelError, match="--max-seq-len <= 16"):
+        decoder.check_window(17)
+
+
 def test_unsupported_architecture_is_a_clear_error(tmp_path):
     from transformers import GPT2Config, GPT2LMHeadModel
 

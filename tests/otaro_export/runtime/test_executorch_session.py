@@ -12,6 +12,7 @@ absolute + relative leaves a wide margin while still catching a wrong precision
 import copy
 import json
 import os
+import re
 import subprocess
 import sys
 import types
@@ -30,8 +31,12 @@ from otaro_export.sefp import SUPPORTED_BITS
 TOL = dict(rtol=1e-4, atol=1e-4)
 IDS = np.array([[5, 17, 100, 3, 250, 9, 42, 77]], dtype=np.int64)
 
-# fused: 2 layers (multi-layer KV cache); portable: 1 layer (its lowering is ~2x slower per layer)
-CONFIGS = {"fused": dict(kernels="fused", num_layers=2), "portable": dict(kernels="portable", num_layers=1)}
+# fused: Llama, 2 layers (multi-layer KV cache); portable: Qwen2 (q/k/v biases through the
+# decomposed op), 1 layer (its lowering is ~2x slower per layer). The export tests reuse both.
+CONFIGS = {
+    "fused": dict(model_type="llama", kernels="fused", num_layers=2),
+    "portable": dict(model_type="qwen2", kernels="portable", num_layers=1),
+}
 
 
 @pytest.fixture(scope="session")
@@ -42,7 +47,7 @@ def et_root(tmp_path_factory):
 
 @pytest.fixture(scope="module", params=list(CONFIGS))
 def artifact(request, et_root):
-    directory, loaded = tiny_executorch_artifact(et_root, "llama", **CONFIGS[request.param])
+    directory, loaded = tiny_executorch_artifact(et_root, **CONFIGS[request.param])
     converted = copy.deepcopy(loaded.model)
     convert_model(converted)
     return types.SimpleNamespace(kind=request.param, dir=directory, model=converted, session=load(directory))
@@ -130,12 +135,15 @@ s = load({str(artifact.dir / 'model.pte')!r})
 np.save({str(out)!r}, s.forward(np.array({IDS.tolist()}), 6))
 maps = open('/proc/self/maps').read()
 print('KERNEL_LIBRARY_LOADED' if 'libotaro_sefp_executorch' in maps else 'STOCK_RUNTIME_ONLY')
+print([l for l in open('/proc/self/status') if l.startswith('VmLck')][0])
 """
     proc = _run_python(code)
     assert proc.returncode == 0, proc.stderr[-2000:]
     np.testing.assert_array_equal(np.load(out), want)
     expected = "KERNEL_LIBRARY_LOADED" if artifact.kind == "fused" else "STOCK_RUNTIME_ONLY"
     assert expected in proc.stdout
+    # the runtime's mlock of the mmapped file was undone: weight pages load on use
+    assert re.search(r"VmLck:\s+0 kB", proc.stdout), proc.stdout
 
 
 def test_missing_kernel_library_error_names_the_fix(monkeypatch):
@@ -154,7 +162,7 @@ def test_missing_kernel_library_error_names_the_fix(monkeypatch):
 
 def test_missing_kernel_library_fails_cleanly_in_the_cli(et_root, tmp_path):
     """A fresh process that cannot build the library: one clean error line, no traceback, no abort."""
-    directory, _ = tiny_executorch_artifact(et_root, "llama", **CONFIGS["fused"])
+    directory, _ = tiny_executorch_artifact(et_root, **CONFIGS["fused"])
     env = dict(os.environ, CXX=str(tmp_path / "no-such-compiler"), OTARO_KERNEL_CACHE_DIR=str(tmp_path / "cache"))
     code = "from otaro_export.cli.main import main; import sys; sys.argv=['otaro','run',%r,'-p','hi','-b','3']; main()" % str(directory)
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=300)
@@ -163,7 +171,7 @@ def test_missing_kernel_library_fails_cleanly_in_the_cli(et_root, tmp_path):
 
 
 def test_corrupt_pte_is_rejected_cleanly(et_root, tmp_path):
-    directory, _ = tiny_executorch_artifact(et_root, "llama", **CONFIGS["portable"])
+    directory, _ = tiny_executorch_artifact(et_root, **CONFIGS["portable"])
     good = (directory / "model.pte").read_bytes()
     damaged = {
         "truncated": good[: len(good) // 3],
