@@ -65,6 +65,8 @@ class BenchSettings:
     eval_samples: int = 12
     eval_gen_tokens: int = 64
     cache_dir: Path | None = None
+    #: False: only cached exports are used; a configuration whose export is missing is reported, not exported
+    export_missing: bool = True
     job_timeout_s: float = 1800.0
     quick: bool = False
     extra_notes: list[str] = field(default_factory=list)

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Callable
 
 from otaro_export.bench import report
-from otaro_export.bench.artifacts import ensure_artifact
+from otaro_export.bench.artifacts import artifact_dir, ensure_artifact, is_complete
 from otaro_export.bench.configs import BenchSettings, RunConfig
 from otaro_export.bench.worker import RESULT_PREFIX
 from otaro_export.errors import OtaroError
@@ -181,6 +181,10 @@ def run_bench(settings: BenchSettings, log: Callable[[str], None] = print) -> di
     def artifact(spec) -> Path:
         # exported (or awaited, if another run is exporting it) only when first needed
         if spec not in dirs:
+            if not settings.export_missing and not is_complete(
+                artifact_dir(spec, settings.model, settings.max_seq_len, settings.cache_dir)
+            ):
+                raise OtaroError(f"{spec.name} is not exported yet and --no-export was given")
             dirs[spec] = ensure_artifact(spec, settings.model, settings.max_seq_len, settings.cache_dir, log=log)
         return dirs[spec]
 

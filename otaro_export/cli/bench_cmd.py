@@ -24,6 +24,7 @@ def bench(
     llama_cpp: bool = typer.Option(True, "--llama-cpp/--no-llama-cpp", help="the llama.cpp baseline (llama-cpp-python) on the GGUF"),
     accuracy: bool = typer.Option(True, "--accuracy/--no-accuracy", help="perplexity / KL to FP per precision (otaro eval's library)"),
     eval_samples: int = typer.Option(None, "--eval-samples", help="accuracy samples (default 12; --quick 2)"),
+    export: bool = typer.Option(True, "--export/--no-export", help="export configurations missing from the cache (minutes each); --no-export reports them as not measured"),
     rerender: bool = typer.Option(False, "--rerender", help="measure nothing: rewrite the table, goals and plots in --output from its bench.json"),
     cache_dir: Path = typer.Option(None, "--cache-dir", help="where exported artifacts are cached (default ~/.cache/otaro-export/bench)"),
 ) -> None:
@@ -39,6 +40,7 @@ def bench(
 
     settings = BenchSettings(model=model, checkpoint=checkpoint, output=output, threads=threads,
                              max_seq_len=max_seq_len, llama_cpp=llama_cpp, accuracy=accuracy, cache_dir=cache_dir,
+                             export_missing=export,
                              targets=tuple(t.strip() for t in targets.split(",") if t.strip()))
     if quick:
         settings = quick_settings(settings)
