@@ -36,7 +36,8 @@ _register()
 def _quiet_third_party_logs() -> None:
     # torchao (pulled in by executorch) warns about CUDA-only extensions on every
     # CPU import, and torch warns about torchao's pytree registrations: noise for users.
-    for name in ("torchao", "torch.utils._pytree"):
+    # torch.onnx lists the torchvision ops it skips when torchvision is absent.
+    for name in ("torchao", "torch.utils._pytree", "torch.onnx._internal.exporter._registration"):
         logging.getLogger(name).setLevel(logging.ERROR)
 
 
