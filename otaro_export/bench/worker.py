@@ -41,6 +41,20 @@ def _summary(prefill: list[float], decode: list[float]) -> dict:
     }
 
 
+def _measurement(prefill, decode, load_s, rss_base, rss_load, mapped_file, out) -> dict:
+    """The fields every engine reports: speed summary, load time, memory, first tokens."""
+    return {
+        **_summary(prefill, decode),
+        "load_s": load_s,
+        "rss_base_mib": rss_base,
+        "rss_after_load_mib": rss_load,
+        "rss_mib": memory.rss_mib(),
+        "peak_rss_mib": memory.peak_rss_mib(),
+        "artifact_mapped_rss_mib": memory.mapped_file_rss_mib(mapped_file),
+        "first_tokens": out[:16],
+    }
+
+
 def measure_session(job: dict) -> dict:
     from otaro_export.runtime import load
 
@@ -66,16 +80,9 @@ def measure_session(job: dict) -> dict:
         prefill.append(session.last_stats.prefill_tokens_per_s)
         decode.append(session.last_stats.decode_tokens_per_s)
     return {
-        **_summary(prefill, decode),
-        "load_s": load_s,
-        "rss_base_mib": rss_base,
-        "rss_after_load_mib": rss_load,
-        "rss_mib": memory.rss_mib(),
-        "peak_rss_mib": memory.peak_rss_mib(),
+        **_measurement(prefill, decode, load_s, rss_base, rss_load, artifact, out),
         "artifact_mapped_after_load_mib": mapped_after_load,
-        "artifact_mapped_rss_mib": memory.mapped_file_rss_mib(artifact),
         "paged_out_after_load": bool(job.get("page_out")),
-        "first_tokens": out[:16],
     }
 
 
@@ -118,16 +125,7 @@ def measure_llama_cpp(job: dict) -> dict:
         _, p, d = generate()
         prefill.append(p)
         decode.append(d)
-    return {
-        **_summary(prefill, decode),
-        "load_s": load_s,
-        "rss_base_mib": rss_base,
-        "rss_after_load_mib": rss_load,
-        "rss_mib": memory.rss_mib(),
-        "peak_rss_mib": memory.peak_rss_mib(),
-        "artifact_mapped_rss_mib": memory.mapped_file_rss_mib(job["gguf"]),
-        "first_tokens": out[:16],
-    }
+    return _measurement(prefill, decode, load_s, rss_base, rss_load, job["gguf"], out)
 
 
 def run_job(job: dict) -> dict:
