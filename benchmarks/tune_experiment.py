@@ -48,8 +48,13 @@ CONFIGS = {
     "BPS AdamW": dict(method="bps", optimizer="adamw"),
     "uniform AdamW": dict(method="uniform", optimizer="adamw"),
     "E5M8 QAT AdamW": dict(method="qat", optimizer="adamw", qat_bits=8),
-    "BPS+LAA SGD lr1e-5": dict(method="otaro", optimizer="sgd", lr=1e-5),
-    "BPS+LAA SGD lr1e-3": dict(method="otaro", optimizer="sgd", lr=1e-3),
+    "BPS+LAA SGD lr1e-5": dict(method="otaro", optimizer="sgd", lr=1e-5, momentum=0.0),  # the paper's defaults
+    "BPS+LAA SGD lr1e-3": dict(method="otaro", optimizer="sgd", lr=1e-3, momentum=0.0),
+    # SGD rows without their own lr/momentum take --sgd-lr / --momentum
+    "BPS+LAA SGD": dict(method="otaro", optimizer="sgd"),
+    "BPS SGD": dict(method="bps", optimizer="sgd"),
+    "uniform SGD": dict(method="uniform", optimizer="sgd"),
+    "E5M8 QAT SGD": dict(method="qat", optimizer="sgd", qat_bits=8),
 }
 
 
@@ -124,6 +129,10 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=60)
     ap.add_argument("--batch-size", type=int, default=2)
     ap.add_argument("--lr", type=float, default=1e-4, help="AdamW learning rate (SGD rows set their own)")
+    ap.add_argument("--sgd-lr", type=float, default=1e-3, help="SGD learning rate of the rows that do not set their own")
+    ap.add_argument("--momentum", type=float, default=0.9, help="SGD momentum of those rows")
+    ap.add_argument("--lr-schedule", default="constant", choices=("constant", "cosine"))
+    ap.add_argument("--warmup-steps", type=int, default=0)
     ap.add_argument("--num-samples", type=int, default=40)
     ap.add_argument("--gen-tokens", type=int, default=64)
     ap.add_argument("--eval-samples", type=int, default=12)
@@ -173,6 +182,10 @@ def main() -> None:
         "steps": args.steps,
         "batch_size": args.batch_size,
         "adamw_lr": args.lr,
+        "sgd_lr": args.sgd_lr,
+        "sgd_momentum": args.momentum,
+        "lr_schedule": args.lr_schedule,
+        "warmup_steps": args.warmup_steps,
         "laa_interval": args.laa_interval,
         "train_samples": len(train),
         "train_scored_tokens": sum(len(s.ids) - s.target_start for s in train),
@@ -185,12 +198,17 @@ def main() -> None:
     for name in names:
         t = time.time()
         overrides = dict(CONFIGS[name])
+        if overrides["method"] != "ptq" and overrides.get("optimizer") == "sgd":
+            overrides.setdefault("lr", args.sgd_lr)
+            overrides.setdefault("momentum", args.momentum)
         overrides.setdefault("lr", args.lr)
         cfg = TuneConfig(
             model=args.model,
             steps=args.steps,
             batch_size=args.batch_size,
             laa_interval=args.laa_interval,
+            lr_schedule=args.lr_schedule,
+            warmup_steps=args.warmup_steps,
             seed=args.seed,
             device=args.device,
             **overrides,

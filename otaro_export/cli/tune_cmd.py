@@ -26,6 +26,11 @@ class Optimizer(str, Enum):
     adamw = "adamw"
 
 
+class LRSchedule(str, Enum):
+    constant = "constant"
+    cosine = "cosine"
+
+
 class Loss(str, Enum):
     kl = "kl"
     ce = "ce"
@@ -59,6 +64,8 @@ def tune(
     gen_tokens: int = typer.Option(96, "--gen-tokens", help="max new tokens per self-distillation answer"),
     optimizer: Optimizer = typer.Option(Optimizer.sgd, "--optimizer"),
     lr: float = typer.Option(1e-5, "--lr", help="learning rate (paper default: SGD 1e-5)"),
+    lr_schedule: LRSchedule = typer.Option(LRSchedule.constant, "--lr-schedule", help="constant (paper) or cosine decay to 0 over --steps"),
+    warmup_steps: int = typer.Option(0, "--warmup-steps", help="linear learning-rate warm-up steps"),
     momentum: float = typer.Option(0.0, "--momentum", help="SGD momentum"),
     weight_decay: float = typer.Option(0.0, "--weight-decay"),
     bits: str = typer.Option("3,4,5,6,7,8", "--bits", help="precisions to tune for (E5Mk mantissa bits)"),
@@ -104,6 +111,8 @@ def tune(
             gen_tokens=gen_tokens,
             optimizer=optimizer.value,
             lr=lr,
+            lr_schedule=lr_schedule.value,
+            warmup_steps=warmup_steps,
             momentum=momentum,
             weight_decay=weight_decay,
             bits=parse_bits(bits, "--bits"),

@@ -41,6 +41,7 @@ from otaro_export.train.tune_data import (
 )
 from otaro_export.train.fake_quant import attach_fake_quant, fake_quant_layers, set_precision
 from otaro_export.train.laa import ImmediateUpdate, LowPrecisionAccumulator
+from otaro_export.train.lr_schedule import apply_learning_rate, learning_rate
 from otaro_export.train.losses import kl_to_teacher, next_token_nll
 from otaro_export.train.teacher import FPTeacher
 
@@ -335,5 +336,7 @@ class Tuner:
             raise TuneError(f"loss became {value} at step {self.step} (E5M{bits}): lower the learning rate")
         loss.backward()
         self.sampler.observe(bits, value)
+        lr = learning_rate(cfg.lr, self.step, cfg.total_steps, cfg.lr_schedule, cfg.warmup_steps)
+        apply_learning_rate(self.optimizer, lr)
         applied = self.updater.step(bits, self.optimizer)
-        return {"step": self.step, "bits": bits, "loss": value, "applied": applied}
+        return {"step": self.step, "bits": bits, "loss": value, "applied": applied, "lr": lr}

@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from otaro_export.sefp import SUPPORTED_BITS, check_bits
 from otaro_export.train.bps import DEFAULT_LAMBDA
 from otaro_export.train.laa import DEFAULT_INTERVAL, DEFAULT_LOW_BITS
+from otaro_export.train.lr_schedule import SCHEDULES
 
 #: method -> (bit sampler, LAA on by default)
 METHODS = {
@@ -34,6 +35,8 @@ class TuneConfig:
     gen_tokens: int = 96
     optimizer: str = "sgd"
     lr: float = 1e-5  # the paper's SGD default
+    lr_schedule: str = "constant"  # the paper's setting; "cosine": warm-up then cosine decay to 0
+    warmup_steps: int = 0
     momentum: float = 0.0
     weight_decay: float = 0.0
     bits: tuple[int, ...] = SUPPORTED_BITS
@@ -60,6 +63,7 @@ class TuneConfig:
             ("optimizer", self.optimizer, OPTIMIZERS),
             ("loss", self.loss, LOSSES),
             ("train_scope", self.train_scope, SCOPES),
+            ("lr_schedule", self.lr_schedule, SCHEDULES),
         ):
             if value not in allowed:
                 raise ValueError(f"{name} must be one of {list(allowed)}, got {value!r}")
@@ -69,6 +73,8 @@ class TuneConfig:
             raise ValueError("batch_size and num_samples must be >= 1 and seq_len >= 2")
         if not self.lr > 0:
             raise ValueError(f"learning rate must be > 0, got {self.lr}")
+        if self.warmup_steps < 0:
+            raise ValueError(f"warmup_steps must be >= 0, got {self.warmup_steps}")
         if self.checkpoint_every < 1:
             raise ValueError(f"checkpoint_every must be >= 1, got {self.checkpoint_every}")
 

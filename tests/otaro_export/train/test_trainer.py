@@ -55,7 +55,7 @@ def test_kill_and_resume_gives_bitwise_the_same_weights(tmp_path):
         # LAA buffers mid-accumulation and BPS state must all survive the restart.
         cfg = TuneConfig(
             method="otaro", steps=7, batch_size=2, num_samples=4, gen_tokens=8, optimizer="adamw",
-            lr=1e-3, laa_interval=2, checkpoint_every=3, seed=5,
+            lr=1e-3, laa_interval=2, checkpoint_every=3, seed=5, lr_schedule="cosine", warmup_steps=2,
         )
         return Tuner(cfg, tiny, progress=False)
 
@@ -75,6 +75,9 @@ def test_kill_and_resume_gives_bitwise_the_same_weights(tmp_path):
 
     assert resumed.path == straight.path and len(resumed.history) == 7
     assert [h["loss"] for h in resumed.history] == [h["loss"] for h in straight.history]
+    rates = [h["lr"] for h in resumed.history]  # the schedule is a function of the step: resume keeps it
+    assert rates == [h["lr"] for h in straight.history]
+    assert rates[:3] == pytest.approx([5e-4, 1e-3, 1e-3]) and rates[-1] == pytest.approx(0.0, abs=1e-12)
     a, b = _weights(straight.model), _weights(resumed.model)
     assert all(torch.equal(a[n], b[n]) for n in a)
     assert json.loads((tmp_path / "b" / SAMPLES_FILE).read_text()) == json.loads((tmp_path / "a" / SAMPLES_FILE).read_text())
