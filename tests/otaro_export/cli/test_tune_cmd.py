@@ -38,10 +38,14 @@ def cli(capsys, monkeypatch):
 def test_tune_writes_a_resumable_loadable_run_and_eval_reads_it(cli, tiny_dir, tmp_path):
     out = tmp_path / "run"
     common = ["--model", str(tiny_dir), "--output", str(out), "--num-samples", "3", "--gen-tokens", "6", "--batch-size", "2"]
-    res = cli("tune", *common, "--steps", "3", "--optimizer", "adamw", "--lr", "1e-3", "--laa-interval", "2")
+    res = cli(
+        "tune", *common, "--steps", "3", "--optimizer", "adamw", "--lr", "1e-3", "--laa-interval", "2",
+        "--lr-schedule", "cosine", "--warmup-steps", "1",
+    )
     assert res.exit_code == 0, res.output
     assert "tuned 3 steps (otaro)" in res.output and (out / "LATEST").is_file()
-    assert json.loads((out / "tune_config.json").read_text())["method"] == "otaro"
+    saved = json.loads((out / "tune_config.json").read_text())
+    assert (saved["method"], saved["lr_schedule"], saved["warmup_steps"]) == ("otaro", "cosine", 1)
     again = cli("tune", *common, "--steps", "3")
     assert again.exit_code == 2 and "--resume" in again.output
     more = cli("tune", "--output", str(out), "--resume", "--steps", "5")
@@ -67,6 +71,8 @@ def test_tune_bad_inputs_are_one_clear_line(cli, tiny_dir, tmp_path):
     assert res.exit_code == 2 and "--bits" in res.output
     res = cli("tune", "--model", str(tiny_dir), "--output", str(tmp_path / "o"), "--bits", "2,3")
     assert res.exit_code == 2 and "E5M3..E5M8), got 2" in res.output
+    res = cli("tune", "--model", str(tiny_dir), "--output", str(tmp_path / "o"), "--lr-schedule", "linear")
+    assert res.exit_code == 2 and "--lr-schedule" in res.output
     res = cli("tune", "--output", str(tmp_path / "fresh"), "--resume")
     assert res.exit_code == 2 and "nothing to resume" in res.output
     res = cli("eval", "--model", str(tiny_dir), "--device", "tpu9")
