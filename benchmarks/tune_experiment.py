@@ -19,6 +19,7 @@ combines their results.json files into one table and plot.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import copy
 import json
 import os
@@ -27,6 +28,7 @@ from pathlib import Path
 
 import torch
 
+from otaro_export import sefp
 from otaro_export.models import LoadedModel, load_model
 from otaro_export.train.tune_config import TuneConfig
 from otaro_export.train.tune_data import (
@@ -37,13 +39,46 @@ from otaro_export.train.tune_data import (
     self_distillation_samples,
 )
 from otaro_export.train.evaluation import evaluate_precisions, format_table, plot_png, rows_to_json
+from otaro_export.train import fake_quant
 from otaro_export.train.fake_quant import attach_fake_quant
 from otaro_export.train.teacher import FPTeacher
 from otaro_export.train.trainer import Tuner
 
+RTN_REFERENCE = "RTN per precision (reference, not nestable)"
+
+
+@contextlib.contextmanager
+def round_to_nearest_quantizer():
+    """Make the fake-quant layers round |w| to the nearest E5Mk level instead of truncating.
+
+    Same groups, shared exponents and power-of-two steps as the format
+    (``sefp``'s own helpers); only ``floor`` becomes ``round``. Used for the
+    reference row only: a rounded E5M3 is not a truncation of a rounded E5M8,
+    so no single stored model gives these numbers.
+    """
+
+    def rtn(w: torch.Tensor, bits: int) -> torch.Tensor:
+        w32 = w.detach().to(torch.float32)
+        n, k = w32.shape
+        groups = sefp._grouped(w32)
+        e = sefp.shared_exponents(groups).to(torch.int32).unsqueeze(-1)
+        q = torch.round(groups.abs() * sefp.exact_pow2((bits - 1) - e)).clamp_(max=(1 << bits) - 1)
+        return torch.copysign(q * sefp.exact_pow2(e - (bits - 1)), groups).reshape(n, -1)[:, :k].to(w.dtype)
+
+    saved = fake_quant.fake_quantize
+    fake_quant.fake_quantize = rtn
+    try:
+        yield
+    finally:
+        fake_quant.fake_quantize = saved
+
+
 # name -> TuneConfig overrides (on top of the shared budget)
 CONFIGS = {
     "PTQ (no tuning)": dict(method="ptq"),
+    # Diagnostic, not SEFP: each precision rounded to nearest on its own (8 separate models).
+    # It cannot be stored as one nested model; it shows what truncation costs.
+    RTN_REFERENCE: dict(method="ptq"),
     "BPS+LAA AdamW": dict(method="otaro", optimizer="adamw"),
     "BPS AdamW": dict(method="bps", optimizer="adamw"),
     "uniform AdamW": dict(method="uniform", optimizer="adamw"),
@@ -225,7 +260,9 @@ def main() -> None:
             ).run()
             tuned, visits, history = result.model, result.visits(), result.history
         train_s = time.time() - t
-        metrics = evaluate_precisions(tuned, original, evals, batch_size=4)
+        quantizer = round_to_nearest_quantizer() if name == RTN_REFERENCE else contextlib.nullcontext()
+        with quantizer:
+            metrics = evaluate_precisions(tuned, original, evals, batch_size=4)
         results[name + args.tag] = {
             "config": cfg.to_dict(),
             "train_s": round(train_s, 1),
