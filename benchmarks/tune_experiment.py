@@ -44,7 +44,7 @@ from otaro_export.train.fake_quant import attach_fake_quant
 from otaro_export.train.teacher import FPTeacher
 from otaro_export.train.trainer import Tuner
 
-RTN_REFERENCE = "RTN per precision (reference, not nestable)"
+RTN_REFERENCE = "RTN per precision (reference; not nestable)"
 
 
 @contextlib.contextmanager
