@@ -146,10 +146,13 @@ def cached_samples(cache: str | None, name: str, make):
 
 def merge(dirs: list[str], out: Path) -> None:
     runs: dict = {}
-    setup = None
+    setup, setup_trained = None, False
     for d in dirs:
         data = json.loads((Path(d) / "results.json").read_text())
-        setup = setup or data["setup"]
+        trained = any(r["config"]["method"] != "ptq" for r in data["runs"].values())
+        # The budget shown is the trained runs' (a ptq-only directory records the script defaults).
+        if setup is None or (trained and not setup_trained):
+            setup, setup_trained = data["setup"], trained
         runs.update(data["runs"])
     order = list(runs)
     out.mkdir(parents=True, exist_ok=True)
