@@ -90,6 +90,9 @@ CONFIGS = {
     "BPS SGD": dict(method="bps", optimizer="sgd"),
     "uniform SGD": dict(method="uniform", optimizer="sgd"),
     "E5M8 QAT SGD": dict(method="qat", optimizer="sgd", qat_bits=8),
+    # not in the paper: every step also scores E5M8 on the same batch (twice the compute per step)
+    "BPS AdamW + E5M8 anchor": dict(method="bps", optimizer="adamw", anchor_bits=8),
+    "BPS+LAA AdamW + E5M8 anchor": dict(method="otaro", optimizer="adamw", anchor_bits=8),
 }
 
 

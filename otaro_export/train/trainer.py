@@ -326,17 +326,29 @@ class Tuner:
         set_precision(self.model, bits)
         idx = batch_indices(len(self.samples), cfg.batch_size, self.step, cfg.seed)
         batch = collate(self.samples, idx, cfg.device)
-        logits = self.model(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits
-        if cfg.loss == "kl":
-            loss = kl_to_teacher(logits, self.teacher.logprobs(batch), batch.loss_mask)
-        else:
-            loss = next_token_nll(logits, batch.input_ids, batch.loss_mask)
+        loss = self._loss(batch)
         value = float(loss.detach())
         if not math.isfinite(value):
             raise TuneError(f"loss became {value} at step {self.step} (E5M{bits}): lower the learning rate")
+        record = {"step": self.step, "bits": bits, "loss": value}
+        if cfg.anchor_bits is not None and cfg.anchor_bits != bits and cfg.anchor_weight > 0:
+            # Anchor: the same batch at a fixed precision (e.g. E5M8), added to the loss so that
+            # every update also pulls toward keeping that precision; BPS only sees the chosen one.
+            set_precision(self.model, cfg.anchor_bits)
+            anchor = self._loss(batch)
+            set_precision(self.model, bits)
+            record["anchor_loss"] = float(anchor.detach())
+            loss = loss + cfg.anchor_weight * anchor
         loss.backward()
         self.sampler.observe(bits, value)
         lr = learning_rate(cfg.lr, self.step, cfg.total_steps, cfg.lr_schedule, cfg.warmup_steps)
         apply_learning_rate(self.optimizer, lr)
-        applied = self.updater.step(bits, self.optimizer)
-        return {"step": self.step, "bits": bits, "loss": value, "applied": applied, "lr": lr}
+        record["applied"] = self.updater.step(bits, self.optimizer)
+        record["lr"] = lr
+        return record
+
+    def _loss(self, batch) -> torch.Tensor:
+        logits = self.model(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits
+        if self.config.loss == "kl":
+            return kl_to_teacher(logits, self.teacher.logprobs(batch), batch.loss_mask)
+        return next_token_nll(logits, batch.input_ids, batch.loss_mask)

@@ -46,6 +46,8 @@ class TuneConfig:
     laa_interval: int = DEFAULT_INTERVAL
     laa_reduce: str = "mean"
     qat_bits: int = 8
+    anchor_bits: int | None = None  # also score this precision on every step (not in the paper)
+    anchor_weight: float = 1.0
     loss: str = "kl"
     train_scope: str = "linears"
     quantize_lm_head: bool = False
@@ -58,6 +60,10 @@ class TuneConfig:
         self.bits = tuple(check_bits(b) for b in self.bits)
         self.laa_bits = tuple(check_bits(b) for b in self.laa_bits)
         check_bits(self.qat_bits)
+        if self.anchor_bits is not None:
+            self.anchor_bits = check_bits(self.anchor_bits)
+        if not self.anchor_weight >= 0:
+            raise ValueError(f"anchor_weight must be >= 0, got {self.anchor_weight}")
         for name, value, allowed in (
             ("method", self.method, tuple(METHODS)),
             ("optimizer", self.optimizer, OPTIMIZERS),

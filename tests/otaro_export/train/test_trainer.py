@@ -139,3 +139,32 @@ def test_real_model_tunes_checkpoints_and_loads_for_export(tmp_path):
     tuned = dict(result.model.named_parameters())
     assert all(torch.equal(plain.get_parameter(n), tuned[n]) for n in names)
     assert not torch.equal(plain.get_parameter(q0), untuned_q0)  # the tuned weights really moved
+
+
+def test_anchor_adds_the_anchor_precision_gradient_on_the_same_batch(tiny, chat_samples):
+    from otaro_export.train.fake_quant import set_precision
+    from otaro_export.train.losses import next_token_nll
+    from otaro_export.train.tune_data import batch_indices, collate
+
+    cfg = dict(method="qat", qat_bits=3, steps=1, batch_size=3, optimizer="sgd", lr=0.1, loss="ce", seed=4)
+    result = _tune(tiny, chat_samples, anchor_bits=8, **cfg)
+    assert result.history[0]["bits"] == 3 and result.history[0]["anchor_loss"] > 0
+
+    # By hand: one SGD step on grad(loss at E5M3) + grad(loss at E5M8) of the same batch.
+    model = copy.deepcopy(tiny.model)
+    attach_fake_quant(model)
+    batch = collate(chat_samples, batch_indices(len(chat_samples), 3, 0, 4), "cpu")
+    total = 0
+    for bits in (3, 8):
+        set_precision(model, bits)
+        logits = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits
+        total = total + next_token_nll(logits, batch.input_ids, batch.loss_mask)
+    total.backward()
+    tuned = dict(result.model.named_parameters())
+    layer = "model.layers.0.mlp.down_proj.weight"
+    param = dict(model.named_parameters())[layer]
+    torch.testing.assert_close(tuned[layer], param.detach() - 0.1 * param.grad, rtol=0, atol=1e-6)
+
+    plain = _tune(tiny, chat_samples, **cfg)
+    assert "anchor_loss" not in plain.history[0]
+    assert not torch.equal(dict(plain.model.named_parameters())[layer], tuned[layer])
