@@ -58,12 +58,7 @@ def round_to_nearest_quantizer():
     """
 
     def rtn(w: torch.Tensor, bits: int) -> torch.Tensor:
-        w32 = w.detach().to(torch.float32)
-        n, k = w32.shape
-        groups = sefp._grouped(w32)
-        e = sefp.shared_exponents(groups).to(torch.int32).unsqueeze(-1)
-        q = torch.round(groups.abs() * sefp.exact_pow2((bits - 1) - e)).clamp_(max=(1 << bits) - 1)
-        return torch.copysign(q * sefp.exact_pow2(e - (bits - 1)), groups).reshape(n, -1)[:, :k].to(w.dtype)
+        return sefp._grid_values(w.detach().to(torch.float32), bits, torch.round).to(w.dtype)
 
     saved = fake_quant.fake_quantize
     fake_quant.fake_quantize = rtn
@@ -239,7 +234,7 @@ def main() -> None:
     for name in names:
         t = time.time()
         overrides = dict(CONFIGS[name])
-        if overrides["method"] != "ptq" and overrides.get("optimizer") == "sgd":
+        if overrides.get("optimizer") == "sgd":
             overrides.setdefault("lr", args.sgd_lr)
             overrides.setdefault("momentum", args.momentum)
         overrides.setdefault("lr", args.lr)

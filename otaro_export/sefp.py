@@ -183,16 +183,24 @@ def fake_quantize(w: torch.Tensor, bits: int) -> torch.Tensor:
     bits = check_bits(bits)
     if not torch.isfinite(w).all():
         raise NonFiniteWeightError("fake_quantize: weight contains NaN or Inf")
-    orig_dtype = w.dtype
-    w32 = w.detach().to(torch.float32)
+    return _grid_values(w.detach().to(torch.float32), bits, torch.floor).to(w.dtype)
+
+
+def _grid_values(w32: torch.Tensor, bits: int, to_level) -> torch.Tensor:
+    """``w32`` on the E5M``bits`` grid: ``to_level`` maps ``|w| / step`` to an integer level.
+
+    ``torch.floor`` is the format (truncation, nested across precisions); the
+    tuning experiment's reference row passes ``torch.round`` to measure what
+    truncation costs, on the same groups, exponents and steps.
+    """
     n, k = w32.shape
     groups = _grouped(w32)
     e = shared_exponents(groups).to(torch.int32).unsqueeze(-1)
-    q = torch.floor(groups.abs() * exact_pow2((bits - 1) - e)).clamp_(max=(1 << bits) - 1)
+    q = to_level(groups.abs() * exact_pow2((bits - 1) - e)).clamp_(max=(1 << bits) - 1)
     out = torch.copysign(q * exact_pow2(e - (bits - 1)), groups)
     # A negative weight that truncates to magnitude 0 gives -0.0 here, exactly
     # as the stored format does (sign 1, magnitude 0).
-    return out.reshape(n, -1)[:, :k].to(orig_dtype)
+    return out.reshape(n, -1)[:, :k]
 
 
 def weight_sqnr_db(reference: torch.Tensor, approx: torch.Tensor) -> float:

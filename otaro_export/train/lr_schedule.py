@@ -30,7 +30,7 @@ def learning_rate(base_lr: float, step: int, total_steps: int, schedule: str = "
     if schedule == "constant":
         return base_lr
     decay_steps = max(total_steps - warmup_steps - 1, 1)
-    progress = min(max(step - warmup_steps, 0) / decay_steps, 1.0)
+    progress = min((step - warmup_steps) / decay_steps, 1.0)
     return base_lr * (min_ratio + (1.0 - min_ratio) * 0.5 * (1.0 + math.cos(math.pi * progress)))
 
 
