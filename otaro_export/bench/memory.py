@@ -47,36 +47,3 @@ def mapped_file_rss_mib(path: str | Path) -> float:
         return float("nan")
     return total_kib / 1024
 
-
-MADV_DONTNEED = 4
-
-
-def release_file_pages(path: str | Path) -> int:
-    """Unlock memory and drop this process's resident pages of ``path``'s mappings; returns bytes released.
-
-    ExecuTorch's Python runtime mlocks the mmapped program, so every constant
-    is resident from load on whatever precision runs. After this call, pages
-    come back only when the run touches them: the resident set a runtime
-    that maps the file without mlock would have. Safe for read-only file
-    mappings (the page cache still holds the data; access re-maps it).
-    """
-    import ctypes
-
-    libc = ctypes.CDLL(None, use_errno=True)
-    libc.madvise.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
-    if libc.munlockall() != 0:
-        raise OSError(ctypes.get_errno(), "munlockall failed")
-    target = os.path.realpath(path)
-    released = 0
-    with open("/proc/self/maps") as f:
-        ranges = []
-        for line in f:
-            fields = line.split(maxsplit=5)
-            if len(fields) == 6 and os.path.realpath(fields[5].strip()) == target:
-                start, end = (int(x, 16) for x in fields[0].split("-"))
-                ranges.append((start, end))
-    for start, end in ranges:
-        if libc.madvise(start, end - start, MADV_DONTNEED) != 0:
-            raise OSError(ctypes.get_errno(), f"madvise(MADV_DONTNEED) failed on {target}")
-        released += end - start
-    return released

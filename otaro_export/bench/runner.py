@@ -242,7 +242,7 @@ def run_bench(settings: BenchSettings, log: Callable[[str], None] = print) -> di
             precision = report.FP32 if bits is None else f"E5M{bits}"
             job = {"kind": "session", "directory": str(directory), "bits": 8 if bits is None else bits,
                    "use_library": config.use_library, "prompt_ids": ids, "new_tokens": new, "runs": runs,
-                   "threads": settings.threads, "page_out": config.runtime == "executorch"}
+                   "threads": settings.threads}
             log(f"{config.label} {precision} ...")
             loads.sample()
             try:

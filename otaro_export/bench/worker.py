@@ -4,10 +4,11 @@
 ``BENCH_RESULT <json>`` on stdout. One process per (artifact, precision) so
 peak RSS belongs to that configuration alone. Jobs:
 
-* ``{"kind": "session", "directory", "bits", "use_library", "page_out", ...}``: an
-  exported artifact through ``otaro_export.runtime.load``; ``page_out`` drops the
-  artifact's mapped pages after loading (see ``memory.release_file_pages``) so
-  ``artifact_mapped_rss_mib`` counts only what this precision touched;
+* ``{"kind": "session", "directory", "bits", "use_library", ...}``: an
+  exported artifact through ``otaro_export.runtime.load``. An ExecuTorch session
+  undoes the runtime's mlock at load (``lazy_weights``, see
+  ``executorch_session.release_locked_pages``), so ``artifact_mapped_rss_mib``
+  counts only what this precision touched;
 * ``{"kind": "llama_cpp", "gguf", ...}``: llama.cpp (llama-cpp-python) on a GGUF;
 * ``{"kind": "switch", "directory", ...}``: precision-switching cost (:mod:`.switching`).
 
@@ -68,8 +69,6 @@ def measure_session(job: dict) -> dict:
     rss_load = memory.rss_mib()
     artifact = Path(job["directory"]) / session.manifest.artifact
     mapped_after_load = memory.mapped_file_rss_mib(artifact)
-    if job.get("page_out"):
-        memory.release_file_pages(artifact)  # from here on, only pages this precision touches come back
     ids, bits, new = list(job["prompt_ids"]), int(job["bits"]), int(job["new_tokens"])
     session.generate_ids(ids, bits, min(new, WARMUP_TOKENS), stop_at_eos=False)  # warm-up: every weight paged in
     prefill, decode = [], []
@@ -82,7 +81,7 @@ def measure_session(job: dict) -> dict:
     return {
         **_measurement(prefill, decode, load_s, rss_base, rss_load, artifact, out),
         "artifact_mapped_after_load_mib": mapped_after_load,
-        "paged_out_after_load": bool(job.get("page_out")),
+        "paged_out_after_load": bool(getattr(session, "lazy_weights", False)),
     }
 
 

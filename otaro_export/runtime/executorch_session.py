@@ -127,6 +127,7 @@ class ExecuTorchSession(Session):
             self._method = self._program.load_method(method_name)
         except RuntimeError as exc:
             raise ArtifactError(f"cannot load method {method_name!r} of {path} ({exc}): an operator or backend missing?") from exc
+        self.lazy_weights = lazy_weights
         if lazy_weights:  # after load_method: XNNPACK has packed what it keeps in its own memory
             for file in [path, *([data_path] if data_path is not None else [])]:
                 release_locked_pages(file)

@@ -23,19 +23,3 @@ def test_mapped_file_rss_counts_only_touched_pages_of_that_file(tmp_path):
 def test_process_rss_and_peak():
     assert 0 < memory.rss_mib() <= memory.peak_rss_mib()
 
-
-def test_release_file_pages_drops_the_mapping_until_touched_again(tmp_path):
-    path = tmp_path / "weights.bin"
-    page = mmap.PAGESIZE
-    path.write_bytes(b"\x02" * (page * 64))
-    with open(path, "rb") as f:
-        mm = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
-        try:
-            assert sum(mm[i * page] for i in range(64)) == 128
-            assert memory.mapped_file_rss_mib(path) == 64 * page / 2**20
-            assert memory.release_file_pages(path) >= 64 * page
-            assert memory.mapped_file_rss_mib(path) == 0.0
-            assert mm[5 * page] == 2  # data intact: re-read from the page cache
-            assert 0 < memory.mapped_file_rss_mib(path) <= 64 * page / 2**20
-        finally:
-            mm.close()

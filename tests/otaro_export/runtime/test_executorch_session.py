@@ -11,6 +11,7 @@ absolute + relative leaves a wide margin while still catching a wrong precision
 
 import copy
 import json
+import mmap
 import os
 import re
 import subprocess
@@ -21,11 +22,12 @@ import numpy as np
 import pytest
 import torch
 
+from otaro_export.bench import memory
 from otaro_export.convert import convert_model, dequantized_copy
 from otaro_export.errors import ArtifactError, InvalidBitsError, KernelLibraryError
 from otaro_export.export.executorch_fixtures import tiny_executorch_artifact
 from otaro_export.runtime import load
-from otaro_export.runtime.executorch_session import ExecuTorchSession, ensure_kernel_library
+from otaro_export.runtime.executorch_session import ExecuTorchSession, ensure_kernel_library, release_locked_pages
 from otaro_export.sefp import SUPPORTED_BITS
 
 TOL = dict(rtol=1e-4, atol=1e-4)
@@ -211,3 +213,20 @@ def test_manifest_names_the_kernel_library(artifact):
     assert manifest["target"] == "executorch" and manifest["artifact"] == "model.pte"
     assert manifest["inputs"] == ["input_ids", "cache_position", "bits"]
     assert manifest["kernel_library"] == ("executorch" if artifact.kind == "fused" else None)
+
+
+def test_release_locked_pages_drops_the_mapping_until_touched_again(tmp_path):
+    path = tmp_path / "weights.bin"
+    page = mmap.PAGESIZE
+    path.write_bytes(b"\x02" * (page * 64))
+    with open(path, "rb") as f:
+        mm = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
+        try:
+            assert sum(mm[i * page] for i in range(64)) == 128
+            assert memory.mapped_file_rss_mib(path) == 64 * page / 2**20
+            assert release_locked_pages(path) >= 64 * page
+            assert memory.mapped_file_rss_mib(path) == 0.0
+            assert mm[5 * page] == 2  # data intact: re-read from the page cache
+            assert 0 < memory.mapped_file_rss_mib(path) <= 64 * page / 2**20
+        finally:
+            mm.close()
