@@ -28,11 +28,9 @@ PROMPT = "Explain in one paragraph why the sky is blue."
 
 def _rss_mib(field: str = "VmRSS") -> float:
     """Resident MiB: VmRSS (all) or RssFile (file-backed pages: the mmapped weights)."""
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith(field + ":"):
-                return int(line.split()[1]) / 1024
-    return float("nan")
+    from otaro_export.bench.memory import status_mib
+
+    return status_mib(field)
 
 
 def measure(directory: str, bits: int, runs: int, new_tokens: int, threads: int) -> dict:

@@ -13,20 +13,21 @@ import os
 from pathlib import Path
 
 
-def _status_kib(field: str) -> float:
+def status_mib(field: str) -> float:
+    """One size field of /proc/self/status in MiB (VmRSS, VmHWM, RssFile, ...); NaN if absent."""
     with open("/proc/self/status") as f:
         for line in f:
             if line.startswith(field + ":"):
-                return float(line.split()[1])
+                return float(line.split()[1]) / 1024
     return float("nan")
 
 
 def rss_mib() -> float:
-    return _status_kib("VmRSS") / 1024
+    return status_mib("VmRSS")
 
 
 def peak_rss_mib() -> float:
-    return _status_kib("VmHWM") / 1024
+    return status_mib("VmHWM")
 
 
 def mapped_file_rss_mib(path: str | Path) -> float:
