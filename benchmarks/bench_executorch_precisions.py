@@ -103,26 +103,45 @@ def main() -> None:
     work.mkdir(parents=True, exist_ok=True)
     info = _export(work, args.max_seq_len, args.kernels)
     print(f"SmolLM2-135M, max_seq_len {args.max_seq_len}, {args.kernels} kernels, {args.threads} threads")
-    print(f"export: SEFP {info['sefp_export_s_manifest']} s -> {info['sefp_pte_mib']:.1f} MiB; "
-          f"fp32 {info['fp32_export_s_manifest']} s -> {info['fp32_pte_mib']:.1f} MiB")
+    print(
+        f"export: SEFP {info['sefp_export_s_manifest']} s -> {info['sefp_pte_mib']:.1f} MiB; "
+        f"fp32 {info['fp32_export_s_manifest']} s -> {info['fp32_pte_mib']:.1f} MiB"
+    )
 
     def child(directory: str, bits: int) -> dict:
-        cmd = [sys.executable, __file__, "--child", directory, str(bits), "--runs", str(args.runs),
-               "--new-tokens", str(args.new_tokens), "--threads", str(args.threads)]
+        cmd = [
+            sys.executable,
+            __file__,
+            "--child",
+            directory,
+            str(bits),
+            "--runs",
+            str(args.runs),
+            "--new-tokens",
+            str(args.new_tokens),
+            "--threads",
+            str(args.threads),
+        ]
         out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
         return json.loads(out.strip().splitlines()[-1])
 
     base = child(info["dirs"]["fp32"], 8)
     rows = [("fp32", base)] + [(f"E5M{k}", child(info["dirs"]["sefp"], k)) for k in args.bits]
-    print(f"{'precision':>9} | {'RSS load MiB':>12} | {'RSS decode MiB':>14} | {'file-backed load/decode MiB':>27} "
-          f"| {'decode tok/s (median)':>21} | {'vs fp32':>7}")
+    print(
+        f"{'precision':>9} | {'RSS load MiB':>12} | {'RSS decode MiB':>14} | {'file-backed load/decode MiB':>27} "
+        f"| {'decode tok/s (median)':>21} | {'vs fp32':>7}"
+    )
     for name, r in rows:
         ratio = r["tok_s_median"] / base["tok_s_median"]
         files = f"{r['file_load_mib']:.1f} / {r['file_decode_mib']:.1f}"
-        print(f"{name:>9} | {r['rss_load_mib']:12.1f} | {r['rss_decode_mib']:14.1f} | {files:>27} "
-              f"| {r['tok_s_median']:21.2f} | {ratio:7.2f}")
-    print(f"(prompt {base['prompt_tokens']} tokens, {args.new_tokens} new tokens, {args.runs} runs each; "
-          f"RSS before load ~{base['rss_before_mib']:.0f} MiB is the Python + torch baseline)")
+        print(
+            f"{name:>9} | {r['rss_load_mib']:12.1f} | {r['rss_decode_mib']:14.1f} | {files:>27} "
+            f"| {r['tok_s_median']:21.2f} | {ratio:7.2f}"
+        )
+    print(
+        f"(prompt {base['prompt_tokens']} tokens, {args.new_tokens} new tokens, {args.runs} runs each; "
+        f"RSS before load ~{base['rss_before_mib']:.0f} MiB is the Python + torch baseline)"
+    )
 
 
 if __name__ == "__main__":

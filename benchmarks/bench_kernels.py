@@ -173,7 +173,7 @@ def bench_shape(n: int, k: int, rows: int, args, results: dict) -> None:
         sefp_runner.set_input("bits", np.array(bits, dtype=np.int64))
         row[f"ort M{bits}"] = median_us(sefp_runner.run, args.runs, args.cold)
         row[f"core M{bits}"] = median_us(
-            lambda: core.linear(x, packed, bits, num_threads=args.threads, out=out), args.runs, args.cold
+            lambda bits=bits: core.linear(x, packed, bits, num_threads=args.threads, out=out), args.runs, args.cold
         )
     results[(n, k, rows)] = row
     cells = "  ".join(f"{name}={value:.1f}" for name, value in row.items())
@@ -222,8 +222,10 @@ def main() -> None:
     parser.add_argument("--rows", type=int, nargs="+", default=[1, 64])
     parser.add_argument("--shapes", nargs="+", default=None, help="NxK (out x in), e.g. 4096x4096")
     parser.add_argument(
-        "--cold", action="store_true", help="evict the caches before every timed call (weights come from DRAM, "
-        "as in decoding a model larger than the L3 cache)"
+        "--cold",
+        action="store_true",
+        help="evict the caches before every timed call (weights come from DRAM, "
+        "as in decoding a model larger than the L3 cache)",
     )
     parser.add_argument("--skip-xnnpack", action="store_true", help="leave out the ExecuTorch XNNPACK baseline")
     args = parser.parse_args()

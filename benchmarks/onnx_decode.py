@@ -74,7 +74,13 @@ def main() -> None:
         session = load(sefp_dir, num_threads=args.threads, use_library=use_library)
         load_s = time.perf_counter() - t0
         for bits in (3, 8):
-            rows.append((f"sefp {label} (load {load_s:.1f}s)", f"E5M{bits}", _decode_rate(session, bits, args.tokens, args.repeats)))
+            rows.append(
+                (
+                    f"sefp {label} (load {load_s:.1f}s)",
+                    f"E5M{bits}",
+                    _decode_rate(session, bits, args.tokens, args.repeats),
+                )
+            )
         del session
 
     def size(d: Path) -> float:

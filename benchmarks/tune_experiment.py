@@ -30,6 +30,11 @@ import torch
 
 from otaro_export import sefp
 from otaro_export.models import LoadedModel, load_model
+from otaro_export.train import fake_quant
+from otaro_export.train.evaluation import evaluate_precisions, format_table, plot_png, rows_to_json
+from otaro_export.train.fake_quant import attach_fake_quant
+from otaro_export.train.teacher import FPTeacher
+from otaro_export.train.trainer import Tuner
 from otaro_export.train.tune_config import TuneConfig
 from otaro_export.train.tune_data import (
     EVAL_PROMPTS,
@@ -38,11 +43,6 @@ from otaro_export.train.tune_data import (
     save_samples,
     self_distillation_samples,
 )
-from otaro_export.train.evaluation import evaluate_precisions, format_table, plot_png, rows_to_json
-from otaro_export.train import fake_quant
-from otaro_export.train.fake_quant import attach_fake_quant
-from otaro_export.train.teacher import FPTeacher
-from otaro_export.train.trainer import Tuner
 
 RTN_REFERENCE = "RTN per precision (reference; not nestable)"
 
@@ -165,7 +165,9 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=60)
     ap.add_argument("--batch-size", type=int, default=2)
     ap.add_argument("--lr", type=float, default=1e-4, help="AdamW learning rate (SGD rows set their own)")
-    ap.add_argument("--sgd-lr", type=float, default=1e-3, help="SGD learning rate of the rows that do not set their own")
+    ap.add_argument(
+        "--sgd-lr", type=float, default=1e-3, help="SGD learning rate of the rows that do not set their own"
+    )
     ap.add_argument("--momentum", type=float, default=0.9, help="SGD momentum of those rows")
     ap.add_argument("--lr-schedule", default="constant", choices=("constant", "cosine"))
     ap.add_argument("--warmup-steps", type=int, default=0)
@@ -198,13 +200,15 @@ def main() -> None:
     loaded = load_model(args.model)
     original = loaded.model.to(args.device).eval()
     train = cached_samples(
-        args.samples_cache, "train",
+        args.samples_cache,
+        "train",
         lambda: self_distillation_samples(
             original, loaded.tokenizer, args.num_samples, args.gen_tokens, seed=args.seed, prompts=TRAIN_PROMPTS
         ),
     )
     evals = cached_samples(
-        args.samples_cache, "eval",
+        args.samples_cache,
+        "eval",
         lambda: self_distillation_samples(
             original, loaded.tokenizer, args.eval_samples, args.eval_tokens, seed=args.seed + 1234, prompts=EVAL_PROMPTS
         ),
@@ -257,7 +261,11 @@ def main() -> None:
             tuned, visits, history = student, {}, []
         else:
             result = Tuner(
-                cfg, LoadedModel(student, loaded.tokenizer, loaded.source), samples=train, teacher=teacher, progress=True
+                cfg,
+                LoadedModel(student, loaded.tokenizer, loaded.source),
+                samples=train,
+                teacher=teacher,
+                progress=True,
             ).run()
             tuned, visits, history = result.model, result.visits(), result.history
         train_s = time.time() - t

@@ -62,8 +62,7 @@ def check_supported(model: nn.Module) -> str:
         )
     if decoder_layers(model) is None:
         raise UnsupportedModelError(
-            f"model of type {model_type!r} has no decoder blocks at model.model.layers; "
-            "pass a *ForCausalLM model"
+            f"model of type {model_type!r} has no decoder blocks at model.model.layers; pass a *ForCausalLM model"
         )
     return model_type
 

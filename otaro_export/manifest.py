@@ -49,7 +49,7 @@ class Manifest:
         return path
 
     @classmethod
-    def load(cls, directory: str | Path) -> "Manifest":
+    def load(cls, directory: str | Path) -> Manifest:
         path = Path(directory) / MANIFEST_NAME
         if not path.is_file():
             raise ArtifactError(f"no {MANIFEST_NAME} in {directory}: was this directory written by otaro-export?")
@@ -66,7 +66,11 @@ class Manifest:
                 f"(expects {FORMAT_VERSION}); re-export the model or upgrade otaro-export"
             )
         known = set(cls.__dataclass_fields__)
-        missing = [k for k in ("target", "artifact", "kernels", "quantized_layers", "inputs", "outputs", "model") if k not in data]
+        missing = [
+            k
+            for k in ("target", "artifact", "kernels", "quantized_layers", "inputs", "outputs", "model")
+            if k not in data
+        ]
         if missing:
             raise ArtifactError(f"{path}: missing field(s) {missing}")
         manifest = cls(**{k: v for k, v in data.items() if k in known})

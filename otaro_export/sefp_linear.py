@@ -33,7 +33,7 @@ class SEFPLinear(nn.Module):
         self.register_buffer("bits", ops.bits_tensor(bits), persistent=False)
 
     @classmethod
-    def from_linear(cls, linear: nn.Linear, name: str = "weight", bits: int = 8) -> "SEFPLinear":
+    def from_linear(cls, linear: nn.Linear, name: str = "weight", bits: int = 8) -> SEFPLinear:
         """Quantize ``linear.weight`` (errors name ``name`` on NaN/Inf)."""
         packed = pack(quantize(linear.weight, name=name))
         return cls(packed, linear.bias, bits=bits)

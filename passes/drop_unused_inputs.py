@@ -30,9 +30,7 @@ class DropResult:
         return len(self.dropped)
 
 
-def drop_unused_inputs(
-    ep: ExportedProgram, targets: Iterable[str] | None = None
-) -> tuple[ExportedProgram, DropResult]:
+def drop_unused_inputs(ep: ExportedProgram, targets: Iterable[str] | None = None) -> tuple[ExportedProgram, DropResult]:
     """Drop unused lifted inputs (in place); with ``targets``, only those FQNs are candidates."""
     result = DropResult()
     candidates = None if targets is None else set(targets)

@@ -20,8 +20,8 @@ from torch.export import ExportedProgram
 
 from otaro_export.errors import OtaroError
 from otaro_export.packing import PLANE_NAMES, pack
-from otaro_export.sefp import quantize
 from otaro_export.passes import program_utils as pu
+from otaro_export.sefp import quantize
 
 log = logging.getLogger(__name__)
 

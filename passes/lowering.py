@@ -13,11 +13,11 @@ from dataclasses import dataclass, field
 
 from torch.export import ExportedProgram
 
+from otaro_export.passes import program_utils as pu
 from otaro_export.passes.drop_unused_inputs import drop_unused_inputs
 from otaro_export.passes.freeze_sefp_weights import freeze_sefp_weights
 from otaro_export.passes.lower_sefp_linears import lower_sefp_linears
 from otaro_export.passes.thread_bits_input import BITS_ARG_INDEX, SEFP_TARGETS, thread_bits_input
-from otaro_export.passes import program_utils as pu
 
 log = logging.getLogger(__name__)
 
@@ -64,9 +64,7 @@ def lower_to_sefp(
     ep, dropped = drop_unused_inputs(ep, made_dead - {None})
     constant_of = ep.graph_signature.inputs_to_lifted_tensor_constants
     packed = sum(
-        ep.constants[constant_of[n.name]].nbytes
-        for layer in frozen.layers.values()
-        for n in layer.planes.values()
+        ep.constants[constant_of[n.name]].nbytes for layer in frozen.layers.values() for n in layer.planes.values()
     )
     report = LoweringReport(
         layers=[layer.name for layer in frozen.layers.values()],

@@ -140,7 +140,9 @@ def _target(kind: str) -> _Target:
     arch = _host_arch()
     include = ["-I", str(CSRC)]
     if kind == "core":
-        return _Target("libotaro_sefp_core.so", [_Unit(u.source, [*u.flags, *include]) for u in _core_units(arch, True)])
+        return _Target(
+            "libotaro_sefp_core.so", [_Unit(u.source, [*u.flags, *include]) for u in _core_units(arch, True)]
+        )
     core = [_Unit(u.source, [*u.flags, *include]) for u in _core_units(arch, False)]
     if kind == "onnxruntime":
         wrappers = sorted((CSRC / "onnxruntime").glob("*.cc"))
@@ -154,7 +156,14 @@ def _target(kind: str) -> _Target:
             raise KernelLibraryError(f"no executorch wrapper sources under {CSRC / 'executorch'}")
         # the wheel ships its own copy of the c10 headers it needs under portable_type/c10
         et_c10 = et_include / "executorch" / "runtime" / "core" / "portable_type" / "c10"
-        et_flags = [*include, "-isystem", str(et_include), "-isystem", str(et_c10), "-DC10_USING_CUSTOM_GENERATED_MACROS"]
+        et_flags = [
+            *include,
+            "-isystem",
+            str(et_include),
+            "-isystem",
+            str(et_c10),
+            "-DC10_USING_CUSTOM_GENERATED_MACROS",
+        ]
         return _Target(
             "libotaro_sefp_executorch.so",
             core + [_Unit(s, et_flags) for s in wrappers],
@@ -191,7 +200,9 @@ def _compile_and_link(cxx: str, target: _Target, out: Path, work: Path) -> None:
 
     def compile_one(args):
         unit, obj = args
-        _run([cxx, *_COMMON_FLAGS, *unit.flags, "-c", str(unit.source), "-o", str(obj)], f"compiling {unit.source.name}")
+        _run(
+            [cxx, *_COMMON_FLAGS, *unit.flags, "-c", str(unit.source), "-o", str(obj)], f"compiling {unit.source.name}"
+        )
 
     with ThreadPoolExecutor(max_workers=max(1, min(len(objects), os.cpu_count() or 1))) as pool:
         list(pool.map(compile_one, zip(target.units, objects)))

@@ -58,7 +58,7 @@ def session_options(num_threads: int | None = None):
     except Exception as exc:  # onnxruntime raises its own exception types (Fail, RuntimeError)
         raise KernelLibraryError(
             f"onnxruntime {ort.__version__} could not load the SEFP custom-op library {path}: {exc}. "
-            f"Fix: use onnxruntime >= 1.17 (`pip install -U \"onnxruntime>=1.20\"`); if the cached library is "
+            f'Fix: use onnxruntime >= 1.17 (`pip install -U "onnxruntime>=1.20"`); if the cached library is '
             f"damaged, delete {path.parent} so it is rebuilt"
         ) from exc
     return options
@@ -93,4 +93,6 @@ def abi_selfcheck() -> None:
     lib.otaro_ort_abi_selfcheck.argtypes = [ctypes.c_void_p, ctypes.c_char_p, ctypes.c_size_t]
     msg = ctypes.create_string_buffer(512)
     if not lib.otaro_ort_abi_selfcheck(ort_c.OrtGetApiBase(), msg, len(msg)):
-        raise KernelLibraryError(f"the SEFP library's declaration of onnxruntime's C ABI is wrong: {msg.value.decode()}")
+        raise KernelLibraryError(
+            f"the SEFP library's declaration of onnxruntime's C ABI is wrong: {msg.value.decode()}"
+        )

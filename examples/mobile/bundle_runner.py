@@ -28,7 +28,9 @@ class BundleModel:
         if self.bundle.get("format") != "otaro-demo-bundle" or self.bundle.get("format_version") != 1:
             raise ValueError(f"{bundle_dir} holds no version-1 otaro demo bundle")
         self.io = self.bundle["io"]
-        self.session = ort.InferenceSession(str(bundle_dir / self.bundle["model_file"]), providers=["CPUExecutionProvider"])
+        self.session = ort.InferenceSession(
+            str(bundle_dir / self.bundle["model_file"]), providers=["CPUExecutionProvider"]
+        )
         self.token_bytes = [base64.b64decode(t) for t in self.bundle["token_bytes"]]
         self.reset()
 
@@ -96,7 +98,9 @@ def generate(model: BundleModel, task: dict) -> tuple[str, int]:
 def run_bundle(bundle_dir: Path, overrides: dict[str, int] | None = None, echo=print) -> list[dict]:
     t0 = time.perf_counter()
     model = BundleModel(bundle_dir)
-    echo(f"loaded {model.bundle['model_file']} once in {time.perf_counter() - t0:.2f} s (session 0x{id(model.session):x})")
+    echo(
+        f"loaded {model.bundle['model_file']} once in {time.perf_counter() - t0:.2f} s (session 0x{id(model.session):x})"
+    )
     results = []
     for task in model.bundle["tasks"]:
         task = {**task, "bits": (overrides or {}).get(task["name"], task["bits"])}
@@ -108,7 +112,9 @@ def run_bundle(bundle_dir: Path, overrides: dict[str, int] | None = None, echo=p
             (answer, tokens), scores = generate(model, task), {}
         latency = time.perf_counter() - t
         results.append({"name": task["name"], "bits": task["bits"], "answer": answer, "scores": scores})
-        echo(f"{task['name']:<14} E5M{task['bits']}  {latency * 1e3:8.1f} ms  {tokens / latency:8.1f} tok/s  -> {answer!r}")
+        echo(
+            f"{task['name']:<14} E5M{task['bits']}  {latency * 1e3:8.1f} ms  {tokens / latency:8.1f} tok/s  -> {answer!r}"
+        )
     return results
 
 

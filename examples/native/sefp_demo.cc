@@ -85,7 +85,7 @@ struct Mapping {
 Mapping map_file(const char* path) {
   const int fd = open(path, O_RDONLY);
   if (fd < 0) fail(std::string("cannot open ") + path);
-  struct stat st {};
+  struct stat st{};
   if (fstat(fd, &st) != 0 || st.st_size < static_cast<off_t>(sizeof(FileHeader))) fail("file too small");
   // Start cold: drop this file's clean cached pages (written by Python just before, maybe as
   // large folios), so the resident size below counts only the pages this run reads.
@@ -163,8 +163,8 @@ int main(int argc, char** argv) {
     fail(std::string(argv[1]) + " is not a version-1 SEFP demo model");
   if (h.num_inputs == 0 || h.num_layers == 0) fail("the model has no layers or no inputs");
   const std::vector<Layer> layers = read_layers(m, h);
-  const auto* inputs = reinterpret_cast<const float*>(
-      at(m, h.inputs_offset, uint64_t{h.num_inputs} * h.input_dim * 4, "inputs"));
+  const auto* inputs =
+      reinterpret_cast<const float*>(at(m, h.inputs_offset, uint64_t{h.num_inputs} * h.input_dim * 4, "inputs"));
   const double load_ms = std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t_load).count();
   std::printf("model %s: %u layers, %zu bytes, mapped once in %.2f ms at %p; kernel isa %s\n", argv[1], h.num_layers,
               m.size, load_ms, static_cast<const void*>(m.data), otaro::isa_name(otaro::best_isa()));

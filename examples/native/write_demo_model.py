@@ -88,8 +88,16 @@ def write_demo_model(path: str | Path, layers: list[DemoLayer], inputs: np.ndarr
             offsets[name] = place(data)
         bias_at = place(layer.bias.astype("<f4").tobytes())
         records.append(
-            LAYER.pack(p.out_features, p.in_features, p.num_groups, *(offsets[n] for n in PLANE_NAMES),
-                       offsets["exponents"], bias_at, int(layer.relu), 0)
+            LAYER.pack(
+                p.out_features,
+                p.in_features,
+                p.num_groups,
+                *(offsets[n] for n in PLANE_NAMES),
+                offsets["exponents"],
+                bias_at,
+                int(layer.relu),
+                0,
+            )
         )
     inputs_at = place(np.ascontiguousarray(inputs, dtype="<f4").tobytes())
     header = HEADER.pack(MAGIC, VERSION, len(layers), inputs.shape[1], inputs.shape[0], inputs_at)

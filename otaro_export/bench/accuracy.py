@@ -10,8 +10,8 @@ model on the SAME samples, so the two runs are directly comparable.
 from __future__ import annotations
 
 import copy
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 EVAL_SEED = 1234  # the seed `otaro eval` uses by default: the numbers match its table
 

@@ -16,9 +16,9 @@ import hashlib
 import os
 import shutil
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 from otaro_export.errors import OtaroError
 from otaro_export.manifest import MANIFEST_NAME

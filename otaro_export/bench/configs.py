@@ -34,7 +34,9 @@ class RunConfig:
 
 ONNX_FUSED = RunConfig("onnx fused", ArtifactSpec("onnx", "sefp", "fused"))
 #: the same ONNX file, run by stock onnxruntime through the SEFPLinear function body
-ONNX_FUNCTION = RunConfig("onnx portable (function)", ArtifactSpec("onnx", "sefp", "fused"), use_library=False, slow=True)
+ONNX_FUNCTION = RunConfig(
+    "onnx portable (function)", ArtifactSpec("onnx", "sefp", "fused"), use_library=False, slow=True
+)
 ONNX_FP32 = RunConfig("onnx fp32", ArtifactSpec("onnx", "fp32"))
 ET_FUSED = RunConfig("executorch fused", ArtifactSpec("executorch", "sefp", "fused"))
 ET_PORTABLE = RunConfig("executorch portable", ArtifactSpec("executorch", "sefp", "portable"), slow=True)
@@ -79,7 +81,15 @@ class BenchSettings:
                 raise OtaroError(f"unknown target {t!r}; choose from onnx, executorch")
         if self.threads < 1:
             raise OtaroError("--threads must be >= 1")
-        for name in ("new_tokens", "runs", "slow_new_tokens", "slow_runs", "switch_steps", "switch_rounds", "eval_samples"):
+        for name in (
+            "new_tokens",
+            "runs",
+            "slow_new_tokens",
+            "slow_runs",
+            "switch_steps",
+            "switch_rounds",
+            "eval_samples",
+        ):
             if getattr(self, name) < 1:
                 raise OtaroError(f"{name.replace('_', '-')} must be >= 1")
         if self.new_tokens < 2:

@@ -47,4 +47,3 @@ def mapped_file_rss_mib(path: str | Path) -> float:
     except OSError:
         return float("nan")
     return total_kib / 1024
-

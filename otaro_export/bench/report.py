@@ -150,8 +150,15 @@ def evaluate_goals(
     llamas = [r for r in results if r.runtime.startswith(LLAMA_CPP)]
     fused = [r for r in results if r.config.endswith("fused") and r.precision == "E5M3"]
     if not llamas or not fused:
-        goals.append(Goal("E5M3 decode vs llama.cpp Q4_1", ">= 1.0x (stretch 1.3x)", "-", None,
-                          "needs the llama.cpp row and a fused E5M3 row"))
+        goals.append(
+            Goal(
+                "E5M3 decode vs llama.cpp Q4_1",
+                ">= 1.0x (stretch 1.3x)",
+                "-",
+                None,
+                "needs the llama.cpp row and a fused E5M3 row",
+            )
+        )
     else:
         llama = max(llamas, key=lambda r: r.decode_tok_s)
         best = max(fused, key=lambda r: r.decode_tok_s)
@@ -161,9 +168,15 @@ def evaluate_goals(
             for ll in llamas
         )
         stretch = "stretch met" if ratio >= GOAL_E5M3_VS_LLAMA_STRETCH else "stretch not met"
-        goals.append(Goal("E5M3 decode vs llama.cpp Q4_1", ">= 1.0x (stretch 1.3x) vs the fastest llama.cpp row",
-                          f"{ratio:.2f}x ({best.config} vs {llama.config})", ratio >= GOAL_E5M3_VS_LLAMA,
-                          f"{others}; {stretch}"))
+        goals.append(
+            Goal(
+                "E5M3 decode vs llama.cpp Q4_1",
+                ">= 1.0x (stretch 1.3x) vs the fastest llama.cpp row",
+                f"{ratio:.2f}x ({best.config} vs {llama.config})",
+                ratio >= GOAL_E5M3_VS_LLAMA,
+                f"{others}; {stretch}",
+            )
+        )
     parts, verdicts = [], []
     for runtime in ("onnx", "executorch"):
         fp32 = fp32_row(results, runtime)
@@ -172,20 +185,40 @@ def evaluate_goals(
             ratio = e8.decode_tok_s / fp32.decode_tok_s
             parts.append(f"{runtime} {ratio:.2f}x")
             verdicts.append(ratio >= GOAL_E5M8_VS_FP32)
-    goals.append(Goal("E5M8 decode vs our fp32 export", ">= 1.5x", ", ".join(parts) or "-",
-                      (all(verdicts) if verdicts else None),
-                      "per runtime (fused kernels vs the fp32 export of the same runtime)"
-                      + ("" if verdicts else "; needs fused E5M8 and fp32 rows")))
+    goals.append(
+        Goal(
+            "E5M8 decode vs our fp32 export",
+            ">= 1.5x",
+            ", ".join(parts) or "-",
+            (all(verdicts) if verdicts else None),
+            "per runtime (fused kernels vs the fp32 export of the same runtime)"
+            + ("" if verdicts else "; needs fused E5M8 and fp32 rows"),
+        )
+    )
     if 3 in resident_mib and sefp_weights:
         fp16_mib = 2 * sefp_weights / 2**20
         ratio = resident_mib[3] / fp16_mib
-        goals.append(Goal("resident SEFP weights at E5M3 vs fp16", "<= 0.31x", f"{ratio:.3f}x",
-                          ratio <= GOAL_E5M3_RESIDENT_VS_FP16,
-                          f"{resident_mib[3]:.1f} MiB resident of {fp16_mib:.1f} MiB fp16 (mmapped .pte, same file serves E5M8)"))
+        goals.append(
+            Goal(
+                "resident SEFP weights at E5M3 vs fp16",
+                "<= 0.31x",
+                f"{ratio:.3f}x",
+                ratio <= GOAL_E5M3_RESIDENT_VS_FP16,
+                f"{resident_mib[3]:.1f} MiB resident of {fp16_mib:.1f} MiB fp16 (mmapped .pte, same file serves E5M8)",
+            )
+        )
     else:
-        goals.append(Goal("resident SEFP weights at E5M3 vs fp16", "<= 0.31x", "-", None,
-                          resident_note or "needs the ExecuTorch fused rows at E5M3 and E5M8"))
+        goals.append(
+            Goal(
+                "resident SEFP weights at E5M3 vs fp16",
+                "<= 0.31x",
+                "-",
+                None,
+                resident_note or "needs the ExecuTorch fused rows at E5M3 and E5M8",
+            )
+        )
     if switch:
+
         def allowed(s: dict) -> float:
             return max(GOAL_SWITCH_TOLERANCE, s.get("noise") or 0.0)
 
@@ -194,12 +227,20 @@ def evaluate_goals(
         # One-sided: alternating may even run faster (the other precision's planes are warm in cache);
         # only a slowdown beyond noise is a cost.
         met = all(s["switch_ratio"] - 1 <= allowed(s) for s in switch.values())
-        goals.append(Goal("precision switching cost",
-                          f"alternating/fixed <= 1 + max({GOAL_SWITCH_TOLERANCE}, run-to-run noise)", text, met,
-                          "ratio of median decode-step times, bits alternating 3/8 every call vs fixed"
-                          + (f"; noise (spread of per-round medians): {noise}" if noise else "")))
+        goals.append(
+            Goal(
+                "precision switching cost",
+                f"alternating/fixed <= 1 + max({GOAL_SWITCH_TOLERANCE}, run-to-run noise)",
+                text,
+                met,
+                "ratio of median decode-step times, bits alternating 3/8 every call vs fixed"
+                + (f"; noise (spread of per-round medians): {noise}" if noise else ""),
+            )
+        )
     else:
-        goals.append(Goal("precision switching cost", f"within 1 +- {GOAL_SWITCH_TOLERANCE}", "-", None, "not measured"))
+        goals.append(
+            Goal("precision switching cost", f"within 1 +- {GOAL_SWITCH_TOLERANCE}", "-", None, "not measured")
+        )
     return goals
 
 
@@ -224,7 +265,9 @@ def format_memory_table(rows: list[dict], resident_mib: dict[int, float], sefp_w
         lines.append(line)
     for r in rows:
         if r["bits"] is None:
-            lines.append(f"{r['precision']:<6}{'':>14}{'':>19}{'':>8}  peak RSS {r['config']}: {r['peak_rss_mib']:.0f} MiB")
+            lines.append(
+                f"{r['precision']:<6}{'':>14}{'':>19}{'':>8}  peak RSS {r['config']}: {r['peak_rss_mib']:.0f} MiB"
+            )
     return "\n".join(lines)
 
 
@@ -232,14 +275,18 @@ def format_goals(goals: list[Goal]) -> str:
     mark = {True: "MET", False: "NOT MET", None: "NOT MEASURED"}
     lines = []
     for g in goals:
-        lines.append(f"[{mark[g.met]:>12}] {g.name}: {g.measured} (goal {g.target})" + (f"; {g.detail}" if g.detail else ""))
+        lines.append(
+            f"[{mark[g.met]:>12}] {g.name}: {g.measured} (goal {g.target})" + (f"; {g.detail}" if g.detail else "")
+        )
     return "\n".join(lines)
 
 
 def format_accuracy_table(accuracy: dict[str, list]) -> str:
     from otaro_export.train.evaluation import format_table
 
-    return "\n\n".join(format_table(rows, f"accuracy, {name} ({rows[0].tokens} scored tokens)") for name, rows in accuracy.items())
+    return "\n\n".join(
+        format_table(rows, f"accuracy, {name} ({rows[0].tokens} scored tokens)") for name, rows in accuracy.items()
+    )
 
 
 def save_json(path: Path, payload: dict) -> None:
@@ -266,7 +313,10 @@ def plot_speed(rows: list[dict], path: Path, title: str) -> None:
     """Decode and prefill tokens/s vs precision: one line per SEFP config, dashed lines for baselines."""
     plt = _pyplot()
     fig, axes = plt.subplots(1, 2, figsize=(12, 4.5))
-    for ax, key, label in ((axes[0], "decode_tok_s", "decode tokens/s"), (axes[1], "prefill_tok_s", "prefill tokens/s")):
+    for ax, key, label in (
+        (axes[0], "decode_tok_s", "decode tokens/s"),
+        (axes[1], "prefill_tok_s", "prefill tokens/s"),
+    ):
         configs = []
         for r in rows:
             if r["bits"] is not None and r["config"] not in configs:

@@ -15,9 +15,9 @@ import statistics
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import asdict
 from pathlib import Path
-from typing import Callable
 
 from otaro_export.bench import report
 from otaro_export.bench.artifacts import artifact_dir, ensure_artifact, is_complete
@@ -76,7 +76,7 @@ def run_worker(job: dict, threads: int, timeout_s: float) -> dict:
         raise JobFailed(f"timed out after {timeout_s:.0f}s") from exc
     for line in proc.stdout.splitlines():
         if line.startswith(RESULT_PREFIX):
-            return json.loads(line[len(RESULT_PREFIX):])
+            return json.loads(line[len(RESULT_PREFIX) :])
     tail = "\n".join((proc.stderr or proc.stdout).strip().splitlines()[-6:])
     raise JobFailed(f"exit code {proc.returncode}: {tail}")
 
@@ -115,7 +115,9 @@ def prompt_ids(directory: Path, prompt: str) -> list[int]:
     if tokenizer is None:
         raise OtaroError(f"no tokenizer in {directory}")
     if getattr(tokenizer, "chat_template", None):
-        text = tokenizer.apply_chat_template([{"role": "user", "content": prompt}], tokenize=False, add_generation_prompt=True)
+        text = tokenizer.apply_chat_template(
+            [{"role": "user", "content": prompt}], tokenize=False, add_generation_prompt=True
+        )
         return list(tokenizer(text, add_special_tokens=False)["input_ids"])
     return list(tokenizer(prompt)["input_ids"])
 
@@ -148,8 +150,12 @@ class LoadSampler:
     def summary(self) -> dict:
         if not self.samples:
             return {}
-        return {"min": min(self.samples), "median": statistics.median(self.samples), "max": max(self.samples),
-                "samples": self.samples}
+        return {
+            "min": min(self.samples),
+            "median": statistics.median(self.samples),
+            "max": max(self.samples),
+            "samples": self.samples,
+        }
 
 
 def _speed_jobs(settings: BenchSettings, config: RunConfig) -> list[int | None]:
@@ -188,7 +194,9 @@ def run_bench(settings: BenchSettings, log: Callable[[str], None] = print) -> di
             dirs[spec] = ensure_artifact(spec, settings.model, settings.max_seq_len, settings.cache_dir, log=log)
         return dirs[spec]
 
-    log(f"prompt: {len(ids)} tokens; {settings.new_tokens} new tokens; {settings.runs} timed runs; {settings.threads} threads")
+    log(
+        f"prompt: {len(ids)} tokens; {settings.new_tokens} new tokens; {settings.runs} timed runs; {settings.threads} threads"
+    )
 
     results: list[report.SpeedResult] = []
     failures: list[dict] = []
@@ -202,8 +210,15 @@ def run_bench(settings: BenchSettings, log: Callable[[str], None] = print) -> di
         settings.extra_notes.append("llama.cpp baseline skipped: --model is neither 'default' nor a .gguf file")
     if gguf is not None:
         quant = gguf_quant_type(gguf)
-        job = {"kind": "llama_cpp", "gguf": str(gguf), "prompt_ids": ids, "new_tokens": settings.new_tokens,
-               "runs": settings.runs, "threads": settings.threads, "n_ctx": settings.max_seq_len}
+        job = {
+            "kind": "llama_cpp",
+            "gguf": str(gguf),
+            "prompt_ids": ids,
+            "new_tokens": settings.new_tokens,
+            "runs": settings.runs,
+            "threads": settings.threads,
+            "n_ctx": settings.max_seq_len,
+        }
         # (label, runtime, threads). The 1-thread row exists because llama.cpp's threads spin at
         # barriers, which collapses when the cores are shared; the E5M3 goal is judged against the
         # faster of the two rows (report.evaluate_goals), never against a collapsed baseline.
@@ -216,9 +231,21 @@ def run_bench(settings: BenchSettings, log: Callable[[str], None] = print) -> di
             loads.sample()
             try:
                 r = run_worker({**job, "threads": threads}, threads, settings.job_timeout_s)
-                results.append(report.SpeedResult(label, runtime, quant, None, r["decode_tok_s"], r["prefill_tok_s"],
-                                                  r["peak_rss_mib"], gguf.stat().st_size / 2**20,
-                                                  settings.new_tokens, settings.runs, r))
+                results.append(
+                    report.SpeedResult(
+                        label,
+                        runtime,
+                        quant,
+                        None,
+                        r["decode_tok_s"],
+                        r["prefill_tok_s"],
+                        r["peak_rss_mib"],
+                        gguf.stat().st_size / 2**20,
+                        settings.new_tokens,
+                        settings.runs,
+                        r,
+                    )
+                )
                 log(f"  decode {r['decode_tok_s']:.1f} tok/s, prefill {r['prefill_tok_s']:.1f} tok/s")
             except (JobFailed, OSError) as exc:
                 record_failure(what, exc)
@@ -235,9 +262,16 @@ def run_bench(settings: BenchSettings, log: Callable[[str], None] = print) -> di
         runs = settings.slow_runs if config.slow else settings.runs
         for bits in _speed_jobs(settings, config):
             precision = report.FP32 if bits is None else f"E5M{bits}"
-            job = {"kind": "session", "directory": str(directory), "bits": 8 if bits is None else bits,
-                   "use_library": config.use_library, "prompt_ids": ids, "new_tokens": new, "runs": runs,
-                   "threads": settings.threads}
+            job = {
+                "kind": "session",
+                "directory": str(directory),
+                "bits": 8 if bits is None else bits,
+                "use_library": config.use_library,
+                "prompt_ids": ids,
+                "new_tokens": new,
+                "runs": runs,
+                "threads": settings.threads,
+            }
             log(f"{config.label} {precision} ...")
             loads.sample()
             try:
@@ -245,11 +279,25 @@ def run_bench(settings: BenchSettings, log: Callable[[str], None] = print) -> di
             except (JobFailed, OSError) as exc:
                 record_failure(f"{config.label} {precision}", exc)
                 continue
-            results.append(report.SpeedResult(config.label, config.runtime, precision, bits, r["decode_tok_s"],
-                                              r["prefill_tok_s"], r["peak_rss_mib"], artifact_mib(directory),
-                                              new, runs, r))
-            log(f"  decode {r['decode_tok_s']:.1f} tok/s, prefill {r['prefill_tok_s']:.1f} tok/s, "
-                f"peak RSS {r['peak_rss_mib']:.0f} MiB, artifact mapping {r['artifact_mapped_rss_mib']:.1f} MiB")
+            results.append(
+                report.SpeedResult(
+                    config.label,
+                    config.runtime,
+                    precision,
+                    bits,
+                    r["decode_tok_s"],
+                    r["prefill_tok_s"],
+                    r["peak_rss_mib"],
+                    artifact_mib(directory),
+                    new,
+                    runs,
+                    r,
+                )
+            )
+            log(
+                f"  decode {r['decode_tok_s']:.1f} tok/s, prefill {r['prefill_tok_s']:.1f} tok/s, "
+                f"peak RSS {r['peak_rss_mib']:.0f} MiB, artifact mapping {r['artifact_mapped_rss_mib']:.1f} MiB"
+            )
 
     order = {c.label: i for i, c in enumerate(configs)}
     results.sort(key=lambda r: (order.get(r.config, -1), r.bits or 0))  # table order: by runtime, then precision
@@ -259,8 +307,16 @@ def run_bench(settings: BenchSettings, log: Callable[[str], None] = print) -> di
             continue
         if config.artifact not in dirs:
             continue  # its export failed (reported above)
-        job = {"kind": "switch", "directory": str(dirs[config.artifact]), "prompt_ids": ids, "threads": settings.threads,
-               "steps": settings.switch_steps, "rounds": settings.switch_rounds, "low": 3, "high": 8}
+        job = {
+            "kind": "switch",
+            "directory": str(dirs[config.artifact]),
+            "prompt_ids": ids,
+            "threads": settings.threads,
+            "steps": settings.switch_steps,
+            "rounds": settings.switch_rounds,
+            "low": 3,
+            "high": 8,
+        }
         log(f"{config.label}: precision switching ...")
         loads.sample()
         try:
@@ -274,8 +330,11 @@ def run_bench(settings: BenchSettings, log: Callable[[str], None] = print) -> di
     onnx_sefp = next((d for s, d in dirs.items() if s.target == "onnx" and s.weights == "sefp"), None)
     if onnx_sefp is not None:
         storage = sefp_storage_from_onnx(onnx_sefp / "model.onnx")
-    et_mapped = {r.bits: r.extra.get("artifact_mapped_rss_mib", float("nan"))
-                 for r in results if r.config == "executorch fused" and r.bits is not None}
+    et_mapped = {
+        r.bits: r.extra.get("artifact_mapped_rss_mib", float("nan"))
+        for r in results
+        if r.config == "executorch fused" and r.bits is not None
+    }
     resident, resident_note = ({}, "needs the SEFP storage size (from the ONNX artifact)")
     if not et_mapped:
         resident_note = "needs the executorch fused rows (the mmapped .pte) at E5M3 and E5M8"
@@ -292,8 +351,14 @@ def run_bench(settings: BenchSettings, log: Callable[[str], None] = print) -> di
             torch.set_num_threads(settings.threads)
             from otaro_export.bench.accuracy import evaluate_accuracy
 
-            accuracy = evaluate_accuracy(settings.model, settings.bits, settings.eval_samples, settings.eval_gen_tokens,
-                                         settings.checkpoint, log=log)
+            accuracy = evaluate_accuracy(
+                settings.model,
+                settings.bits,
+                settings.eval_samples,
+                settings.eval_gen_tokens,
+                settings.checkpoint,
+                log=log,
+            )
         except OtaroError as exc:
             record_failure("accuracy", exc)
         loads.sample()
@@ -328,8 +393,9 @@ def write_report(payload: dict, out: Path) -> dict:
     resident = {int(k): v for k, v in payload["resident_sefp_weights_mib"].items()}
     storage = payload["sefp_storage"]
     rows = report.with_ratios(results)
-    goals = report.evaluate_goals(results, payload["switching"], resident, payload["resident_note"],
-                                  storage["sefp_weights"] if storage else None)
+    goals = report.evaluate_goals(
+        results, payload["switching"], resident, payload["resident_note"], storage["sefp_weights"] if storage else None
+    )
     payload = {**payload, "speed": rows, "goals": [asdict(g) for g in goals]}
     payload.pop("text", None)
     report.save_json(out / "bench.json", payload)
@@ -365,20 +431,28 @@ def render_text(payload: dict, accuracy: dict, goals: list) -> str:
     ]
     storage = payload["sefp_storage"]
     if storage:
-        parts += ["", f"SEFP storage: {storage['sefp_weights']:,} weights, {storage['sefp_stored_bytes'] / 2**20:.1f} MiB, "
-                  f"{storage['bytes_per_sefp_weight']:.4f} bytes/weight at rest (fp16: 2, fp32: 4)"]
+        parts += [
+            "",
+            f"SEFP storage: {storage['sefp_weights']:,} weights, {storage['sefp_stored_bytes'] / 2**20:.1f} MiB, "
+            f"{storage['bytes_per_sefp_weight']:.4f} bytes/weight at rest (fp16: 2, fp32: 4)",
+        ]
     resident = {int(k): v for k, v in payload["resident_sefp_weights_mib"].items()}
     if payload["speed"]:
-        parts += ["", "memory per precision (resident SEFP = weights paged in from the mmapped ExecuTorch .pte; "
-                  "peak RSS = VmHWM of a fresh process, MiB):",
-                  report.format_memory_table(payload["speed"], resident, storage["sefp_weights"] if storage else None)]
+        parts += [
+            "",
+            "memory per precision (resident SEFP = weights paged in from the mmapped ExecuTorch .pte; "
+            "peak RSS = VmHWM of a fresh process, MiB):",
+            report.format_memory_table(payload["speed"], resident, storage["sefp_weights"] if storage else None),
+        ]
     if payload["resident_note"] and not resident:
         parts.append(f"resident SEFP weights not measured: {payload['resident_note']}")
     if payload["switching"]:
         parts += ["", "precision switching (median decode-step ms, fixed vs alternating 3/8 every call):"]
         for name, s in payload["switching"].items():
-            steps = "; ".join(f"E5M{b}: fixed {s['fixed_step_ms'][b]:.2f} ms, alternating {s['alternating_step_ms'][b]:.2f} ms"
-                              for b in s["fixed_step_ms"])
+            steps = "; ".join(
+                f"E5M{b}: fixed {s['fixed_step_ms'][b]:.2f} ms, alternating {s['alternating_step_ms'][b]:.2f} ms"
+                for b in s["fixed_step_ms"]
+            )
             noise = f", noise {s['noise']:.3f}" if s.get("noise") is not None else ""
             parts.append(f"  {name}: {steps}; ratio {s['switch_ratio']:.3f}{noise}")
     if accuracy:

@@ -93,5 +93,8 @@ def measure_switching(job: dict) -> dict:
         alternating += list(zip(alt_schedule, _decode_steps(session, prompt, feed, alt_schedule)))
     return {
         **switch_ratios(fixed, alternating, round_noise(fixed_rounds)),
-        "steps": steps, "rounds": rounds, "low": low, "high": high,
+        "steps": steps,
+        "rounds": rounds,
+        "low": low,
+        "high": high,
     }

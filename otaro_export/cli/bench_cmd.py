@@ -9,24 +9,68 @@ import typer
 
 
 def bench(
-    model: str = typer.Option("default", "--model", help="'default' (SmolLM2-135M-Instruct GGUF; enables the llama.cpp baseline), a local HF model dir, or a .gguf file"),
-    checkpoint: Path = typer.Option(None, "--checkpoint", help="an `otaro tune` output: adds the tuned model's accuracy (speed does not depend on the weights' values)"),
-    output: Path = typer.Option(Path("bench-results"), "--output", "-o", help="directory for bench.json, bench.txt, speed.png, accuracy.png"),
-    quick: bool = typer.Option(False, "--quick", help="a few minutes on cached exports: E5M3/E5M8, 32 tokens x 2 runs, no portable fallbacks, tiny accuracy set"),
-    bits: str = typer.Option(None, "--bits", help="precisions to measure, e.g. 3,4,5,6,7,8 (default: all; --quick: 3,8)"),
+    model: str = typer.Option(
+        "default",
+        "--model",
+        help="'default' (SmolLM2-135M-Instruct GGUF; enables the llama.cpp baseline), a local HF model dir, or a .gguf file",
+    ),
+    checkpoint: Path = typer.Option(
+        None,
+        "--checkpoint",
+        help="an `otaro tune` output: adds the tuned model's accuracy (speed does not depend on the weights' values)",
+    ),
+    output: Path = typer.Option(
+        Path("bench-results"), "--output", "-o", help="directory for bench.json, bench.txt, speed.png, accuracy.png"
+    ),
+    quick: bool = typer.Option(
+        False,
+        "--quick",
+        help="a few minutes on cached exports: E5M3/E5M8, 32 tokens x 2 runs, no portable fallbacks, tiny accuracy set",
+    ),
+    bits: str = typer.Option(
+        None, "--bits", help="precisions to measure, e.g. 3,4,5,6,7,8 (default: all; --quick: 3,8)"
+    ),
     targets: str = typer.Option("onnx,executorch", "--targets", help="runtimes to measure: onnx, executorch or both"),
-    threads: int = typer.Option(2, "--threads", help="threads for every engine (ORT intra-op, ExecuTorch/XNNPACK, SEFP kernels, llama.cpp)"),
-    new_tokens: int = typer.Option(None, "--new-tokens", help="tokens generated per timed run (default 128; --quick 32)"),
-    runs: int = typer.Option(None, "--runs", help="timed runs per configuration, after one warm-up; the median is reported (default 5; --quick 2)"),
-    prompt: str = typer.Option(None, "--prompt", help="the prompt every configuration decodes after (chat template applied)"),
-    max_seq_len: int = typer.Option(256, "--max-seq-len", help="KV-cache length of the exported artifacts (part of the export cache key)"),
-    portable: bool = typer.Option(None, "--portable/--no-portable", help="also time the no-library fallbacks (ONNX function body, ExecuTorch portable .pte); default: on, off with --quick"),
-    llama_cpp: bool = typer.Option(True, "--llama-cpp/--no-llama-cpp", help="the llama.cpp baseline (llama-cpp-python) on the GGUF"),
-    accuracy: bool = typer.Option(True, "--accuracy/--no-accuracy", help="perplexity / KL to FP per precision (otaro eval's library)"),
+    threads: int = typer.Option(
+        2, "--threads", help="threads for every engine (ORT intra-op, ExecuTorch/XNNPACK, SEFP kernels, llama.cpp)"
+    ),
+    new_tokens: int = typer.Option(
+        None, "--new-tokens", help="tokens generated per timed run (default 128; --quick 32)"
+    ),
+    runs: int = typer.Option(
+        None,
+        "--runs",
+        help="timed runs per configuration, after one warm-up; the median is reported (default 5; --quick 2)",
+    ),
+    prompt: str = typer.Option(
+        None, "--prompt", help="the prompt every configuration decodes after (chat template applied)"
+    ),
+    max_seq_len: int = typer.Option(
+        256, "--max-seq-len", help="KV-cache length of the exported artifacts (part of the export cache key)"
+    ),
+    portable: bool = typer.Option(
+        None,
+        "--portable/--no-portable",
+        help="also time the no-library fallbacks (ONNX function body, ExecuTorch portable .pte); default: on, off with --quick",
+    ),
+    llama_cpp: bool = typer.Option(
+        True, "--llama-cpp/--no-llama-cpp", help="the llama.cpp baseline (llama-cpp-python) on the GGUF"
+    ),
+    accuracy: bool = typer.Option(
+        True, "--accuracy/--no-accuracy", help="perplexity / KL to FP per precision (otaro eval's library)"
+    ),
     eval_samples: int = typer.Option(None, "--eval-samples", help="accuracy samples (default 12; --quick 2)"),
-    export: bool = typer.Option(True, "--export/--no-export", help="export configurations missing from the cache (minutes each); --no-export reports them as not measured"),
-    rerender: bool = typer.Option(False, "--rerender", help="measure nothing: rewrite the table, goals and plots in --output from its bench.json"),
-    cache_dir: Path = typer.Option(None, "--cache-dir", help="where exported artifacts are cached (default ~/.cache/otaro-export/bench)"),
+    export: bool = typer.Option(
+        True,
+        "--export/--no-export",
+        help="export configurations missing from the cache (minutes each); --no-export reports them as not measured",
+    ),
+    rerender: bool = typer.Option(
+        False, "--rerender", help="measure nothing: rewrite the table, goals and plots in --output from its bench.json"
+    ),
+    cache_dir: Path = typer.Option(
+        None, "--cache-dir", help="where exported artifacts are cached (default ~/.cache/otaro-export/bench)"
+    ),
 ) -> None:
     """Benchmark one stored model at every precision against its fp32 exports and llama.cpp; print, JSON, PNG."""
     from otaro_export.bench.configs import BenchSettings, quick_settings
@@ -38,10 +82,18 @@ def bench(
         typer.echo(rerender_report(output)["text"])
         return
 
-    settings = BenchSettings(model=model, checkpoint=checkpoint, output=output, threads=threads,
-                             max_seq_len=max_seq_len, llama_cpp=llama_cpp, accuracy=accuracy, cache_dir=cache_dir,
-                             export_missing=export,
-                             targets=tuple(t.strip() for t in targets.split(",") if t.strip()))
+    settings = BenchSettings(
+        model=model,
+        checkpoint=checkpoint,
+        output=output,
+        threads=threads,
+        max_seq_len=max_seq_len,
+        llama_cpp=llama_cpp,
+        accuracy=accuracy,
+        cache_dir=cache_dir,
+        export_missing=export,
+        targets=tuple(t.strip() for t in targets.split(",") if t.strip()),
+    )
     if quick:
         settings = quick_settings(settings)
     overrides = {

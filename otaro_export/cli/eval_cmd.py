@@ -11,17 +11,31 @@ DEFAULT_EVAL_SEED = 1234
 
 
 def evaluate(
-    model: str = typer.Option("default", "--model", help="'default' (SmolLM2-135M-Instruct), a local HF model dir, or a .gguf file"),
-    checkpoint: Path = typer.Option(None, "--checkpoint", help="an `otaro tune` output directory (default: the untuned model, i.e. PTQ)"),
-    data: Path = typer.Option(None, "--data", help=".txt/.jsonl file or HF datasets dir; default: the FP model's own sampled answers to held-out prompts"),
-    num_samples: int = typer.Option(12, "--num-samples", help="evaluation samples (generated, or max read from --data)"),
+    model: str = typer.Option(
+        "default", "--model", help="'default' (SmolLM2-135M-Instruct), a local HF model dir, or a .gguf file"
+    ),
+    checkpoint: Path = typer.Option(
+        None, "--checkpoint", help="an `otaro tune` output directory (default: the untuned model, i.e. PTQ)"
+    ),
+    data: Path = typer.Option(
+        None,
+        "--data",
+        help=".txt/.jsonl file or HF datasets dir; default: the FP model's own sampled answers to held-out prompts",
+    ),
+    num_samples: int = typer.Option(
+        12, "--num-samples", help="evaluation samples (generated, or max read from --data)"
+    ),
     gen_tokens: int = typer.Option(64, "--gen-tokens", help="max new tokens per generated evaluation answer"),
     seq_len: int = typer.Option(256, "--seq-len", help="max tokens per sample read from --data"),
     bits: str = typer.Option("3,4,5,6,7,8", "--bits", help="precisions to evaluate"),
     batch_size: int = typer.Option(4, "--batch-size"),
     seed: int = typer.Option(DEFAULT_EVAL_SEED, "--seed", help="sampling seed of the generated evaluation answers"),
-    quantize_lm_head: bool = typer.Option(None, "--quantize-lm-head/--no-quantize-lm-head", help="default: as the checkpoint was tuned"),
-    output: Path = typer.Option(None, "--output", "-o", help="directory for eval.json and eval.png (default: print only)"),
+    quantize_lm_head: bool = typer.Option(
+        None, "--quantize-lm-head/--no-quantize-lm-head", help="default: as the checkpoint was tuned"
+    ),
+    output: Path = typer.Option(
+        None, "--output", "-o", help="directory for eval.json and eval.png (default: print only)"
+    ),
     device: str = typer.Option("cpu", "--device"),
 ) -> None:
     """Measure a (tuned) model at every SEFP precision against its untuned FP self."""
@@ -29,11 +43,10 @@ def evaluate(
     from otaro_export.models import load_model
     from otaro_export.sefp import check_bits
     from otaro_export.train.checkpoint import load_tuned_weights, read_meta, resolve_checkpoint
-    from otaro_export.train.tune_data import EVAL_PROMPTS, load_samples, self_distillation_samples
     from otaro_export.train.evaluation import evaluate_precisions, format_table, plot_png, save_json
     from otaro_export.train.fake_quant import attach_fake_quant
-
     from otaro_export.train.trainer import check_device
+    from otaro_export.train.tune_data import EVAL_PROMPTS, load_samples, self_distillation_samples
 
     check_device(device)
     precisions = tuple(check_bits(b) for b in parse_bits(bits, "--bits"))

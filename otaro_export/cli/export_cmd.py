@@ -20,10 +20,18 @@ class Kernels(str, Enum):
 
 def export(
     target: Target = typer.Option(..., "--target", help="onnx or executorch"),
-    model: str = typer.Option("default", "--model", help="'default' (SmolLM2-135M-Instruct), a local HF model dir, or a .gguf file"),
-    output: Path = typer.Option(..., "--output", help="directory to write the artifact, tokenizer and manifest.json into"),
-    checkpoint: Path = typer.Option(None, "--checkpoint", help="an `otaro tune` output directory whose weights replace the model's"),
-    kernels: Kernels = typer.Option(Kernels.fused, "--kernels", help="fused: project kernel library; portable: standard ops only"),
+    model: str = typer.Option(
+        "default", "--model", help="'default' (SmolLM2-135M-Instruct), a local HF model dir, or a .gguf file"
+    ),
+    output: Path = typer.Option(
+        ..., "--output", help="directory to write the artifact, tokenizer and manifest.json into"
+    ),
+    checkpoint: Path = typer.Option(
+        None, "--checkpoint", help="an `otaro tune` output directory whose weights replace the model's"
+    ),
+    kernels: Kernels = typer.Option(
+        Kernels.fused, "--kernels", help="fused: project kernel library; portable: standard ops only"
+    ),
     quantize_lm_head: bool = typer.Option(False, "--quantize-lm-head", help="also store lm_head in SEFP"),
     max_seq_len: int = typer.Option(512, "--max-seq-len", help="KV-cache capacity (prompt + generated tokens)"),
     external_weights: bool = typer.Option(

@@ -12,7 +12,9 @@ from otaro_export.quantize_report import quantization_report
 
 
 def quantize(
-    model: str = typer.Option("default", help="'default' (SmolLM2-135M-Instruct), a local HF model dir, or a .gguf file"),
+    model: str = typer.Option(
+        "default", help="'default' (SmolLM2-135M-Instruct), a local HF model dir, or a .gguf file"
+    ),
     quantize_lm_head: bool = typer.Option(False, "--quantize-lm-head", help="also quantize lm_head"),
     json_out: Path = typer.Option(None, "--json", help="also write the report as JSON here"),
 ) -> None:

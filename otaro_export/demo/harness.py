@@ -9,9 +9,9 @@ per-call input, switching it reloads nothing and copies no weights.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 

@@ -113,7 +113,9 @@ def _task_entry(session, task: Task, bits: int) -> dict:
     }
     if task.kind == "choose":
         tok = session.tokenizer
-        entry["options"] = [{"text": o, "ids": list(tok(o, add_special_tokens=False)["input_ids"])} for o in task.options]
+        entry["options"] = [
+            {"text": o, "ids": list(tok(o, add_special_tokens=False)["input_ids"])} for o in task.options
+        ]
     else:
         entry["max_new_tokens"] = task.max_new_tokens
     return entry
@@ -136,7 +138,9 @@ def write_mobile_bundle(session, policy: Policy, tasks: list[Task], out_dir: str
     out.mkdir(parents=True, exist_ok=True)
     src = session.directory
     model_files = [manifest.artifact] + sorted(
-        p.name for p in src.iterdir() if p.is_file() and p.name.startswith(manifest.artifact) and p.name != manifest.artifact
+        p.name
+        for p in src.iterdir()
+        if p.is_file() and p.name.startswith(manifest.artifact) and p.name != manifest.artifact
     )  # external-data files are named after the model ("model.onnx.data")
     for name in model_files:
         shutil.copyfile(src / name, out / name)

@@ -45,8 +45,7 @@ def parse_precision(value: object, where: str) -> int:
         bits = None
     if bits not in SUPPORTED_BITS:
         raise DemoConfigError(
-            f"{where}: unknown precision {value!r}; use {allowed} "
-            f"(or bits {SUPPORTED_BITS[0]}..{SUPPORTED_BITS[-1]})"
+            f"{where}: unknown precision {value!r}; use {allowed} (or bits {SUPPORTED_BITS[0]}..{SUPPORTED_BITS[-1]})"
         )
     return bits
 
@@ -94,7 +93,9 @@ def parse_policy(data: dict, source: str) -> Policy:
     kinds = _precision_table(data, "kinds", source)
     unknown_kinds = sorted(set(kinds) - set(TASK_KINDS))
     if unknown_kinds:
-        raise DemoConfigError(f"{source}: unknown task kind(s) {unknown_kinds} under [kinds]; kinds are {list(TASK_KINDS)}")
+        raise DemoConfigError(
+            f"{source}: unknown task kind(s) {unknown_kinds} under [kinds]; kinds are {list(TASK_KINDS)}"
+        )
     return Policy(default=default, kinds=kinds, tasks=_precision_table(data, "tasks", source), source=source)
 
 

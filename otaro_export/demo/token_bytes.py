@@ -14,7 +14,11 @@ from otaro_export.demo.toml_io import DemoConfigError
 
 def _byte_alphabet() -> dict[str, int]:
     """GPT-2's reversible byte <-> printable-character map, as character -> byte."""
-    printable = [*range(ord("!"), ord("~") + 1), *range(ord("\u00a1"), ord("\u00ac") + 1), *range(ord("\u00ae"), ord("\u00ff") + 1)]
+    printable = [
+        *range(ord("!"), ord("~") + 1),
+        *range(ord("\u00a1"), ord("\u00ac") + 1),
+        *range(ord("\u00ae"), ord("\u00ff") + 1),
+    ]
     chars, extra = {}, 0
     for b in range(256):
         if b in printable:

@@ -24,8 +24,8 @@ constant tensors, so under mmap a run at E5M3 (fused kernel) pages in only
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import torch
 
@@ -108,8 +108,10 @@ def export_executorch(loaded, options, out_dir: Path, log: Callable[[str], None]
     t_lower = time.perf_counter() - t1
     files = _write(program, out_dir, external)
     sizes = _sizes(out_dir, files)
-    log(f"ExecuTorch lowering ({options.kernels} kernels, XNNPACK) in {t_lower:.1f}s; wrote "
-        + ", ".join(f"{n} ({s / 2**20:.1f} MiB)" for n, s in sizes.items()))
+    log(
+        f"ExecuTorch lowering ({options.kernels} kernels, XNNPACK) in {t_lower:.1f}s; wrote "
+        + ", ".join(f"{n} ({s / 2**20:.1f} MiB)" for n, s in sizes.items())
+    )
     return Manifest(
         target="executorch",
         artifact=ARTIFACT_NAME,
@@ -147,7 +149,9 @@ def export_executorch_fp32(
     ep = export_decoder(model, max_seq_len, with_bits=False)
     program = lower_to_executorch(ep, "fused")
     files = _write(program, out, external_weights=False)
-    log(f"fp32 ExecuTorch baseline in {time.perf_counter() - t0:.1f}s ({_sizes(out, files)[ARTIFACT_NAME] / 2**20:.1f} MiB)")
+    log(
+        f"fp32 ExecuTorch baseline in {time.perf_counter() - t0:.1f}s ({_sizes(out, files)[ARTIFACT_NAME] / 2**20:.1f} MiB)"
+    )
     manifest = Manifest(
         target="executorch",
         artifact=ARTIFACT_NAME,
@@ -157,8 +161,14 @@ def export_executorch_fp32(
         inputs=list(FP32_INPUT_NAMES),
         outputs=list(OUTPUT_NAMES),
         model=model_info(model, loaded.source, max_seq_len),
-        extra={"method": METHOD_NAME, "data_files": [], "backend": "xnnpack", "baseline": "fp32",
-               "file_sizes": _sizes(out, files), "export_seconds": round(time.perf_counter() - t0, 1)},
+        extra={
+            "method": METHOD_NAME,
+            "data_files": [],
+            "backend": "xnnpack",
+            "baseline": "fp32",
+            "file_sizes": _sizes(out, files),
+            "export_seconds": round(time.perf_counter() - t0, 1),
+        },
     )
     if loaded.tokenizer is not None:
         loaded.tokenizer.save_pretrained(str(out / manifest.tokenizer))

@@ -16,8 +16,8 @@ weights, no custom nodes): the baseline for benchmarks.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import onnx
 import torch
@@ -138,9 +138,10 @@ def _write(loaded, options, out_dir: Path, log: Callable[[str], None], lower: bo
     graph_inputs = [i.name for i in written.graph.input]
     graph_outputs = [o.name for o in written.graph.output]
     sizes = {p.name: p.stat().st_size for p in [path, *data_files(path)]}
-    log(f"torch.onnx.export + checks: {time.perf_counter() - t1:.1f}s; wrote " + ", ".join(
-        f"{name} ({size / 2**20:.1f} MiB)" for name, size in sizes.items()
-    ))
+    log(
+        f"torch.onnx.export + checks: {time.perf_counter() - t1:.1f}s; wrote "
+        + ", ".join(f"{name} ({size / 2**20:.1f} MiB)" for name, size in sizes.items())
+    )
 
     kernels, kernel_library = kernel_fields(options.kernels, lowered=lower)
     return Manifest(

@@ -8,9 +8,9 @@ from __future__ import annotations
 
 import shutil
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 from otaro_export.convert import check_supported
 from otaro_export.errors import OtaroError

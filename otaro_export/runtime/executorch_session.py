@@ -106,13 +106,17 @@ class ExecuTorchSession(Session):
         if manifest.kernel_library == "executorch":
             ensure_kernel_library(runtime)
         elif manifest.kernel_library is not None:
-            raise ArtifactError(f"{directory}: unknown kernel library {manifest.kernel_library!r} for an ExecuTorch artifact")
+            raise ArtifactError(
+                f"{directory}: unknown kernel library {manifest.kernel_library!r} for an ExecuTorch artifact"
+            )
         _set_threads(num_threads)
         path = self.directory / manifest.artifact
         data_files = list(manifest.extra.get("data_files") or [])
         data_path = self.directory / data_files[0] if data_files else None
         if data_path is not None and not data_path.is_file():
-            raise ArtifactError(f"{path.name} keeps its weights in {data_path.name}, which is missing from {self.directory}")
+            raise ArtifactError(
+                f"{path.name} keeps its weights in {data_path.name}, which is missing from {self.directory}"
+            )
         method_name = manifest.extra.get("method", "forward")
         try:
             # A path (not bytes) makes the runtime mmap the file (see release_locked_pages).
@@ -120,13 +124,17 @@ class ExecuTorchSession(Session):
                 path, verification=Verification.InternalConsistency, data_path=data_path
             )
         except RuntimeError as exc:
-            raise ArtifactError(f"cannot load {path} with the ExecuTorch runtime ({exc}): corrupt or incompatible file?") from exc
+            raise ArtifactError(
+                f"cannot load {path} with the ExecuTorch runtime ({exc}): corrupt or incompatible file?"
+            ) from exc
         if method_name not in self._program.method_names:
             raise ArtifactError(f"{path} has no method {method_name!r} (it has {sorted(self._program.method_names)})")
         try:
             self._method = self._program.load_method(method_name)
         except RuntimeError as exc:
-            raise ArtifactError(f"cannot load method {method_name!r} of {path} ({exc}): an operator or backend missing?") from exc
+            raise ArtifactError(
+                f"cannot load method {method_name!r} of {path} ({exc}): an operator or backend missing?"
+            ) from exc
         self.lazy_weights = lazy_weights
         if lazy_weights:  # after load_method: XNNPACK has packed what it keeps in its own memory
             for file in [path, *([data_path] if data_path is not None else [])]:
@@ -156,8 +164,10 @@ class ExecuTorchSession(Session):
             raise ValueError(
                 f"positions {start_pos}..{start_pos + s - 1} exceed this artifact's KV cache of {self.max_seq_len}"
             )
-        inputs = [torch.from_numpy(np.ascontiguousarray(input_ids, dtype=np.int64)),
-                  torch.arange(start_pos, start_pos + s, dtype=torch.int64)]
+        inputs = [
+            torch.from_numpy(np.ascontiguousarray(input_ids, dtype=np.int64)),
+            torch.arange(start_pos, start_pos + s, dtype=torch.int64),
+        ]
         if self._takes_bits:
             inputs.append(self._bits(bits))
         try:

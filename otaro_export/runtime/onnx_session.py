@@ -46,7 +46,9 @@ def _session_options(num_threads: int, use_library: bool):
     try:
         return ort_library.session_options(num_threads=num_threads)
     except KernelLibraryError as exc:
-        raise KernelLibraryError(f"this artifact needs the SEFP onnxruntime kernel library: {exc}. {_FIX_LIBRARY}") from exc
+        raise KernelLibraryError(
+            f"this artifact needs the SEFP onnxruntime kernel library: {exc}. {_FIX_LIBRARY}"
+        ) from exc
 
 
 class OnnxSession(Session):
@@ -94,7 +96,6 @@ class OnnxSession(Session):
         self._length = 0
 
     def _step(self, input_ids: np.ndarray, start_pos: int, bits: int) -> np.ndarray:
-        import onnxruntime as ort
 
         seq = input_ids.shape[1]
         if start_pos != self._length:

@@ -16,9 +16,9 @@ from __future__ import annotations
 
 import time
 from abc import ABC, abstractmethod
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 
@@ -85,7 +85,9 @@ class Session(ABC):
         if vocab is not None and (ids.min() < 0 or ids.max() >= vocab):
             raise ValueError(f"input_ids must be in [0, {vocab}), got values {ids.min()}..{ids.max()}")
         if ids.shape[1] > self.max_seq_len:
-            raise ValueError(f"sequence of {ids.shape[1]} tokens exceeds this artifact's max_seq_len {self.max_seq_len}")
+            raise ValueError(
+                f"sequence of {ids.shape[1]} tokens exceeds this artifact's max_seq_len {self.max_seq_len}"
+            )
         return ids.astype(np.int64)
 
     def forward(self, input_ids, bits: int) -> np.ndarray:
@@ -172,11 +174,11 @@ class Session(ABC):
             tokens.append(token)
             text = self.tokenizer.decode([t for t in tokens if t not in eos], skip_special_tokens=True)
             if on_text is not None and len(text) > len(emitted) and not text.endswith("\ufffd"):
-                on_text(text[len(emitted):])
+                on_text(text[len(emitted) :])
                 emitted = text
 
         self.generate_ids(prompt_ids, bits, max_new_tokens, on_token=stream)
         text = self.tokenizer.decode([t for t in tokens if t not in eos], skip_special_tokens=True)
         if on_text is not None and len(text) > len(emitted):
-            on_text(text[len(emitted):])
+            on_text(text[len(emitted) :])
         return text

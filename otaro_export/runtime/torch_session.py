@@ -14,9 +14,9 @@ import numpy as np
 import torch
 
 from otaro_export.convert import check_supported, dequantized_copy, sefp_layers
+from otaro_export.export.pipeline import model_info
 from otaro_export.manifest import Manifest
 from otaro_export.runtime.session import Session
-from otaro_export.export.pipeline import model_info
 
 
 class TorchSession(Session):

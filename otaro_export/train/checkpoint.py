@@ -119,7 +119,9 @@ def resolve_checkpoint(directory: str | Path) -> Path:
         name = latest.read_text(encoding="utf-8").strip()
         target = directory / name
         if not name or not (target / WEIGHTS_FILE).is_file():
-            raise CheckpointError(f"{latest} names {name!r}, which holds no {WEIGHTS_FILE}: the checkpoint is incomplete")
+            raise CheckpointError(
+                f"{latest} names {name!r}, which holds no {WEIGHTS_FILE}: the checkpoint is incomplete"
+            )
         return target
     raise CheckpointError(
         f"{directory} holds no tuned checkpoint (no {LATEST_FILE} and no {WEIGHTS_FILE}); "

@@ -21,9 +21,9 @@ import torch
 from torch.nn import functional as F
 
 from otaro_export.sefp import SUPPORTED_BITS
-from otaro_export.train.tune_data import Sample, collate
 from otaro_export.train.fake_quant import set_precision
 from otaro_export.train.losses import kl_to_teacher, next_token_nll, top1_agreement
+from otaro_export.train.tune_data import Sample, collate
 
 
 @dataclass

@@ -14,8 +14,14 @@ import torch
 SCHEDULES = ("constant", "cosine")
 
 
-def learning_rate(base_lr: float, step: int, total_steps: int, schedule: str = "constant", warmup_steps: int = 0,
-                  min_ratio: float = 0.0) -> float:
+def learning_rate(
+    base_lr: float,
+    step: int,
+    total_steps: int,
+    schedule: str = "constant",
+    warmup_steps: int = 0,
+    min_ratio: float = 0.0,
+) -> float:
     """The rate for 0-based ``step`` of ``total_steps``.
 
     ``warmup_steps`` ramps linearly from ``base_lr / warmup_steps`` to ``base_lr``

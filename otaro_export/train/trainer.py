@@ -29,6 +29,11 @@ from otaro_export.models import LoadedModel, load_model
 from otaro_export.train import checkpoint as ckpt
 from otaro_export.train.bit_samplers import FixedSampler, UniformSampler
 from otaro_export.train.bps import BPSSampler
+from otaro_export.train.fake_quant import attach_fake_quant, fake_quant_layers, set_precision
+from otaro_export.train.laa import ImmediateUpdate, LowPrecisionAccumulator
+from otaro_export.train.losses import kl_to_teacher, next_token_nll
+from otaro_export.train.lr_schedule import apply_learning_rate, learning_rate
+from otaro_export.train.teacher import FPTeacher
 from otaro_export.train.tune_config import TuneConfig
 from otaro_export.train.tune_data import (
     Sample,
@@ -39,11 +44,6 @@ from otaro_export.train.tune_data import (
     save_samples,
     self_distillation_samples,
 )
-from otaro_export.train.fake_quant import attach_fake_quant, fake_quant_layers, set_precision
-from otaro_export.train.laa import ImmediateUpdate, LowPrecisionAccumulator
-from otaro_export.train.lr_schedule import apply_learning_rate, learning_rate
-from otaro_export.train.losses import kl_to_teacher, next_token_nll
-from otaro_export.train.teacher import FPTeacher
 
 CONFIG_FILE = "tune_config.json"
 SAMPLES_FILE = "train_samples.json"
@@ -121,7 +121,11 @@ def build_training_samples(config: TuneConfig, teacher_model, tokenizer, progres
         seed=config.seed,
         progress=progress,
     )
-    return [Sample(s.ids[: config.seq_len], s.target_start) for s in samples if s.target_start < min(len(s.ids), config.seq_len)]
+    return [
+        Sample(s.ids[: config.seq_len], s.target_start)
+        for s in samples
+        if s.target_start < min(len(s.ids), config.seq_len)
+    ]
 
 
 def _rng_state() -> dict:

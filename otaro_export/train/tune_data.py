@@ -141,7 +141,9 @@ def _record_to_sample(record: dict, tokenizer, seq_len: int, where: str) -> list
 
 def _text_to_samples(text: str, tokenizer, seq_len: int) -> list[Sample]:
     ids = tokenizer(text, add_special_tokens=False)["input_ids"]
-    return [Sample(tuple(ids[i : i + seq_len]), 1) for i in range(0, len(ids), seq_len) if len(ids[i : i + seq_len]) >= 2]
+    return [
+        Sample(tuple(ids[i : i + seq_len]), 1) for i in range(0, len(ids), seq_len) if len(ids[i : i + seq_len]) >= 2
+    ]
 
 
 def _read_jsonl(path: Path) -> list[dict]:
@@ -256,9 +258,7 @@ def self_distillation_samples(
     model.eval()
     for start in iterator:
         chunk = prompt_ids[start : start + batch_size]
-        samples.extend(
-            _sample_answers(model, chunk, max_new_tokens, temperature, eos, generator, device)
-        )
+        samples.extend(_sample_answers(model, chunk, max_new_tokens, temperature, eos, generator, device))
     model.train(was_training)
     return samples
 
@@ -276,7 +276,9 @@ def _sample_answers(model, prompts, max_new_tokens, temperature, eos, generator,
     past = None
     step_ids, step_pos = ids, position_ids
     for _ in range(max_new_tokens):
-        out = model(input_ids=step_ids, attention_mask=attention, position_ids=step_pos, past_key_values=past, use_cache=True)
+        out = model(
+            input_ids=step_ids, attention_mask=attention, position_ids=step_pos, past_key_values=past, use_cache=True
+        )
         past = out.past_key_values
         probs = torch.softmax(out.logits[:, -1, :].float().cpu() / temperature, dim=-1)
         nxt = torch.multinomial(probs, 1, generator=generator).squeeze(1)

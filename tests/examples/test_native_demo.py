@@ -100,6 +100,9 @@ def test_arm64_onnxruntime_op_library_builds_and_exports_its_entry_point(tmp_pat
     out = tmp_path / "build"
     subprocess.run(["make", "-s", "-j2", "ort-op-lib", f"CXX={cxx}", f"BUILD={out}", "OPT=-O1"], cwd=NATIVE, check=True)
     symbols = subprocess.run(
-        [nm, "-D", "--defined-only", str(out / "libotaro_sefp_onnxruntime.so")], capture_output=True, text=True, check=True
+        [nm, "-D", "--defined-only", str(out / "libotaro_sefp_onnxruntime.so")],
+        capture_output=True,
+        text=True,
+        check=True,
     ).stdout.split()
     assert "RegisterCustomOps" in symbols

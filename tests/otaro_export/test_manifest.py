@@ -8,8 +8,13 @@ from otaro_export.manifest import Manifest
 
 def make():
     return Manifest(
-        target="onnx", artifact="model.onnx", kernels="fused", kernel_library="onnxruntime",
-        quantized_layers=["model.layers.0.mlp.up_proj"], inputs=["input_ids", "bits"], outputs=["logits"],
+        target="onnx",
+        artifact="model.onnx",
+        kernels="fused",
+        kernel_library="onnxruntime",
+        quantized_layers=["model.layers.0.mlp.up_proj"],
+        inputs=["input_ids", "bits"],
+        outputs=["logits"],
         model={"vocab_size": 259},
     )
 
@@ -29,8 +34,12 @@ def test_missing(tmp_path):
 
 @pytest.mark.parametrize(
     "text,match",
-    [("{not json", "not valid JSON"), ("[]", "JSON object"), ('{"format_version": 99}', "version 99"),
-     ('{"format_version": 1}', "missing field")],
+    [
+        ("{not json", "not valid JSON"),
+        ("[]", "JSON object"),
+        ('{"format_version": 99}', "version 99"),
+        ('{"format_version": 1}', "missing field"),
+    ],
 )
 def test_corrupt(tmp_path, text, match):
     (tmp_path / "manifest.json").write_text(text)

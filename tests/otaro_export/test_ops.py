@@ -81,4 +81,6 @@ def test_torch_export_keeps_bits_a_runtime_input():
     module = ep.module()
     for bits in sefp.SUPPORTED_BITS:
         y = module(x, ops.bits_tensor(bits))
-        torch.testing.assert_close(y, torch.nn.functional.linear(x, sefp.quantize(w).dequantize(bits), b), rtol=0, atol=0)
+        torch.testing.assert_close(
+            y, torch.nn.functional.linear(x, sefp.quantize(w).dequantize(bits), b), rtol=0, atol=0
+        )

@@ -49,8 +49,14 @@ def test_documented_bit_positions():
 
 @pytest.mark.parametrize(
     "bits,planes,bpw",
-    [(3, ("p0",), 4.125), (4, ("p0", "p1"), 6.125), (5, ("p0", "p1"), 6.125),
-     (6, ("p0", "p1", "p2"), 8.125), (7, ("p0", "p1", "p2"), 8.125), (8, ("p0", "p1", "p2", "p3"), 9.125)],
+    [
+        (3, ("p0",), 4.125),
+        (4, ("p0", "p1"), 6.125),
+        (5, ("p0", "p1"), 6.125),
+        (6, ("p0", "p1", "p2"), 8.125),
+        (7, ("p0", "p1", "p2"), 8.125),
+        (8, ("p0", "p1", "p2", "p3"), 9.125),
+    ],
 )
 def test_planes_needed(bits, planes, bpw):
     assert packing.planes_needed(bits) == planes

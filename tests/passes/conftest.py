@@ -28,9 +28,7 @@ def export_logits(model, with_bits=True):
     seq = torch.export.Dim("seq", min=2, max=64)
     ids = torch.ones(1, SEQ, dtype=torch.long)
     if with_bits:
-        return torch.export.export(
-            LogitsWrapper(model), (ids, torch.tensor(8)), dynamic_shapes=({1: seq}, None)
-        )
+        return torch.export.export(LogitsWrapper(model), (ids, torch.tensor(8)), dynamic_shapes=({1: seq}, None))
     return torch.export.export(LogitsWrapper(model, False), (ids,), dynamic_shapes=({1: seq},))
 
 

@@ -41,7 +41,7 @@ def _child(cache_dir, **env):
 def test_concurrent_first_use_builds_once_into_the_cache(tmp_path):
     procs = [_child(tmp_path), _child(tmp_path)]
     results = [p.communicate(timeout=600) for p in procs]
-    for p, (out, err) in zip(procs, results):
+    for p, (_out, err) in zip(procs, results):
         assert p.returncode == 0, err[-3000:]
     paths = {out.strip() for out, _ in results}
     assert len(paths) == 1
@@ -73,7 +73,9 @@ def test_missing_compiler_in_a_fresh_process(tmp_path):
 
 def test_compile_failure_reports_the_compiler_output(tmp_path, monkeypatch):
     fake = tmp_path / "fake-g++"
-    fake.write_text('#!/bin/sh\nif [ "$1" = "--version" ]; then echo fake 1.0; exit 0; fi\necho "error: boom at line 7" >&2\nexit 1\n')
+    fake.write_text(
+        '#!/bin/sh\nif [ "$1" = "--version" ]; then echo fake 1.0; exit 0; fi\necho "error: boom at line 7" >&2\nexit 1\n'
+    )
     fake.chmod(0o755)
     monkeypatch.setenv("OTARO_KERNEL_CACHE_DIR", str(tmp_path / "cache"))
     with pytest.raises(KernelLibraryError, match="(?s)compiling .* failed.*boom at line 7"):

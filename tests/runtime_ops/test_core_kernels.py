@@ -8,11 +8,10 @@ from __future__ import annotations
 
 import pytest
 import torch
+from sefp_kernel_cases import BITS, SHAPES, exact_problem, float_problem, reference, summation_tolerance
 
 from otaro_export.errors import InvalidBitsError
 from otaro_export.runtime_ops.core_ctypes import CoreKernels
-
-from sefp_kernel_cases import BITS, SHAPES, exact_problem, float_problem, reference, summation_tolerance
 
 X86_ISAS = ["scalar", "avx2", "avx512"]
 
@@ -34,7 +33,9 @@ def exact_cases():
     for i, (n, k, rows) in enumerate(SHAPES):
         x, packed, bias = exact_problem(n, k, rows, seed=i)
         for bits in BITS:
-            cases.append((f"N={n} K={k} rows={rows} bits={bits}", x, packed, bits, bias, reference(x, packed, bits, bias)))
+            cases.append(
+                (f"N={n} K={k} rows={rows} bits={bits}", x, packed, bits, bias, reference(x, packed, bits, bias))
+            )
     return cases
 
 
@@ -47,7 +48,9 @@ def float_cases():
         for bits in BITS:
             b = bias if bits % 2 else None
             label = f"N={n} K={k} rows={rows} bits={bits} bias={b is not None}"
-            cases.append((label, x, packed, bits, b, reference(x, packed, bits, b), summation_tolerance(x, packed, bits, b)))
+            cases.append(
+                (label, x, packed, bits, b, reference(x, packed, bits, b), summation_tolerance(x, packed, bits, b))
+            )
     return cases
 
 

@@ -10,12 +10,11 @@ from __future__ import annotations
 
 import pytest
 import torch
+from sefp_kernel_cases import exact_problem, summation_tolerance
 
 from otaro_export import ops
 from otaro_export.runtime_ops.executorch_kernels import load_executorch_kernels
 from otaro_export.sefp_linear import SEFPLinear
-
-from sefp_kernel_cases import exact_problem, float_problem, summation_tolerance
 
 
 class OneLayer(torch.nn.Module):

@@ -11,10 +11,9 @@ import shutil
 import subprocess
 
 import pytest
+from sefp_kernel_cases import BITS, exact_problem, float_problem, reference, summation_tolerance, write_case
 
 from otaro_export.runtime_ops import build
-
-from sefp_kernel_cases import BITS, exact_problem, float_problem, reference, summation_tolerance, write_case
 
 pytestmark = pytest.mark.qemu
 

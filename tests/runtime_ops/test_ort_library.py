@@ -119,7 +119,9 @@ def test_registered_kernel_wins_over_a_model_local_function():
     body = [helper.make_node("Identity", ["X"], ["Y"])]
     inputs = ["X", "P0", "P1", "P2", "P3", "E", "bits", "B"]
     model.functions.append(
-        helper.make_function(ort_library.DOMAIN, ort_library.OP_TYPE, inputs, ["Y"], body, [helper.make_opsetid("", 17)])
+        helper.make_function(
+            ort_library.DOMAIN, ort_library.OP_TYPE, inputs, ["Y"], body, [helper.make_opsetid("", 17)]
+        )
     )
     data = model.SerializeToString()
     x = np.ones((1, 100), np.float32)

@@ -6,10 +6,9 @@
 #define OTARO_CAPI extern "C" __attribute__((visibility("default")))
 
 // Returns an otaro::Status value (0 = ok). isa: an otaro::Isa value.
-OTARO_CAPI int otaro_sefp_linear(const float* x, int64_t rows, const uint8_t* p0, const uint8_t* p1,
-                                 const uint8_t* p2, const uint8_t* p3, const int8_t* exponents,
-                                 int64_t out_features, int64_t in_features, int64_t num_groups, const float* bias,
-                                 int bits, float* y, int num_threads, int isa) {
+OTARO_CAPI int otaro_sefp_linear(const float* x, int64_t rows, const uint8_t* p0, const uint8_t* p1, const uint8_t* p2,
+                                 const uint8_t* p3, const int8_t* exponents, int64_t out_features, int64_t in_features,
+                                 int64_t num_groups, const float* bias, int bits, float* y, int num_threads, int isa) {
   const otaro::SEFPWeightView w{p0, p1, p2, p3, exponents, out_features, in_features, num_groups};
   if (isa < 0 || isa > static_cast<int>(otaro::Isa::kNeon)) return static_cast<int>(otaro::Status::kUnavailableIsa);
   return static_cast<int>(otaro::sefp_linear(x, rows, w, bias, bits, y, num_threads, static_cast<otaro::Isa>(isa)));
@@ -31,9 +30,8 @@ OTARO_CAPI int otaro_default_num_threads() { return otaro::default_num_threads()
 // Single-threaded column slice (otaro::sefp_linear_range): y[r * ldy + n], n in [n_begin, n_end).
 OTARO_CAPI int otaro_sefp_linear_range(const float* x, int64_t rows, const uint8_t* p0, const uint8_t* p1,
                                        const uint8_t* p2, const uint8_t* p3, const int8_t* exponents,
-                                       int64_t out_features, int64_t in_features, int64_t num_groups,
-                                       const float* bias, int bits, float* y, int64_t ldy, int64_t n_begin,
-                                       int64_t n_end, int isa) {
+                                       int64_t out_features, int64_t in_features, int64_t num_groups, const float* bias,
+                                       int bits, float* y, int64_t ldy, int64_t n_begin, int64_t n_end, int isa) {
   const otaro::SEFPWeightView w{p0, p1, p2, p3, exponents, out_features, in_features, num_groups};
   if (isa < 0 || isa > static_cast<int>(otaro::Isa::kNeon)) return static_cast<int>(otaro::Status::kUnavailableIsa);
   return static_cast<int>(

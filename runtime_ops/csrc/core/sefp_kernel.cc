@@ -13,33 +13,25 @@ namespace otaro {
 
 const char* status_message(Status status) {
   switch (status) {
-    case Status::kOk:
-      return "ok";
-    case Status::kInvalidBits:
-      return "bits must be in 3..8 (SEFP precisions E5M3..E5M8)";
+    case Status::kOk: return "ok";
+    case Status::kInvalidBits: return "bits must be in 3..8 (SEFP precisions E5M3..E5M8)";
     case Status::kInvalidShape:
       return "SEFP weight shape mismatch: in_features must be in (num_groups*64 - 64, num_groups*64], "
              "sizes non-negative and pointers non-null";
     case Status::kUnavailableIsa:
       return "the requested instruction set is not compiled in or not supported by this CPU";
-    case Status::kOutOfMemory:
-      return "out of memory for the zero-padded copy of x";
+    case Status::kOutOfMemory: return "out of memory for the zero-padded copy of x";
   }
   return "unknown status";
 }
 
 const char* isa_name(Isa isa) {
   switch (isa) {
-    case Isa::kAuto:
-      return "auto";
-    case Isa::kScalar:
-      return "scalar";
-    case Isa::kAvx2:
-      return "avx2";
-    case Isa::kAvx512:
-      return "avx512";
-    case Isa::kNeon:
-      return "neon";
+    case Isa::kAuto: return "auto";
+    case Isa::kScalar: return "scalar";
+    case Isa::kAvx2: return "avx2";
+    case Isa::kAvx512: return "avx512";
+    case Isa::kNeon: return "neon";
   }
   return "unknown";
 }
@@ -47,21 +39,17 @@ const char* isa_name(Isa isa) {
 bool isa_available(Isa isa) {
   switch (isa) {
     case Isa::kAuto:
-    case Isa::kScalar:
-      return true;
+    case Isa::kScalar: return true;
 #if defined(__x86_64__) || defined(_M_X64)
-    case Isa::kAvx2:
-      return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+    case Isa::kAvx2: return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
     case Isa::kAvx512:
       return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
              __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512dq");
 #endif
 #if defined(__aarch64__)
-    case Isa::kNeon:
-      return true;  // Advanced SIMD is mandatory on AArch64
+    case Isa::kNeon: return true;  // Advanced SIMD is mandatory on AArch64
 #endif
-    default:
-      return false;
+    default: return false;
   }
 }
 
@@ -91,17 +79,13 @@ namespace {
 detail::RangeKernel kernel_for(Isa isa) {
   switch (isa) {
 #if defined(__x86_64__) || defined(_M_X64)
-    case Isa::kAvx2:
-      return detail::linear_range_avx2;
-    case Isa::kAvx512:
-      return detail::linear_range_avx512;
+    case Isa::kAvx2: return detail::linear_range_avx2;
+    case Isa::kAvx512: return detail::linear_range_avx512;
 #endif
 #if defined(__aarch64__)
-    case Isa::kNeon:
-      return detail::linear_range_neon;
+    case Isa::kNeon: return detail::linear_range_neon;
 #endif
-    default:
-      return detail::linear_range_scalar;
+    default: return detail::linear_range_scalar;
   }
 }
 
@@ -160,8 +144,8 @@ void bias_only(const detail::LinearArgs& a, int64_t n_begin, int64_t n_end) {
 
 }  // namespace
 
-Status sefp_linear_range(const float* x, int64_t rows, const SEFPWeightView& w, const float* bias, int bits,
-                         float* y, int64_t ldy, int64_t n_begin, int64_t n_end, Isa isa) {
+Status sefp_linear_range(const float* x, int64_t rows, const SEFPWeightView& w, const float* bias, int bits, float* y,
+                         int64_t ldy, int64_t n_begin, int64_t n_end, Isa isa) {
   if (n_begin < 0 || n_end > w.out_features || n_begin > n_end) return Status::kInvalidShape;
   detail::LinearArgs args{};
   std::vector<float> padded;

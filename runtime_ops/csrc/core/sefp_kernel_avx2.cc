@@ -41,7 +41,8 @@ inline __m256 decode_sub(const GroupBytes& gb) {
     const __m256 table = _mm256_setr_ps(0.f, 32.f, 64.f, 96.f, 128.f, 160.f, 192.f, 224.f);
     const __m256i idx = (S >> 2) ? _mm256_srli_epi32(c, 4) : c;
     const __m256 mag = _mm256_permutevar8x32_ps(table, idx);
-    const __m256i sign = _mm256_and_si256(shift_left<(S >> 2) ? 24 : 28>(c), _mm256_set1_epi32(static_cast<int>(0x80000000u)));
+    const __m256i sign =
+        _mm256_and_si256(shift_left<(S >> 2) ? 24 : 28>(c), _mm256_set1_epi32(static_cast<int>(0x80000000u)));
     return _mm256_xor_ps(mag, _mm256_castsi256_ps(sign));
   } else {
     __m256i q = _mm256_and_si256(shift_left<(S >> 2) ? 1 : 5>(c), _mm256_set1_epi32(0xE0));
@@ -52,7 +53,8 @@ inline __m256 decode_sub(const GroupBytes& gb) {
       q = _mm256_or_si256(q, _mm256_and_si256(shift_left<1 - 2 * (S >> 1)>(gb.f2[S & 1]), _mm256_set1_epi32(m2)));
     }
     if constexpr (BITS == 8) q = _mm256_or_si256(q, _mm256_and_si256(shift_left<-S>(gb.f3), _mm256_set1_epi32(1)));
-    const __m256i sign = _mm256_and_si256(shift_left<(S >> 2) ? 24 : 28>(c), _mm256_set1_epi32(static_cast<int>(0x80000000u)));
+    const __m256i sign =
+        _mm256_and_si256(shift_left<(S >> 2) ? 24 : 28>(c), _mm256_set1_epi32(static_cast<int>(0x80000000u)));
     return _mm256_xor_ps(_mm256_cvtepi32_ps(q), _mm256_castsi256_ps(sign));
   }
 }
@@ -71,8 +73,8 @@ inline void decode_group_m3(const uint8_t* p0, __m256 v[8]) {
   const __m256i bytes = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p0));
   const __m256i lo = _mm256_shuffle_epi8(table, _mm256_and_si256(bytes, nibble));
   const __m256i hi = _mm256_shuffle_epi8(table, _mm256_and_si256(_mm256_srli_epi16(bytes, 4), nibble));
-  const __m128i quarter[4] = {_mm256_castsi256_si128(lo), _mm256_extracti128_si256(lo, 1),
-                              _mm256_castsi256_si128(hi), _mm256_extracti128_si256(hi, 1)};
+  const __m128i quarter[4] = {_mm256_castsi256_si128(lo), _mm256_extracti128_si256(lo, 1), _mm256_castsi256_si128(hi),
+                              _mm256_extracti128_si256(hi, 1)};
   for (int q = 0; q < 4; ++q) {  // 16 elements each, widened 8 at a time
     v[2 * q] = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(quarter[q]));
     v[2 * q + 1] = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_unpackhi_epi64(quarter[q], quarter[q])));
@@ -226,8 +228,7 @@ void gemm(const LinearArgs& a, int64_t n_begin, int64_t n_end) {
         const int64_t mr = min64(3, a.rows - m0);
         for (int64_t j0 = 0; j0 < nb; j0 += 4) {
           const int64_t nr = min64(4, nb - j0);
-          kMicro[mr - 1][nr - 1](a.x + m0 * a.ldx + g0 * kGroup, a.ldx, wbuf + j0 * kc, kc, a.y + m0 * N + n0 + j0,
-                                 N);
+          kMicro[mr - 1][nr - 1](a.x + m0 * a.ldx + g0 * kGroup, a.ldx, wbuf + j0 * kc, kc, a.y + m0 * N + n0 + j0, N);
         }
       }
     }

@@ -10,8 +10,8 @@ namespace otaro {
 namespace detail {
 namespace {
 
-constexpr int kTernaryOrAnd = 0xF8;  // a | (b & c)
-constexpr int kTernaryXorAnd = 0x78; // a ^ (b & c)
+constexpr int kTernaryOrAnd = 0xF8;   // a | (b & c)
+constexpr int kTernaryXorAnd = 0x78;  // a ^ (b & c)
 
 inline int64_t min64(int64_t a, int64_t b) { return a < b ? a : b; }
 
@@ -44,8 +44,8 @@ inline __m512 decode_block(__m512i c01, __m512i c23, __m512i p1v, __m512i p2v, _
   const __m512i c = (B & 1) ? c23 : c01;  // p0 bytes 0..15 hold blocks 0/2, 16..31 blocks 1/3
   if constexpr (BITS == 3) {
     // code (sign<<3 | q[7:5]) -> +-q_3: vpermps reads the low 4 bits of each lane.
-    const __m512 table = _mm512_setr_ps(0.f, 32.f, 64.f, 96.f, 128.f, 160.f, 192.f, 224.f, -0.f, -32.f, -64.f,
-                                        -96.f, -128.f, -160.f, -192.f, -224.f);
+    const __m512 table = _mm512_setr_ps(0.f, 32.f, 64.f, 96.f, 128.f, 160.f, 192.f, 224.f, -0.f, -32.f, -64.f, -96.f,
+                                        -128.f, -160.f, -192.f, -224.f);
     return _mm512_permutexvar_ps((B >> 1) ? _mm512_srli_epi32(c, 4) : c, table);
   } else if constexpr (BITS == 4) {
     // index = code (bits 0..3) | q[4] (bit 4; bits above are ignored by vpermt2ps)
@@ -63,9 +63,9 @@ inline __m512 decode_block(__m512i c01, __m512i c23, __m512i p1v, __m512i p2v, _
     }
     if constexpr (BITS == 8) {
       // p3 byte l&7, bit 2B + (l >> 3) holds q[0] of element 16B + l
-      const __m512i counts = _mm512_setr_epi32(2 * B, 2 * B, 2 * B, 2 * B, 2 * B, 2 * B, 2 * B, 2 * B, 2 * B + 1,
-                                               2 * B + 1, 2 * B + 1, 2 * B + 1, 2 * B + 1, 2 * B + 1, 2 * B + 1,
-                                               2 * B + 1);
+      const __m512i counts =
+          _mm512_setr_epi32(2 * B, 2 * B, 2 * B, 2 * B, 2 * B, 2 * B, 2 * B, 2 * B, 2 * B + 1, 2 * B + 1, 2 * B + 1,
+                            2 * B + 1, 2 * B + 1, 2 * B + 1, 2 * B + 1, 2 * B + 1);
       q = _mm512_ternarylogic_epi32(q, _mm512_srlv_epi32(p3v, counts), _mm512_set1_epi32(1), kTernaryOrAnd);
     }
     const __m512i sign_at_31 = shift_left<(B >> 1) ? 24 : 28>(c);
@@ -102,8 +102,8 @@ inline float hsum(__m512 v) { return _mm512_reduce_add_ps(v); }
 inline void group_scales(const int8_t* e, int64_t count, float* scales) {
   int64_t i = 0;
   for (; i + 16 <= count; i += 16) {
-    const __m512i biased = _mm512_add_epi32(_mm512_cvtepi8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(e + i))),
-                                            _mm512_set1_epi32(127 - 7));
+    const __m512i biased = _mm512_add_epi32(
+        _mm512_cvtepi8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(e + i))), _mm512_set1_epi32(127 - 7));
     if (_mm512_cmpgt_epi32_mask(_mm512_set1_epi32(1), biased) != 0) break;  // subnormal: scalar path below
     _mm512_storeu_ps(scales + i, _mm512_castsi512_ps(_mm512_slli_epi32(biased, 23)));
   }
@@ -200,8 +200,8 @@ constexpr const MicroFn* kMicro[4] = {kMicroRow<1>, kMicroRow<2>, kMicroRow<3>, 
 // dot-product GEMM over all activation rows reuses it.
 template <int BITS>
 void gemm(const LinearArgs& a, int64_t n_begin, int64_t n_end) {
-  constexpr int kNB = 16;  // weight rows per block
-  constexpr int kKG = 8;   // groups per k chunk (512 weights)
+  constexpr int kNB = 16;                      // weight rows per block
+  constexpr int kKG = 8;                       // groups per k chunk (512 weights)
   alignas(64) float wbuf[kNB * kKG * kGroup];  // 32 KiB
   const SEFPWeightView& w = a.w;
   const int64_t G = w.num_groups, N = a.ldy;  // y row stride
@@ -225,8 +225,7 @@ void gemm(const LinearArgs& a, int64_t n_begin, int64_t n_end) {
         const int64_t mr = min64(4, a.rows - m0);
         for (int64_t j0 = 0; j0 < nb; j0 += 4) {
           const int64_t nr = min64(4, nb - j0);
-          kMicro[mr - 1][nr - 1](a.x + m0 * a.ldx + g0 * kGroup, a.ldx, wbuf + j0 * kc, kc, a.y + m0 * N + n0 + j0,
-                                 N);
+          kMicro[mr - 1][nr - 1](a.x + m0 * a.ldx + g0 * kGroup, a.ldx, wbuf + j0 * kc, kc, a.y + m0 * N + n0 + j0, N);
         }
       }
     }

@@ -5,7 +5,6 @@
 #include <math.h>
 #include <cstdint>
 
-
 #include "core/sefp_kernel.h"
 
 namespace otaro {
@@ -70,7 +69,7 @@ static inline float unit_scale(int8_t e) {
 // Scalar decode of element i (0..63) of one group: the signed magnitude q_k
 // (value = q_k * unit_scale(e)), reading only the planes precision `bits` needs.
 static inline int decode_element(const uint8_t* p0, const uint8_t* p1, const uint8_t* p2, const uint8_t* p3, int i,
-                          int bits) {
+                                 int bits) {
   const int code = (p0[i & 31] >> (4 * (i >> 5))) & 0xF;
   int q = (code & 7) << 5;
   if (bits >= 4) q |= ((p1[i & 15] >> (2 * (i >> 4))) & 3) << 3;
@@ -85,37 +84,27 @@ static inline int decode_element(const uint8_t* p0, const uint8_t* p1, const uin
 // and gemm<BITS> templates. A macro rather than a shared template on purpose:
 // each expansion is compiled with its own TU's -m flags and its helper lives in
 // that TU's anonymous namespace (see the COMDAT note above).
-#define OTARO_SEFP_DEFINE_RANGE_KERNEL(RANGE_FN)                                   \
-  namespace {                                                                    \
-  template <int BITS>                                                            \
-  void linear_bits(const LinearArgs& a, int64_t n_begin, int64_t n_end) {        \
-    switch (a.rows) {                                                            \
-      case 1:                                                                    \
-        return matvec<BITS, 1>(a, n_begin, n_end);                               \
-      case 2:                                                                    \
-        return matvec<BITS, 2>(a, n_begin, n_end);                               \
-      case 3:                                                                    \
-        return matvec<BITS, 3>(a, n_begin, n_end);                               \
-      default:                                                                   \
-        return gemm<BITS>(a, n_begin, n_end);                                    \
-    }                                                                            \
-  }                                                                              \
-  }                                                                              \
-  void RANGE_FN(const LinearArgs& a, int64_t n_begin, int64_t n_end) {           \
-    switch (a.bits) {                                                            \
-      case 3:                                                                    \
-        return linear_bits<3>(a, n_begin, n_end);                                \
-      case 4:                                                                    \
-        return linear_bits<4>(a, n_begin, n_end);                                \
-      case 5:                                                                    \
-        return linear_bits<5>(a, n_begin, n_end);                                \
-      case 6:                                                                    \
-        return linear_bits<6>(a, n_begin, n_end);                                \
-      case 7:                                                                    \
-        return linear_bits<7>(a, n_begin, n_end);                                \
-      default:                                                                   \
-        return linear_bits<8>(a, n_begin, n_end);                                \
-    }                                                                            \
+#define OTARO_SEFP_DEFINE_RANGE_KERNEL(RANGE_FN)                          \
+  namespace {                                                             \
+  template <int BITS>                                                     \
+  void linear_bits(const LinearArgs& a, int64_t n_begin, int64_t n_end) { \
+    switch (a.rows) {                                                     \
+      case 1: return matvec<BITS, 1>(a, n_begin, n_end);                  \
+      case 2: return matvec<BITS, 2>(a, n_begin, n_end);                  \
+      case 3: return matvec<BITS, 3>(a, n_begin, n_end);                  \
+      default: return gemm<BITS>(a, n_begin, n_end);                      \
+    }                                                                     \
+  }                                                                       \
+  }                                                                       \
+  void RANGE_FN(const LinearArgs& a, int64_t n_begin, int64_t n_end) {    \
+    switch (a.bits) {                                                     \
+      case 3: return linear_bits<3>(a, n_begin, n_end);                   \
+      case 4: return linear_bits<4>(a, n_begin, n_end);                   \
+      case 5: return linear_bits<5>(a, n_begin, n_end);                   \
+      case 6: return linear_bits<6>(a, n_begin, n_end);                   \
+      case 7: return linear_bits<7>(a, n_begin, n_end);                   \
+      default: return linear_bits<8>(a, n_begin, n_end);                  \
+    }                                                                     \
   }
 
 }  // namespace detail

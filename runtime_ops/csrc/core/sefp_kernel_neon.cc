@@ -28,10 +28,8 @@ inline void decode_block(uint8x16_t b0, uint8x16_t b1, uint8x16_t p1v, uint8x16_
   const uint8x16_t raw = (B & 1) ? b1 : b0;
   const uint8x16_t code = (B >> 1) ? vshrq_n_u8(raw, 4) : vandq_u8(raw, vdupq_n_u8(0xF));
   uint8x16_t q = vshlq_n_u8(code, 5);  // (code & 7) << 5: the sign bit shifts out
-  if constexpr (BITS >= 4)
-    q = vorrq_u8(q, vandq_u8(shift_left<3 - 2 * B>(p1v), vdupq_n_u8(BITS == 4 ? 0x10 : 0x18)));
-  if constexpr (BITS >= 6)
-    q = vorrq_u8(q, vandq_u8(shift_left<1 - 2 * B>(p2v), vdupq_n_u8(BITS == 6 ? 0x04 : 0x06)));
+  if constexpr (BITS >= 4) q = vorrq_u8(q, vandq_u8(shift_left<3 - 2 * B>(p1v), vdupq_n_u8(BITS == 4 ? 0x10 : 0x18)));
+  if constexpr (BITS >= 6) q = vorrq_u8(q, vandq_u8(shift_left<1 - 2 * B>(p2v), vdupq_n_u8(BITS == 6 ? 0x04 : 0x06)));
   if constexpr (BITS == 8) {
     const int8x16_t counts = vcombine_s8(vdup_n_s8(-2 * B), vdup_n_s8(-2 * B - 1));
     q = vorrq_u8(q, vandq_u8(vshlq_u8(p3v, counts), vdupq_n_u8(1)));
@@ -107,8 +105,7 @@ void micro(const float* x, int64_t ldx, const float* wb, int64_t kc, float* y, i
   }
   for (int i = 0; i < MR; ++i) {
     if constexpr (NR == 4) {
-      const float32x4_t sums =
-          vpaddq_f32(vpaddq_f32(acc[i][0], acc[i][1]), vpaddq_f32(acc[i][2], acc[i][3]));
+      const float32x4_t sums = vpaddq_f32(vpaddq_f32(acc[i][0], acc[i][1]), vpaddq_f32(acc[i][2], acc[i][3]));
       vst1q_f32(y + i * ldy, vaddq_f32(vld1q_f32(y + i * ldy), sums));
     } else {
       for (int j = 0; j < NR; ++j) y[i * ldy + j] += vaddvq_f32(acc[i][j]);
@@ -148,8 +145,7 @@ void gemm(const LinearArgs& a, int64_t n_begin, int64_t n_end) {
         const int64_t mr = min64(4, a.rows - m0);
         for (int64_t j0 = 0; j0 < nb; j0 += 4) {
           const int64_t nr = min64(4, nb - j0);
-          kMicro[mr - 1][nr - 1](a.x + m0 * a.ldx + g0 * kGroup, a.ldx, wbuf + j0 * kc, kc, a.y + m0 * N + n0 + j0,
-                                 N);
+          kMicro[mr - 1][nr - 1](a.x + m0 * a.ldx + g0 * kGroup, a.ldx, wbuf + j0 * kc, kc, a.y + m0 * N + n0 + j0, N);
         }
       }
     }

@@ -42,8 +42,8 @@ Tensor& sefp_linear_out(KernelRuntimeContext& ctx, const Tensor& x, const Tensor
                       "otaro::sefp_linear: bits must be in 3..8 (E5M3..E5M8), got %lld",
                       static_cast<long long>(k_bits));
 
-  ET_KERNEL_CHECK_MSG(ctx, exponents.scalar_type() == ScalarType::Char && exponents.dim() == 2, InvalidArgument,
-                      out, "otaro::sefp_linear: exponents must be int8 [N, G]");
+  ET_KERNEL_CHECK_MSG(ctx, exponents.scalar_type() == ScalarType::Char && exponents.dim() == 2, InvalidArgument, out,
+                      "otaro::sefp_linear: exponents must be int8 [N, G]");
   const int64_t n = exponents.size(0), g = exponents.size(1);
   ET_KERNEL_CHECK_MSG(ctx,
                       is_2d(p0, ScalarType::Byte, n, g * 32) && is_2d(p1, ScalarType::Byte, n, g * 16) &&
@@ -54,10 +54,9 @@ Tensor& sefp_linear_out(KernelRuntimeContext& ctx, const Tensor& x, const Tensor
                       "[N, G*8] for exponents [%lld, %lld]",
                       static_cast<long long>(n), static_cast<long long>(g));
 
-  ET_KERNEL_CHECK_MSG(ctx,
-                      x.scalar_type() == ScalarType::Float && x.dim() >= 1 &&
-                          executorch::runtime::tensor_is_contiguous(x),
-                      InvalidArgument, out, "otaro::sefp_linear: x must be a contiguous float32 tensor [..., K]");
+  ET_KERNEL_CHECK_MSG(
+      ctx, x.scalar_type() == ScalarType::Float && x.dim() >= 1 && executorch::runtime::tensor_is_contiguous(x),
+      InvalidArgument, out, "otaro::sefp_linear: x must be a contiguous float32 tensor [..., K]");
   const int64_t k = x.size(x.dim() - 1);
   ET_KERNEL_CHECK_MSG(ctx, k > (g - 1) * kGroup && k <= g * kGroup, InvalidArgument, out,
                       "otaro::sefp_linear: x has %lld input features, the weight has %lld groups of 64",
@@ -66,9 +65,8 @@ Tensor& sefp_linear_out(KernelRuntimeContext& ctx, const Tensor& x, const Tensor
   const float* bias_data = nullptr;
   if (bias.has_value()) {
     const Tensor& b = bias.value();
-    ET_KERNEL_CHECK_MSG(ctx, b.scalar_type() == ScalarType::Float && b.dim() == 1 && b.size(0) == n,
-                        InvalidArgument, out, "otaro::sefp_linear: bias must be float32 [%lld]",
-                        static_cast<long long>(n));
+    ET_KERNEL_CHECK_MSG(ctx, b.scalar_type() == ScalarType::Float && b.dim() == 1 && b.size(0) == n, InvalidArgument,
+                        out, "otaro::sefp_linear: bias must be float32 [%lld]", static_cast<long long>(n));
     bias_data = b.const_data_ptr<float>();
   }
 
@@ -79,14 +77,18 @@ Tensor& sefp_linear_out(KernelRuntimeContext& ctx, const Tensor& x, const Tensor
   out_sizes[x.dim() - 1] = static_cast<SizesType>(n);
   ET_KERNEL_CHECK_MSG(ctx, out.scalar_type() == ScalarType::Float, InvalidArgument, out,
                       "otaro::sefp_linear: out must be float32");
-  ET_KERNEL_CHECK_MSG(ctx,
-                      executorch::runtime::resize_tensor(out, {out_sizes.data(), static_cast<size_t>(x.dim())}) ==
-                          Error::Ok,
-                      InvalidArgument, out, "otaro::sefp_linear: cannot resize out to [..., %lld]",
-                      static_cast<long long>(n));
+  ET_KERNEL_CHECK_MSG(
+      ctx, executorch::runtime::resize_tensor(out, {out_sizes.data(), static_cast<size_t>(x.dim())}) == Error::Ok,
+      InvalidArgument, out, "otaro::sefp_linear: cannot resize out to [..., %lld]", static_cast<long long>(n));
 
-  const SEFPWeightView w{p0.const_data_ptr<uint8_t>(), p1.const_data_ptr<uint8_t>(), p2.const_data_ptr<uint8_t>(),
-                         p3.const_data_ptr<uint8_t>(), exponents.const_data_ptr<int8_t>(), n, k, g};
+  const SEFPWeightView w{p0.const_data_ptr<uint8_t>(),
+                         p1.const_data_ptr<uint8_t>(),
+                         p2.const_data_ptr<uint8_t>(),
+                         p3.const_data_ptr<uint8_t>(),
+                         exponents.const_data_ptr<int8_t>(),
+                         n,
+                         k,
+                         g};
   int64_t rows = 1;  // leading dims of x (not numel / K: K may be 0)
   for (ssize_t d = 0; d + 1 < x.dim(); ++d) rows *= x.size(d);
   const Status status = sefp_linear(x.const_data_ptr<float>(), rows, w, bias_data, static_cast<int>(k_bits),

@@ -92,46 +92,46 @@ struct OrtApiBase {
 typedef void (*OrtUnusedEntry)();
 
 struct OrtApi {
-  OrtStatus* (*CreateStatus)(OrtErrorCode code, const char* msg) noexcept;       // 0
-  OrtErrorCode (*GetErrorCode)(const OrtStatus* status) noexcept;                  // 1
-  const char* (*GetErrorMessage)(const OrtStatus* status) noexcept;                // 2
-  OrtUnusedEntry unused_3_to_25[23];  // env, session, session-option setters
-  OrtStatus* (*CreateCustomOpDomain)(const char* domain, OrtCustomOpDomain** out) noexcept;          // 26
+  OrtStatus* (*CreateStatus)(OrtErrorCode code, const char* msg) noexcept;  // 0
+  OrtErrorCode (*GetErrorCode)(const OrtStatus* status) noexcept;           // 1
+  const char* (*GetErrorMessage)(const OrtStatus* status) noexcept;         // 2
+  OrtUnusedEntry unused_3_to_25[23];                                        // env, session, session-option setters
+  OrtStatus* (*CreateCustomOpDomain)(const char* domain, OrtCustomOpDomain** out) noexcept;            // 26
   OrtStatus* (*CustomOpDomain_Add)(OrtCustomOpDomain* domain, const struct OrtCustomOp* op) noexcept;  // 27
-  OrtStatus* (*AddCustomOpDomain)(OrtSessionOptions* options, OrtCustomOpDomain* domain) noexcept;   // 28
+  OrtStatus* (*AddCustomOpDomain)(OrtSessionOptions* options, OrtCustomOpDomain* domain) noexcept;     // 28
   OrtUnusedEntry unused_29_to_47[19];  // library loading, session queries, run options
   OrtStatus* (*CreateTensorAsOrtValue)(OrtAllocator* allocator, const int64_t* shape, size_t shape_len,
                                        ONNXTensorElementDataType type, OrtValue** out) noexcept;  // 48
   OrtUnusedEntry unused_49_to_50[2];
   OrtStatus* (*GetTensorMutableData)(OrtValue* value, void** out) noexcept;  // 51
-  OrtUnusedEntry unused_52_to_56[5];  // string tensors, type-info casts
-  OrtStatus* (*CreateTensorTypeAndShapeInfo)(OrtTensorTypeAndShapeInfo** out) noexcept;                    // 57
+  OrtUnusedEntry unused_52_to_56[5];                                         // string tensors, type-info casts
+  OrtStatus* (*CreateTensorTypeAndShapeInfo)(OrtTensorTypeAndShapeInfo** out) noexcept;                          // 57
   OrtStatus* (*SetTensorElementType)(OrtTensorTypeAndShapeInfo* info, ONNXTensorElementDataType type) noexcept;  // 58
-  OrtStatus* (*SetDimensions)(OrtTensorTypeAndShapeInfo* info, const int64_t* dims, size_t count) noexcept;    // 59
+  OrtStatus* (*SetDimensions)(OrtTensorTypeAndShapeInfo* info, const int64_t* dims, size_t count) noexcept;      // 59
   OrtStatus* (*GetTensorElementType)(const OrtTensorTypeAndShapeInfo* info,
-                                     ONNXTensorElementDataType* out) noexcept;                                // 60
-  OrtStatus* (*GetDimensionsCount)(const OrtTensorTypeAndShapeInfo* info, size_t* out) noexcept;              // 61
-  OrtStatus* (*GetDimensions)(const OrtTensorTypeAndShapeInfo* info, int64_t* dims, size_t count) noexcept;   // 62
+                                     ONNXTensorElementDataType* out) noexcept;                               // 60
+  OrtStatus* (*GetDimensionsCount)(const OrtTensorTypeAndShapeInfo* info, size_t* out) noexcept;             // 61
+  OrtStatus* (*GetDimensions)(const OrtTensorTypeAndShapeInfo* info, int64_t* dims, size_t count) noexcept;  // 62
   OrtUnusedEntry unused_63[1];  // GetSymbolicDimensions
-  OrtStatus* (*GetTensorShapeElementCount)(const OrtTensorTypeAndShapeInfo* info, size_t* out) noexcept;      // 64
-  OrtStatus* (*GetTensorTypeAndShape)(const OrtValue* value, OrtTensorTypeAndShapeInfo** out) noexcept;       // 65
-  OrtUnusedEntry unused_66_to_77[12];  // type info, memory info, allocator calls
+  OrtStatus* (*GetTensorShapeElementCount)(const OrtTensorTypeAndShapeInfo* info, size_t* out) noexcept;  // 64
+  OrtStatus* (*GetTensorTypeAndShape)(const OrtValue* value, OrtTensorTypeAndShapeInfo** out) noexcept;   // 65
+  OrtUnusedEntry unused_66_to_77[12];                                         // type info, memory info, allocator calls
   OrtStatus* (*GetAllocatorWithDefaultOptions)(OrtAllocator** out) noexcept;  // 78
   OrtUnusedEntry unused_79_to_87[9];  // map/sequence/opaque values, kernel-info attributes
-  OrtStatus* (*KernelContext_GetInputCount)(const OrtKernelContext* context, size_t* out) noexcept;   // 88
+  OrtStatus* (*KernelContext_GetInputCount)(const OrtKernelContext* context, size_t* out) noexcept;  // 88
   OrtUnusedEntry unused_89[1];  // KernelContext_GetOutputCount
   OrtStatus* (*KernelContext_GetInput)(const OrtKernelContext* context, size_t index,
-                                       const OrtValue** out) noexcept;                                 // 90
-  OrtStatus* (*KernelContext_GetOutput)(OrtKernelContext* context, size_t index, const int64_t* dims,
-                                        size_t dim_count, OrtValue** out) noexcept;                    // 91
-  OrtUnusedEntry unused_92[1];  // ReleaseEnv
-  void (*ReleaseStatus)(OrtStatus* status) noexcept;  // 93
+                                       const OrtValue** out) noexcept;  // 90
+  OrtStatus* (*KernelContext_GetOutput)(OrtKernelContext* context, size_t index, const int64_t* dims, size_t dim_count,
+                                        OrtValue** out) noexcept;  // 91
+  OrtUnusedEntry unused_92[1];                                     // ReleaseEnv
+  void (*ReleaseStatus)(OrtStatus* status) noexcept;               // 93
   OrtUnusedEntry unused_94_to_95[2];
   void (*ReleaseValue)(OrtValue* value) noexcept;  // 96
   OrtUnusedEntry unused_97_to_98[2];
   void (*ReleaseTensorTypeAndShapeInfo)(OrtTensorTypeAndShapeInfo* info) noexcept;  // 99
-  OrtUnusedEntry unused_100[1];  // ReleaseSessionOptions
-  void (*ReleaseCustomOpDomain)(OrtCustomOpDomain* domain) noexcept;  // 101 (last entry of API version 1)
+  OrtUnusedEntry unused_100[1];                                                     // ReleaseSessionOptions
+  void (*ReleaseCustomOpDomain)(OrtCustomOpDomain* domain) noexcept;                // 101 (last entry of API version 1)
   OrtUnusedEntry unused_102_to_273[172];  // API versions 2..17 up to KernelContext_ParallelFor
   OrtStatus* (*KernelContext_ParallelFor)(const OrtKernelContext* context, void (*fn)(void* user_data, size_t index),
                                           size_t total, size_t num_batch, void* user_data) noexcept;  // 274 (API 17)

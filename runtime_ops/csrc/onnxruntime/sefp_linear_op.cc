@@ -32,12 +32,12 @@ constexpr int64_t kGroupSize = 64;
 constexpr int64_t kPlaneBytesPerGroup[4] = {32, 16, 16, 8};
 constexpr int kMinBits = 3, kMaxBits = 8;
 
-#define OTARO_RETURN_IF_ERROR(expr)   \
-  do {                                \
-    OrtStatus* status_ = (expr);      \
-    if (status_ != nullptr) {         \
-      return status_;                 \
-    }                                 \
+#define OTARO_RETURN_IF_ERROR(expr) \
+  do {                              \
+    OrtStatus* status_ = (expr);    \
+    if (status_ != nullptr) {       \
+      return status_;               \
+    }                               \
   } while (0)
 
 OrtStatus* error(const OrtApi* api, const char* fmt, ...) __attribute__((format(printf, 2, 3)));
@@ -115,8 +115,7 @@ OrtStatus* check_and_bind(const OrtApi* api, const OrtValue* const* inputs, Prob
     if (inputs[i] == nullptr) continue;
     OTARO_RETURN_IF_ERROR(describe(api, inputs[i], &t[i]));
     if (t[i].type != kInputTypes[i]) {
-      return error(api, "input %s must be %s, got %s", kInputNames[i], type_name(kInputTypes[i]),
-                   type_name(t[i].type));
+      return error(api, "input %s must be %s, got %s", kInputNames[i], type_name(kInputTypes[i]), type_name(t[i].type));
     }
   }
 
@@ -254,7 +253,8 @@ OrtStatus* compute(const OrtApi* api, OrtKernelContext* context) {
   const int failure = job.failure.load();
   if (failure == -1) return api->CreateStatus(ORT_FAIL, "ai.otaro::SEFPLinear: the kernel core threw an exception");
   if (failure != 0) {
-    return error(api, "kernel core rejected the inputs: %s", otaro::status_message(static_cast<otaro::Status>(failure)));
+    return error(api, "kernel core rejected the inputs: %s",
+                 otaro::status_message(static_cast<otaro::Status>(failure)));
   }
   return nullptr;
 }
@@ -291,9 +291,7 @@ OrtCustomOpInputOutputCharacteristic input_characteristic(const OrtCustomOp*, si
 OrtMemType input_memory_type(const OrtCustomOp*, size_t) { return OrtMemTypeDefault; }
 size_t output_count(const OrtCustomOp*) { return 1; }
 ONNXTensorElementDataType output_type(const OrtCustomOp*, size_t) { return ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT; }
-OrtCustomOpInputOutputCharacteristic output_characteristic(const OrtCustomOp*, size_t) {
-  return INPUT_OUTPUT_REQUIRED;
-}
+OrtCustomOpInputOutputCharacteristic output_characteristic(const OrtCustomOp*, size_t) { return INPUT_OUTPUT_REQUIRED; }
 
 OrtCustomOp make_op() {
   OrtCustomOp op{};  // unset callbacks stay nullptr: ORT skips them for this version

@@ -14,9 +14,8 @@ from typer.testing import CliRunner
 from otaro_export.bench.artifacts import ArtifactSpec, ensure_artifact
 from otaro_export.bench.configs import BenchSettings
 from otaro_export.bench.runner import run_bench
-from otaro_export.errors import OtaroError
-
 from otaro_export.cli.main import app
+from otaro_export.errors import OtaroError
 from otaro_export.testing import tiny_causal_lm
 
 
@@ -26,8 +25,29 @@ def test_bench_quick_on_a_tiny_model(tmp_path):
     loaded.model.save_pretrained(str(model_dir))
     loaded.tokenizer.save_pretrained(str(model_dir))
     out = tmp_path / "out"
-    args = ["bench", "--quick", "--model", str(model_dir), "--targets", "onnx", "--no-llama-cpp", "--max-seq-len", "64", "--prompt", "Hi",
-            "--new-tokens", "4", "--runs", "1", "--eval-samples", "1", "--cache-dir", str(tmp_path / "cache"), "-o", str(out)]
+    args = [
+        "bench",
+        "--quick",
+        "--model",
+        str(model_dir),
+        "--targets",
+        "onnx",
+        "--no-llama-cpp",
+        "--max-seq-len",
+        "64",
+        "--prompt",
+        "Hi",
+        "--new-tokens",
+        "4",
+        "--runs",
+        "1",
+        "--eval-samples",
+        "1",
+        "--cache-dir",
+        str(tmp_path / "cache"),
+        "-o",
+        str(out),
+    ]
     result = CliRunner().invoke(app, args)
     assert result.exit_code == 0, result.output
     data = json.loads((out / "bench.json").read_text())
@@ -62,8 +82,16 @@ def test_bench_rejects_a_prompt_longer_than_the_cache(tmp_path):
     loaded = tiny_causal_lm(seed=0)
     loaded.model.save_pretrained(str(model_dir))
     loaded.tokenizer.save_pretrained(str(model_dir))
-    settings = BenchSettings(model=str(model_dir), targets=("onnx",), portable=False, llama_cpp=False,
-                             accuracy=False, max_seq_len=16, new_tokens=4, cache_dir=tmp_path / "cache",
-                             output=tmp_path / "out")
+    settings = BenchSettings(
+        model=str(model_dir),
+        targets=("onnx",),
+        portable=False,
+        llama_cpp=False,
+        accuracy=False,
+        max_seq_len=16,
+        new_tokens=4,
+        cache_dir=tmp_path / "cache",
+        output=tmp_path / "out",
+    )
     with pytest.raises(OtaroError, match="exceed --max-seq-len 16"):
         run_bench(settings, log=lambda _: None)

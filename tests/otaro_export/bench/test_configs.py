@@ -10,8 +10,14 @@ def test_full_settings_measure_every_configuration():
     s = BenchSettings()
     s.validate()
     labels = [c.label for c in s.run_configs()]
-    assert labels == ["onnx fused", "onnx portable (function)", "onnx fp32",
-                      "executorch fused", "executorch portable", "executorch fp32"]
+    assert labels == [
+        "onnx fused",
+        "onnx portable (function)",
+        "onnx fp32",
+        "executorch fused",
+        "executorch portable",
+        "executorch fp32",
+    ]
     # the ONNX function fallback reuses the fused file: 5 exports, not 6
     assert len(s.artifacts()) == 5
 
@@ -24,12 +30,15 @@ def test_quick_settings_are_smaller_and_keep_explicit_bits():
     assert quick_settings(BenchSettings(bits=(5,))).bits == (5,)
 
 
-@pytest.mark.parametrize("change, message", [
-    ({"bits": (9,)}, "9"),
-    ({"targets": ("tflite",)}, "tflite"),
-    ({"threads": 0}, "threads"),
-    ({"new_tokens": 1}, "new-tokens"),
-])
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        ({"bits": (9,)}, "9"),
+        ({"targets": ("tflite",)}, "tflite"),
+        ({"threads": 0}, "threads"),
+        ({"new_tokens": 1}, "new-tokens"),
+    ],
+)
 def test_bad_settings_are_clear_errors(change, message):
     with pytest.raises(OtaroError, match=message):
         BenchSettings(**change).validate()
@@ -41,7 +50,9 @@ def test_artifact_spec_and_cache_key(tmp_path):
     (tmp_path / "m").mkdir()
     d = artifact_dir(ArtifactSpec("executorch", "sefp", "portable"), str(tmp_path / "m"), 128, tmp_path / "cache")
     assert d.parent == tmp_path / "cache" and d.name.endswith("executorch-sefp-portable-L128")
-    assert artifact_dir(ArtifactSpec("onnx", "fp32"), str(tmp_path / "m"), 128, tmp_path).name.endswith("onnx-fp32-L128")
+    assert artifact_dir(ArtifactSpec("onnx", "fp32"), str(tmp_path / "m"), 128, tmp_path).name.endswith(
+        "onnx-fp32-L128"
+    )
     with pytest.raises(OtaroError, match="no such file"):
         model_key(str(tmp_path / "missing"))
 

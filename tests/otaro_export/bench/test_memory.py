@@ -22,4 +22,3 @@ def test_mapped_file_rss_counts_only_touched_pages_of_that_file(tmp_path):
 
 def test_process_rss_and_peak():
     assert 0 < memory.rss_mib() <= memory.peak_rss_mib()
-

@@ -59,9 +59,13 @@ def test_goals_verdicts(results):
 
 
 def test_goals_not_measured_and_switching_failure():
-    goals = report.evaluate_goals([_r("onnx fused", "onnx", "E5M3", 3, 10.0)],
-                                  {"onnx fused": {"switch_ratio": 1.2}, "executorch fused": {"switch_ratio": 0.8}},
-                                  {}, "no mmap", None)
+    goals = report.evaluate_goals(
+        [_r("onnx fused", "onnx", "E5M3", 3, 10.0)],
+        {"onnx fused": {"switch_ratio": 1.2}, "executorch fused": {"switch_ratio": 0.8}},
+        {},
+        "no mmap",
+        None,
+    )
     by_name = {g.name: g for g in goals}
     assert by_name["E5M3 decode vs llama.cpp Q4_1"].met is None
     assert by_name["E5M8 decode vs our fp32 export"].met is None
@@ -95,7 +99,9 @@ def test_table_json_and_plots(tmp_path, results):
     report.save_json(tmp_path / "b.json", {"speed": rows, "path": tmp_path})
     assert json.loads((tmp_path / "b.json").read_text())["speed"][1]["decode_x_llama"] == pytest.approx(1.2)
     report.plot_speed(rows, tmp_path / "speed.png", "t")
-    acc = {"untuned": [PrecisionMetrics("E5M3", 3, 20.0, 0.5, 0.7, 10), PrecisionMetrics("FP", None, 10.0, 0.0, 1.0, 10)]}
+    acc = {
+        "untuned": [PrecisionMetrics("E5M3", 3, 20.0, 0.5, 0.7, 10), PrecisionMetrics("FP", None, 10.0, 0.0, 1.0, 10)]
+    }
     report.plot_accuracy(acc, tmp_path / "acc.png", "t")
     for name in ("speed.png", "acc.png"):
         assert (tmp_path / name).read_bytes()[:4] == b"\x89PNG"

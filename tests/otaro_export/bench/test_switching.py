@@ -8,7 +8,7 @@ def test_switch_ratio_is_geometric_mean_of_per_precision_ratios():
     alternating = [(3, 1.1), (8, 2.0), (3, 1.1), (8, 2.0)]
     out = switch_ratios(fixed, alternating)
     assert out["per_bits_ratio"] == {"3": pytest.approx(1.1), "8": pytest.approx(1.0)}
-    assert out["switch_ratio"] == pytest.approx(1.1 ** 0.5)
+    assert out["switch_ratio"] == pytest.approx(1.1**0.5)
     assert out["fixed_step_ms"]["8"] == pytest.approx(2000.0)
 
 
@@ -37,6 +37,9 @@ def test_switching_goal_allows_measured_noise():
 def test_faster_when_alternating_is_no_cost():
     from otaro_export.bench.report import evaluate_goals
 
-    goal = next(g for g in evaluate_goals([], {"onnx fused": {"switch_ratio": 0.9, "noise": 0.01}}, {}, None, None)
-                if g.name == "precision switching cost")
+    goal = next(
+        g
+        for g in evaluate_goals([], {"onnx fused": {"switch_ratio": 0.9, "noise": 0.01}}, {}, None, None)
+        if g.name == "precision switching cost"
+    )
     assert goal.met is True

@@ -23,8 +23,16 @@ def test_bad_model_path_is_one_clean_error(tmp_path):
     import sys
 
     proc = subprocess.run(
-        [sys.executable, "-c", "from otaro_export.cli.main import main; main()", "quantize", "--model", str(tmp_path / "nope")],
-        capture_output=True, text=True,
+        [
+            sys.executable,
+            "-c",
+            "from otaro_export.cli.main import main; main()",
+            "quantize",
+            "--model",
+            str(tmp_path / "nope"),
+        ],
+        capture_output=True,
+        text=True,
     )
     assert proc.returncode == 2
     assert "error:" in proc.stderr and "does not exist" in proc.stderr and "Traceback" not in proc.stderr

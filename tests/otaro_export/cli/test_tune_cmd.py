@@ -37,10 +37,33 @@ def cli(capsys, monkeypatch):
 
 def test_tune_writes_a_resumable_loadable_run_and_eval_reads_it(cli, tiny_dir, tmp_path):
     out = tmp_path / "run"
-    common = ["--model", str(tiny_dir), "--output", str(out), "--num-samples", "3", "--gen-tokens", "6", "--batch-size", "2"]
+    common = [
+        "--model",
+        str(tiny_dir),
+        "--output",
+        str(out),
+        "--num-samples",
+        "3",
+        "--gen-tokens",
+        "6",
+        "--batch-size",
+        "2",
+    ]
     res = cli(
-        "tune", *common, "--steps", "3", "--optimizer", "adamw", "--lr", "1e-3", "--laa-interval", "2",
-        "--lr-schedule", "cosine", "--warmup-steps", "1",
+        "tune",
+        *common,
+        "--steps",
+        "3",
+        "--optimizer",
+        "adamw",
+        "--lr",
+        "1e-3",
+        "--laa-interval",
+        "2",
+        "--lr-schedule",
+        "cosine",
+        "--warmup-steps",
+        "1",
     )
     assert res.exit_code == 0, res.output
     assert "tuned 3 steps (otaro)" in res.output and (out / "LATEST").is_file()
@@ -54,8 +77,19 @@ def test_tune_writes_a_resumable_loadable_run_and_eval_reads_it(cli, tiny_dir, t
 
     report = tmp_path / "eval"
     ev = cli(
-        "eval", "--model", tiny_dir, "--checkpoint", out, "--num-samples", 2, "--gen-tokens", 6,
-        "--bits", "3,8", "--output", report,
+        "eval",
+        "--model",
+        tiny_dir,
+        "--checkpoint",
+        out,
+        "--num-samples",
+        2,
+        "--gen-tokens",
+        6,
+        "--bits",
+        "3,8",
+        "--output",
+        report,
     )
     assert ev.exit_code == 0, ev.output
     rows = json.loads((report / "eval.json").read_text())["runs"]["tuned"]

@@ -53,7 +53,6 @@ class FakeSession(Session):
         return logits
 
 
-
 @pytest.fixture
 def fake_session():
     return FakeSession

@@ -34,7 +34,10 @@ def test_runs_builtin_script_with_one_load(counted_fake_load, tmp_path):
     assert len(loads) == 1
     report = json.loads((tmp_path / "r.json").read_text())
     assert [(r["name"], r["precision"]) for r in report["results"]] == [
-        ("sentiment", "E5M3"), ("reply", "E5M8"), ("quiz", "E5M3"), ("short_answer", "E5M4"),
+        ("sentiment", "E5M3"),
+        ("reply", "E5M8"),
+        ("quiz", "E5M3"),
+        ("short_answer", "E5M4"),
     ]
     assert report["loads"] == 1 and report["single_session"]
     assert set(session.bits_seen) == {3, 4, 8}
@@ -60,7 +63,9 @@ def test_invalid_policy_is_a_config_error_raised_before_loading(counted_fake_loa
 
 
 @pytest.mark.parametrize("policy, message", INVALID_POLICIES)
-def test_entry_point_prints_one_clean_line_and_exits_2(counted_fake_load, tmp_path, monkeypatch, capsys, policy, message):
+def test_entry_point_prints_one_clean_line_and_exits_2(
+    counted_fake_load, tmp_path, monkeypatch, capsys, policy, message
+):
     path = tmp_path / "policy.toml"
     path.write_text(policy)
     monkeypatch.setattr(sys, "argv", ["otaro", "demo", "model.onnx", "--policy", str(path)])

@@ -138,7 +138,9 @@ def test_app_sources_read_only_keys_the_bundle_has(onnx_artifact, tmp_path):
     assert result.exit_code == 0, result.output
     keys = _json_keys(json.loads((tmp_path / "demo_bundle.json").read_text()))
     kotlin = (REPO / "examples/android/app/src/main/java/dev/otaro/demo/DemoBundle.kt").read_text()
-    kotlin_keys = set(re.findall(r'(?:get|opt)(?:String|Int|Long|JSONArray|JSONObject)\("(\w+)"\)|isNull\("(\w+)"\)', kotlin))
+    kotlin_keys = set(
+        re.findall(r'(?:get|opt)(?:String|Int|Long|JSONArray|JSONObject)\("(\w+)"\)|isNull\("(\w+)"\)', kotlin)
+    )
     kotlin_keys = {a or b for a, b in kotlin_keys}
     swift = (REPO / "examples/ios/OtaroDemo/DemoBundle.swift").read_text()
     # Decodable stored properties, decoded with .convertFromSnakeCase (computed `var id` excluded).

@@ -24,9 +24,15 @@ def test_parses_both_kinds(tmp_path):
         ('[[task]]\nname = "a"\nkind = "choose"\nprompt = "p"\noptions = ["x", "x"]', "duplicates"),
         ('[[task]]\nname = "a"\nkind = "generate"\nprompt = ""', "'prompt' must be a non-empty string"),
         ('[[task]]\nname = "a"\nkind = "generate"\nprompt = "p"\nmax_new_tokens = 0', "max_new_tokens"),
-        ('[[task]]\nname = "a"\nkind = "generate"\nprompt = "p"\noptions = ["x", "y"]', r"unknown key\(s\) \['options'\]"),
+        (
+            '[[task]]\nname = "a"\nkind = "generate"\nprompt = "p"\noptions = ["x", "y"]',
+            r"unknown key\(s\) \['options'\]",
+        ),
         ('[[task]]\nname = "a b"\nkind = "generate"\nprompt = "p"', "letters, digits"),
-        ('[[task]]\nname = "a"\nkind = "generate"\nprompt = "p"\n[[task]]\nname = "a"\nkind = "generate"\nprompt = "q"', "used twice"),
+        (
+            '[[task]]\nname = "a"\nkind = "generate"\nprompt = "p"\n[[task]]\nname = "a"\nkind = "generate"\nprompt = "q"',
+            "used twice",
+        ),
     ],
 )
 def test_invalid_task_scripts(toml, message):

@@ -53,7 +53,9 @@ def test_qwen2_portable_with_biases(et_root):
 
 
 def test_mistral_fused_with_external_weights(et_root, tmp_path):
-    directory, loaded = tiny_executorch_artifact(et_root, "mistral", kernels="fused", num_layers=1, external_weights=True)
+    directory, loaded = tiny_executorch_artifact(
+        et_root, "mistral", kernels="fused", num_layers=1, external_weights=True
+    )
     manifest = json.loads((directory / "manifest.json").read_text())
     assert manifest["kernel_library"] == "executorch"
     assert manifest["extra"]["data_files"] == ["model.ptd"]
@@ -83,10 +85,14 @@ def _sefp_modules(model):
 def _assert_weights_stored_once(directory, model):
     """One .pte for six precisions holds the packed planes once (no float copy of the SEFP weights)."""
     modules = _sefp_modules(model)
-    packed = sum(getattr(m, p).numel() * getattr(m, p).element_size() for m in modules for p in (*PLANE_NAMES, "exponents"))
+    packed = sum(
+        getattr(m, p).numel() * getattr(m, p).element_size() for m in modules for p in (*PLANE_NAMES, "exponents")
+    )
     sefp_floats = sum(m.in_features * m.out_features * 4 for m in modules)
     names = select_sefp_linears(model)
-    other_floats = sum(p.numel() * 4 for n, p in model.named_parameters() if not any(n.startswith(f"{s}.") for s in names))
+    other_floats = sum(
+        p.numel() * 4 for n, p in model.named_parameters() if not any(n.startswith(f"{s}.") for s in names)
+    )
     size = (directory / "model.pte").stat().st_size
     # tied embedding/lm_head may be stored twice (XNNPACK packs lm_head); 256 KiB covers the program itself
     assert size < packed + 2 * other_floats + 256 * 1024

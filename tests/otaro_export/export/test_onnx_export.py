@@ -157,5 +157,7 @@ def test_unsupported_architecture_is_a_clear_error(tmp_path):
 
     gpt2 = GPT2LMHeadModel(GPT2Config(n_layer=1, n_embd=32, n_head=2, vocab_size=50))
     with pytest.raises(UnsupportedModelError, match="llama, qwen2, mistral"):
-        export_model(ExportOptions(target="onnx", output=tmp_path), log=lambda m: None, loaded=LoadedModel(gpt2, None, "gpt2"))
+        export_model(
+            ExportOptions(target="onnx", output=tmp_path), log=lambda m: None, loaded=LoadedModel(gpt2, None, "gpt2")
+        )
     assert not os.listdir(tmp_path)

@@ -8,7 +8,7 @@ import torch
 from onnx import TensorProto, helper, numpy_helper
 
 from otaro_export import ops
-from otaro_export.export.onnx_sefp_function import OP_TYPE, DOMAIN, attach_function, register_schema
+from otaro_export.export.onnx_sefp_function import DOMAIN, OP_TYPE, attach_function, register_schema
 from otaro_export.packing import pack
 from otaro_export.sefp import SUPPORTED_BITS, quantize
 
@@ -27,7 +27,10 @@ def _single_node_model(packed, bias):
     graph = helper.make_graph(
         [node],
         "one_sefp_linear",
-        [helper.make_tensor_value_info("X", TensorProto.FLOAT, [1, "S", K]), helper.make_tensor_value_info("bits", TensorProto.INT64, [])],
+        [
+            helper.make_tensor_value_info("X", TensorProto.FLOAT, [1, "S", K]),
+            helper.make_tensor_value_info("bits", TensorProto.INT64, []),
+        ],
         [helper.make_tensor_value_info("Y", TensorProto.FLOAT, [1, "S", N])],
         inits,
     )
@@ -61,4 +64,6 @@ def test_function_body_rejects_out_of_range_bits():
 
 def test_function_opset_must_match_and_be_new_enough():
     with pytest.raises(ValueError, match="opset >= 18"):
-        attach_function(helper.make_model(helper.make_graph([], "g", [], []), opset_imports=[helper.make_opsetid("", 17)]))
+        attach_function(
+            helper.make_model(helper.make_graph([], "g", [], []), opset_imports=[helper.make_opsetid("", 17)])
+        )

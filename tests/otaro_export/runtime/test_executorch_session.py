@@ -133,7 +133,7 @@ def test_pte_loads_in_a_fresh_process(artifact, tmp_path):
     code = f"""
 import numpy as np
 from otaro_export.runtime import load
-s = load({str(artifact.dir / 'model.pte')!r})
+s = load({str(artifact.dir / "model.pte")!r})
 np.save({str(out)!r}, s.forward(np.array({IDS.tolist()}), 6))
 maps = open('/proc/self/maps').read()
 print('KERNEL_LIBRARY_LOADED' if 'libotaro_sefp_executorch' in maps else 'STOCK_RUNTIME_ONLY')
@@ -166,7 +166,10 @@ def test_missing_kernel_library_fails_cleanly_in_the_cli(et_root, tmp_path):
     """A fresh process that cannot build the library: one clean error line, no traceback, no abort."""
     directory, _ = tiny_executorch_artifact(et_root, **CONFIGS["fused"])
     env = dict(os.environ, CXX=str(tmp_path / "no-such-compiler"), OTARO_KERNEL_CACHE_DIR=str(tmp_path / "cache"))
-    code = "from otaro_export.cli.main import main; import sys; sys.argv=['otaro','run',%r,'-p','hi','-b','3']; main()" % str(directory)
+    code = (
+        "from otaro_export.cli.main import main; import sys; "
+        f"sys.argv=['otaro','run',{str(directory)!r},'-p','hi','-b','3']; main()"
+    )
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=300)
     assert proc.returncode > 0, (proc.returncode, proc.stderr[-2000:])  # an error exit, not a signal
     assert "--kernels portable" in proc.stderr and "Traceback" not in proc.stderr

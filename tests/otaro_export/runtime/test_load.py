@@ -6,8 +6,16 @@ from otaro_export.runtime import load
 
 
 def write_manifest(directory, artifact="model.onnx", target="onnx"):
-    Manifest(target=target, artifact=artifact, kernels="portable", kernel_library=None, quantized_layers=[],
-             inputs=[], outputs=[], model={}).save(directory)
+    Manifest(
+        target=target,
+        artifact=artifact,
+        kernels="portable",
+        kernel_library=None,
+        quantized_layers=[],
+        inputs=[],
+        outputs=[],
+        model={},
+    ).save(directory)
 
 
 def test_missing_path(tmp_path):

@@ -66,9 +66,13 @@ def test_bad_bits(session, bits):
 
 @pytest.mark.parametrize(
     "ids,exc",
-    [(np.zeros((2, 3), np.int64), ValueError), (np.zeros((1, 0), np.int64), ValueError),
-     (np.zeros((1, 3), np.float32), TypeError), (np.full((1, 3), 999), ValueError),
-     (np.zeros((1, 65), np.int64), ValueError)],
+    [
+        (np.zeros((2, 3), np.int64), ValueError),
+        (np.zeros((1, 0), np.int64), ValueError),
+        (np.zeros((1, 3), np.float32), TypeError),
+        (np.full((1, 3), 999), ValueError),
+        (np.zeros((1, 65), np.int64), ValueError),
+    ],
 )
 def test_bad_input_ids(session, ids, exc):
     with pytest.raises(exc):

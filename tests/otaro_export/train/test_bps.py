@@ -67,7 +67,7 @@ def test_state_round_trip_continues_identically():
         a.observe(b, 1.0 / (b + i))
     b_sampler = BPSSampler()
     b_sampler.load_state_dict(a.state_dict())
-    for i in range(10):
+    for _ in range(10):
         x, y = a.choose(), b_sampler.choose()
         assert x == y
         a.observe(x, 0.3 * x)

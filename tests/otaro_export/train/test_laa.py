@@ -52,7 +52,9 @@ def test_interval_one_equals_immediate_updates_and_sum_reduce():
     now, applied = _run(ImmediateUpdate(), bits_seq, grads)
     assert all(applied)
     assert all(torch.equal(a, b) for a, b in zip(one, now))
-    summed, _ = _run(LowPrecisionAccumulator([torch.nn.Parameter(torch.zeros(3))], interval=2, reduce="sum"), [3, 3], grads[:2])
+    summed, _ = _run(
+        LowPrecisionAccumulator([torch.nn.Parameter(torch.zeros(3))], interval=2, reduce="sum"), [3, 3], grads[:2]
+    )
     assert torch.equal(summed[-1], torch.full((3,), -3.0))
 
 

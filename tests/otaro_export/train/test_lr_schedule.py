@@ -37,6 +37,8 @@ def test_unknown_schedule_and_negative_warmup_are_refused():
 
 
 def test_apply_sets_every_param_group():
-    opt = torch.optim.SGD([{"params": [torch.zeros(1, requires_grad=True)]}, {"params": [torch.zeros(1, requires_grad=True)]}], lr=1.0)
+    opt = torch.optim.SGD(
+        [{"params": [torch.zeros(1, requires_grad=True)]}, {"params": [torch.zeros(1, requires_grad=True)]}], lr=1.0
+    )
     apply_learning_rate(opt, 0.125)
     assert [g["lr"] for g in opt.param_groups] == [0.125, 0.125]

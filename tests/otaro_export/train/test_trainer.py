@@ -9,7 +9,7 @@ from otaro_export.testing import tiny_causal_lm
 from otaro_export.train.checkpoint import load_tuned_weights
 from otaro_export.train.evaluation import evaluate_precisions
 from otaro_export.train.fake_quant import attach_fake_quant, detach_fake_quant
-from otaro_export.train.trainer import SAMPLES_FILE, SUMMARY_FILE, Tuner, TuneError
+from otaro_export.train.trainer import SAMPLES_FILE, SUMMARY_FILE, TuneError, Tuner
 from otaro_export.train.tune_config import TuneConfig
 
 
@@ -54,8 +54,18 @@ def test_kill_and_resume_gives_bitwise_the_same_weights(tmp_path):
         # Self-distillation data (generated once, saved, reused on resume), AdamW state,
         # LAA buffers mid-accumulation and BPS state must all survive the restart.
         cfg = TuneConfig(
-            method="otaro", steps=7, batch_size=2, num_samples=4, gen_tokens=8, optimizer="adamw",
-            lr=1e-3, laa_interval=2, checkpoint_every=3, seed=5, lr_schedule="cosine", warmup_steps=2,
+            method="otaro",
+            steps=7,
+            batch_size=2,
+            num_samples=4,
+            gen_tokens=8,
+            optimizer="adamw",
+            lr=1e-3,
+            laa_interval=2,
+            checkpoint_every=3,
+            seed=5,
+            lr_schedule="cosine",
+            warmup_steps=2,
         )
         return Tuner(cfg, tiny, progress=False)
 
@@ -80,7 +90,9 @@ def test_kill_and_resume_gives_bitwise_the_same_weights(tmp_path):
     assert rates[:3] == pytest.approx([5e-4, 1e-3, 1e-3]) and rates[-1] == pytest.approx(0.0, abs=1e-12)
     a, b = _weights(straight.model), _weights(resumed.model)
     assert all(torch.equal(a[n], b[n]) for n in a)
-    assert json.loads((tmp_path / "b" / SAMPLES_FILE).read_text()) == json.loads((tmp_path / "a" / SAMPLES_FILE).read_text())
+    assert json.loads((tmp_path / "b" / SAMPLES_FILE).read_text()) == json.loads(
+        (tmp_path / "a" / SAMPLES_FILE).read_text()
+    )
 
 
 def test_output_is_loadable_into_a_plain_hf_model(tiny, chat_samples, tmp_path):
@@ -100,7 +112,9 @@ def test_output_is_loadable_into_a_plain_hf_model(tiny, chat_samples, tmp_path):
 
 def test_ptq_writes_the_untouched_weights(tiny, chat_samples, tmp_path):
     cfg = TuneConfig(method="ptq", steps=50)
-    Tuner(cfg, LoadedModel(copy.deepcopy(tiny.model), tiny.tokenizer, "tiny"), samples=chat_samples, progress=False).run(tmp_path)
+    Tuner(
+        cfg, LoadedModel(copy.deepcopy(tiny.model), tiny.tokenizer, "tiny"), samples=chat_samples, progress=False
+    ).run(tmp_path)
     plain = tiny_causal_lm(seed=3).model
     load_tuned_weights(plain, tmp_path)
     q = "model.layers.1.mlp.down_proj.weight"
@@ -109,13 +123,17 @@ def test_ptq_writes_the_untouched_weights(tiny, chat_samples, tmp_path):
 
 def test_output_directory_guards(tiny, chat_samples, tmp_path):
     cfg = TuneConfig(method="uniform", steps=1, batch_size=2)
-    Tuner(cfg, LoadedModel(copy.deepcopy(tiny.model), tiny.tokenizer, "t"), samples=chat_samples, progress=False).run(tmp_path / "r")
+    Tuner(cfg, LoadedModel(copy.deepcopy(tiny.model), tiny.tokenizer, "t"), samples=chat_samples, progress=False).run(
+        tmp_path / "r"
+    )
     with pytest.raises(TuneError, match="--resume"):
-        Tuner(cfg, LoadedModel(copy.deepcopy(tiny.model), tiny.tokenizer, "t"), samples=chat_samples, progress=False).run(tmp_path / "r")
+        Tuner(
+            cfg, LoadedModel(copy.deepcopy(tiny.model), tiny.tokenizer, "t"), samples=chat_samples, progress=False
+        ).run(tmp_path / "r")
     with pytest.raises(TuneError, match="nothing to resume"):
-        Tuner(cfg, LoadedModel(copy.deepcopy(tiny.model), tiny.tokenizer, "t"), samples=chat_samples, progress=False).run(
-            tmp_path / "empty", resume=True
-        )
+        Tuner(
+            cfg, LoadedModel(copy.deepcopy(tiny.model), tiny.tokenizer, "t"), samples=chat_samples, progress=False
+        ).run(tmp_path / "empty", resume=True)
 
 
 @pytest.mark.slow
@@ -125,8 +143,10 @@ def test_real_model_tunes_checkpoints_and_loads_for_export(tmp_path):
 
     data = tmp_path / "chat.jsonl"
     data.write_text(
-        json.dumps({"prompt": "What is the capital of France?", "response": "The capital of France is Paris."}) + "\n"
-        + json.dumps({"text": "Water boils at 100 degrees Celsius at sea level."}) + "\n"
+        json.dumps({"prompt": "What is the capital of France?", "response": "The capital of France is Paris."})
+        + "\n"
+        + json.dumps({"text": "Water boils at 100 degrees Celsius at sea level."})
+        + "\n"
     )
     cfg = TuneConfig(method="bps", steps=2, batch_size=1, seq_len=48, data=str(data), optimizer="adamw", lr=1e-4)
     result = Tuner(cfg, load_model("default"), progress=False).run(tmp_path / "run")

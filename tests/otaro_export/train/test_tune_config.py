@@ -15,8 +15,16 @@ def test_method_presets():
 def test_round_trip_and_bad_settings():
     cfg = TuneConfig(method="bps", bits=(3, 5, 8), lr=0.01)
     assert TuneConfig.from_dict(cfg.to_dict()) == cfg
-    for bad in (dict(method="magic"), dict(optimizer="lion"), dict(loss="mse"), dict(steps=-1), dict(lr=0.0), dict(lr_schedule="linear"), dict(warmup_steps=-1),
-                dict(anchor_weight=-1.0)):
+    for bad in (
+        dict(method="magic"),
+        dict(optimizer="lion"),
+        dict(loss="mse"),
+        dict(steps=-1),
+        dict(lr=0.0),
+        dict(lr_schedule="linear"),
+        dict(warmup_steps=-1),
+        dict(anchor_weight=-1.0),
+    ):
         with pytest.raises(ValueError):
             TuneConfig(**bad)
     with pytest.raises(InvalidBitsError):
