@@ -32,6 +32,7 @@ import torch
 from otaro_export.convert import select_sefp_linears
 from otaro_export.errors import OtaroError
 from otaro_export.export.executorch_decoder import FP32_INPUT_NAMES, INPUT_NAMES, OUTPUT_NAMES, export_decoder
+from otaro_export.export.model_info import model_info
 from otaro_export.manifest import Manifest
 
 ARTIFACT_NAME = "model.pte"
@@ -91,7 +92,6 @@ def _sizes(out_dir: Path, files: list[str]) -> dict:
 
 def export_executorch(loaded, options, out_dir: Path, log: Callable[[str], None] = print) -> Manifest:
     """Write ``out_dir/model.pte`` (one method, every precision) and return its manifest."""
-    from otaro_export.export.pipeline import model_info
     from otaro_export.passes.lowering import lower_to_sefp
 
     model = loaded.model.eval()
@@ -140,8 +140,6 @@ def export_executorch_fp32(
     "fp32"``); ``otaro_export.runtime.load`` runs it like any artifact and
     ignores the precision (``--bits``) it is given.
     """
-    from otaro_export.export.pipeline import model_info
-
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     model = loaded.model.eval()

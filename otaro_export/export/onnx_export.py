@@ -26,6 +26,7 @@ from otaro_export import ops
 from otaro_export.convert import check_supported, select_sefp_linears
 from otaro_export.errors import ArtifactError
 from otaro_export.export.kv_decoder import KVCacheDecoder, io_names
+from otaro_export.export.model_info import model_info
 from otaro_export.export.onnx_sefp_function import DOMAIN, OP_TYPE, attach_function, register_schema
 from otaro_export.manifest import Manifest
 
@@ -102,7 +103,6 @@ def kernel_fields(kernels: str, lowered: bool = True) -> tuple[str, str | None]:
 
 
 def _write(loaded, options, out_dir: Path, log: Callable[[str], None], lower: bool) -> Manifest:
-    from otaro_export.export.pipeline import model_info
     from otaro_export.passes import lower_to_sefp
     from otaro_export.passes.drop_unused_inputs import drop_unused_inputs
 

@@ -38,26 +38,6 @@ class ExportOptions:
             raise OtaroError(f"--max-seq-len must be in 2..32768, got {self.max_seq_len}")
 
 
-def model_info(model, source: str, max_seq_len: int) -> dict:
-    """The ``model`` section of the manifest: what a runtime needs to drive the artifact."""
-    cfg = model.config
-    eos = model.generation_config.eos_token_id if getattr(model, "generation_config", None) else None
-    if eos is None:
-        eos = cfg.eos_token_id
-    eos_ids = [eos] if isinstance(eos, int) else list(eos or [])
-    head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
-    return {
-        "source": source,
-        "model_type": cfg.model_type,
-        "vocab_size": cfg.vocab_size,
-        "num_layers": cfg.num_hidden_layers,
-        "num_kv_heads": getattr(cfg, "num_key_value_heads", cfg.num_attention_heads),
-        "head_dim": head_dim,
-        "max_seq_len": max_seq_len,
-        "eos_token_ids": eos_ids,
-    }
-
-
 def export_model(options: ExportOptions, log: Callable[[str], None] = print, loaded=None) -> Path:
     """Run the whole export; returns the path of the written manifest.json.
 

@@ -14,7 +14,7 @@ import numpy as np
 import torch
 
 from otaro_export.convert import check_supported, dequantized_copy, sefp_layers
-from otaro_export.export.pipeline import model_info
+from otaro_export.export.model_info import model_info
 from otaro_export.manifest import Manifest
 from otaro_export.runtime.session import Session
 
