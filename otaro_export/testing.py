@@ -1,14 +1,28 @@
-"""Tiny random-initialised models and a byte-level tokenizer, for fast tests and examples.
+"""Test fixtures: tiny random-initialised models, a byte-level tokenizer, tiny cached exports.
 
-Shipped in the package (not only under tests/) so that helpers, examples and
+The one module of the package that exists for tests and examples; nothing else
+in the package imports it. Shipped (not only under tests/) so that examples and
 downstream users can build the same fixtures.
+
+``tiny_onnx_artifact`` / ``tiny_executorch_artifact`` export :func:`tiny_causal_lm`
+(seed 0) into a directory under ``root`` named by their settings, unless a
+finished export is already there, and return ``(directory, loaded_model)``.
+Tests in different directories share one export per pytest run by passing the
+same ``root``.
 """
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import torch
 
+from otaro_export.manifest import MANIFEST_NAME
 from otaro_export.models import LoadedModel
+
+#: KV-cache capacity of the tiny exports (small: lowering time grows with it)
+TINY_ONNX_MAX_SEQ_LEN = 64
+TINY_EXECUTORCH_MAX_SEQ_LEN = 32
 
 _CHAT_TEMPLATE = (
     "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
@@ -74,3 +88,41 @@ def tiny_causal_lm(model_type: str = "llama", seed: int = 0, **overrides) -> Loa
     model.config.eos_token_id = eos
     model.generation_config.eos_token_id = eos
     return LoadedModel(model=model, tokenizer=tokenizer, source=f"tiny-random-{model_type}")
+
+
+def tiny_onnx_artifact(model_type: str, root: Path, kernels: str = "fused") -> tuple[Path, LoadedModel]:
+    """A tiny ONNX export in ``root/<model_type>-<kernels>``, exported on first use."""
+    from otaro_export.export.pipeline import ExportOptions, export_model
+
+    loaded = tiny_causal_lm(model_type)
+    out = Path(root) / f"{model_type}-{kernels}"
+    if not (out / MANIFEST_NAME).is_file():
+        options = ExportOptions(target="onnx", output=out, kernels=kernels, max_seq_len=TINY_ONNX_MAX_SEQ_LEN)
+        export_model(options, log=lambda _msg: None, loaded=loaded)
+    return out, loaded
+
+
+def tiny_executorch_artifact(
+    root: Path,
+    model_type: str = "llama",
+    kernels: str = "fused",
+    num_layers: int = 2,
+    external_weights: bool = False,
+) -> tuple[Path, LoadedModel]:
+    """A tiny ``.pte`` export under ``root``, exported on first use; the model returned is the float one."""
+    from otaro_export.export.pipeline import ExportOptions, export_model
+
+    loaded = tiny_causal_lm(model_type, num_hidden_layers=num_layers)
+    name = f"{model_type}-{num_layers}l-{kernels}{'-ptd' if external_weights else ''}"
+    out = Path(root) / name
+    if not (out / MANIFEST_NAME).is_file():
+        options = ExportOptions(
+            target="executorch",
+            output=out,
+            kernels=kernels,
+            max_seq_len=TINY_EXECUTORCH_MAX_SEQ_LEN,
+            external_weights=external_weights,
+        )
+        export_model(options, log=lambda _msg: None, loaded=loaded)
+        loaded = tiny_causal_lm(model_type, num_hidden_layers=num_layers)  # export may have touched the config
+    return out, loaded

@@ -1,6 +1,6 @@
 import pytest
 
-from otaro_export.export.onnx_fixtures import tiny_onnx_artifact
+from otaro_export.testing import tiny_onnx_artifact
 
 
 @pytest.fixture(scope="session")

@@ -15,9 +15,9 @@ import torch
 from otaro_export.convert import convert_model, dequantized_copy, select_sefp_linears
 from otaro_export.errors import ArtifactError
 from otaro_export.export.executorch_export import export_executorch_fp32
-from otaro_export.export.executorch_fixtures import TINY_MAX_SEQ_LEN, tiny_executorch_artifact
 from otaro_export.packing import PLANE_NAMES
 from otaro_export.runtime import load
+from otaro_export.testing import TINY_EXECUTORCH_MAX_SEQ_LEN, tiny_executorch_artifact
 
 TOL = dict(rtol=1e-4, atol=1e-4)
 IDS = np.array([[7, 200, 31, 4, 99, 150]], dtype=np.int64)
@@ -108,7 +108,9 @@ def test_fp32_baseline(tmp_path):
     from otaro_export.testing import tiny_causal_lm
 
     loaded = tiny_causal_lm("llama", num_hidden_layers=1)
-    manifest = export_executorch_fp32(loaded, tmp_path / "fp32", max_seq_len=TINY_MAX_SEQ_LEN, log=lambda _m: None)
+    manifest = export_executorch_fp32(
+        loaded, tmp_path / "fp32", max_seq_len=TINY_EXECUTORCH_MAX_SEQ_LEN, log=lambda _m: None
+    )
     assert manifest.inputs == ["input_ids", "cache_position"] and manifest.quantized_layers == []
     assert manifest.extra["baseline"] == "fp32"
     session = load(tmp_path / "fp32")

@@ -25,10 +25,10 @@ import torch
 from otaro_export.bench import memory
 from otaro_export.convert import convert_model, dequantized_copy
 from otaro_export.errors import ArtifactError, InvalidBitsError, KernelLibraryError
-from otaro_export.export.executorch_fixtures import tiny_executorch_artifact
 from otaro_export.runtime import load
 from otaro_export.runtime.executorch_session import ExecuTorchSession, ensure_kernel_library, release_locked_pages
 from otaro_export.sefp import SUPPORTED_BITS
+from otaro_export.testing import tiny_executorch_artifact
 
 TOL = dict(rtol=1e-4, atol=1e-4)
 IDS = np.array([[5, 17, 100, 3, 250, 9, 42, 77]], dtype=np.int64)
