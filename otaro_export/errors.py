@@ -27,3 +27,19 @@ class ArtifactError(OtaroError, RuntimeError):
 
 class KernelLibraryError(OtaroError, RuntimeError):
     """A native kernel library could not be built, found or loaded."""
+
+
+class InvalidInputError(OtaroError, ValueError):
+    """A call's arguments are unusable (an empty or over-long prompt, a negative token budget...)."""
+
+
+class IntegrityError(ArtifactError):
+    """An artifact file differs from what its manifest recorded at export (damaged or replaced)."""
+
+
+class NonFiniteOutputError(ArtifactError):
+    """The model produced NaN or Inf logits: a damaged artifact or a broken kernel, never a valid answer."""
+
+
+class OtaroWarning(UserWarning):
+    """Something the user asked for was adjusted (e.g. ``max_new_tokens`` clamped to the context)."""
