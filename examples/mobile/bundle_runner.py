@@ -1,6 +1,6 @@
 """Run a demo bundle the way the Android and iOS apps do: onnxruntime + a JSON file, nothing else.
 
-    python examples/mobile/bundle_runner.py BUNDLE_DIR [--bits TASK=E5M5 ...]
+    python examples/mobile/bundle_runner.py BUNDLE_DIR [--bits TASK=E5M5 ...] [--custom-op-library SO]
 
 Each function here has a twin in examples/android/.../DemoEngine.kt and
 examples/ios/OtaroDemo/DemoEngine.swift (same names, same steps), so this file
@@ -23,13 +23,16 @@ import onnxruntime as ort
 class BundleModel:
     """One ONNX session, loaded once; ``step`` runs tokens at a precision against the KV cache."""
 
-    def __init__(self, bundle_dir: Path):
+    def __init__(self, bundle_dir: Path, custom_op_library: str | None = None):
         self.bundle = json.loads((bundle_dir / "demo_bundle.json").read_text())
         if self.bundle.get("format") != "otaro-demo-bundle" or self.bundle.get("format_version") != 1:
             raise ValueError(f"{bundle_dir} holds no version-1 otaro demo bundle")
         self.io = self.bundle["io"]
+        options = ort.SessionOptions()
+        if custom_op_library is not None:  # the fused SEFP kernels, as the Android app loads them when shipped
+            options.register_custom_ops_library(str(custom_op_library))
         self.session = ort.InferenceSession(
-            str(bundle_dir / self.bundle["model_file"]), providers=["CPUExecutionProvider"]
+            str(bundle_dir / self.bundle["model_file"]), options, providers=["CPUExecutionProvider"]
         )
         self.token_bytes = [base64.b64decode(t) for t in self.bundle["token_bytes"]]
         self.reset()
@@ -95,9 +98,11 @@ def generate(model: BundleModel, task: dict) -> tuple[str, int]:
     return model.decode([t for t in out if t not in eos]), len(out)
 
 
-def run_bundle(bundle_dir: Path, overrides: dict[str, int] | None = None, echo=print) -> list[dict]:
+def run_bundle(
+    bundle_dir: Path, overrides: dict[str, int] | None = None, echo=print, custom_op_library: str | None = None
+) -> list[dict]:
     t0 = time.perf_counter()
-    model = BundleModel(bundle_dir)
+    model = BundleModel(bundle_dir, custom_op_library)
     echo(
         f"loaded {model.bundle['model_file']} once in {time.perf_counter() - t0:.2f} s (session 0x{id(model.session):x})"
     )
@@ -122,12 +127,17 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("bundle_dir", type=Path)
     parser.add_argument("--bits", action="append", default=[], metavar="TASK=E5Mk", help="override a task's precision")
+    parser.add_argument(
+        "--custom-op-library",
+        metavar="SO",
+        help="register the SEFP custom-op library (fused kernels) for this platform",
+    )
     args = parser.parse_args()
     overrides = {}
     for item in args.bits:
         name, _, precision = item.partition("=")
         overrides[name] = int(precision.upper().removeprefix("E5M"))
-    run_bundle(args.bundle_dir, overrides)
+    run_bundle(args.bundle_dir, overrides, custom_op_library=args.custom_op_library)
 
 
 if __name__ == "__main__":
