@@ -260,3 +260,36 @@ def build_aarch64_tests() -> Path:
     units += [_Unit(s, include) for s in sorted((CSRC / "tests").glob("*.cc"))]
     target = _Target("sefp_kernel_tests_aarch64", units, shared=False)
     return _build_cached(target, cxx)
+
+
+def build_aarch64_library(kind: str, executorch_root: Path | None = None) -> Path:
+    """Cross-compile the ``"onnxruntime"`` or ``"executorch"`` kernel library for ARM64 (scalar + NEON core).
+
+    For the phone-path check (examples/arm64), which loads them into onnxruntime's and ExecuTorch's own
+    aarch64 builds under qemu-aarch64. ``executorch_root`` (``"executorch"`` only) is the ``executorch``
+    directory of an unpacked aarch64 executorch wheel: its ``include/`` and ``lib/libexecutorch.so``.
+    Raises KernelLibraryError if ``aarch64-linux-gnu-g++`` (or ``$OTARO_CROSS_CXX``) is missing.
+    """
+    cxx = find_compiler("OTARO_CROSS_CXX", "aarch64-linux-gnu-g++")
+    include = ["-I", str(CSRC)]
+    core = [_Unit(u.source, [*u.flags, *include]) for u in _core_units("aarch64", False)]
+    if kind == "onnxruntime":
+        wrappers = [_Unit(s, include) for s in sorted((CSRC / "onnxruntime").glob("*.cc"))]
+        return _build_cached(_Target("libotaro_sefp_onnxruntime.so", core + wrappers), cxx)
+    if kind != "executorch":
+        raise ValueError(f"unknown ARM64 kernel library kind {kind!r}; expected 'onnxruntime' or 'executorch'")
+    if executorch_root is None:
+        raise ValueError("the ARM64 ExecuTorch library needs executorch_root (an unpacked aarch64 executorch wheel)")
+    et_include, et_lib = Path(executorch_root) / "include", Path(executorch_root) / "lib"
+    if not (et_include / "executorch").is_dir() or not (et_lib / "libexecutorch.so").is_file():
+        raise KernelLibraryError(f"{executorch_root} lacks include/executorch or lib/libexecutorch.so")
+    et_c10 = et_include / "executorch" / "runtime" / "core" / "portable_type" / "c10"
+    et_flags = [*include, "-isystem", str(et_include), "-isystem", str(et_c10), "-DC10_USING_CUSTOM_GENERATED_MACROS"]
+    wrappers = [_Unit(s, et_flags) for s in sorted((CSRC / "executorch").glob("*.cc"))]
+    target = _Target(
+        "libotaro_sefp_executorch.so",
+        core + wrappers,
+        link_flags=[f"-L{et_lib}", "-lexecutorch"],
+        extra_hash=[str(et_lib)],
+    )
+    return _build_cached(target, cxx)
