@@ -5,7 +5,9 @@ chosen ISA and thread count, without going through onnxruntime or ExecuTorch.
 
     from otaro_export.runtime_ops.core_ctypes import CoreKernels
     k = CoreKernels.load()
-    y = k.linear(x, packed, bits=4, isa="avx512")
+    y = k.linear(x, packed, bits=4, isa="avx512")              # floor (the paper's rule)
+    y = k.linear(x, packed, bits=4, levels=sefp.center_levels())  # any reconstruction table
+    rows = k.embedding(ids, packed, bits=4)                     # rows of W_4, [*ids.shape, K]
 """
 
 from __future__ import annotations
@@ -17,12 +19,14 @@ import torch
 
 from otaro_export.errors import InvalidBitsError, KernelLibraryError
 from otaro_export.packing import PackedSEFP
+from otaro_export.sefp import LEVELS_SHAPE
 
 from .build import library_path
 
 #: otaro::Isa values (sefp_kernel.h)
 ISAS = {"auto": 0, "scalar": 1, "avx2": 2, "avx512": 3, "neon": 4}
 _STATUS_INVALID_BITS = 1
+_STATUS_INVALID_INDEX = 6
 
 _P = ctypes.c_void_p
 _I64 = ctypes.c_int64
@@ -45,10 +49,16 @@ class CoreKernels:
         except OSError as exc:
             raise KernelLibraryError(f"cannot load the SEFP kernel core {path}: {exc}") from exc
         lib.otaro_sefp_linear.restype = _INT
-        lib.otaro_sefp_linear.argtypes = [_P, _I64, _P, _P, _P, _P, _P, _I64, _I64, _I64, _P, _INT, _P, _INT, _INT]
+        lib.otaro_sefp_linear.argtypes = [
+            _P, _I64, _P, _P, _P, _P, _P, _I64, _I64, _I64, _P, _P, _INT, _P, _INT, _INT,
+        ]  # fmt: skip
         lib.otaro_sefp_linear_range.restype = _INT
         lib.otaro_sefp_linear_range.argtypes = [
-            _P, _I64, _P, _P, _P, _P, _P, _I64, _I64, _I64, _P, _INT, _P, _I64, _I64, _I64, _INT,
+            _P, _I64, _P, _P, _P, _P, _P, _I64, _I64, _I64, _P, _P, _INT, _P, _I64, _I64, _I64, _INT,
+        ]  # fmt: skip
+        lib.otaro_sefp_embedding.restype = _INT
+        lib.otaro_sefp_embedding.argtypes = [
+            _P, _I64, _P, _P, _P, _P, _P, _I64, _I64, _I64, _P, _INT, _P, _INT, _INT, ctypes.POINTER(_I64),
         ]  # fmt: skip
         lib.otaro_status_message.restype = ctypes.c_char_p
         lib.otaro_status_message.argtypes = [_INT]
@@ -80,12 +90,20 @@ class CoreKernels:
     def default_num_threads(self) -> int:
         return int(self._lib.otaro_default_num_threads())
 
-    def _raise_for(self, status: int, bits: int, isa: str) -> None:
+    def _raise_for(self, status: int, bits: int, isa: str, op: str = "sefp_linear") -> None:
         if status != 0:
             message = self._lib.otaro_status_message(status).decode()
             if status == _STATUS_INVALID_BITS:
-                raise InvalidBitsError(f"otaro sefp_linear kernel: {message} (got {bits})")
-            raise ValueError(f"otaro sefp_linear kernel ({isa}): {message}")
+                raise InvalidBitsError(f"otaro {op} kernel: {message} (got {bits})")
+            raise ValueError(f"otaro {op} kernel ({isa}): {message}")
+
+    @staticmethod
+    def _levels(levels: torch.Tensor | None) -> torch.Tensor | None:
+        if levels is None:
+            return None
+        if levels.dtype != torch.float32 or tuple(levels.shape) != LEVELS_SHAPE:
+            raise ValueError(f"levels must be float32 {list(LEVELS_SHAPE)}, got {levels.dtype} {list(levels.shape)}")
+        return levels.contiguous()
 
     def linear_range(
         self,
@@ -97,6 +115,7 @@ class CoreKernels:
         n_end: int,
         bias: torch.Tensor | None = None,
         *,
+        levels: torch.Tensor | None = None,
         isa: str = "auto",
     ) -> torch.Tensor:
         """Columns ``n_begin:n_end`` of ``x @ W_bits^T + bias`` into ``out [rows, ldy]`` (single thread)."""
@@ -109,9 +128,11 @@ class CoreKernels:
         if bias is not None and (bias.dtype != torch.float32 or tuple(bias.shape) != (n,) or not bias.is_contiguous()):
             raise ValueError(f"bias must be a contiguous float32 [{n}] tensor")
         planes = [p.contiguous() for p in (*packed.planes(), packed.exponents)]
+        table = self._levels(levels)
         status = self._lib.otaro_sefp_linear_range(
             _ptr(x2), x2.shape[0], *(_ptr(p) for p in planes), packed.out_features, x.shape[-1],
-            packed.num_groups, _ptr(bias), int(bits), _ptr(out), out.shape[1], n_begin, n_end, ISAS[isa],
+            packed.num_groups, _ptr(bias), _ptr(table), int(bits), _ptr(out), out.shape[1], n_begin, n_end,
+            ISAS[isa],
         )  # fmt: skip
         self._raise_for(status, bits, isa)
         return out
@@ -123,11 +144,12 @@ class CoreKernels:
         bits: int,
         bias: torch.Tensor | None = None,
         *,
+        levels: torch.Tensor | None = None,
         isa: str = "auto",
         num_threads: int = 0,
         out: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """``x @ W_bits^T + bias`` for float32 ``x [..., K]`` via the fused kernel."""
+        """``x @ W_bits^T + bias`` for float32 ``x [..., K]`` via the fused kernel (``levels``: docs/FORMAT.md §3)."""
         if isa not in ISAS:
             raise ValueError(f"unknown isa {isa!r}; expected one of {list(ISAS)}")
         if x.dtype != torch.float32:
@@ -142,9 +164,43 @@ class CoreKernels:
             raise ValueError(f"bias must be float32 [{n}], got {bias.dtype} {list(bias.shape)}")
         bias_c = None if bias is None else bias.contiguous()
         planes = [p.contiguous() for p in (*packed.planes(), packed.exponents)]
+        table = self._levels(levels)
         status = self._lib.otaro_sefp_linear(
-            _ptr(x2), x2.shape[0], *(_ptr(p) for p in planes),
-            n, x.shape[-1], packed.num_groups, _ptr(bias_c), int(bits), _ptr(out), int(num_threads), ISAS[isa],
+            _ptr(x2), x2.shape[0], *(_ptr(p) for p in planes), n, x.shape[-1], packed.num_groups, _ptr(bias_c),
+            _ptr(table), int(bits), _ptr(out), int(num_threads), ISAS[isa],
         )  # fmt: skip
         self._raise_for(status, bits, isa)
         return out.reshape(*x.shape[:-1], n)
+
+    def embedding(
+        self,
+        ids: torch.Tensor,
+        packed: PackedSEFP,
+        bits: int,
+        *,
+        levels: torch.Tensor | None = None,
+        isa: str = "auto",
+        num_threads: int = 0,
+    ) -> torch.Tensor:
+        """Rows ``ids`` of ``W_bits`` as float32 ``[*ids.shape, K]`` via the fused gather kernel."""
+        if isa not in ISAS:
+            raise ValueError(f"unknown isa {isa!r}; expected one of {list(ISAS)}")
+        if ids.dtype != torch.int64:
+            raise TypeError(f"ids must be int64, got {ids.dtype}")
+        flat = ids.reshape(-1).contiguous()
+        k = packed.in_features
+        out = torch.empty(flat.numel(), k, dtype=torch.float32)
+        planes = [p.contiguous() for p in (*packed.planes(), packed.exponents)]
+        table = self._levels(levels)
+        bad = _I64(-1)
+        status = self._lib.otaro_sefp_embedding(
+            _ptr(flat), flat.numel(), *(_ptr(p) for p in planes), packed.out_features, k, packed.num_groups,
+            _ptr(table), int(bits), _ptr(out), int(num_threads), ISAS[isa], ctypes.byref(bad),
+        )  # fmt: skip
+        if status == _STATUS_INVALID_INDEX:
+            raise IndexError(
+                f"otaro sefp_embedding kernel: id {int(flat[bad.value])} at position {bad.value} is outside "
+                f"[0, {packed.out_features})"
+            )
+        self._raise_for(status, bits, isa, "sefp_embedding")
+        return out.reshape(*ids.shape, k)

@@ -1,15 +1,29 @@
-"""Every compiled x86 code path of the kernel core equals the torch reference op.
+"""Every compiled x86 code path of the kernel core equals the torch reference ops.
 
+Every reconstruction rule (floor, center, a fitted-like table, a generic table;
+sefp_kernel_cases.level_tables) at every precision, every ISA, every shape.
 Tolerances are justified in sefp_kernel_cases.py (exact cases: bit-for-bit;
-float cases: the float32 summation-order bound). ARM64 NEON: test_neon_qemu.py.
+float cases: the float32 summation-order bound; embedding rows: bit-for-bit).
+ARM64 NEON: test_neon_qemu.py.
 """
 
 from __future__ import annotations
 
 import pytest
 import torch
-from sefp_kernel_cases import BITS, SHAPES, exact_problem, float_problem, reference, summation_tolerance
+from sefp_kernel_cases import (
+    BITS,
+    RULES,
+    SHAPES,
+    embedding_reference,
+    exact_problem,
+    float_problem,
+    level_tables,
+    reference,
+    summation_tolerance,
+)
 
+from otaro_export import sefp
 from otaro_export.errors import InvalidBitsError
 from otaro_export.runtime_ops.core_ctypes import CoreKernels
 
@@ -28,47 +42,113 @@ def _require(kernels: CoreKernels, isa: str) -> None:
 
 @pytest.fixture(scope="module")
 def exact_cases():
-    """(label, x, packed, bits, bias, torch reference) for every shape and precision."""
-    cases = []
-    for i, (n, k, rows) in enumerate(SHAPES):
-        x, packed, bias = exact_problem(n, k, rows, seed=i)
-        for bits in BITS:
-            cases.append(
-                (f"N={n} K={k} rows={rows} bits={bits}", x, packed, bits, bias, reference(x, packed, bits, bias))
-            )
+    """rule -> [(label, x, packed, bits, bias, levels, torch reference)] for every shape and precision."""
+    cases = {}
+    for rule, levels in level_tables().items():
+        cases[rule] = []
+        for i, (n, k, rows) in enumerate(SHAPES):
+            x, packed, bias = exact_problem(n, k, rows, seed=i)
+            for bits in BITS:
+                want = reference(x, packed, bits, bias, levels)
+                cases[rule].append((f"{rule} N={n} K={k} rows={rows} bits={bits}", x, packed, bits, bias, levels, want))
     return cases
 
 
 @pytest.fixture(scope="module")
 def float_cases():
     """As exact_cases, plus the per-element summation-order tolerance; with and without bias."""
-    cases = []
-    for i, (n, k, rows) in enumerate(SHAPES):
-        x, packed, bias = float_problem(n, k, rows, seed=100 + i)
-        for bits in BITS:
-            b = bias if bits % 2 else None
-            label = f"N={n} K={k} rows={rows} bits={bits} bias={b is not None}"
-            cases.append(
-                (label, x, packed, bits, b, reference(x, packed, bits, b), summation_tolerance(x, packed, bits, b))
-            )
+    cases = {}
+    for rule, levels in level_tables(seed=1).items():
+        cases[rule] = []
+        for i, (n, k, rows) in enumerate(SHAPES):
+            x, packed, bias = float_problem(n, k, rows, seed=100 + i)
+            for bits in BITS:
+                b = bias if bits % 2 else None
+                label = f"{rule} N={n} K={k} rows={rows} bits={bits} bias={b is not None}"
+                want = reference(x, packed, bits, b, levels)
+                tol = summation_tolerance(x, packed, bits, b, levels)
+                cases[rule].append((label, x, packed, bits, b, levels, want, tol))
     return cases
 
 
+@pytest.mark.parametrize("rule", RULES)
 @pytest.mark.parametrize("isa", X86_ISAS)
-def test_exact_cases_equal_reference_bit_for_bit(kernels, exact_cases, isa):
+def test_exact_cases_equal_reference_bit_for_bit(kernels, exact_cases, isa, rule):
     _require(kernels, isa)
-    for label, x, packed, bits, bias, want in exact_cases:
-        got = kernels.linear(x, packed, bits, bias, isa=isa, num_threads=2)
+    for label, x, packed, bits, bias, levels, want in exact_cases[rule]:
+        got = kernels.linear(x, packed, bits, bias, levels=levels, isa=isa, num_threads=2)
         assert torch.equal(got, want), f"{isa} {label}"
 
 
+@pytest.mark.parametrize("rule", RULES)
 @pytest.mark.parametrize("isa", X86_ISAS)
-def test_float_cases_within_summation_bound(kernels, float_cases, isa):
+def test_float_cases_within_summation_bound(kernels, float_cases, isa, rule):
     _require(kernels, isa)
-    for label, x, packed, bits, bias, want, tol in float_cases:
-        got = kernels.linear(x, packed, bits, bias, isa=isa, num_threads=2)
+    for label, x, packed, bits, bias, levels, want, tol in float_cases[rule]:
+        got = kernels.linear(x, packed, bits, bias, levels=levels, isa=isa, num_threads=2)
         err = (got.double() - want.double()).abs()
         assert bool((err <= tol).all()), f"{isa} {label}: max err {err.max():.3g}"
+
+
+def test_rules_really_differ(kernels):
+    """The tables reach the kernels: each rule gives its own result at every precision."""
+    x, packed, bias = float_problem(40, 200, 1, seed=9)
+    for bits in BITS:
+        outs = [kernels.linear(x, packed, bits, bias, levels=levels) for levels in level_tables().values()]
+        for i in range(len(outs)):
+            for j in range(i + 1, len(outs)):
+                same_rows = bits >= 5 and {i, j} == {1, 2}  # fitted keeps center's rows for k >= 5
+                assert torch.equal(outs[i], outs[j]) == same_rows, (bits, i, j)
+
+
+def test_floor_table_equals_no_table(kernels):
+    """A table equal to floor takes the floor path: same bits as levels=None."""
+    x, packed, bias = float_problem(50, 300, 3, seed=4)
+    for bits in BITS:
+        assert torch.equal(
+            kernels.linear(x, packed, bits, bias, levels=sefp.floor_levels()), kernels.linear(x, packed, bits, bias)
+        )
+
+
+@pytest.mark.parametrize("rule", RULES)
+@pytest.mark.parametrize("isa", X86_ISAS)
+def test_embedding_rows_equal_reference_bit_for_bit(kernels, isa, rule):
+    _require(kernels, isa)
+    levels = level_tables(seed=2)[rule]
+    gen = torch.Generator().manual_seed(3)
+    for n, k in ((37, 100), (64, 64), (19, 1000), (300, 129)):
+        _, packed, _ = float_problem(n, k, 1, seed=n)
+        ids = torch.randint(0, n, (3, 5), generator=gen)
+        ids[0, 0], ids[0, 1] = 0, n - 1  # both ends of the table
+        for bits in BITS:
+            got = kernels.embedding(ids, packed, bits, levels=levels, isa=isa, num_threads=2)
+            assert got.shape == (3, 5, k)
+            assert torch.equal(got, embedding_reference(ids, packed, bits, levels)), f"{isa} {rule} {n}x{k} {bits}"
+
+
+@pytest.mark.parametrize("bad", [-1, 37, 2**40])
+def test_embedding_ids_out_of_range_are_an_error(kernels, bad):
+    _, packed, _ = float_problem(37, 100, 1, seed=0)
+    with pytest.raises(IndexError, match=rf"id {bad} at position 2 is outside \[0, 37\)"):
+        kernels.embedding(torch.tensor([0, 5, bad, 3]), packed, 4)
+
+
+def test_embedding_of_no_ids_is_empty(kernels):
+    _, packed, _ = float_problem(37, 100, 1, seed=0)
+    assert kernels.embedding(torch.zeros(0, dtype=torch.int64), packed, 4).shape == (0, 100)
+
+
+def test_bad_levels_are_an_error_for_the_precision_that_reads_them(kernels):
+    x, packed, _ = exact_problem(8, 64, 1, seed=0)
+    levels = sefp.center_levels()
+    levels[1, 5] = float("nan")  # E5M4 row
+    with pytest.raises(ValueError, match="finite and >= 0"):
+        kernels.linear(x, packed, 4, levels=levels)
+    with pytest.raises(ValueError, match="finite and >= 0"):
+        kernels.embedding(torch.tensor([1]), packed, 4, levels=levels)
+    kernels.linear(x, packed, 5, levels=levels)  # another row: fine
+    with pytest.raises(ValueError, match=r"float32 \[6, 256\]"):
+        kernels.linear(x, packed, 4, levels=levels[:5])
 
 
 def test_auto_picks_an_available_isa(kernels):
@@ -132,12 +212,12 @@ def test_concurrent_callers_share_the_pool_safely(kernels, exact_cases):
     # that finds the pool busy runs on its own thread. Results must stay exact.
     from concurrent.futures import ThreadPoolExecutor
 
-    picked = [c for c in exact_cases if c[1].shape[0] in (1, 16)][:6]
+    picked = [c for rule in RULES for c in exact_cases[rule] if c[1].shape[0] in (1, 16)][::10]
 
     def run(case):
-        label, x, packed, bits, bias, want = case
+        label, x, packed, bits, bias, levels, want = case
         for _ in range(10):
-            got = kernels.linear(x, packed, bits, bias, num_threads=2)
+            got = kernels.linear(x, packed, bits, bias, levels=levels, num_threads=2)
             if not torch.equal(got, want):
                 return label
         return None

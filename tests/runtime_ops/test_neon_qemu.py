@@ -1,7 +1,8 @@
 """ARM64: the kernel core (scalar + NEON) cross-compiled and run under qemu-aarch64.
 
 The C++ driver (runtime_ops/csrc/tests/sefp_kernel_tests.cc) reads problems and
-torch reference outputs written here, checks every ISA it has at 1 and 2
+torch reference outputs written here (linear calls and embedding gathers, every
+reconstruction rule at every precision), checks every ISA it has at 1 and 2
 threads, then its error paths. Tolerances: see sefp_kernel_cases.py.
 """
 
@@ -11,7 +12,17 @@ import shutil
 import subprocess
 
 import pytest
-from sefp_kernel_cases import BITS, exact_problem, float_problem, reference, summation_tolerance, write_case
+import torch
+from sefp_kernel_cases import (
+    BITS,
+    embedding_reference,
+    exact_problem,
+    float_problem,
+    level_tables,
+    reference,
+    summation_tolerance,
+    write_case,
+)
 
 from otaro_export.runtime_ops import build
 
@@ -34,19 +45,24 @@ def arm_binary():
 
 def test_neon_and_scalar_match_torch_reference_under_qemu(arm_binary, tmp_path):
     files = []
-    for i, (n, k, rows) in enumerate(QEMU_SHAPES):
-        exact = exact_problem(n, k, rows, seed=i)
-        flt = float_problem(n, k, rows, seed=50 + i)
-        for bits in BITS:
-            x, packed, bias = exact
-            path = tmp_path / f"exact_{i}_{bits}.bin"
-            write_case(path, x, packed, bits, bias, reference(x, packed, bits, bias), [0.0] * (rows * n))
-            files.append(path)
-            x, packed, bias = flt
-            path = tmp_path / f"float_{i}_{bits}.bin"
-            tol = summation_tolerance(x, packed, bits, bias).numpy()
-            write_case(path, x, packed, bits, bias, reference(x, packed, bits, bias), tol)
-            files.append(path)
+    for rule, levels in level_tables().items():
+        for i, (n, k, rows) in enumerate(QEMU_SHAPES):
+            exact = exact_problem(n, k, rows, seed=i)
+            flt = float_problem(n, k, rows, seed=50 + i)
+            ids = torch.randint(0, n, (7,), generator=torch.Generator().manual_seed(i))
+            for bits in BITS:
+                x, packed, bias = exact
+                path = tmp_path / f"exact_{rule}_{i}_{bits}.bin"
+                want = reference(x, packed, bits, bias, levels)
+                write_case(path, x, packed, bits, bias, want, [0.0] * (rows * n), levels)
+                x, packed, bias = flt
+                path2 = tmp_path / f"float_{rule}_{i}_{bits}.bin"
+                tol = summation_tolerance(x, packed, bits, bias, levels).numpy()
+                write_case(path2, x, packed, bits, bias, reference(x, packed, bits, bias, levels), tol, levels)
+                path3 = tmp_path / f"embedding_{rule}_{i}_{bits}.bin"
+                rows_ref = embedding_reference(ids, packed, bits, levels)
+                write_case(path3, None, packed, bits, None, rows_ref, [0.0] * rows_ref.numel(), levels, ids)
+                files += [path, path2, path3]
     proc = subprocess.run([QEMU, str(arm_binary), *map(str, files)], capture_output=True, text=True, timeout=600)
     out = proc.stdout + proc.stderr
     assert proc.returncode == 0, out[-4000:]

@@ -1,9 +1,14 @@
-// Validation, ISA dispatch and multi-threading of the SEFP kernel core.
+// Validation, planning, ISA dispatch and multi-threading of the SEFP kernel core.
 #include "core/sefp_kernel.h"
 
 #include <algorithm>
+#include <cmath>
+#include <cstdio>
 #include <cstdlib>
+#include <cstring>
+#include <initializer_list>
 #include <new>
+#include <string>
 #include <vector>
 
 #include "core/sefp_kernel_internal.h"
@@ -21,6 +26,9 @@ const char* status_message(Status status) {
     case Status::kUnavailableIsa:
       return "the requested instruction set is not compiled in or not supported by this CPU";
     case Status::kOutOfMemory: return "out of memory for the zero-padded copy of x";
+    case Status::kInvalidLevels:
+      return "reconstruction levels must be finite and >= 0 (the row of the precision used has a bad entry)";
+    case Status::kInvalidIndex: return "an id is outside [0, out_features) of the embedding table";
   }
   return "unknown status";
 }
@@ -74,6 +82,119 @@ int default_num_threads() {
   return n;
 }
 
+// ---- argument checks shared by the wrappers ----
+
+namespace {
+
+const char* dtype_name(DType t) {
+  switch (t) {
+    case DType::kFloat32: return "float32";
+    case DType::kUInt8: return "uint8";
+    case DType::kInt8: return "int8";
+    case DType::kInt64: return "int64";
+    default: return "another type";
+  }
+}
+
+std::string shape_str(const TensorInfo& t) {
+  std::string s = "[";
+  for (int64_t i = 0; i < t.rank; ++i) s += (i ? ", " : "") + std::to_string(t.dims[i]);
+  return s + "]";
+}
+
+bool has_shape(const TensorInfo& t, std::initializer_list<int64_t> want) {
+  if (t.rank != static_cast<int64_t>(want.size())) return false;
+  int64_t i = 0;
+  for (int64_t d : want)
+    if (t.dims[i++] != d) return false;
+  return true;
+}
+
+Status fail(char* msg, size_t len, const std::string& what) {
+  if (msg && len) std::snprintf(msg, len, "%s", what.c_str());
+  return Status::kInvalidShape;
+}
+
+Status check_dtype(const TensorInfo& t, const char* name, DType want, char* msg, size_t len) {
+  if (t.dtype == want) return Status::kOk;
+  return fail(msg, len, std::string("input ") + name + " must be " + dtype_name(want) + ", got " + dtype_name(t.dtype));
+}
+
+// P0..P3 and E of one [N, K] weight; sets n and g.
+Status check_weight(const TensorInfo (&planes)[kNumPlanes], const TensorInfo& e, int64_t* n, int64_t* g, char* msg,
+                    size_t len) {
+  if (Status s = check_dtype(e, "E", DType::kInt8, msg, len); s != Status::kOk) return s;
+  if (e.rank != 2) return fail(msg, len, "E (exponents) must be int8 [N, G], got shape " + shape_str(e));
+  *n = e.dims[0];
+  *g = e.dims[1];
+  for (int p = 0; p < kNumPlanes; ++p) {
+    const std::string name = "P" + std::to_string(p);
+    if (Status s = check_dtype(planes[p], name.c_str(), DType::kUInt8, msg, len); s != Status::kOk) return s;
+    const int64_t cols = *g * kPlaneBytesPerGroup[p];
+    if (!has_shape(planes[p], {*n, cols})) {
+      return fail(msg, len,
+                  "plane " + name + " must be uint8 [" + std::to_string(*n) + ", " + std::to_string(cols) +
+                      "] for E of shape [" + std::to_string(*n) + ", " + std::to_string(*g) + "], got " +
+                      shape_str(planes[p]));
+    }
+  }
+  return Status::kOk;
+}
+
+Status check_bits_and_levels(const TensorInfo& bits, const TensorInfo& levels, char* msg, size_t len) {
+  if (bits.dtype != DType::kInt64 || bits.rank != 0) {
+    return fail(
+        msg, len,
+        std::string("bits must be a 0-dim int64 tensor, got ") + dtype_name(bits.dtype) + " " + shape_str(bits));
+  }
+  if (levels.present && (levels.dtype != DType::kFloat32 || !has_shape(levels, {kLevelsRows, kLevelsCols}))) {
+    return fail(msg, len,
+                std::string("L (reconstruction levels) must be float32 [6, 256], got ") + dtype_name(levels.dtype) +
+                    " " + shape_str(levels));
+  }
+  return Status::kOk;
+}
+
+}  // namespace
+
+Status check_linear_args(const LinearArgsInfo& info, char* msg, size_t len) {
+  int64_t n = 0, g = 0;
+  if (Status s = check_weight(info.planes, info.exponents, &n, &g, msg, len); s != Status::kOk) return s;
+  if (Status s = check_dtype(info.x, "X", DType::kFloat32, msg, len); s != Status::kOk) return s;
+  if (info.x.rank < 1) return fail(msg, len, "X must have rank >= 1 ([..., K]), got a scalar");
+  const int64_t k = info.x.dims[info.x.rank - 1];
+  if (g < 1 || !(g * kGroupSize - kGroupSize < k && k <= g * kGroupSize)) {
+    return fail(msg, len,
+                "X has " + std::to_string(k) + " input features but the weight has " + std::to_string(g) +
+                    " groups of 64 (accepts " + std::to_string(g * kGroupSize - kGroupSize + 1) + ".." +
+                    std::to_string(g * kGroupSize) + ")");
+  }
+  if (info.bias.present) {
+    if (info.bias.dtype != DType::kFloat32 || !has_shape(info.bias, {n})) {
+      return fail(msg, len,
+                  "bias B must be float32 [" + std::to_string(n) + "], got " + dtype_name(info.bias.dtype) + " " +
+                      shape_str(info.bias));
+    }
+  }
+  return check_bits_and_levels(info.bits, info.levels, msg, len);
+}
+
+Status check_embedding_args(const EmbeddingArgsInfo& info, char* msg, size_t len) {
+  int64_t n = 0, g = 0;
+  if (Status s = check_weight(info.planes, info.exponents, &n, &g, msg, len); s != Status::kOk) return s;
+  if (Status s = check_dtype(info.ids, "ids", DType::kInt64, msg, len); s != Status::kOk) return s;
+  const int64_t k = info.in_features;
+  if (!(g * kGroupSize - kGroupSize < k && k <= g * kGroupSize)) {
+    return fail(msg, len,
+                "in_features is " + std::to_string(k) + " but the table has " + std::to_string(g) +
+                    " groups of 64 (accepts " + std::to_string(g * kGroupSize - kGroupSize + 1) + ".." +
+                    std::to_string(g * kGroupSize) + ")");
+  }
+  return check_bits_and_levels(info.bits, info.levels, msg, len);
+}
+
+// ---- planning ----
+
 namespace {
 
 detail::RangeKernel kernel_for(Isa isa) {
@@ -89,6 +210,19 @@ detail::RangeKernel kernel_for(Isa isa) {
   }
 }
 
+detail::EmbeddingKernel embedding_kernel_for(Isa isa) {
+  switch (isa) {
+#if defined(__x86_64__) || defined(_M_X64)
+    case Isa::kAvx2: return detail::embedding_range_avx2;
+    case Isa::kAvx512: return detail::embedding_range_avx512;
+#endif
+#if defined(__aarch64__)
+    case Isa::kNeon: return detail::embedding_range_neon;
+#endif
+    default: return detail::embedding_range_scalar;
+  }
+}
+
 // Work below this many weight-row products runs on the caller alone: waking
 // threads costs more than it saves.
 constexpr int64_t kMinWorkPerThread = 64 * 1024;
@@ -96,12 +230,62 @@ constexpr int64_t kMinWorkPerThread = 64 * 1024;
 constexpr int64_t kRowAlign = 16;
 constexpr int64_t kTasksPerThread = 4;
 
+// The floor rule's rows, for kernels that read a row in every decode mode.
+struct FloorRows {
+  float v[kLevelsRows][kLevelsCols];
+  FloorRows() : v{} {
+    for (int k = kMinBits; k <= kMaxBits; ++k)
+      for (int j = 0; j < (1 << k); ++j) v[k - kMinBits][j] = static_cast<float>(j << (8 - k));
+  }
+};
+const FloorRows& floor_rows() {
+  static const FloorRows rows;
+  return rows;
+}
+
+bool row_equals(const float* row, int bits, float offset) {
+  const float step = static_cast<float>(1 << (8 - bits));
+  for (int j = 0; j < (1 << bits); ++j)
+    if (row[j] != (static_cast<float>(j) + offset) * step) return false;
+  return true;
+}
+
+// Resolves the decode rule of precision `bits` and fills the plan's tables.
+Status resolve_levels(const float* levels, int bits, LinearPlan* plan) {
+  const float* row = levels ? levels + (bits - kMinBits) * kLevelsCols : floor_rows().v[bits - kMinBits];
+  for (int j = 0; j < (1 << bits); ++j)
+    if (!std::isfinite(row[j]) || row[j] < 0.0f) return Status::kInvalidLevels;
+  plan->row = row;
+  if (levels == nullptr || row_equals(row, bits, 0.0f)) {
+    plan->decode = Decode::kFloor;
+  } else if (bits >= 5 && row_equals(row, bits, 0.5f)) {
+    plan->decode = Decode::kCenter;
+  } else {
+    plan->decode = Decode::kTable;
+  }
+  std::memset(plan->lut, 0, sizeof plan->lut);
+  std::memset(plan->lut_bytes, 0, sizeof plan->lut_bytes);
+  if (bits <= 4) {
+    for (int i = 0; i < (bits == 3 ? 16 : 32); ++i) {
+      const int code = i & 15;  // sign << 3 | q[7:5]
+      const int j = bits == 3 ? (code & 7) : ((code & 7) << 1) | (i >> 4);
+      plan->lut[i] = (code & 8) ? -row[j] : row[j];
+    }
+    for (int j = 0; j < (1 << bits); ++j) {
+      uint32_t u;
+      std::memcpy(&u, &row[j], sizeof u);
+      for (int b = 0; b < 4; ++b) plan->lut_bytes[b][j] = static_cast<uint8_t>(u >> (8 * b));
+    }
+  }
+  return Status::kOk;
+}
+
 }  // namespace
 
 Status validate(const float* x, int64_t rows, const SEFPWeightView& w, int bits, const float* y) {
-  if (bits < 3 || bits > 8) return Status::kInvalidBits;
+  if (bits < kMinBits || bits > kMaxBits) return Status::kInvalidBits;
   if (rows < 0 || w.out_features < 0 || w.num_groups < 0 || w.in_features < 0) return Status::kInvalidShape;
-  if (w.in_features > w.num_groups * detail::kGroup || w.in_features <= (w.num_groups - 1) * detail::kGroup)
+  if (w.in_features > w.num_groups * kGroupSize || w.in_features <= (w.num_groups - 1) * kGroupSize)
     return Status::kInvalidShape;
   if (rows > 0 && w.out_features > 0) {
     if (!x || !y || !w.exponents || !w.p0) return Status::kInvalidShape;
@@ -110,84 +294,114 @@ Status validate(const float* x, int64_t rows, const SEFPWeightView& w, int bits,
   return Status::kOk;
 }
 
-namespace {
-
-// Validates, resolves the ISA and zero-pads x to whole groups (into `padded`).
-Status prepare(const float* x, int64_t rows, const SEFPWeightView& w, const float* bias, int bits, float* y,
-               int64_t ldy, Isa* isa, detail::LinearArgs* args, std::vector<float>* padded) {
-  const Status status = validate(x, rows, w, bits, y);
-  if (status != Status::kOk) return status;
+Status plan_linear(const float* x, int64_t rows, const SEFPWeightView& w, const float* bias, int bits, float* y,
+                   int64_t ldy, Isa isa, LinearPlan* plan) {
+  if (Status status = validate(x, rows, w, bits, y); status != Status::kOk) return status;
   if (ldy < w.out_features) return Status::kInvalidShape;
-  if (*isa == Isa::kAuto) *isa = best_isa();
-  if (!isa_available(*isa)) return Status::kUnavailableIsa;
-  *args = detail::LinearArgs{x, rows, w.in_features, w, bias, bits, y, ldy};
-  const int64_t k_pad = w.num_groups * detail::kGroup;
+  if (isa == Isa::kAuto) isa = best_isa();
+  if (!isa_available(isa)) return Status::kUnavailableIsa;
+  if (Status status = resolve_levels(w.levels, bits, plan); status != Status::kOk) return status;
+  plan->x = x;
+  plan->rows = rows;
+  plan->w = w;
+  plan->bias = bias;
+  plan->bits = bits;
+  plan->y = y;
+  plan->ldy = ldy;
+  plan->isa = isa;
+  const int64_t k_pad = w.num_groups * kGroupSize;
+  plan->ldx = k_pad;
   if (k_pad != w.in_features && rows > 0) {
     try {
-      padded->assign(static_cast<size_t>(rows * k_pad), 0.0f);
+      plan->padded.assign(static_cast<size_t>(rows * k_pad), 0.0f);
     } catch (const std::bad_alloc&) {
       return Status::kOutOfMemory;
     }
     for (int64_t r = 0; r < rows; ++r)
-      std::copy(x + r * w.in_features, x + (r + 1) * w.in_features, padded->begin() + r * k_pad);
-    args->x = padded->data();
+      std::copy(x + r * w.in_features, x + (r + 1) * w.in_features, plan->padded.begin() + r * k_pad);
+    plan->x = plan->padded.data();
   }
-  args->ldx = k_pad;
   return Status::kOk;
 }
 
-// K == 0: y = bias.
-void bias_only(const detail::LinearArgs& a, int64_t n_begin, int64_t n_end) {
-  for (int64_t r = 0; r < a.rows; ++r)
-    for (int64_t n = n_begin; n < n_end; ++n) a.y[r * a.ldy + n] = a.bias ? a.bias[n] : 0.0f;
+void run_linear_range(const LinearPlan& plan, int64_t n_begin, int64_t n_end) {
+  if (plan.rows == 0 || n_begin >= n_end) return;
+  if (plan.w.num_groups == 0) {  // K == 0: y = bias
+    for (int64_t r = 0; r < plan.rows; ++r)
+      for (int64_t n = n_begin; n < n_end; ++n) plan.y[r * plan.ldy + n] = plan.bias ? plan.bias[n] : 0.0f;
+    return;
+  }
+  kernel_for(plan.isa)(plan, n_begin, n_end);
 }
 
-}  // namespace
+int64_t linear_threads(const LinearPlan& plan, int num_threads) {
+  if (num_threads <= 0) num_threads = default_num_threads();
+  const int64_t work = plan.rows * plan.w.out_features * std::max<int64_t>(plan.ldx, 1);
+  const int64_t blocks = (plan.w.out_features + kRowAlign - 1) / kRowAlign;
+  return std::max<int64_t>(1, std::min<int64_t>({num_threads, blocks, work / kMinWorkPerThread}));
+}
 
 Status sefp_linear_range(const float* x, int64_t rows, const SEFPWeightView& w, const float* bias, int bits, float* y,
                          int64_t ldy, int64_t n_begin, int64_t n_end, Isa isa) {
   if (n_begin < 0 || n_end > w.out_features || n_begin > n_end) return Status::kInvalidShape;
-  detail::LinearArgs args{};
-  std::vector<float> padded;
-  const Status status = prepare(x, rows, w, bias, bits, y, ldy, &isa, &args, &padded);
-  if (status != Status::kOk || rows == 0 || n_begin == n_end) return status;
-  if (w.num_groups == 0) {
-    bias_only(args, n_begin, n_end);
-  } else {
-    kernel_for(isa)(args, n_begin, n_end);
-  }
+  LinearPlan plan;
+  const Status status = plan_linear(x, rows, w, bias, bits, y, ldy, isa, &plan);
+  if (status != Status::kOk) return status;
+  run_linear_range(plan, n_begin, n_end);
   return Status::kOk;
+}
+
+// Runs fn(begin, end) over [0, total) in blocks of `align`, on up to `threads` pool threads.
+template <typename Fn>
+static void parallel_blocks(int64_t total, int64_t align, int64_t threads, const Fn& fn) {
+  if (threads <= 1) {
+    fn(int64_t{0}, total);
+    return;
+  }
+  // A few tasks per thread: a thread that runs late (a busy machine) leaves its
+  // share to the others instead of stalling the call.
+  const int64_t blocks = (total + align - 1) / align;
+  const int64_t tasks = std::min<int64_t>(blocks, threads * kTasksPerThread);
+  const int64_t per_task = (blocks + tasks - 1) / tasks * align;
+  ThreadPool::instance().run(static_cast<int>(threads), static_cast<int>(tasks), [&](int t) {
+    const int64_t begin = t * per_task;
+    const int64_t end = std::min(total, begin + per_task);
+    if (begin < end) fn(begin, end);
+  });
 }
 
 Status sefp_linear(const float* x, int64_t rows, const SEFPWeightView& w, const float* bias, int bits, float* y,
                    int num_threads, Isa isa) {
-  detail::LinearArgs args{};
-  std::vector<float> padded;
-  const Status status = prepare(x, rows, w, bias, bits, y, w.out_features, &isa, &args, &padded);
+  LinearPlan plan;
+  const Status status = plan_linear(x, rows, w, bias, bits, y, w.out_features, isa, &plan);
   if (status != Status::kOk || rows == 0 || w.out_features == 0) return status;
-  if (w.num_groups == 0) {
-    bias_only(args, 0, w.out_features);
-    return Status::kOk;
-  }
+  parallel_blocks(w.out_features, kRowAlign, linear_threads(plan, num_threads),
+                  [&](int64_t begin, int64_t end) { run_linear_range(plan, begin, end); });
+  return Status::kOk;
+}
 
-  const detail::RangeKernel kernel = kernel_for(isa);
-  if (num_threads <= 0) num_threads = default_num_threads();
-  const int64_t work = rows * w.out_features * args.ldx;
-  const int64_t blocks = (w.out_features + kRowAlign - 1) / kRowAlign;
-  const int64_t threads = std::min<int64_t>({num_threads, blocks, std::max<int64_t>(1, work / kMinWorkPerThread)});
-  if (threads <= 1) {
-    kernel(args, 0, w.out_features);
-    return Status::kOk;
+Status sefp_embedding(const int64_t* ids, int64_t count, const SEFPWeightView& w, int bits, float* out, int num_threads,
+                      Isa isa, int64_t* bad_id) {
+  if (count < 0) return Status::kInvalidShape;
+  // A zero-row linear plan checks bits, the weight's shape and the levels, and resolves the ISA and decode.
+  LinearPlan plan;
+  const Status status = plan_linear(nullptr, 0, w, nullptr, bits, nullptr, w.out_features, isa, &plan);
+  if (status != Status::kOk) return status;
+  if (count > 0 && (!ids || !out || !w.exponents || !w.p0)) return Status::kInvalidShape;
+  if ((bits >= 4 && !w.p1) || (bits >= 6 && !w.p2) || (bits >= 8 && !w.p3)) return Status::kInvalidShape;
+  for (int64_t i = 0; i < count; ++i) {
+    if (ids[i] < 0 || ids[i] >= w.out_features) {
+      if (bad_id) *bad_id = i;
+      return Status::kInvalidIndex;
+    }
   }
-  // A few tasks per thread: a thread that runs late (a busy machine) leaves its
-  // share to the others instead of stalling the call.
-  const int64_t tasks = std::min<int64_t>(blocks, threads * kTasksPerThread);
-  const int64_t per_task = (blocks + tasks - 1) / tasks * kRowAlign;
-  ThreadPool::instance().run(static_cast<int>(threads), static_cast<int>(tasks), [&](int t) {
-    const int64_t begin = t * per_task;
-    const int64_t end = std::min(w.out_features, begin + per_task);
-    if (begin < end) kernel(args, begin, end);
-  });
+  if (count == 0 || w.in_features == 0) return Status::kOk;
+  const detail::EmbeddingPlan e{ids, w, out, &plan};
+  const detail::EmbeddingKernel kernel = embedding_kernel_for(plan.isa);
+  if (num_threads <= 0) num_threads = default_num_threads();
+  const int64_t threads =
+      std::max<int64_t>(1, std::min<int64_t>({num_threads, count, count * w.in_features / kMinWorkPerThread}));
+  parallel_blocks(count, 1, threads, [&](int64_t begin, int64_t end) { kernel(e, begin, end); });
   return Status::kOk;
 }
 

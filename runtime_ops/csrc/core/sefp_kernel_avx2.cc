@@ -1,5 +1,7 @@
 // AVX2 + FMA kernel. Same structure as the AVX-512 one with 8-lane vectors:
-// a group of 64 weights is eight sub-blocks s (elements 8s..8s+7).
+// a group of 64 weights is eight sub-blocks s (elements 8s..8s+7). Decode rules:
+// floor E5M3 by vpshufb, other E5M3 tables by one vpermps, E5M4 tables by two;
+// k >= 5 floor/center by shift/mask, any other row by a gather.
 // Plane addressing of element i = 8s + l (see otaro_export/packing.py):
 //   p0 byte 8(s&3)+l, nibble s>>2;  p1/p2 byte 8(s&1)+l, field s>>1;  p3 byte l, bit s.
 #include <immintrin.h>
@@ -33,19 +35,31 @@ struct GroupBytes {
   __m256i f3;     // p3 bytes 0..7
 };
 
-template <int BITS, int S>
-inline __m256 decode_sub(const GroupBytes& gb) {
+// Magnitude tables of the call's levels row for k <= 4 (row[0..7], row[8..15]) and
+// the row itself for the generic gather of k >= 5.
+struct Tables {
+  __m256 lo, hi;
+  const float* row;
+};
+
+inline Tables load_tables(const LinearPlan& a) {
+  // a.row has 256 entries, so row + 8 is readable for k = 3 too
+  return Tables{_mm256_loadu_ps(a.row), _mm256_loadu_ps(a.row + 8), a.row};
+}
+
+template <int BITS, int RULE, int S>
+inline __m256 decode_sub(const Tables& t, const GroupBytes& gb) {
   const __m256i c = gb.c[S & 3];
+  const __m256i sign =
+      _mm256_and_si256(shift_left<(S >> 2) ? 24 : 28>(c), _mm256_set1_epi32(static_cast<int>(0x80000000u)));
+  __m256 mag;
   if constexpr (BITS == 3) {
-    // |q_3| = (code & 7) << 5 by an 8-entry vpermps (low 3 bits of each lane)
-    const __m256 table = _mm256_setr_ps(0.f, 32.f, 64.f, 96.f, 128.f, 160.f, 192.f, 224.f);
-    const __m256i idx = (S >> 2) ? _mm256_srli_epi32(c, 4) : c;
-    const __m256 mag = _mm256_permutevar8x32_ps(table, idx);
-    const __m256i sign =
-        _mm256_and_si256(shift_left<(S >> 2) ? 24 : 28>(c), _mm256_set1_epi32(static_cast<int>(0x80000000u)));
-    return _mm256_xor_ps(mag, _mm256_castsi256_ps(sign));
+    // level of q[7:5] by an 8-entry vpermps (it reads the low 3 bits of each lane)
+    mag = _mm256_permutevar8x32_ps(t.lo, (S >> 2) ? _mm256_srli_epi32(c, 4) : c);
   } else {
+    constexpr int kHalf = (RULE == kCenter && BITS <= 7) ? 1 << (7 - BITS) : 0;  // center: bit 7-k, free in q_k
     __m256i q = _mm256_and_si256(shift_left<(S >> 2) ? 1 : 5>(c), _mm256_set1_epi32(0xE0));
+    if constexpr (kHalf != 0) q = _mm256_or_si256(q, _mm256_set1_epi32(kHalf));
     constexpr int m1 = BITS == 4 ? 0x10 : 0x18;
     q = _mm256_or_si256(q, _mm256_and_si256(shift_left<3 - 2 * (S >> 1)>(gb.f1[S & 1]), _mm256_set1_epi32(m1)));
     if constexpr (BITS >= 6) {
@@ -53,18 +67,28 @@ inline __m256 decode_sub(const GroupBytes& gb) {
       q = _mm256_or_si256(q, _mm256_and_si256(shift_left<1 - 2 * (S >> 1)>(gb.f2[S & 1]), _mm256_set1_epi32(m2)));
     }
     if constexpr (BITS == 8) q = _mm256_or_si256(q, _mm256_and_si256(shift_left<-S>(gb.f3), _mm256_set1_epi32(1)));
-    const __m256i sign =
-        _mm256_and_si256(shift_left<(S >> 2) ? 24 : 28>(c), _mm256_set1_epi32(static_cast<int>(0x80000000u)));
-    return _mm256_xor_ps(_mm256_cvtepi32_ps(q), _mm256_castsi256_ps(sign));
+    if constexpr (RULE == kTable && BITS == 4) {
+      // 16 levels: two 8-entry vpermps, blended on bit 3 of the level index
+      const __m256i j = _mm256_srli_epi32(q, 4);
+      mag = _mm256_blendv_ps(_mm256_permutevar8x32_ps(t.lo, j), _mm256_permutevar8x32_ps(t.hi, j),
+                             _mm256_castsi256_ps(_mm256_slli_epi32(j, 28)));
+    } else if constexpr (RULE == kTable) {
+      mag = _mm256_i32gather_ps(t.row, _mm256_srli_epi32(q, 8 - BITS), 4);
+    } else if constexpr (RULE == kCenter && BITS == 8) {
+      mag = _mm256_add_ps(_mm256_cvtepi32_ps(q), _mm256_set1_ps(0.5f));
+    } else {
+      mag = _mm256_cvtepi32_ps(q);
+    }
   }
+  return _mm256_xor_ps(mag, _mm256_castsi256_ps(sign));
 }
 
-// decode_group's values are q_k / kDecodeUnit<BITS>: E5M3 decodes q_3 >> 5
-// (-7..7) with one byte-table lookup per 32 weights; the scale absorbs the 32.
-template <int BITS>
-constexpr float kDecodeUnit = BITS == 3 ? 32.0f : 1.0f;
+// decode_group's values are (value in units of 2^(e-7)) / kDecodeUnit: floor E5M3 decodes
+// q_3 >> 5 (-7..7) with one byte-table lookup per 32 weights; the scale absorbs the 32.
+template <int BITS, int RULE>
+constexpr float kDecodeUnit = (BITS == 3 && RULE == kFloor) ? 32.0f : 1.0f;
 
-// E5M3: vpshufb maps each code (sign<<3 | q[7:5]) to the int8 +-(q[7:5]);
+// Floor E5M3: vpshufb maps each code (sign<<3 | q[7:5]) to the int8 +-(q[7:5]);
 // p0's low nibbles are elements 0..31 and its high nibbles 32..63, in order.
 inline void decode_group_m3(const uint8_t* p0, __m256 v[8]) {
   const __m256i table = _mm256_setr_epi8(0, 1, 2, 3, 4, 5, 6, 7, 0, -1, -2, -3, -4, -5, -6, -7,  //
@@ -81,9 +105,9 @@ inline void decode_group_m3(const uint8_t* p0, __m256 v[8]) {
   }
 }
 
-template <int BITS>
-inline void decode_group(const SEFPWeightView& w, int64_t ng, __m256 v[8]) {
-  if constexpr (BITS == 3) {
+template <int BITS, int RULE>
+inline void decode_group(const Tables& t, const SEFPWeightView& w, int64_t ng, __m256 v[8]) {
+  if constexpr (BITS == 3 && RULE == kFloor) {
     decode_group_m3(w.p0 + ng * kP0Bytes, v);
     return;
   }
@@ -99,14 +123,14 @@ inline void decode_group(const SEFPWeightView& w, int64_t ng, __m256 v[8]) {
     gb.f2[1] = load8_u8(w.p2 + ng * kP2Bytes + 8);
   }
   if constexpr (BITS == 8) gb.f3 = load8_u8(w.p3 + ng * kP3Bytes);
-  v[0] = decode_sub<BITS, 0>(gb);
-  v[1] = decode_sub<BITS, 1>(gb);
-  v[2] = decode_sub<BITS, 2>(gb);
-  v[3] = decode_sub<BITS, 3>(gb);
-  v[4] = decode_sub<BITS, 4>(gb);
-  v[5] = decode_sub<BITS, 5>(gb);
-  v[6] = decode_sub<BITS, 6>(gb);
-  v[7] = decode_sub<BITS, 7>(gb);
+  v[0] = decode_sub<BITS, RULE, 0>(t, gb);
+  v[1] = decode_sub<BITS, RULE, 1>(t, gb);
+  v[2] = decode_sub<BITS, RULE, 2>(t, gb);
+  v[3] = decode_sub<BITS, RULE, 3>(t, gb);
+  v[4] = decode_sub<BITS, RULE, 4>(t, gb);
+  v[5] = decode_sub<BITS, RULE, 5>(t, gb);
+  v[6] = decode_sub<BITS, RULE, 6>(t, gb);
+  v[7] = decode_sub<BITS, RULE, 7>(t, gb);
 }
 
 inline float hsum(__m256 v) {
@@ -134,8 +158,9 @@ constexpr int64_t kScaleChunk = 256;
 // Few activation rows (decode): every group is decoded once and dotted with
 // each activation row. One weight row at a time: with 16 ymm registers, two
 // rows' decoded groups spill (measured slower for every precision).
-template <int BITS, int M>
-void matvec(const LinearArgs& a, int64_t n_begin, int64_t n_end) {
+template <int BITS, int RULE, int M>
+void matvec(const LinearPlan& a, int64_t n_begin, int64_t n_end) {
+  const Tables t = load_tables(a);
   const SEFPWeightView& w = a.w;
   const int64_t G = w.num_groups, N = a.ldy;  // y row stride
   alignas(32) float scales[kScaleChunk];
@@ -148,8 +173,8 @@ void matvec(const LinearArgs& a, int64_t n_begin, int64_t n_end) {
       for (int64_t gg = 0; gg < gc; ++gg) {
         const int64_t g = g0 + gg;
         __m256 v[8];
-        decode_group<BITS>(w, n * G + g, v);
-        const __m256 scale = _mm256_set1_ps(scales[gg] * kDecodeUnit<BITS>);
+        decode_group<BITS, RULE>(t, w, n * G + g, v);
+        const __m256 scale = _mm256_set1_ps(scales[gg] * kDecodeUnit<BITS, RULE>);
         for (int m = 0; m < M; ++m) {
           const float* x = a.x + m * a.ldx + g * kGroup;
           __m256 s0 = _mm256_mul_ps(_mm256_loadu_ps(x), v[0]);
@@ -201,8 +226,9 @@ template <int MR>
 constexpr MicroFn kMicroRow[4] = {micro<MR, 1>, micro<MR, 2>, micro<MR, 3>, micro<MR, 4>};
 constexpr const MicroFn* kMicro[3] = {kMicroRow<1>, kMicroRow<2>, kMicroRow<3>};
 
-template <int BITS>
-void gemm(const LinearArgs& a, int64_t n_begin, int64_t n_end) {
+template <int BITS, int RULE>
+void gemm(const LinearPlan& a, int64_t n_begin, int64_t n_end) {
+  const Tables t = load_tables(a);
   constexpr int kNB = 16;
   constexpr int kKG = 8;
   alignas(32) float wbuf[kNB * kKG * kGroup];
@@ -218,8 +244,8 @@ void gemm(const LinearArgs& a, int64_t n_begin, int64_t n_end) {
         for (int64_t gg = 0; gg < gc; ++gg) {
           const int64_t ng = (n0 + j) * G + g0 + gg;
           __m256 v[8];
-          decode_group<BITS>(w, ng, v);
-          const __m256 scale = _mm256_set1_ps(unit_scale(w.exponents[ng]) * kDecodeUnit<BITS>);
+          decode_group<BITS, RULE>(t, w, ng, v);
+          const __m256 scale = _mm256_set1_ps(unit_scale(w.exponents[ng]) * kDecodeUnit<BITS, RULE>);
           float* dst = wbuf + j * kc + gg * kGroup;
           for (int b = 0; b < 8; ++b) _mm256_store_ps(dst + 8 * b, _mm256_mul_ps(v[b], scale));
         }
@@ -235,9 +261,31 @@ void gemm(const LinearArgs& a, int64_t n_begin, int64_t n_end) {
   }
 }
 
+// Embedding rows: each group decoded once and stored scaled (exact values).
+template <int BITS, int RULE>
+void embed(const EmbeddingPlan& e, int64_t begin, int64_t end) {
+  const Tables t = load_tables(*e.decode);
+  const SEFPWeightView& w = e.w;
+  const int64_t G = w.num_groups, K = w.in_features;
+  alignas(32) float tail[kGroup];
+  for (int64_t i = begin; i < end; ++i) {
+    float* dst = e.out + i * K;
+    for (int64_t g = 0; g < G; ++g) {
+      const int64_t ng = e.ids[i] * G + g;
+      __m256 v[8];
+      decode_group<BITS, RULE>(t, w, ng, v);
+      const __m256 scale = _mm256_set1_ps(unit_scale(w.exponents[ng]) * kDecodeUnit<BITS, RULE>);
+      const int64_t count = min64(kGroup, K - g * kGroup);
+      float* out = count == kGroup ? dst + g * kGroup : tail;
+      for (int b = 0; b < 8; ++b) _mm256_storeu_ps(out + 8 * b, _mm256_mul_ps(v[b], scale));
+      if (count != kGroup) __builtin_memcpy(dst + g * kGroup, tail, static_cast<size_t>(count) * sizeof(float));
+    }
+  }
+}
+
 }  // namespace
 
-OTARO_SEFP_DEFINE_RANGE_KERNEL(linear_range_avx2)
+OTARO_SEFP_DEFINE_KERNELS(linear_range_avx2, embedding_range_avx2)
 
 }  // namespace detail
 }  // namespace otaro

@@ -1,7 +1,9 @@
 // AVX-512 kernel (F/BW/VL/DQ). Decode: each group of 64 weights becomes four
-// 16-lane float vectors of signed magnitudes q_k (exact integers), built with
-// shifts and masks from the planes precision k needs; E5M3 is one vpermps
-// table lookup per 16 weights, E5M4 one vpermt2ps. Multiply-accumulate in float32.
+// 16-lane float vectors of signed values in units of 2^(e-7) (exact), built
+// from the planes precision k needs: E5M3 is one vpermps lookup per 16 weights
+// and E5M4 one vpermt2ps, in tables built from the call's levels row (any rule);
+// E5M5..M8 shift/mask/ternary-logic to q_k, then floor as is, center with bit
+// 7-k set (k = 8: + 1/2), any other row by a gather. Multiply-accumulate in float32.
 #include <immintrin.h>
 
 #include "core/sefp_kernel_internal.h"
@@ -12,6 +14,7 @@ namespace {
 
 constexpr int kTernaryOrAnd = 0xF8;   // a | (b & c)
 constexpr int kTernaryXorAnd = 0x78;  // a ^ (b & c)
+constexpr int kTernaryAndOr = 0xEA;   // (a & b) | c
 
 inline int64_t min64(int64_t a, int64_t b) { return a < b ? a : b; }
 
@@ -23,39 +26,37 @@ inline __m512i shift_left(__m512i v) {
     return _mm512_srli_epi32(v, -S);
 }
 
-// +-q_4 for E5M4 indexed by code | (q[4] << 4): one vpermt2ps per 16 weights.
-// (A 64-entry E5M5 table needs two permutes and a blend: no faster than the
-// shift/mask path, measured.)
-struct M4Table {
-  alignas(64) float v[32];
-  constexpr M4Table() : v{} {
-    for (int i = 0; i < 32; ++i) {
-      const int code = i & 15;
-      const int q = ((code & 7) << 5) | ((i >> 4) << 4);
-      v[i] = (code & 8) ? -static_cast<float>(q) : static_cast<float>(q);
-    }
-  }
+// What decode needs besides the planes: the signed lookup tables for k <= 4 (one
+// vpermps / vpermt2ps per 16 weights; floor is such a table too) and the levels
+// row for the generic table decode of k >= 5 (a gather).
+struct Tables {
+  __m512 lo, hi;
+  const float* row;
 };
-constexpr M4Table kM4Table{};
 
-// Block b (elements 16b..16b+15) of one group as floats q_k * sign.
-template <int BITS, int B>
-inline __m512 decode_block(__m512i c01, __m512i c23, __m512i p1v, __m512i p2v, __m512i p3v) {
+inline Tables load_tables(const LinearPlan& a) {
+  return Tables{_mm512_load_ps(a.lut), _mm512_load_ps(a.lut + 16), a.row};
+}
+
+// Block b (elements 16b..16b+15) of one group as floats: signed values in units of 2^(e-7).
+template <int BITS, int RULE, int B>
+inline __m512 decode_block(const Tables& t, __m512i c01, __m512i c23, __m512i p1v, __m512i p2v, __m512i p3v) {
   const __m512i c = (B & 1) ? c23 : c01;  // p0 bytes 0..15 hold blocks 0/2, 16..31 blocks 1/3
   if constexpr (BITS == 3) {
-    // code (sign<<3 | q[7:5]) -> +-q_3: vpermps reads the low 4 bits of each lane.
-    const __m512 table = _mm512_setr_ps(0.f, 32.f, 64.f, 96.f, 128.f, 160.f, 192.f, 224.f, -0.f, -32.f, -64.f, -96.f,
-                                        -128.f, -160.f, -192.f, -224.f);
-    return _mm512_permutexvar_ps((B >> 1) ? _mm512_srli_epi32(c, 4) : c, table);
+    // code (sign<<3 | q[7:5]) -> +-level: vpermps reads the low 4 bits of each lane.
+    return _mm512_permutexvar_ps((B >> 1) ? _mm512_srli_epi32(c, 4) : c, t.lo);
   } else if constexpr (BITS == 4) {
     // index = code (bits 0..3) | q[4] (bit 4; bits above are ignored by vpermt2ps)
     const __m512i code = (B >> 1) ? _mm512_srli_epi32(c, 4) : c;
     constexpr int kSelect = 0xE4;  // c ? a : b, bitwise
     const __m512i idx = _mm512_ternarylogic_epi32(code, shift_left<3 - 2 * B>(p1v), _mm512_set1_epi32(0x0F), kSelect);
-    return _mm512_permutex2var_ps(_mm512_load_ps(kM4Table.v), idx, _mm512_load_ps(kM4Table.v + 16));
+    return _mm512_permutex2var_ps(t.lo, idx, t.hi);
   } else {
-    // q[7:5] from the nibble; low nibble sits at bit 0, high nibble at bit 4.
-    __m512i q = _mm512_and_si512(shift_left<(B >> 1) ? 1 : 5>(c), _mm512_set1_epi32(0xE0));
+    // q[7:5] from the nibble; low nibble sits at bit 0, high nibble at bit 4. Center (k <= 7)
+    // sets bit 7-k, free in q_k: q_k + 2^(7-k) in one ternary op.
+    constexpr int kHalf = (RULE == kCenter && BITS <= 7) ? 1 << (7 - BITS) : 0;
+    __m512i q = _mm512_ternarylogic_epi32(shift_left<(B >> 1) ? 1 : 5>(c), _mm512_set1_epi32(0xE0),
+                                          _mm512_set1_epi32(kHalf), kTernaryAndOr);
     q = _mm512_ternarylogic_epi32(q, shift_left<3 - 2 * B>(p1v), _mm512_set1_epi32(0x18), kTernaryOrAnd);  // q[4:3]
     if constexpr (BITS >= 6) {
       constexpr int m2 = BITS == 6 ? 0x04 : 0x06;  // q[2:1] (k=6 keeps only q[2])
@@ -68,15 +69,22 @@ inline __m512 decode_block(__m512i c01, __m512i c23, __m512i p1v, __m512i p2v, _
                             2 * B + 1, 2 * B + 1, 2 * B + 1, 2 * B + 1, 2 * B + 1);
       q = _mm512_ternarylogic_epi32(q, _mm512_srlv_epi32(p3v, counts), _mm512_set1_epi32(1), kTernaryOrAnd);
     }
+    __m512 mag;
+    if constexpr (RULE == kTable) {
+      mag = _mm512_i32gather_ps(_mm512_srli_epi32(q, 8 - BITS), t.row, 4);
+    } else if constexpr (RULE == kCenter && BITS == 8) {
+      mag = _mm512_add_ps(_mm512_cvtepi32_ps(q), _mm512_set1_ps(0.5f));
+    } else {
+      mag = _mm512_cvtepi32_ps(q);
+    }
     const __m512i sign_at_31 = shift_left<(B >> 1) ? 24 : 28>(c);
-    const __m512i f = _mm512_castps_si512(_mm512_cvtepi32_ps(q));
-    return _mm512_castsi512_ps(
-        _mm512_ternarylogic_epi32(f, sign_at_31, _mm512_set1_epi32(static_cast<int>(0x80000000u)), kTernaryXorAnd));
+    return _mm512_castsi512_ps(_mm512_ternarylogic_epi32(
+        _mm512_castps_si512(mag), sign_at_31, _mm512_set1_epi32(static_cast<int>(0x80000000u)), kTernaryXorAnd));
   }
 }
 
-template <int BITS>
-inline void decode_group(const SEFPWeightView& w, int64_t ng, __m512 v[4]) {
+template <int BITS, int RULE>
+inline void decode_group(const Tables& t, const SEFPWeightView& w, int64_t ng, __m512 v[4]) {
   const uint8_t* p0 = w.p0 + ng * kP0Bytes;
   const __m512i c01 = _mm512_cvtepu8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p0)));
   const __m512i c23 = _mm512_cvtepu8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p0 + 16)));
@@ -90,10 +98,10 @@ inline void decode_group(const SEFPWeightView& w, int64_t ng, __m512 v[4]) {
     __builtin_memcpy(&b8, w.p3 + ng * kP3Bytes, 8);
     p3v = _mm512_cvtepu8_epi32(_mm_set1_epi64x(b8));  // lanes 0..7 and 8..15 both see bytes 0..7
   }
-  v[0] = decode_block<BITS, 0>(c01, c23, p1v, p2v, p3v);
-  v[1] = decode_block<BITS, 1>(c01, c23, p1v, p2v, p3v);
-  v[2] = decode_block<BITS, 2>(c01, c23, p1v, p2v, p3v);
-  v[3] = decode_block<BITS, 3>(c01, c23, p1v, p2v, p3v);
+  v[0] = decode_block<BITS, RULE, 0>(t, c01, c23, p1v, p2v, p3v);
+  v[1] = decode_block<BITS, RULE, 1>(t, c01, c23, p1v, p2v, p3v);
+  v[2] = decode_block<BITS, RULE, 2>(t, c01, c23, p1v, p2v, p3v);
+  v[3] = decode_block<BITS, RULE, 3>(t, c01, c23, p1v, p2v, p3v);
 }
 
 inline float hsum(__m512 v) { return _mm512_reduce_add_ps(v); }
@@ -114,8 +122,8 @@ constexpr int64_t kScaleChunk = 256;  // groups whose scales sit on the stack at
 
 // Few activation rows (decode): two weight rows at a time share the x loads;
 // every group is decoded once and dotted with each activation row.
-template <int BITS, int M, int R>
-void matvec_rows(const LinearArgs& a, int64_t n) {
+template <int BITS, int RULE, int M, int R>
+void matvec_rows(const LinearPlan& a, const Tables& t, int64_t n) {
   const SEFPWeightView& w = a.w;
   const int64_t G = w.num_groups, N = a.ldy;  // y row stride
   __m512 acc[M][R];
@@ -128,7 +136,7 @@ void matvec_rows(const LinearArgs& a, int64_t n) {
     for (int64_t gg = 0; gg < gc; ++gg) {
       const int64_t g = g0 + gg;
       __m512 v[R][4];
-      for (int r = 0; r < R; ++r) decode_group<BITS>(w, (n + r) * G + g, v[r]);
+      for (int r = 0; r < R; ++r) decode_group<BITS, RULE>(t, w, (n + r) * G + g, v[r]);
       for (int m = 0; m < M; ++m) {
         const float* x = a.x + m * a.ldx + g * kGroup;
         const __m512 x0 = _mm512_loadu_ps(x), x1 = _mm512_loadu_ps(x + 16);
@@ -149,12 +157,13 @@ void matvec_rows(const LinearArgs& a, int64_t n) {
 
 // Two weight rows at a time for the cheap decodes; for E5M6..M8 the decode
 // temporaries of two rows crowd the registers (measured slower).
-template <int BITS, int M>
-void matvec(const LinearArgs& a, int64_t n_begin, int64_t n_end) {
+template <int BITS, int RULE, int M>
+void matvec(const LinearPlan& a, int64_t n_begin, int64_t n_end) {
+  const Tables t = load_tables(a);
   int64_t n = n_begin;
-  if constexpr (BITS <= 5)
-    for (; n + 2 <= n_end; n += 2) matvec_rows<BITS, M, 2>(a, n);
-  for (; n < n_end; ++n) matvec_rows<BITS, M, 1>(a, n);
+  if constexpr (BITS <= 5 && RULE != kTable)
+    for (; n + 2 <= n_end; n += 2) matvec_rows<BITS, RULE, M, 2>(a, t, n);
+  for (; n < n_end; ++n) matvec_rows<BITS, RULE, M, 1>(a, t, n);
 }
 
 // [a, b, c, d] horizontal sums.
@@ -198,8 +207,9 @@ constexpr const MicroFn* kMicro[4] = {kMicroRow<1>, kMicroRow<2>, kMicroRow<3>, 
 // Many activation rows (prefill): decode a block of weight rows x groups to
 // exact float32 (q_k * 2^(e-7)) in an L1-sized buffer, then a register-blocked
 // dot-product GEMM over all activation rows reuses it.
-template <int BITS>
-void gemm(const LinearArgs& a, int64_t n_begin, int64_t n_end) {
+template <int BITS, int RULE>
+void gemm(const LinearPlan& a, int64_t n_begin, int64_t n_end) {
+  const Tables t = load_tables(a);
   constexpr int kNB = 16;                      // weight rows per block
   constexpr int kKG = 8;                       // groups per k chunk (512 weights)
   alignas(64) float wbuf[kNB * kKG * kGroup];  // 32 KiB
@@ -215,7 +225,7 @@ void gemm(const LinearArgs& a, int64_t n_begin, int64_t n_end) {
         for (int64_t gg = 0; gg < gc; ++gg) {
           const int64_t ng = (n0 + j) * G + g0 + gg;
           __m512 v[4];
-          decode_group<BITS>(w, ng, v);
+          decode_group<BITS, RULE>(t, w, ng, v);
           const __m512 scale = _mm512_set1_ps(unit_scale(w.exponents[ng]));
           float* dst = wbuf + j * kc + gg * kGroup;
           for (int b = 0; b < 4; ++b) _mm512_store_ps(dst + 16 * b, _mm512_mul_ps(v[b], scale));
@@ -232,9 +242,33 @@ void gemm(const LinearArgs& a, int64_t n_begin, int64_t n_end) {
   }
 }
 
+// Embedding rows: each group decoded once and stored scaled (exact values).
+template <int BITS, int RULE>
+void embed(const EmbeddingPlan& e, int64_t begin, int64_t end) {
+  const Tables t = load_tables(*e.decode);
+  const SEFPWeightView& w = e.w;
+  const int64_t G = w.num_groups, K = w.in_features;
+  for (int64_t i = begin; i < end; ++i) {
+    float* dst = e.out + i * K;
+    for (int64_t g = 0; g < G; ++g) {
+      const int64_t ng = e.ids[i] * G + g;
+      __m512 v[4];
+      decode_group<BITS, RULE>(t, w, ng, v);
+      const __m512 scale = _mm512_set1_ps(unit_scale(w.exponents[ng]));
+      const int64_t count = min64(kGroup, K - g * kGroup);
+      for (int b = 0; b < 4; ++b) {
+        const int64_t left = count - 16 * b;
+        if (left <= 0) break;
+        const __mmask16 keep = left >= 16 ? 0xFFFF : static_cast<__mmask16>((1u << left) - 1);
+        _mm512_mask_storeu_ps(dst + g * kGroup + 16 * b, keep, _mm512_mul_ps(v[b], scale));
+      }
+    }
+  }
+}
+
 }  // namespace
 
-OTARO_SEFP_DEFINE_RANGE_KERNEL(linear_range_avx512)
+OTARO_SEFP_DEFINE_KERNELS(linear_range_avx512, embedding_range_avx512)
 
 }  // namespace detail
 }  // namespace otaro

@@ -10,44 +10,51 @@
 namespace otaro {
 namespace detail {
 
-constexpr int kGroup = 64;
-constexpr int kP0Bytes = 32;  // per group, see otaro_export/packing.py
-constexpr int kP1Bytes = 16;
-constexpr int kP2Bytes = 16;
-constexpr int kP3Bytes = 8;
+constexpr int kGroup = static_cast<int>(kGroupSize);
+constexpr int64_t kP0Bytes = kPlaneBytesPerGroup[0];
+constexpr int64_t kP1Bytes = kPlaneBytesPerGroup[1];
+constexpr int64_t kP2Bytes = kPlaneBytesPerGroup[2];
+constexpr int64_t kP3Bytes = kPlaneBytesPerGroup[3];
 
-// One validated call, split into output-row ranges by the dispatcher.
+// Decode rules as template arguments of the ISA kernels.
+constexpr int kFloor = static_cast<int>(Decode::kFloor);
+constexpr int kCenter = static_cast<int>(Decode::kCenter);
+constexpr int kTable = static_cast<int>(Decode::kTable);
+
+// One embedding call: rows ids[i] of W_k into out[i * in_features ..].
+struct EmbeddingPlan {
+  const int64_t* ids;
+  SEFPWeightView w;
+  float* out;
+  const LinearPlan* decode;  // bits, decode rule and tables (x, y, rows unused)
+};
+
+// Computes y[r, n] for every r < rows and n in [n_begin, n_end) of a LinearPlan.
 // x rows have stride ldx = num_groups * 64 floats and are zero-padded past
 // in_features, so kernels never special-case a partial last group (the
 // padded weights then contribute 0 * finite = 0, as in the reference, which
 // drops them).
-struct LinearArgs {
-  const float* x;
-  int64_t rows;
-  int64_t ldx;
-  SEFPWeightView w;
-  const float* bias;
-  int bits;
-  float* y;     // y[r * ldy + n]
-  int64_t ldy;  // >= out_features
-};
+using RangeKernel = void (*)(const LinearPlan& plan, int64_t n_begin, int64_t n_end);
+// Decodes rows ids[begin..end) into out.
+using EmbeddingKernel = void (*)(const EmbeddingPlan& plan, int64_t begin, int64_t end);
 
-// Computes y[r, n] for every r < rows and n in [n_begin, n_end).
-using RangeKernel = void (*)(const LinearArgs& args, int64_t n_begin, int64_t n_end);
-
-void linear_range_scalar(const LinearArgs& args, int64_t n_begin, int64_t n_end);
+void linear_range_scalar(const LinearPlan& plan, int64_t n_begin, int64_t n_end);
+void embedding_range_scalar(const EmbeddingPlan& plan, int64_t begin, int64_t end);
 #if defined(__x86_64__) || defined(_M_X64)
-void linear_range_avx2(const LinearArgs& args, int64_t n_begin, int64_t n_end);
-void linear_range_avx512(const LinearArgs& args, int64_t n_begin, int64_t n_end);
+void linear_range_avx2(const LinearPlan& plan, int64_t n_begin, int64_t n_end);
+void embedding_range_avx2(const EmbeddingPlan& plan, int64_t begin, int64_t end);
+void linear_range_avx512(const LinearPlan& plan, int64_t n_begin, int64_t n_end);
+void embedding_range_avx512(const EmbeddingPlan& plan, int64_t begin, int64_t end);
 #endif
 #if defined(__aarch64__)
-void linear_range_neon(const LinearArgs& args, int64_t n_begin, int64_t n_end);
+void linear_range_neon(const LinearPlan& plan, int64_t n_begin, int64_t n_end);
+void embedding_range_neon(const EmbeddingPlan& plan, int64_t begin, int64_t end);
 #endif
 
 // Helpers here are `static inline` on purpose: the ISA translation units are
 // compiled with -mavx2 / -mavx512f, and a shared (COMDAT) inline function could
 // let the linker keep an AVX-512 copy for the scalar path. The SIMD files use
-// no STL templates for the same reason.
+// no STL templates for the same reason (and never construct a LinearPlan).
 
 // Magnitude mask of precision `bits` on the 8-bit stored magnitude.
 static inline uint32_t magnitude_mask(int bits) { return (0xFFu << (8 - bits)) & 0xFFu; }
@@ -67,7 +74,7 @@ static inline float unit_scale(int8_t e) {
 }
 
 // Scalar decode of element i (0..63) of one group: the signed magnitude q_k
-// (value = q_k * unit_scale(e)), reading only the planes precision `bits` needs.
+// (floor value = q_k * unit_scale(e)), reading only the planes precision `bits` needs.
 static inline int decode_element(const uint8_t* p0, const uint8_t* p1, const uint8_t* p2, const uint8_t* p3, int i,
                                  int bits) {
   const int code = (p0[i & 31] >> (4 * (i >> 5))) & 0xF;
@@ -79,32 +86,66 @@ static inline int decode_element(const uint8_t* p0, const uint8_t* p1, const uin
   return (code & 8) ? -q : q;
 }
 
-// Defines `void RANGE_FN(const LinearArgs&, int64_t, int64_t)` dispatching the
-// runtime (bits, rows) to this translation unit's matvec<BITS, ROWS> (rows 1..3)
-// and gemm<BITS> templates. A macro rather than a shared template on purpose:
-// each expansion is compiled with its own TU's -m flags and its helper lives in
-// that TU's anonymous namespace (see the COMDAT note above).
-#define OTARO_SEFP_DEFINE_RANGE_KERNEL(RANGE_FN)                          \
-  namespace {                                                             \
-  template <int BITS>                                                     \
-  void linear_bits(const LinearArgs& a, int64_t n_begin, int64_t n_end) { \
-    switch (a.rows) {                                                     \
-      case 1: return matvec<BITS, 1>(a, n_begin, n_end);                  \
-      case 2: return matvec<BITS, 2>(a, n_begin, n_end);                  \
-      case 3: return matvec<BITS, 3>(a, n_begin, n_end);                  \
-      default: return gemm<BITS>(a, n_begin, n_end);                      \
-    }                                                                     \
-  }                                                                       \
-  }                                                                       \
-  void RANGE_FN(const LinearArgs& a, int64_t n_begin, int64_t n_end) {    \
-    switch (a.bits) {                                                     \
-      case 3: return linear_bits<3>(a, n_begin, n_end);                   \
-      case 4: return linear_bits<4>(a, n_begin, n_end);                   \
-      case 5: return linear_bits<5>(a, n_begin, n_end);                   \
-      case 6: return linear_bits<6>(a, n_begin, n_end);                   \
-      case 7: return linear_bits<7>(a, n_begin, n_end);                   \
-      default: return linear_bits<8>(a, n_begin, n_end);                  \
-    }                                                                     \
+// Defines, in one ISA translation unit, `void LINEAR_FN(const LinearPlan&, int64_t, int64_t)`
+// dispatching the runtime (bits, decode, rows) to that unit's matvec<BITS, RULE, ROWS>
+// (rows 1..3) and gemm<BITS, RULE> templates, and `void EMBED_FN(const EmbeddingPlan&,
+// int64_t, int64_t)` dispatching (bits, decode) to embed<BITS, RULE>. k <= 4 has no
+// center rule (a center row is a table there); the generic table for k >= 5 is slow
+// anyway and runs its 2-3 row calls through the GEMM path (less code). A macro rather
+// than a shared template on purpose: each expansion is compiled with its own TU's -m
+// flags and its helpers live in that TU's anonymous namespace (see the COMDAT note above).
+#define OTARO_SEFP_DEFINE_KERNELS(LINEAR_FN, EMBED_FN)                                       \
+  namespace {                                                                                \
+  template <int BITS, int RULE>                                                              \
+  void linear_rule(const LinearPlan& a, int64_t n_begin, int64_t n_end) {                    \
+    if constexpr (BITS >= 5 && RULE == kTable) {                                             \
+      if (a.rows == 1) return matvec<BITS, RULE, 1>(a, n_begin, n_end);                      \
+      return gemm<BITS, RULE>(a, n_begin, n_end);                                            \
+    } else {                                                                                 \
+      switch (a.rows) {                                                                      \
+        case 1: return matvec<BITS, RULE, 1>(a, n_begin, n_end);                             \
+        case 2: return matvec<BITS, RULE, 2>(a, n_begin, n_end);                             \
+        case 3: return matvec<BITS, RULE, 3>(a, n_begin, n_end);                             \
+        default: return gemm<BITS, RULE>(a, n_begin, n_end);                                 \
+      }                                                                                      \
+    }                                                                                        \
+  }                                                                                          \
+  template <int BITS>                                                                        \
+  void linear_bits(const LinearPlan& a, int64_t n_begin, int64_t n_end) {                    \
+    if (a.decode == Decode::kTable) return linear_rule<BITS, kTable>(a, n_begin, n_end);     \
+    if constexpr (BITS >= 5) {                                                               \
+      if (a.decode == Decode::kCenter) return linear_rule<BITS, kCenter>(a, n_begin, n_end); \
+    }                                                                                        \
+    return linear_rule<BITS, kFloor>(a, n_begin, n_end);                                     \
+  }                                                                                          \
+  template <int BITS>                                                                        \
+  void embed_bits(const EmbeddingPlan& e, int64_t begin, int64_t end) {                      \
+    if (e.decode->decode == Decode::kTable) return embed<BITS, kTable>(e, begin, end);       \
+    if constexpr (BITS >= 5) {                                                               \
+      if (e.decode->decode == Decode::kCenter) return embed<BITS, kCenter>(e, begin, end);   \
+    }                                                                                        \
+    return embed<BITS, kFloor>(e, begin, end);                                               \
+  }                                                                                          \
+  }                                                                                          \
+  void LINEAR_FN(const LinearPlan& a, int64_t n_begin, int64_t n_end) {                      \
+    switch (a.bits) {                                                                        \
+      case 3: return linear_bits<3>(a, n_begin, n_end);                                      \
+      case 4: return linear_bits<4>(a, n_begin, n_end);                                      \
+      case 5: return linear_bits<5>(a, n_begin, n_end);                                      \
+      case 6: return linear_bits<6>(a, n_begin, n_end);                                      \
+      case 7: return linear_bits<7>(a, n_begin, n_end);                                      \
+      default: return linear_bits<8>(a, n_begin, n_end);                                     \
+    }                                                                                        \
+  }                                                                                          \
+  void EMBED_FN(const EmbeddingPlan& e, int64_t begin, int64_t end) {                        \
+    switch (e.decode->bits) {                                                                \
+      case 3: return embed_bits<3>(e, begin, end);                                           \
+      case 4: return embed_bits<4>(e, begin, end);                                           \
+      case 5: return embed_bits<5>(e, begin, end);                                           \
+      case 6: return embed_bits<6>(e, begin, end);                                           \
+      case 7: return embed_bits<7>(e, begin, end);                                           \
+      default: return embed_bits<8>(e, begin, end);                                          \
+    }                                                                                        \
   }
 
 }  // namespace detail
