@@ -26,23 +26,17 @@ from pathlib import Path
 PROMPT = "Explain in one paragraph why the sky is blue."
 
 
-def _rss_mib(field: str = "VmRSS") -> float:
-    """Resident MiB: VmRSS (all) or RssFile (file-backed pages: the mmapped weights)."""
-    from otaro_export.bench.memory import status_mib
-
-    return status_mib(field)
-
-
 def measure(directory: str, bits: int, runs: int, new_tokens: int, threads: int) -> dict:
     """Runs in a child process: load, RSS, decode, RSS, timed decodes."""
+    from otaro_export.process_memory import file_rss_mib, rss_mib
     from otaro_export.runtime import load
 
-    base = _rss_mib()
+    base = rss_mib()
     session = load(directory, num_threads=threads)
-    after_load, file_load = _rss_mib(), _rss_mib("RssFile")
+    after_load, file_load = rss_mib(), file_rss_mib()
     ids = session.encode_prompt(PROMPT)
     session.generate_ids(ids, bits, new_tokens, stop_at_eos=False)
-    after_decode, file_decode = _rss_mib(), _rss_mib("RssFile")
+    after_decode, file_decode = rss_mib(), file_rss_mib()
     speeds = []
     for _ in range(runs):
         session.generate_ids(ids, bits, new_tokens, stop_at_eos=False)

@@ -13,6 +13,7 @@ import ctypes
 import threading
 from pathlib import Path
 
+from otaro_export import process_memory
 from otaro_export.errors import KernelLibraryError
 
 from .build import library_path
@@ -27,15 +28,8 @@ _handle: ctypes.CDLL | None = None  # kept alive: unloading would unregister not
 
 def _already_mapped() -> Path | None:
     """A copy of the library already loaded in this process (by anyone), if any."""
-    try:
-        with open("/proc/self/maps") as maps:
-            for line in maps:
-                path = line.rstrip("\n").split(maxsplit=5)[-1]
-                if path.endswith("/" + LIBRARY_NAME):
-                    return Path(path)
-    except OSError:  # no procfs: rely on the module-level flag alone
-        return None
-    return None
+    # where the process's mappings are unreadable this finds nothing: the module-level flag still guards
+    return next((path for path in process_memory.mapped_paths() if path.name == LIBRARY_NAME), None)
 
 
 def load_executorch_kernels() -> Path:

@@ -26,7 +26,7 @@ import sys
 import time
 from pathlib import Path
 
-from otaro_export.bench import memory
+from otaro_export import process_memory as memory
 
 RESULT_PREFIX = "BENCH_RESULT "
 #: the warm-up generation only has to touch every weight once; its length does not matter

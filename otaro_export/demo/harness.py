@@ -15,10 +15,11 @@ from pathlib import Path
 
 import numpy as np
 
+from otaro_export import process_memory
 from otaro_export.demo.policy import Policy, precision_name
-from otaro_export.demo.process_stats import format_mib, resident_memory_bytes
 from otaro_export.demo.tasks import Task
 from otaro_export.demo.toml_io import DemoConfigError
+from otaro_export.process_memory import format_mib
 
 
 @dataclass
@@ -137,7 +138,7 @@ def run_task(session, task: Task, bits: int) -> TaskResult:
         bits=bits,
         latency_s=latency,
         tokens=tokens,
-        rss_bytes=resident_memory_bytes(),
+        rss_bytes=process_memory.rss_bytes(),
         session_id=id(session),
         answer=answer,
         scores=scores,
@@ -212,7 +213,7 @@ def run_demo(
     """Plan (policy x tasks), load the artifact once, run every task at its precision, report."""
     plan = policy.plan(tasks)  # config errors surface before the (slow) load
     load = loader or _default_loader
-    rss_before = resident_memory_bytes()
+    rss_before = process_memory.rss_bytes()
     t0 = time.perf_counter()
     session = load(artifact)  # the one and only load: every task below reuses `session`
     report = DemoReport(
@@ -223,7 +224,7 @@ def run_demo(
         session_id=id(session),
         session_type=type(session).__name__,
         rss_before_load=rss_before,
-        rss_after_load=resident_memory_bytes(),
+        rss_after_load=process_memory.rss_bytes(),
     )
     if session.tokenizer is None:
         raise DemoConfigError(f"{artifact}: the export has no tokenizer, which the demo's text tasks need")

@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from otaro_export import process_memory
 from otaro_export.errors import ArtifactError, KernelLibraryError
 from otaro_export.manifest import Manifest
 from otaro_export.runtime.session import Session
@@ -66,22 +67,17 @@ def release_locked_pages(path: Path) -> int:
     Best effort: on any platform issue it does nothing.
     """
     import ctypes
-    import os
 
     try:
         libc = ctypes.CDLL(None, use_errno=True)
-        real = os.path.realpath(path)
         released = 0
-        with open("/proc/self/maps") as maps:
-            for line in maps:
-                fields = line.split(maxsplit=5)
-                if len(fields) < 6 or fields[5].strip() != real or "w" in fields[1]:
-                    continue  # only this file's read-only mappings: nothing there can hold written data
-                start, end = (int(x, 16) for x in fields[0].split("-"))
-                addr, size = ctypes.c_void_p(start), ctypes.c_size_t(end - start)
-                libc.munlock(addr, size)
-                if libc.madvise(addr, size, _MADV_DONTNEED) == 0:
-                    released += end - start
+        for mapping in process_memory.file_mappings(path):
+            if "w" in mapping.perms:
+                continue  # only this file's read-only mappings: nothing there can hold written data
+            addr, size = ctypes.c_void_p(mapping.start), ctypes.c_size_t(mapping.size)
+            libc.munlock(addr, size)
+            if libc.madvise(addr, size, _MADV_DONTNEED) == 0:
+                released += mapping.size
         return released
     except (OSError, AttributeError, ValueError):
         return 0

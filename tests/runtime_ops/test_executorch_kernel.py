@@ -78,3 +78,10 @@ def test_bits_out_of_range_fails_the_call_without_crashing(method, bits):
 
 def test_loading_twice_is_a_no_op():
     assert load_executorch_kernels() == load_executorch_kernels()
+
+
+def test_a_library_loaded_by_anyone_is_found_in_the_process_mappings():
+    from otaro_export.runtime_ops.executorch_kernels import _already_mapped
+
+    path = load_executorch_kernels()
+    assert _already_mapped() == path.resolve()

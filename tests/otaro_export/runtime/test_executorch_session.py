@@ -22,7 +22,7 @@ import numpy as np
 import pytest
 import torch
 
-from otaro_export.bench import memory
+from otaro_export import process_memory as memory
 from otaro_export.convert import convert_model, dequantized_copy
 from otaro_export.errors import ArtifactError, InvalidBitsError, KernelLibraryError
 from otaro_export.runtime import load

@@ -1,0 +1,47 @@
+import mmap
+
+from otaro_export import process_memory as pm
+
+
+def test_mapped_file_rss_counts_only_touched_pages_of_that_file(tmp_path):
+    path = tmp_path / "weights.bin"
+    page = mmap.PAGESIZE
+    path.write_bytes(b"\x01" * (page * 64))
+    assert pm.mapped_file_rss_bytes(path) == 0  # not mapped yet
+    assert pm.file_mappings(path) == []
+    with open(path, "rb") as f:
+        mm = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
+        try:
+            mm.madvise(mmap.MADV_RANDOM)  # no fault-around read-ahead: count exactly what we touch
+            total = sum(mm[i * page] for i in range(8))  # touch 8 of 64 pages
+            assert total == 8
+            rss = pm.mapped_file_rss_bytes(path)
+            assert 8 * page <= rss <= 64 * page
+            assert pm.mapped_file_rss_mib(path) == rss / 2**20
+            (mapping,) = pm.file_mappings(path)
+            assert mapping.size == 64 * page and mapping.perms.startswith("r") and "w" not in mapping.perms
+            assert path.resolve() in pm.mapped_paths()
+        finally:
+            mm.close()
+    assert pm.mapped_file_rss_bytes(path) == 0 and path.resolve() not in pm.mapped_paths()
+
+
+def test_process_rss_peak_and_file_backed():
+    assert 0 < pm.rss_bytes() <= pm.peak_rss_bytes()
+    assert 0 < pm.rss_mib() <= pm.peak_rss_mib()
+    # file-backed resident pages (the interpreter's own code at least) are part of RSS
+    assert 0 < pm.file_rss_bytes() <= pm.rss_bytes()
+
+
+def test_peak_is_a_high_water_mark():
+    block = bytearray(64 * 2**20)
+    block[:: mmap.PAGESIZE] = b"\x01" * len(block[:: mmap.PAGESIZE])  # touch every page
+    grown = pm.rss_bytes()
+    del block  # large blocks are unmapped on free: RSS falls, the peak must not
+    assert pm.rss_bytes() < grown - 32 * 2**20
+    assert pm.peak_rss_bytes() >= grown - 2**20
+
+
+def test_format_mib():
+    assert pm.format_mib(None) == "n/a"
+    assert pm.format_mib(3 * 2**20 + 2**19) == "3.5"
