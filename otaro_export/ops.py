@@ -133,6 +133,8 @@ def reference_sefp_embedding(ids, p0, p1, p2, p3, exponents, bits, in_features, 
     k_bits = _precision(bits, EMBEDDING_OP_NAME)
     check_ids(ids, exponents.shape[0])
     flat = ids.reshape(-1)
+    if flat.numel() == 0:
+        return torch.zeros(*ids.shape, in_features, dtype=torch.float32)
     rows = unpack(p0[flat], p1[flat], p2[flat], p3[flat], exponents[flat], in_features).dequantize(k_bits, levels)
     return rows.reshape(*ids.shape, in_features)
 

@@ -84,3 +84,114 @@ def test_torch_export_keeps_bits_a_runtime_input():
         torch.testing.assert_close(
             y, torch.nn.functional.linear(x, sefp.quantize(w).dequantize(bits), b), rtol=0, atol=0
         )
+
+
+def _tables():
+    fitted = sefp.center_levels()
+    fitted[0, :8] = torch.tensor([0.0, 20, 50, 90, 130, 160, 200, 240])
+    return [sefp.floor_levels(), sefp.center_levels(), fitted]
+
+
+@pytest.mark.parametrize("bits", sefp.SUPPORTED_BITS)
+def test_levels_reach_the_reference(bits):
+    w, b, p = make()
+    x = torch.randn(3, 100)
+    for levels in _tables():
+        y = ops.sefp_linear(x, *p.planes(), p.exponents, ops.bits_tensor(bits), b, levels)
+        want = torch.nn.functional.linear(x, sefp.quantize(w).dequantize(bits, levels), b)
+        torch.testing.assert_close(y, want, rtol=0, atol=0)
+    # a floor table is the default rule
+    floor = ops.sefp_linear(x, *p.planes(), p.exponents, ops.bits_tensor(bits), b, sefp.floor_levels())
+    assert torch.equal(floor, ops.sefp_linear(x, *p.planes(), p.exponents, ops.bits_tensor(bits), b))
+
+
+def test_levels_out_variant_without_bias():
+    w, _, p = make(bias=False)
+    x = torch.randn(2, 100)
+    out = torch.empty(0)
+    levels = sefp.center_levels()
+    ops.sefp_linear_out(x, *p.planes(), p.exponents, ops.bits_tensor(4), None, levels, out=out)
+    torch.testing.assert_close(
+        out, torch.nn.functional.linear(x, sefp.quantize(w).dequantize(4, levels)), rtol=0, atol=0
+    )
+
+
+def test_bad_levels_are_rejected():
+    _, b, p = make()
+    bits, x = ops.bits_tensor(4), torch.randn(1, 100)
+    with pytest.raises(ValueError, match=r"levels must be float32 \[6, 256\]"):
+        ops.sefp_linear(x, *p.planes(), p.exponents, bits, b, torch.zeros(6, 16))
+    negative = sefp.center_levels()
+    negative[1, 3] = -2.0
+    with pytest.raises(ValueError, match="finite and >= 0"):
+        ops.sefp_linear(x, *p.planes(), p.exponents, bits, b, negative)
+
+
+@pytest.mark.parametrize("bits", sefp.SUPPORTED_BITS)
+@pytest.mark.parametrize("ids_shape", [(5,), (2, 3), (0,)])
+def test_embedding_gathers_dequantized_rows(bits, ids_shape):
+    w, _, p = make(n=20, k=100)
+    ids = torch.randint(0, 20, ids_shape, generator=torch.Generator().manual_seed(bits))
+    for levels in [None, *_tables()]:
+        rows = ops.sefp_embedding(ids, *p.planes(), p.exponents, ops.bits_tensor(bits), 100, levels)
+        assert rows.shape == (*ids_shape, 100) and rows.dtype == torch.float32
+        assert torch.equal(rows, sefp.quantize(w).dequantize(bits, levels)[ids])
+
+
+def test_embedding_out_variant():
+    w, _, p = make(n=20, k=100)
+    ids = torch.tensor([[3, 19], [0, 7]])
+    out = torch.empty(0)
+    res = ops.sefp_embedding_out(ids, *p.planes(), p.exponents, ops.bits_tensor(6), 100, None, out=out)
+    assert res is out and torch.equal(out, sefp.quantize(w).dequantize(6)[ids])
+
+
+@pytest.mark.parametrize("bad", [-1, 20, 1000])
+def test_embedding_ids_out_of_range_are_an_index_error(bad):
+    _, _, p = make(n=20, k=100)
+    with pytest.raises(IndexError, match=rf"id {bad} at flat position 1 is outside \[0, 20\)"):
+        ops.sefp_embedding(torch.tensor([0, bad]), *p.planes(), p.exponents, ops.bits_tensor(5), 100)
+
+
+def test_embedding_rejects_bad_arguments():
+    _, _, p = make(n=20, k=100)
+    ids, bits = torch.tensor([1]), ops.bits_tensor(5)
+    with pytest.raises(TypeError, match="ids must be int64"):
+        ops.sefp_embedding(ids.to(torch.int32), *p.planes(), p.exponents, bits, 100)
+    with pytest.raises(ValueError, match="in_features is 200"):
+        ops.sefp_embedding(ids, *p.planes(), p.exponents, bits, 200)
+    with pytest.raises(InvalidBitsError):
+        ops.sefp_embedding(ids, *p.planes(), p.exponents, ops.bits_tensor(8).to(torch.int32), 100)
+    with pytest.raises(InvalidBitsError):
+        ops.sefp_embedding(ids, *p.planes(), p.exponents, torch.tensor(9), 100)
+
+
+class TiedEmbedding(torch.nn.Module):
+    """The tied embedding + lm_head shape of use: one set of planes, both ops."""
+
+    def __init__(self, p, levels):
+        super().__init__()
+        for name, t in zip(packing.PLANE_NAMES, p.planes()):
+            self.register_buffer(name, t)
+        self.register_buffer("exponents", p.exponents)
+        self.register_buffer("levels", levels)
+        self.k = p.in_features
+
+    def forward(self, ids, bits):
+        planes = (self.p0, self.p1, self.p2, self.p3, self.exponents, bits)
+        h = ops.sefp_embedding(ids, *planes, self.k, self.levels)
+        return ops.sefp_linear(h, *planes, None, self.levels)
+
+
+def test_torch_export_of_both_ops_keeps_bits_and_levels():
+    w, _, p = make(n=20, k=100)
+    levels = _tables()[2]
+    ids = torch.tensor([[1, 4, 19]])
+    ep = torch.export.export(TiedEmbedding(p, levels), (ids, ops.bits_tensor(8)))
+    targets = [n.target for n in ep.graph.nodes if n.op == "call_function"]
+    assert ops.sefp_embedding in targets and ops.sefp_linear in targets
+    module = ep.module()
+    q = sefp.quantize(w)
+    for bits in sefp.SUPPORTED_BITS:
+        wk = q.dequantize(bits, levels)
+        torch.testing.assert_close(module(ids, ops.bits_tensor(bits)), wk[ids] @ wk.T, rtol=0, atol=0)
