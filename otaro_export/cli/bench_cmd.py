@@ -76,7 +76,7 @@ def bench(
     from otaro_export.bench.configs import BenchSettings, quick_settings
     from otaro_export.bench.runner import rerender as rerender_report
     from otaro_export.bench.runner import run_bench
-    from otaro_export.cli.tune_cmd import parse_bits
+    from otaro_export.cli.options import parse_bits, parse_choices
 
     if rerender:
         typer.echo(rerender_report(output)["text"])
@@ -92,12 +92,12 @@ def bench(
         accuracy=accuracy,
         cache_dir=cache_dir,
         export_missing=export,
-        targets=tuple(t.strip() for t in targets.split(",") if t.strip()),
+        targets=parse_choices(targets, "--targets", ("onnx", "executorch")),
     )
     if quick:
         settings = quick_settings(settings)
     overrides = {
-        "bits": tuple(parse_bits(bits, "--bits")) if bits is not None else None,
+        "bits": parse_bits(bits, "--bits") if bits is not None else None,
         "new_tokens": new_tokens,
         "runs": runs,
         "portable": portable,

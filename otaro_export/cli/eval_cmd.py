@@ -39,7 +39,7 @@ def evaluate(
     device: str = typer.Option("cpu", "--device"),
 ) -> None:
     """Measure a (tuned) model at every SEFP precision against its untuned FP self."""
-    from otaro_export.cli.tune_cmd import parse_bits
+    from otaro_export.cli.options import parse_bits
     from otaro_export.models import load_model
     from otaro_export.sefp import check_bits
     from otaro_export.train.checkpoint import load_tuned_weights, read_meta, resolve_checkpoint

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import typer
 
+from otaro_export.cli.options import parse_bits
 from otaro_export.errors import OtaroError
 
 DEFAULT_STEPS = 200
@@ -39,17 +40,6 @@ class Loss(str, Enum):
 class Scope(str, Enum):
     linears = "linears"
     all = "all"
-
-
-def parse_bits(text: str, option: str) -> tuple[int, ...]:
-    """'3,4,5' -> (3, 4, 5), with a clear error naming the option."""
-    try:
-        values = tuple(int(part) for part in text.split(",") if part.strip())
-    except ValueError as exc:
-        raise OtaroError(f"{option}: expected comma-separated mantissa bit counts like 3,4,5, got {text!r}") from exc
-    if not values:
-        raise OtaroError(f"{option}: no bit-widths given")
-    return values
 
 
 def tune(
