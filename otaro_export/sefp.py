@@ -73,6 +73,43 @@ def exact_pow2(exponents: torch.Tensor) -> torch.Tensor:
     return table[(exponents.to(torch.int64) - _POW2_TABLE_MIN)]
 
 
+#: shape of a reconstruction table: one row per precision (k - 3), 2**8 entries wide
+LEVELS_SHAPE = (len(SUPPORTED_BITS), 1 << STORED_MANTISSA_BITS)
+#: reconstruction rules every consumer implements (docs/FORMAT.md §3); ``floor`` is the paper's
+RECONSTRUCTION_RULES = ("floor", "center", "fitted")
+
+
+def floor_levels() -> torch.Tensor:
+    """The paper's rule as a table: level j of E5Mk is ``j * 2**(8-k)`` M8 steps (the interval's bottom)."""
+    return _affine_levels(0.0)
+
+
+def center_levels() -> torch.Tensor:
+    """Middle of each truncation interval, ``(j + 1/2) * 2**(8-k)`` M8 steps; q_k = 0 too, signed by the sign bit."""
+    return _affine_levels(0.5)
+
+
+def _affine_levels(offset: float) -> torch.Tensor:
+    levels = torch.zeros(LEVELS_SHAPE, dtype=torch.float32)
+    for row, k in enumerate(SUPPORTED_BITS):
+        j = torch.arange(1 << k, dtype=torch.float32)
+        levels[row, : 1 << k] = (j + offset) * float(1 << (STORED_MANTISSA_BITS - k))
+    return levels
+
+
+def check_levels(levels: torch.Tensor, name: str = "levels") -> torch.Tensor:
+    """Validate a reconstruction table (float32 [6, 256], finite, >= 0, zero past 2**k); returns it."""
+    if not isinstance(levels, torch.Tensor) or levels.dtype != torch.float32 or tuple(levels.shape) != LEVELS_SHAPE:
+        desc = f"{levels.dtype} {list(levels.shape)}" if isinstance(levels, torch.Tensor) else type(levels).__name__
+        raise ValueError(f"{name}: a reconstruction table must be float32 {list(LEVELS_SHAPE)}, got {desc}")
+    if not bool(torch.isfinite(levels).all()) or bool((levels < 0).any()):
+        raise ValueError(f"{name}: reconstruction levels must be finite and >= 0")
+    for row, k in enumerate(SUPPORTED_BITS):
+        if bool(levels[row, 1 << k :].any()):
+            raise ValueError(f"{name}: row {row} (E5M{k}) has entries past its {1 << k} levels")
+    return levels
+
+
 def _check_weight(w: torch.Tensor, name: str) -> torch.Tensor:
     if not isinstance(w, torch.Tensor):
         raise TypeError(f"{name}: expected a torch.Tensor, got {type(w).__name__}")
@@ -135,9 +172,18 @@ class SEFPWeight:
         """``q_k = q AND (0xFF << (8 - k))``: precision k from the stored M8 data."""
         return torch.bitwise_and(self.magnitudes, mantissa_mask(bits))
 
-    def dequantize(self, bits: int) -> torch.Tensor:
-        """Float32 ``[N, K]`` weight at precision E5M``bits``, exact."""
-        q = self.truncated_magnitudes(bits).to(torch.float32)
+    def dequantize(self, bits: int, levels: torch.Tensor | None = None) -> torch.Tensor:
+        """Float32 ``[N, K]`` weight at precision E5M``bits``, exact.
+
+        ``levels`` is a reconstruction table (docs/FORMAT.md §3); ``None`` is the
+        paper's ``floor`` rule, ``value = (-1)**s * q_k * 2**(e-7)``.
+        """
+        bits = check_bits(bits)
+        if levels is None:
+            q = self.truncated_magnitudes(bits).to(torch.float32)
+        else:
+            index = self.truncated_magnitudes(bits).to(torch.int64) >> (STORED_MANTISSA_BITS - bits)
+            q = check_levels(levels)[bits - SUPPORTED_BITS[0]][index]
         n, k_pad = q.shape
         scale = exact_pow2(self.exponents.to(torch.int32) - (STORED_MANTISSA_BITS - 1))
         w = q.reshape(n, k_pad // GROUP_SIZE, GROUP_SIZE) * scale.unsqueeze(-1)
@@ -150,18 +196,53 @@ class SEFPWeight:
         return self.magnitudes.numel() * BITS_PER_WEIGHT_AT_REST / 8
 
 
-def quantize(w: torch.Tensor, name: str = "weight") -> SEFPWeight:
+#: encoder exponent rules: ``floor`` is the paper's ``floor(log2 max|w|)``; ``search`` may pick one lower per group
+EXPONENT_RULES = ("floor", "search")
+#: weight of each precision's error (E5M3..E5M8) in the ``search`` objective, relative to the layer's own error there
+SEARCH_PRECISION_WEIGHTS: tuple[float, ...] = (1.0, 1.0, 1.0, 1.0, 1.0, 1.0)
+
+
+def check_exponent_rule(rule: str) -> str:
+    if rule not in EXPONENT_RULES:
+        raise ValueError(f"unknown exponent rule {rule!r}: choose one of {', '.join(EXPONENT_RULES)}")
+    return rule
+
+
+def _magnitudes(groups: torch.Tensor, e: torch.Tensor) -> torch.Tensor:
+    """``q = min(255, floor(|w| * 2**(7-e)))`` for ``[..., 64]`` groups and per-group exponents (saturating)."""
+    scale = exact_pow2((STORED_MANTISSA_BITS - 1) - e.to(torch.int32)).unsqueeze(-1)
+    # |w| * 2**(7-e) is exact (power-of-two scaling); floor truncates toward zero.
+    return torch.floor(groups.abs() * scale).clamp_(max=255).to(torch.uint8)
+
+
+def quantize(
+    w: torch.Tensor,
+    name: str = "weight",
+    exponent_rule: str = "floor",
+    *,
+    levels: torch.Tensor | None = None,
+    importance: torch.Tensor | None = None,
+    precision_weights: tuple[float, ...] = SEARCH_PRECISION_WEIGHTS,
+) -> SEFPWeight:
     """Quantize a float ``[N, K]`` weight to SEFP (E5M8 stored; E5M3..M8 by truncation).
 
     ``name`` is used in error messages (NaN/Inf weights name their tensor).
+    ``exponent_rule="floor"`` is the paper's encoder. ``"search"`` lets a group take
+    ``floor(log2 max) - 1`` (its largest magnitudes then saturate at q = 255) where that
+    lowers the precision-weighted error of :func:`search_exponents`, decoded with
+    ``levels`` (default: :func:`center_levels`) and weighted per input column by
+    ``importance`` (``[K]``, e.g. E[x_i^2] of the layer's input; default uniform).
+    The decoder and the nesting are unchanged whatever the rule.
     """
     w = _check_weight(w, name)
+    check_exponent_rule(exponent_rule)
     n, k = w.shape
     groups = _grouped(w)
     e = shared_exponents(groups)
-    scale = exact_pow2((STORED_MANTISSA_BITS - 1) - e.to(torch.int32)).unsqueeze(-1)
-    # |w| * 2**(7-e) is exact (power-of-two scaling); floor truncates toward zero.
-    q = torch.floor(groups.abs() * scale).clamp_(max=255).to(torch.uint8)
+    if exponent_rule == "search":
+        weights = padded_importance(importance, k)
+        e = search_exponents(groups, e, levels=levels, importance=weights, precision_weights=precision_weights)
+    q = _magnitudes(groups, e)
     signs = (groups < 0).to(torch.uint8)
     return SEFPWeight(
         signs=signs.reshape(n, -1),
@@ -171,19 +252,106 @@ def quantize(w: torch.Tensor, name: str = "weight") -> SEFPWeight:
     )
 
 
-def fake_quantize(w: torch.Tensor, bits: int) -> torch.Tensor:
+def padded_importance(importance: torch.Tensor | None, in_features: int) -> torch.Tensor:
+    """Per-column error weights ``[K_pad]`` (float32): ``importance`` (default ones), zero on the padding."""
+    k_pad = padded_in_features(in_features)
+    if importance is None:
+        importance = torch.ones(in_features, dtype=torch.float32)
+    importance = importance.detach().to(torch.float32).reshape(-1)
+    if importance.numel() != in_features:
+        raise ValueError(f"importance has {importance.numel()} entries, the weight has {in_features} input features")
+    if not bool(torch.isfinite(importance).all()) or bool((importance < 0).any()):
+        raise ValueError("importance must be finite and >= 0")
+    return torch.nn.functional.pad(importance, (0, k_pad - in_features))
+
+
+def _group_errors(
+    groups: torch.Tensor, e: torch.Tensor, levels: torch.Tensor, importance: torch.Tensor
+) -> torch.Tensor:
+    """Importance-weighted squared error per group at every precision: ``[6, N, G]`` (float64)."""
+    q = _magnitudes(groups, e).to(torch.int64)
+    step = exact_pow2(e.to(torch.int32) - (STORED_MANTISSA_BITS - 1)).unsqueeze(-1)
+    mag = groups.abs()
+    out = []
+    for row, bits in enumerate(SUPPORTED_BITS):
+        value = levels[row][q >> (STORED_MANTISSA_BITS - bits)] * step
+        out.append(((mag - value).pow(2) * importance).sum(-1, dtype=torch.float64))
+    return torch.stack(out)
+
+
+def search_exponents(
+    groups: torch.Tensor,
+    e0: torch.Tensor,
+    levels: torch.Tensor | None = None,
+    importance: torch.Tensor | None = None,
+    precision_weights: tuple[float, ...] = SEARCH_PRECISION_WEIGHTS,
+    rows_per_chunk: int = 4096,
+) -> torch.Tensor:
+    """Per group, ``e0`` or ``e0 - 1``, whichever has the lower precision-weighted error.
+
+    Error at precision k: ``sum_i importance_i * (|w_i| - level_k(q_i) * 2**(e-7))**2`` over the
+    group. The objective sums ``precision_weights[k] * err_k / E_k`` over k, where ``E_k`` is the
+    whole tensor's error at k with ``e0``: each precision counts relative to its own error, so a
+    choice that halves E5M3's error but multiplies E5M8's by ten is refused (to first order it
+    minimises the weighted sum of log errors). Ties keep ``e0``; all-zero groups keep ``e0``.
+    """
+    levels = center_levels() if levels is None else check_levels(levels)
+    n, g, size = groups.shape
+    if importance is None:
+        importance = torch.ones(g * size, dtype=torch.float32)
+    importance = importance.to(torch.float32).reshape(1, g, size)  # [K_pad], zero on padding
+    if len(precision_weights) != len(SUPPORTED_BITS):
+        raise ValueError(f"precision_weights needs one weight per precision {list(SUPPORTED_BITS)}")
+    lower = (e0.to(torch.int32) - 1).clamp(min=EXPONENT_MIN).to(torch.int8)
+    err0 = torch.empty(len(SUPPORTED_BITS), n, g, dtype=torch.float64)
+    err1 = torch.empty_like(err0)
+    for start in range(0, n, rows_per_chunk):
+        rows = slice(start, start + rows_per_chunk)
+        err0[:, rows] = _group_errors(groups[rows], e0[rows], levels, importance)
+        err1[:, rows] = _group_errors(groups[rows], lower[rows], levels, importance)
+    total = err0.sum(dim=(1, 2)).clamp(min=torch.finfo(torch.float64).tiny)
+    weight = torch.tensor(precision_weights, dtype=torch.float64) / total
+    score0 = torch.einsum("k,kng->ng", weight, err0)
+    score1 = torch.einsum("k,kng->ng", weight, err1)
+    return torch.where((score1 < score0) & (lower < e0), lower, e0)
+
+
+def fake_quantize(
+    w: torch.Tensor, bits: int, levels: torch.Tensor | None = None, exponents: torch.Tensor | None = None
+) -> torch.Tensor:
     """Quantize-dequantize ``w`` straight to E5M``bits`` (no uint8 round trip).
 
     Computes ``(-1)**s * min(2**k - 1, floor(|w| * 2**(k-1-e))) * 2**(e-k+1)``
     in the input's device and float32. By the nesting property this equals
     ``quantize(w).dequantize(bits)``; the trainer uses it on every step, so it
     stays on the weight's device and avoids materialising uint8 planes.
+    ``levels`` (a reconstruction table, docs/FORMAT.md §3) replaces the level
+    ``j`` by ``levels[k-3, j]`` M8 steps, and ``exponents`` (``[N, K_pad/64]``,
+    e.g. from ``quantize(..., exponent_rule="search")``) replaces the floor rule's:
+    the result then equals ``quantize(...).dequantize(bits, levels)`` of that encoding.
     Not differentiable by itself: wrap it with a straight-through estimator.
     """
     bits = check_bits(bits)
     if not torch.isfinite(w).all():
         raise NonFiniteWeightError("fake_quantize: weight contains NaN or Inf")
-    return _grid_values(w.detach().to(torch.float32), bits, torch.floor).to(w.dtype)
+    if levels is None and exponents is None:
+        return _grid_values(w.detach().to(torch.float32), bits, torch.floor).to(w.dtype)
+    w32 = w.detach().to(torch.float32)
+    n, k = w32.shape
+    groups = _grouped(w32)
+    e = shared_exponents(groups) if exponents is None else exponents.to(groups.device)
+    if tuple(e.shape) != tuple(groups.shape[:2]):
+        raise ValueError(f"exponents must be {list(groups.shape[:2])} for this weight, got {list(e.shape)}")
+    e = e.to(torch.int32).unsqueeze(-1)
+    # q >> (8-k) of the stored magnitude, straight from |w| (saturating like the encoder)
+    index = torch.floor(groups.abs() * exact_pow2((bits - 1) - e)).clamp_(max=(1 << bits) - 1)
+    if levels is None:
+        value = index * exact_pow2(e - (bits - 1))
+    else:
+        row = check_levels(levels)[bits - SUPPORTED_BITS[0]].to(groups.device)
+        value = row[index.to(torch.int64)] * exact_pow2(e - (STORED_MANTISSA_BITS - 1))
+    out = torch.where(groups < 0, -value, value)
+    return out.reshape(n, -1)[:, :k].to(w.dtype)
 
 
 def _grid_values(w32: torch.Tensor, bits: int, to_level) -> torch.Tensor:

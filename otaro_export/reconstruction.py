@@ -1,0 +1,187 @@
+"""Reconstruction rules and exponent choice for one exported SEFP linear (docs/FORMAT.md §1, §3).
+
+The stored bits (signs, M8 magnitudes, exponents) and the nesting never change;
+a reconstruction rule is a per-layer ``levels`` table ``[6, 256]`` that maps the
+truncated magnitude ``q_k`` of E5Mk to ``levels[k-3, q_k >> (8-k)] * 2**(e-7)``:
+
+* ``floor``: the paper's, ``j * 2**(8-k)`` (the bottom of each truncation interval);
+* ``center``: the middle of each interval, ``(j + 1/2) * 2**(8-k)``, q_k = 0 included;
+* ``fitted``: rows k = 3, 4 are the weighted least-squares levels of this layer,
+  ``L_j = sum_i d_i u_i |w_i| / sum_i d_i u_i**2`` over the weights whose truncated
+  magnitude is ``j`` (``u_i = 2**(e-7)`` of the weight's group, ``d_i = E[x_i^2]`` of its
+  input column from calibration, or 1 without statistics); rows k >= 5 are ``center``.
+  Each bin is independent, so this minimises ``sum_i d_i (w_i - w_hat_i)**2`` exactly.
+
+The encoder's exponent rule is ``floor`` (the paper's) or ``search`` (per group
+``e0`` or ``e0 - 1`` by a precision-weighted error, ``sefp.search_exponents``).
+
+Entry point for the exporter, per exported (packed) linear::
+
+    q, levels = quantize_layer(w, rule="fitted", exponent_rule="search", importance=stats.importance())
+    # levels is None for ``floor`` (the paper's op); pass it to otaro::sefp_linear otherwise
+
+``export_units(model)`` names the packed layers and their HF members, and
+``recommend_floors`` returns per-layer precision floors (docs/FORMAT.md §6).
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from otaro_export import sefp
+from otaro_export.sefp import (
+    GROUP_SIZE,
+    RECONSTRUCTION_RULES,
+    STORED_MANTISSA_BITS,
+    SUPPORTED_BITS,
+    SEFPWeight,
+    center_levels,
+    check_bits,
+    exact_pow2,
+    floor_levels,
+    padded_importance,
+)
+
+#: precisions whose levels the ``fitted`` rule fits (k >= 5 keeps ``center``: its intervals are narrow)
+FITTED_BITS = (3, 4)
+#: what the export uses unless told otherwise (chosen by measurement, docs/QUALITY.md)
+DEFAULT_RULE = "fitted"
+DEFAULT_EXPONENT_RULE = "search"
+
+
+def check_rule(rule: str) -> str:
+    if rule not in RECONSTRUCTION_RULES:
+        raise ValueError(f"unknown reconstruction rule {rule!r}: choose one of {', '.join(RECONSTRUCTION_RULES)}")
+    return rule
+
+
+def fit_levels(
+    w: torch.Tensor, q: SEFPWeight, importance: torch.Tensor | None = None, bits: tuple[int, ...] = FITTED_BITS
+) -> torch.Tensor:
+    """The ``fitted`` table of float weight ``w`` ``[N, K]`` encoded as ``q``: rows ``bits`` fitted, others center.
+
+    A level no weight falls in keeps its center value. Deterministic (float64 sums).
+    """
+    n, k = w.shape
+    if (q.out_features, q.in_features) != (n, k):
+        raise ValueError(f"weight is {[n, k]} but its encoding is {[q.out_features, q.in_features]}")
+    levels = center_levels()
+    groups = sefp._grouped(w.detach().to(torch.float64))
+    mag = groups.abs().reshape(n, -1)
+    step = exact_pow2(q.exponents.to(torch.int32) - (STORED_MANTISSA_BITS - 1)).to(torch.float64)
+    step = step.repeat_interleave(GROUP_SIZE, dim=1)  # [N, K_pad]
+    d = padded_importance(importance, k).to(torch.float64).unsqueeze(0)
+    num_terms = (d * step * mag).reshape(-1)
+    den_terms = (d * step * step).expand(n, -1).reshape(-1)
+    for bits_k in bits:
+        bits_k = check_bits(bits_k)
+        width = 1 << bits_k
+        index = (q.magnitudes.to(torch.int64) >> (STORED_MANTISSA_BITS - bits_k)).reshape(-1)
+        num = torch.zeros(width, dtype=torch.float64).index_add_(0, index, num_terms)
+        den = torch.zeros(width, dtype=torch.float64).index_add_(0, index, den_terms)
+        row = bits_k - SUPPORTED_BITS[0]
+        fitted = torch.where(den > 0, num / den.clamp(min=1e-300), levels[row, :width].to(torch.float64))
+        levels[row, :width] = fitted.to(torch.float32)
+    return sefp.check_levels(levels)
+
+
+def quantize_layer(
+    w: torch.Tensor,
+    rule: str = DEFAULT_RULE,
+    exponent_rule: str = DEFAULT_EXPONENT_RULE,
+    importance: torch.Tensor | None = None,
+    name: str = "weight",
+) -> tuple[SEFPWeight, torch.Tensor | None]:
+    """Encode one float ``[N, K]`` linear weight and its reconstruction table.
+
+    ``importance``: ``[K]`` per-input-column error weights, normally
+    ``calibration.InputStats.importance()`` (E[x_i^2]) of the layer's input; ``None`` weights every
+    column alike. Returns ``(SEFPWeight, levels)`` with ``levels = None`` for ``floor`` (the paper's
+    op, no table input) and a float32 ``[6, 256]`` table otherwise. With ``exponent_rule="search"``
+    the exponents are chosen under the rule's own decode (for ``fitted``: under center levels, then
+    the levels are fitted to those exponents, then the exponents re-chosen under the fitted levels
+    and the levels refitted once more). Deterministic.
+    """
+    check_rule(rule)
+    sefp.check_exponent_rule(exponent_rule)
+    decode = floor_levels() if rule == "floor" else center_levels()
+    q = sefp.quantize(w, name, exponent_rule, levels=decode, importance=importance)
+    if rule == "floor":
+        return q, None
+    if rule == "center":
+        return q, center_levels()
+    levels = fit_levels(w, q, importance)
+    if exponent_rule == "search":
+        q = sefp.quantize(w, name, exponent_rule, levels=levels, importance=importance)
+        levels = fit_levels(w, q, importance)
+    return q, levels
+
+
+# ----------------------------------------------------------------------------- exported (packed) layers
+
+_MEMBERS = {
+    "self_attn.qkv_proj": ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj"),
+    "self_attn.o_proj": ("self_attn.o_proj",),
+    "mlp.gate_up_proj": ("mlp.gate_proj", "mlp.up_proj"),
+    "mlp.down_proj": ("mlp.down_proj",),
+}
+_LAYER = re.compile(r"^model\.layers\.(\d+)\.")
+
+
+@dataclass(frozen=True)
+class ExportUnit:
+    """One exported SEFP linear: HF member linears concatenated along N (they share one input)."""
+
+    name: str
+    members: tuple[str, ...]
+
+    @property
+    def kind(self) -> str:
+        """``qkv_proj``, ``o_proj``, ``gate_up_proj``, ``down_proj`` or ``lm_head``."""
+        return self.name.rsplit(".", 1)[-1]
+
+    @property
+    def layer_index(self) -> int | None:
+        match = _LAYER.match(self.name)
+        return int(match.group(1)) if match else None
+
+
+def export_units(model: nn.Module, include_lm_head: bool = True) -> list[ExportUnit]:
+    """The packed SEFP layers of a Llama-family HF model, in model order (names as in the manifest)."""
+    from otaro_export.convert import decoder_layers
+
+    layers = decoder_layers(model)
+    if layers is None:
+        raise ValueError("model has no decoder blocks at model.model.layers")
+    units = []
+    for i in range(len(layers)):
+        prefix = f"model.layers.{i}."
+        for unit, members in _MEMBERS.items():
+            full = tuple(prefix + m for m in members)
+            if all(isinstance(_get(model, m), nn.Linear) for m in full):
+                units.append(ExportUnit(prefix + unit, full))
+    if include_lm_head and isinstance(getattr(model, "lm_head", None), nn.Linear):
+        units.append(ExportUnit("lm_head", ("lm_head",)))
+    return units
+
+
+def _get(model: nn.Module, name: str) -> nn.Module | None:
+    try:
+        return model.get_submodule(name)
+    except AttributeError:
+        return None
+
+
+def unit_weight(model: nn.Module, unit: ExportUnit) -> torch.Tensor:
+    """The packed float weight ``[sum N_m, K]`` of a unit (members concatenated along N)."""
+    return torch.cat([model.get_submodule(m).weight.detach().to(torch.float32) for m in unit.members], dim=0)
+
+
+def split_unit(unit: ExportUnit, model: nn.Module, packed: torch.Tensor) -> dict[str, torch.Tensor]:
+    """Inverse of :func:`unit_weight`: the rows of each member."""
+    sizes = [model.get_submodule(m).out_features for m in unit.members]
+    return dict(zip(unit.members, torch.split(packed, sizes, dim=0)))
