@@ -1,34 +1,10 @@
 """Plane packing of SEFP weights for kernels (a layer on top of :mod:`otaro_export.sefp`).
 
-The stored M8 model is split into bit planes so that precision k reads only the
-bytes it needs (less memory traffic, and fewer resident pages under mmap):
-
-======  ============================  ===============  ==================
-plane   content per weight            bytes per group  read by precision
-======  ============================  ===============  ==================
-``p0``  sign | q[7:5]  (4-bit code)   32               every k (3..8)
-``p1``  q[4:3]         (2 bits)       16               k >= 4
-``p2``  q[2:1]         (2 bits)       16               k >= 6
-``p3``  q[0]           (1 bit)        8                k == 8
-======  ============================  ===============  ==================
-
-plus ``exponents`` (int8, one per group of 64, unbiased). Bits per weight read
-at precision k (exponent included): k=3: 4.125, k=4,5: 6.125, k=6,7: 8.125,
-k=8: 9.125.
-
-Each plane is a ``[N, G * bytes_per_group]`` uint8 tensor; the bytes of group g
-of row n are contiguous. Inside a group of 64 elements (index 0..63):
-
-* ``p0`` byte i (0..31): low nibble = code of element i, high nibble = code of
-  element i + 32. code = ``(sign << 3) | (q >> 5)``.
-* ``p1`` / ``p2`` byte i (0..15): bits ``2j..2j+1`` hold the 2-bit field of
-  element ``i + 16 j`` (j = 0..3). ``p1`` field = ``(q >> 3) & 3``,
-  ``p2`` field = ``(q >> 1) & 3``.
-* ``p3`` byte i (0..7): bit j holds ``q & 1`` of element ``i + 8 j`` (j = 0..7).
-
-These strides make SIMD decode one shift+mask per 16/32 lanes (the same trick
-as llama.cpp's Q4 layouts). Precision k then rebuilds
-``q_k = (q from the planes it reads) & (0xFF << (8 - k))``.
+The stored M8 model is split into four bit planes ``p0..p3`` plus the int8
+exponents, so that precision k reads only the bytes it needs (less memory
+traffic, and fewer resident pages under mmap). The layout is specified in
+docs/FORMAT.md §4: :func:`pack` and :func:`unpack` implement it, and
+``PLANE_BYTES_PER_GROUP`` / ``PLANE_MIN_BITS`` are its tables.
 """
 
 from __future__ import annotations
@@ -94,7 +70,7 @@ def _fields(groups: torch.Tensor, lanes: int) -> torch.Tensor:
 
 
 def pack(w: SEFPWeight) -> PackedSEFP:
-    """Split a :class:`SEFPWeight` into the four planes documented above."""
+    """Split a :class:`SEFPWeight` into the four planes of docs/FORMAT.md §4."""
     n, k_pad = w.magnitudes.shape
     g = k_pad // GROUP_SIZE
     q = w.magnitudes.reshape(n, g, GROUP_SIZE).to(torch.int32)

@@ -1,4 +1,4 @@
-"""SEFP: Shared Exponent Floating Point (DESIGN.md section 2, normative).
+"""SEFP: Shared Exponent Floating Point (docs/FORMAT.md §1-§3, normative).
 
 This module is the single home of the format. Kernels, exporters and the
 trainer call it; nothing else re-derives the bit layout.

@@ -3,7 +3,7 @@
 The ``--kernels portable`` ExecuTorch artifact must run on the stock portable
 kernels (plus XNNPACK) with no project library. This pass rewrites every
 ``otaro.sefp_linear`` node of an ExportedProgram into a dequantize-then-linear
-subgraph built only from ops the portable runtime has (DESIGN.md section 6):
+subgraph built only from ops the portable runtime has (docs/FORMAT.md §5):
 
 * unpacking the planes uses ``bitwise_and`` and a broadcast floor ``div`` by
   powers of two on int32 (bit shifts are not Core ATen, and uint8 ``>>`` has no

@@ -1,4 +1,4 @@
-"""``otaro demo``: one artifact, loaded once, a precision per task (DESIGN.md section 1).
+"""``otaro demo``: one artifact, loaded once, a precision per task: the phone-app story.
 
 * :mod:`.tasks`: the task script (``choose`` and ``generate`` tasks);
 * :mod:`.policy`: the precision policy (task name / kind -> E5M3..E5M8);

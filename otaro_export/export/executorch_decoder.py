@@ -1,6 +1,6 @@
 """The exportable KV-cache decoder: ``forward(input_ids, cache_position, bits) -> logits``.
 
-Wraps transformers' static-cache export module (DESIGN.md section 6): the K/V
+Wraps transformers' static-cache export module: the K/V
 caches are mutable buffers of the program (state kept between ``execute``
 calls, not stored in the file), ``input_ids`` ``[1, s]`` and ``cache_position``
 ``[s]`` have a dynamic sequence dim, and ``bits`` is a 0-dim int64 user input.
@@ -82,5 +82,5 @@ def export_decoder(model: nn.Module, max_cache_len: int, *, with_bits: bool = Tr
         if with_bits:
             args = (*args, ops.bits_tensor(8))
             shapes["bits"] = None
-        # strict=True: non-strict export of this module fails later at lowering (DESIGN.md 6).
+        # strict=True: non-strict export of this module fails later at lowering ("expected compiled_fn to be GraphModule").
         return torch.export.export(wrapper, args, dynamic_shapes=shapes, strict=True)

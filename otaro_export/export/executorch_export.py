@@ -1,6 +1,6 @@
 """``--target executorch``: ONE ``model.pte`` that runs at every precision E5M3..E5M8.
 
-Steps (DESIGN.md sections 4-6):
+Steps (the artifact: docs/FORMAT.md §8):
 
 1. export the float KV-cache decoder ``forward(input_ids, cache_position, bits)``
    (:mod:`otaro_export.export.executorch_decoder`);

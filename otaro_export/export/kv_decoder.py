@@ -8,7 +8,7 @@ each present tensor is the past with the S new positions appended
 next call's pasts, so generation is linear in length, not quadratic.
 
 Passing a transformers ``Cache`` object as a graph input fails or silently
-drops the cache (DESIGN.md section 6), so the cache is rebuilt inside from
+drops the cache (measured with transformers 5.x), so the cache is rebuilt inside from
 plain tensors. ``bits`` is unused by the float graph; the passes wire it to
 every SEFP node.
 """
