@@ -1,4 +1,4 @@
-"""Pick the SEFP layers of a HF causal LM (DESIGN.md section 3) and convert them.
+"""Pick the SEFP layers of a HF causal LM (listed in the manifest, docs/FORMAT.md §7) and convert them.
 
 Default: every ``nn.Linear`` inside the decoder blocks (``model.layers.*``);
 embeddings and ``lm_head`` stay float unless ``quantize_lm_head=True``.
