@@ -98,7 +98,8 @@ def convert_model(
     """Replace the selected nn.Linear layers with :class:`SEFPLinear`, in place.
 
     Errors on NaN/Inf weights name the offending layer. If ``lm_head`` is tied
-    to the embeddings, quantizing it unties it (the embedding stays float).
+    to the embeddings, quantizing it makes the embedding gather rows of the
+    same SEFP planes (one copy, as in the exported graphs).
     """
     names = select_sefp_linears(model, quantize_lm_head)
     report = ConversionReport()
@@ -110,9 +111,21 @@ def convert_model(
     with torch.no_grad():
         for name in iterator:
             linear = model.get_submodule(name)
-            _replace(model, name, SEFPLinear.from_linear(linear, name=f"{name}.weight", bits=bits))
+            tied = name == "lm_head" and _is_tied(model)
+            sefp = SEFPLinear.from_linear(linear, name=f"{name}.weight", bits=bits)
+            _replace(model, name, sefp)
+            if tied:
+                from otaro_export.sefp_embedding import SEFPEmbedding
+
+                model.model.embed_tokens = SEFPEmbedding(sefp)
             report.layers.append(ConvertedLayer(name, linear.out_features, linear.in_features))
     return report
+
+
+def _is_tied(model: nn.Module) -> bool:
+    embed = getattr(getattr(model, "model", None), "embed_tokens", None)
+    head = getattr(model, "lm_head", None)
+    return isinstance(embed, nn.Embedding) and isinstance(head, nn.Linear) and embed.weight is head.weight
 
 
 def sefp_layers(model: nn.Module) -> dict[str, SEFPLinear]:
@@ -132,8 +145,13 @@ def dequantized_copy(model: nn.Module, bits: int) -> nn.Module:
     This is the torch reference that every runtime is compared against: plain
     nn.Linear layers, so it runs at eager float speed.
     """
+    from otaro_export.sefp_embedding import SEFPEmbedding
+
     bits = check_bits(bits)
     ref = copy.deepcopy(model)
+    for name, module in list(ref.named_modules()):
+        if isinstance(module, SEFPEmbedding):
+            _replace(ref, name, nn.Embedding.from_pretrained(module.dequantized_weight(bits)))
     for name, layer in sefp_layers(ref).items():
         linear = nn.Linear(layer.in_features, layer.out_features, bias=layer.bias is not None)
         with torch.no_grad():

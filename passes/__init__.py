@@ -3,6 +3,7 @@
 Entry point for both exporters: :func:`lower_to_sefp`.
 """
 
+from otaro_export.passes.freeze_sefp_weights import SEFPLayerSpec, paper_encoder
 from otaro_export.passes.lowering import LoweringReport, lower_to_sefp
 
-__all__ = ["lower_to_sefp", "LoweringReport"]
+__all__ = ["lower_to_sefp", "LoweringReport", "SEFPLayerSpec", "paper_encoder"]

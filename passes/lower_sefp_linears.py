@@ -2,7 +2,7 @@
 
 Input: the :class:`FreezeResult` of ``freeze_sefp_weights``. Every
 ``aten.linear.default`` whose weight is a frozen placeholder becomes
-``otaro.sefp_linear.default(x, p0, p1, p2, p3, exponents, bits, bias)``.
+``otaro.sefp_linear.default(x, p0, p1, p2, p3, exponents, bits, bias[, levels])``.
 Until ``thread_bits_input`` wires the model-level input, ``bits`` is one shared
 lifted constant (E5M8), so the program stays runnable after this pass alone.
 A frozen layer whose weight reaches no ``aten.linear`` is an error (it would
@@ -65,6 +65,8 @@ def lower_sefp_linears(ep: ExportedProgram, frozen: FreezeResult) -> tuple[Expor
             )
         p = layer.planes
         args = (x, p["p0"], p["p1"], p["p2"], p["p3"], p["exponents"], default_bits, bias)
+        if "levels" in p:
+            args = (*args, p["levels"])
         with graph.inserting_before(node):
             new = graph.call_function(ops.sefp_linear, args)
         new.meta.update(node.meta)

@@ -23,8 +23,8 @@ from otaro_export.passes import program_utils as pu
 
 log = logging.getLogger(__name__)
 
-SEFP_TARGETS = (torch.ops.otaro.sefp_linear.default,)
-BITS_ARG_INDEX = 6  # x, p0, p1, p2, p3, exponents, bits, bias
+SEFP_TARGETS = (torch.ops.otaro.sefp_linear.default, torch.ops.otaro.sefp_embedding.default)
+BITS_ARG_INDEX = 6  # (x | ids), p0, p1, p2, p3, exponents, bits, ...: the same slot in both ops
 
 
 @dataclass

@@ -32,7 +32,24 @@ def export(
     kernels: Kernels = typer.Option(
         Kernels.fused, "--kernels", help="fused: project kernel library; portable: standard ops only"
     ),
-    quantize_lm_head: bool = typer.Option(False, "--quantize-lm-head", help="also store lm_head in SEFP"),
+    reconstruction: str = typer.Option(
+        None,
+        "--reconstruction",
+        help="how truncated mantissas map to values: floor (the paper's), center, fitted (per-layer tables); "
+        "default: the best measured (docs/QUALITY.md)",
+    ),
+    exponents: str = typer.Option(
+        None, "--exponents", help="group exponent choice: floor (the paper's) or search; default: the best measured"
+    ),
+    lm_head: str = typer.Option(
+        "sefp", "--lm-head", help="sefp: tied embedding + lm_head stored once in SEFP; float: keep them float32"
+    ),
+    lm_head_min_bits: int = typer.Option(
+        None, "--lm-head-min-bits", help="lm_head (and tied embedding) run at max(bits, this); default: measured"
+    ),
+    layer_floors: str = typer.Option(
+        None, "--layer-floors", help="auto: per-layer precision floors from measured sensitivity; none: off"
+    ),
     max_seq_len: int = typer.Option(512, "--max-seq-len", help="KV-cache capacity (prompt + generated tokens)"),
     external_weights: bool = typer.Option(
         False, "--external-weights", help="executorch: write the weights to model.ptd beside model.pte"
@@ -40,6 +57,7 @@ def export(
 ) -> None:
     """Export a (tuned) HF causal LM to ONE artifact that runs at every precision E5M3..E5M8."""
     from otaro_export.export.pipeline import ExportOptions, export_model
+    from otaro_export.export.sefp_recipe import default_recipe
 
     options = ExportOptions(
         target=target.value,
@@ -47,7 +65,13 @@ def export(
         output=output,
         checkpoint=checkpoint,
         kernels=kernels.value,
-        quantize_lm_head=quantize_lm_head,
+        recipe=default_recipe(
+            reconstruction=reconstruction,
+            exponent_rule=exponents,
+            lm_head=lm_head,
+            lm_head_min_bits=lm_head_min_bits,
+            layer_floors=layer_floors,
+        ),
         max_seq_len=max_seq_len,
         external_weights=external_weights,
     )

@@ -1,16 +1,18 @@
 """ONNX writer: ONE ``model.onnx`` (+ ``model.onnx.data``) that decodes at any precision E5M3..E5M8.
 
-Flow: wrap the HF model in :class:`KVCacheDecoder` (explicit past/present K/V
-tensors, a ``bits`` input) -> ``torch.export`` -> ``otaro_export.passes.lower_to_sefp``
-(SEFP constants, ``otaro.sefp_linear`` nodes reading ``bits``, float weights
-dropped) -> ``torch.onnx.export`` with ``otaro.sefp_linear`` translated to an
-``ai.otaro::SEFPLinear`` node -> the model-local function body attached ->
-checked with ``onnx.checker`` and written with all tensors in one external
-data file beside the graph (so it loads from any working directory and
-models over 2 GB work).
+Flow: :class:`~otaro_export.export.llm_decoder.ExportDecoder` (packed
+projections, fused norms, one attention op per layer, tied embedding and
+lm_head) -> ``torch.export`` -> ``otaro_export.passes.lower_to_sefp`` (SEFP
+constants, one ``bits`` input, precision floors, the tied matrix stored once)
+-> ``torch.onnx.export`` translating ``otaro.sefp_linear`` / ``sefp_embedding``
+to ``ai.otaro`` nodes and the attention/norm ops to onnxruntime's contrib ops
+(``GroupQueryAttention`` with a KV cache that a session shares between past
+and present, ``SkipSimplifiedLayerNormalization``) -> the ``ai.otaro``
+function bodies attached (stock onnxruntime runs them without the library) ->
+``onnx.checker`` -> all tensors in one external data file.
 
-``export_onnx_fp32`` writes the same decoder without lowering (float32
-weights, no custom nodes): the baseline for benchmarks.
+The graph has ~11 nodes per decoder layer. ``export_onnx_fp32`` writes the same
+graph with float32 weights: the benchmarks' baseline.
 """
 
 from __future__ import annotations
@@ -23,11 +25,12 @@ import onnx
 import torch
 
 from otaro_export import ops
-from otaro_export.convert import check_supported, select_sefp_linears
+from otaro_export.convert import check_supported
 from otaro_export.errors import ArtifactError
-from otaro_export.export.kv_decoder import KVCacheDecoder, io_names
+from otaro_export.export import contrib_ops
+from otaro_export.export.llm_decoder import ExportDecoder
 from otaro_export.export.model_info import model_info
-from otaro_export.export.onnx_sefp_function import DOMAIN, OP_TYPE, attach_function, register_schema
+from otaro_export.export.onnx_sefp_function import DOMAIN, attach_function, register_schema
 from otaro_export.manifest import Manifest
 
 ARTIFACT_NAME = "model.onnx"
@@ -35,43 +38,56 @@ ARTIFACT_NAME = "model.onnx"
 OPSET = 18
 
 
-def _translate_sefp_linear(x, p0, p1, p2, p3, exponents, bits, bias=None):
+def _translate_sefp_linear(x, p0, p1, p2, p3, exponents, bits, bias=None, levels=None):
     """torch.onnx translation of ``otaro.sefp_linear`` into one ``ai.otaro::SEFPLinear`` node."""
     import onnxscript
 
     otaro = onnxscript.values.Opset(DOMAIN, 1)
-    if bias is None:
-        return otaro.SEFPLinear(x, p0, p1, p2, p3, exponents, bits)
-    return otaro.SEFPLinear(x, p0, p1, p2, p3, exponents, bits, bias)
+    inputs = [x, p0, p1, p2, p3, exponents, bits]
+    if levels is not None:
+        inputs += [bias, levels]  # an absent bias stays an empty input name
+    elif bias is not None:
+        inputs.append(bias)
+    return otaro.SEFPLinear(*inputs)
+
+
+def _translate_sefp_embedding(ids, p0, p1, p2, p3, exponents, bits, in_features: int, levels=None):
+    """torch.onnx translation of ``otaro.sefp_embedding`` into one ``ai.otaro::SEFPEmbedding`` node."""
+    import onnxscript
+
+    otaro = onnxscript.values.Opset(DOMAIN, 1)
+    inputs = [ids, p0, p1, p2, p3, exponents, bits] + ([levels] if levels is not None else [])
+    return otaro.SEFPEmbedding(*inputs, in_features=in_features)
 
 
 def _to_onnx(ep: torch.export.ExportedProgram, path: Path, input_names, output_names) -> None:
-    """torch.onnx.export ``ep`` to ``path`` (+ ``path.data``), then attach the SEFPLinear function.
+    """torch.onnx.export ``ep`` to ``path`` (+ ``path.data``), then attach the ``ai.otaro`` functions.
 
-    ``optimize=False``: onnxscript's rewriter took minutes on a 30-layer graph
-    (pattern matching over every node) and onnxruntime applies its own graph
-    optimizations at load anyway.
+    ``optimize=False``: the graph is already what onnxruntime should run (fused
+    ops chosen by the decoder module), and onnxruntime applies its own graph
+    optimizations at load.
     """
     register_schema()
+    table = {ops.sefp_linear: _translate_sefp_linear, ops.sefp_embedding: _translate_sefp_embedding}
     program = torch.onnx.export(
         ep,
         (),
         input_names=input_names,
         output_names=output_names,
         opset_version=OPSET,
-        custom_translation_table={ops.sefp_linear: _translate_sefp_linear},
+        custom_translation_table={**table, **contrib_ops.translation_table()},
         dynamo=True,
         optimize=False,
         verbose=False,
     )
     program.save(str(path), external_data=True)
-    # Attach the function body to the graph proto only; the tensors stay in the data file.
+    # Attach the function bodies to the graph proto only; the tensors stay in the data file.
     model = onnx.load(str(path), load_external_data=False)
     for node in model.graph.node:
         # per-node torch debug metadata (fx node, module path, stack) was ~90% of the graph file
         del node.metadata_props[:]
         node.doc_string = ""
-    if any(n.domain == DOMAIN and n.op_type == OP_TYPE for n in model.graph.node):
+    if any(n.domain == DOMAIN for n in model.graph.node):
         attach_function(model)
     onnx.save(model, str(path))
 
@@ -103,6 +119,7 @@ def kernel_fields(kernels: str, lowered: bool = True) -> tuple[str, str | None]:
 
 
 def _write(loaded, options, out_dir: Path, log: Callable[[str], None], lower: bool) -> Manifest:
+    from otaro_export.export.sefp_recipe import layer_specs
     from otaro_export.passes import lower_to_sefp
     from otaro_export.passes.drop_unused_inputs import drop_unused_inputs
 
@@ -111,15 +128,18 @@ def _write(loaded, options, out_dir: Path, log: Callable[[str], None], lower: bo
     model.eval()
     if next(model.parameters()).dtype != torch.float32:
         model.to(torch.float32)  # SEFP quantizes float32 weights; the op takes float32 activations
-    layers = select_sefp_linears(model, options.quantize_lm_head) if lower else []
-    decoder = KVCacheDecoder(model)
-    input_names, output_names = io_names(decoder.num_layers)
+    recipe = options.recipe
+    decoder = ExportDecoder(model, options.max_seq_len)
+    layers = decoder.sefp_linear_names(include_lm_head=recipe.lm_head == "sefp") if lower else []
+    input_names, output_names = decoder.io_names()
 
     t0 = time.perf_counter()
-    ep = decoder.export(options.max_seq_len)
+    ep = decoder.export()
     log(f"torch.export: {time.perf_counter() - t0:.1f}s")
+    report = None
     if lower:
-        ep, report = lower_to_sefp(ep, layers, bits_input="bits")
+        specs = layer_specs(model, loaded.tokenizer, layers, recipe, log)
+        ep, report = lower_to_sefp(ep, specs, bits_input="bits", progress=True)
         log(report.summary())
     ep, _ = drop_unused_inputs(ep)  # e.g. the second name of a tied embedding
 
@@ -139,11 +159,23 @@ def _write(loaded, options, out_dir: Path, log: Callable[[str], None], lower: bo
     graph_outputs = [o.name for o in written.graph.output]
     sizes = {p.name: p.stat().st_size for p in [path, *data_files(path)]}
     log(
-        f"torch.onnx.export + checks: {time.perf_counter() - t1:.1f}s; wrote "
+        f"torch.onnx.export + checks: {time.perf_counter() - t1:.1f}s; {len(written.graph.node)} nodes; wrote "
         + ", ".join(f"{name} ({size / 2**20:.1f} MiB)" for name, size in sizes.items())
     )
 
     kernels, kernel_library = kernel_fields(options.kernels, lowered=lower)
+    extra = {
+        "weights": "sefp" if lower else "fp32",
+        "opset": OPSET,
+        "custom_ops": sorted({f"{n.domain}::{n.op_type}" for n in written.graph.node if n.domain}),
+        "graph_nodes": len(written.graph.node),
+        "files": sizes,
+        "kv_cache": "past_key_i/past_value_i [1, kv_heads, max_seq_len, head_dim], one buffer per tensor "
+        "bound as both past and present: a step writes positions total_sequence_length - S .. - 1",
+    }
+    if lower:
+        extra["sefp_recipe"] = recipe.manifest_fields()
+        extra["precision_floors"] = dict(report.floors)
     return Manifest(
         target="onnx",
         artifact=ARTIFACT_NAME,
@@ -153,14 +185,7 @@ def _write(loaded, options, out_dir: Path, log: Callable[[str], None], lower: bo
         inputs=graph_inputs,
         outputs=graph_outputs,
         model=model_info(model, loaded.source, options.max_seq_len),
-        extra={
-            "weights": "sefp" if lower else "fp32",
-            "opset": OPSET,
-            "custom_op": f"{DOMAIN}::{OP_TYPE}" if lower else None,
-            "files": sizes,
-            "kv_cache": "explicit past_key_i/past_value_i inputs [1, kv_heads, P, head_dim]; "
-            "present_* outputs hold P + S positions",
-        },
+        extra=extra,
     )
 
 

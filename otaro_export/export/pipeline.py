@@ -9,11 +9,12 @@ from __future__ import annotations
 import shutil
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from otaro_export.convert import check_supported
 from otaro_export.errors import OtaroError
+from otaro_export.export.sefp_recipe import SEFPRecipe, default_recipe
 from otaro_export.manifest import KERNEL_MODES, TARGETS, Manifest
 
 
@@ -24,12 +25,18 @@ class ExportOptions:
     output: Path = Path("out")
     checkpoint: Path | None = None
     kernels: str = "fused"
-    quantize_lm_head: bool = False
+    #: how the linears become SEFP: reconstruction rule, exponent rule, lm_head and floors
+    recipe: SEFPRecipe = field(default_factory=default_recipe)
     max_seq_len: int = 512
     #: ExecuTorch only: keep the weights in model.ptd beside model.pte (program-data separation)
     external_weights: bool = False
 
+    @property
+    def quantize_lm_head(self) -> bool:
+        return self.recipe.lm_head == "sefp"
+
     def validate(self) -> None:
+        self.recipe.validate()
         if self.target not in TARGETS:
             raise OtaroError(f"unknown target {self.target!r}; choose one of {', '.join(TARGETS)}")
         if self.kernels not in KERNEL_MODES:

@@ -154,7 +154,7 @@ class ExecuTorchSession(Session):
             self._bits_cache[bits] = torch.tensor(bits, dtype=torch.int64)
         return self._bits_cache[bits]
 
-    def _step(self, input_ids: np.ndarray, start_pos: int, bits: int) -> np.ndarray:
+    def _step(self, input_ids: np.ndarray, start_pos: int, bits: int, last_only: bool = False) -> np.ndarray:
         s = input_ids.shape[1]
         if start_pos < 0 or start_pos + s > self.max_seq_len:
             raise ValueError(

@@ -1,10 +1,12 @@
 """Run an exported ``model.onnx`` with onnxruntime: one session serves every precision.
 
-The graph (see :mod:`otaro_export.export.kv_decoder`) takes the KV cache as
-explicit ``past_key_i`` / ``past_value_i`` inputs and returns ``present_*``
-outputs with the new positions appended; this session keeps the presents as
-onnxruntime values between steps and feeds them straight back (no copy into
-numpy), so each decode step costs one token's compute.
+The graph (see :mod:`otaro_export.export.llm_decoder`) takes each layer's KV
+cache as a ``past_key_i`` / ``past_value_i`` input of ``max_seq_len``
+positions and returns it as ``present_*``. This session allocates each cache
+once and binds the same buffer as past and present, so onnxruntime's
+GroupQueryAttention writes the step's positions in place: a decode step copies
+no cache. ``logits_positions`` asks for the last position's logits only while
+generating (a prompt's other rows of the vocabulary matmul are skipped).
 
 Kernels: an artifact exported with ``--kernels fused`` needs the project's
 onnxruntime custom-op library (``otaro_export.runtime_ops.ort_library``),
@@ -22,6 +24,9 @@ import numpy as np
 from otaro_export.errors import ArtifactError, KernelLibraryError
 from otaro_export.manifest import Manifest
 from otaro_export.runtime.session import Session
+
+#: the decoder graph's inputs besides the per-layer caches (otaro_export.export.llm_decoder)
+STEP_INPUTS = ("input_ids", "bits", "seqlens_k", "total_sequence_length", "logits_positions")
 
 _FIX_LIBRARY = (
     "Fix: install a C++17 compiler (g++) so otaro-export can build the library, or load the artifact "
@@ -72,16 +77,24 @@ class OnnxSession(Session):
                 f"onnxruntime cannot load {path}{hint}: {exc}. The file may be corrupt or truncated, or its "
                 f"{path.name}.data file missing: re-export it with otaro-export"
             ) from exc
-        self._input_names = {i.name for i in self._sess.get_inputs()}
+        self._input_names = [i.name for i in self._sess.get_inputs()]
         self._present_names = [o.name for o in self._sess.get_outputs() if o.name.startswith("present_")]
-        # present_key_i becomes the next call's past_key_i: pair them by name, not position
+        # present_key_i is written in place into past_key_i's buffer: pair them by name, not position
         self._past_names = [name.replace("present_", "past_", 1) for name in self._present_names]
-        past_inputs = {name for name in self._input_names if name.startswith("past_")}
-        if set(self._past_names) != past_inputs or "input_ids" not in self._input_names:
-            raise ArtifactError(f"{path} is not an otaro-export KV-cache decoder (inputs {sorted(self._input_names)})")
+        missing = (set(STEP_INPUTS) | set(self._past_names)) - set(self._input_names)
+        if missing or len(self._past_names) != len(self._input_names) - len(STEP_INPUTS):
+            raise ArtifactError(
+                f"{path} is not an otaro-export decoder of this version (inputs {sorted(self._input_names)}); "
+                "re-export it with this otaro-export"
+            )
         info = manifest.model
-        self._empty = np.zeros((1, int(info["num_kv_heads"]), 0, int(info["head_dim"])), dtype=np.float32)
         self._max_seq_len = int(info["max_seq_len"])
+        cache_shape = (1, int(info["num_kv_heads"]), self._max_seq_len, int(info["head_dim"]))
+        # One buffer per cache tensor for the session's life: bound as both the past input and the
+        # present output, onnxruntime's GroupQueryAttention writes the new positions in place.
+        self._cache = [
+            ort.OrtValue.ortvalue_from_numpy(np.zeros(cache_shape, dtype=np.float32)) for _ in self._past_names
+        ]
         self._reset()
 
     @property
@@ -89,40 +102,35 @@ class OnnxSession(Session):
         return self._max_seq_len
 
     def _reset(self) -> None:
-        import onnxruntime as ort
-
-        empty = ort.OrtValue.ortvalue_from_numpy(self._empty)
-        self._past = [empty] * len(self._past_names)
+        # Positions past total_sequence_length are never read, so stale entries need no clearing.
         self._length = 0
 
-    def _step(self, input_ids: np.ndarray, start_pos: int, bits: int) -> np.ndarray:
-
+    def _step(self, input_ids: np.ndarray, start_pos: int, bits: int, last_only: bool = False) -> np.ndarray:
         seq = input_ids.shape[1]
         if start_pos != self._length:
             raise ValueError(f"step at position {start_pos} but the cache holds {self._length} positions")
         if start_pos + seq > self._max_seq_len:
             raise ValueError(f"{start_pos + seq} positions exceed this artifact's max_seq_len {self._max_seq_len}")
         bits = self.check_bits(bits)  # also in-graph, but a clean error beats an onnxruntime one
-        # Keep the numpy inputs referenced until the run ends: the binding may point at their memory.
+        total = start_pos + seq
+        # Keep the numpy inputs referenced until the run ends: the binding points at their memory.
         feeds = {
             "input_ids": np.ascontiguousarray(input_ids, dtype=np.int64),
-            "cache_position": np.arange(start_pos, start_pos + seq, dtype=np.int64),
             "bits": np.array(bits, dtype=np.int64),
+            "seqlens_k": np.array([total - 1], dtype=np.int32),
+            "total_sequence_length": np.array(total, dtype=np.int32),
+            "logits_positions": np.arange(seq - 1 if last_only else 0, seq, dtype=np.int64),
         }
         binding = self._sess.io_binding()
         for name, array in feeds.items():
-            if name in self._input_names:
-                binding.bind_cpu_input(name, array)
-        for name, value in zip(self._past_names, self._past):
-            binding.bind_ortvalue_input(name, value)
+            binding.bind_cpu_input(name, array)
         binding.bind_output("logits")
-        for name in self._present_names:
-            binding.bind_output(name)
+        for past, present, buffer in zip(self._past_names, self._present_names, self._cache):
+            binding.bind_ortvalue_input(past, buffer)
+            binding.bind_ortvalue_output(present, buffer)
         self._sess.run_with_iobinding(binding)
-        outputs = binding.get_outputs()
-        self._past = list(outputs[1:])
-        self._length = start_pos + seq
-        return outputs[0].numpy()
+        self._length = total
+        return binding.get_outputs()[0].numpy()
 
     def __repr__(self) -> str:
         mode = "fused kernel library" if self.use_library else "portable function body"

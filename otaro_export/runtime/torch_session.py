@@ -55,7 +55,7 @@ class TorchSession(Session):
         self._cache_bits = None
 
     @torch.no_grad()
-    def _step(self, input_ids: np.ndarray, start_pos: int, bits: int) -> np.ndarray:
+    def _step(self, input_ids: np.ndarray, start_pos: int, bits: int, last_only: bool = False) -> np.ndarray:
         from transformers import DynamicCache
 
         if self._cache is None:

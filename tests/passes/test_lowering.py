@@ -22,17 +22,20 @@ ATOL = 1e-4
     "model_type, lm_head", [("llama", False), ("qwen2", False), ("mistral", False), ("llama", True)]
 )
 def test_lowered_program_matches_torch_reference_at_every_precision(model_type, lm_head, exporter, ids):
-    model = tiny_causal_lm(model_type).model  # tied embeddings: with lm_head=True only lm_head is SEFP
+    model = tiny_causal_lm(model_type).model  # tied: with lm_head=True the embedding gathers lm_head's planes
     names = select_sefp_linears(model, quantize_lm_head=lm_head)
     converted = copy.deepcopy(model)
     convert_model(converted, quantize_lm_head=lm_head)
     ep, report = lower_to_sefp(exporter(model), names)
 
-    assert report.layers == names and report.sefp_nodes == len(names) and not report.added_bits_input
+    assert report.layers == names and not report.added_bits_input
+    assert report.embedding_nodes == int(lm_head) and report.sefp_nodes == len(names) + report.embedding_nodes
     assert report.packed_bytes > 0
     stored = set(ep.state_dict) | set(ep.constants)
     decoder_weights = {f"model.{n}.weight" for n in names if n != "lm_head"}
     assert not decoder_weights & stored, "float weights must not stay in the program"
+    if lm_head:  # the tied matrix is stored once, as SEFP planes
+        assert not {"model.embed_tokens.weight", "lm_head.weight"} & stored
     bits_node = next(n for n in ep.graph.find_nodes(op="placeholder") if n.name == "bits")
     assert all(n.args[6] is bits_node for n in ep.graph.nodes if n.target == SEFP)
 

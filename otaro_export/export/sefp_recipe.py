@@ -1,0 +1,139 @@
+"""How each exported linear becomes SEFP: encoder, reconstruction table and precision floor.
+
+Both exporters ask this module for one :class:`~otaro_export.passes.SEFPLayerSpec`
+per packed linear of :class:`~otaro_export.export.llm_decoder.ExportDecoder`
+(``qkv_proj``, ``o_proj``, ``gate_up_proj``, ``down_proj``, ``lm_head``). The rule
+and exponent choice come from :mod:`otaro_export.reconstruction`; the ``fitted``
+rule and automatic floors weight errors by each layer's input statistics over
+built-in calibration text (:mod:`otaro_export.calibration`), collected once on
+the float HF model.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from torch import nn
+
+from otaro_export.errors import OtaroError
+from otaro_export.passes import SEFPLayerSpec
+from otaro_export.sefp import SUPPORTED_BITS, check_bits
+
+LM_HEAD_MODES = ("sefp", "float")
+FLOOR_POLICIES = ("auto", "none")
+#: measured defaults (docs/QUALITY.md, docs/BENCHMARKS.md)
+DEFAULT_LM_HEAD_MIN_BITS = 3
+DEFAULT_LAYER_FLOORS = "none"
+
+
+@dataclass
+class SEFPRecipe:
+    """The export's quantization choices (CLI: --reconstruction, --exponents, --lm-head, ...)."""
+
+    reconstruction: str = "floor"
+    exponent_rule: str = "floor"
+    lm_head: str = "sefp"
+    lm_head_min_bits: int = SUPPORTED_BITS[0]
+    layer_floors: str = "none"
+
+    def validate(self) -> None:
+        from otaro_export import reconstruction, sefp
+
+        try:
+            reconstruction.check_rule(self.reconstruction)
+            sefp.check_exponent_rule(self.exponent_rule)
+        except ValueError as exc:
+            raise OtaroError(str(exc)) from exc
+        if self.lm_head not in LM_HEAD_MODES:
+            raise OtaroError(f"unknown --lm-head {self.lm_head!r}; choose one of {', '.join(LM_HEAD_MODES)}")
+        if self.layer_floors not in FLOOR_POLICIES:
+            raise OtaroError(f"unknown --layer-floors {self.layer_floors!r}; choose one of {', '.join(FLOOR_POLICIES)}")
+        try:
+            self.lm_head_min_bits = check_bits(self.lm_head_min_bits)
+        except ValueError as exc:
+            raise OtaroError(f"--lm-head-min-bits: {exc}") from exc
+
+    @property
+    def needs_statistics(self) -> bool:
+        return self.reconstruction == "fitted" or self.exponent_rule != "floor" or self.layer_floors == "auto"
+
+    def manifest_fields(self) -> dict:
+        return {
+            "reconstruction": self.reconstruction,
+            "exponent_rule": self.exponent_rule,
+            "lm_head": self.lm_head,
+        }
+
+
+def default_recipe(**overrides) -> SEFPRecipe:
+    """The export defaults (``None`` values keep them): the best measured choices, docs/QUALITY.md."""
+    from otaro_export import reconstruction
+
+    recipe = SEFPRecipe(
+        reconstruction=reconstruction.DEFAULT_RULE,
+        exponent_rule=reconstruction.DEFAULT_EXPONENT_RULE,
+        lm_head="sefp",
+        lm_head_min_bits=DEFAULT_LM_HEAD_MIN_BITS,
+        layer_floors=DEFAULT_LAYER_FLOORS,
+    )
+    for key, value in overrides.items():
+        if value is not None:
+            setattr(recipe, key, value)
+    return recipe
+
+
+def _encoder(recipe: SEFPRecipe, importance) -> Callable:
+    from otaro_export.reconstruction import quantize_layer
+
+    def encode(weight, name):
+        return quantize_layer(weight, recipe.reconstruction, recipe.exponent_rule, importance, name=name)
+
+    return encode
+
+
+def layer_specs(
+    hf_model: nn.Module,
+    tokenizer,
+    names: list[str],
+    recipe: SEFPRecipe,
+    log: Callable[[str], None] = print,
+) -> dict[str, SEFPLayerSpec]:
+    """One spec per exported linear in ``names`` (ExportDecoder names: packed layers and ``lm_head``)."""
+    from otaro_export import reconstruction
+
+    recipe.validate()
+    units = {u.name: u for u in reconstruction.export_units(hf_model, include_lm_head="lm_head" in names)}
+    missing = [n for n in names if n not in units]
+    if missing:
+        raise OtaroError(f"no source layers for exported linears {missing[:3]}")
+    stats = None
+    if recipe.needs_statistics:
+        if tokenizer is None:
+            raise OtaroError(
+                f"--reconstruction {recipe.reconstruction} / --exponents {recipe.exponent_rule} / --layer-floors "
+                f"{recipe.layer_floors} need the model's tokenizer for calibration text; pass a model with one, "
+                "or use --reconstruction floor --exponents floor --layer-floors none"
+            )
+        from otaro_export.calibration import model_input_stats
+
+        inputs = sorted({units[n].members[0] for n in names})
+        stats = model_input_stats(hf_model, tokenizer, inputs, progress=True)
+        log(f"calibration: input statistics of {len(inputs)} layers")
+    floors = {}
+    if recipe.layer_floors == "auto":
+        floors = reconstruction.recommend_floors(hf_model, [units[n] for n in names], stats)
+        log(f"precision floors: {_floor_summary(floors)}")
+    specs = {}
+    for name in names:
+        importance = stats[units[name].members[0]].importance() if stats is not None else None
+        floor = recipe.lm_head_min_bits if name == "lm_head" else floors.get(name, SUPPORTED_BITS[0])
+        specs[name] = SEFPLayerSpec(encode=_encoder(recipe, importance), min_bits=floor)
+    return specs
+
+
+def _floor_summary(floors: dict[str, int]) -> str:
+    raised = {k: v for k, v in floors.items() if v > SUPPORTED_BITS[0]}
+    if not raised:
+        return "none"
+    return ", ".join(f"{name} >= E5M{bits}" for name, bits in sorted(raised.items()))
