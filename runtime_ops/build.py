@@ -9,6 +9,10 @@ Public entry points:
   headers, linked to its ``libexecutorch.so``). Returns the path of a shared library.
 * :func:`build_aarch64_tests` cross-compiles the core and its C++ test driver
   into a static ARM64 executable (run under qemu-aarch64 by the test suite).
+* :func:`ort_include_dir` says which onnxruntime C API the ORT library is built
+  against: onnxruntime's official ``onnxruntime_c_api.h`` where one is installed
+  (``$OTARO_ORT_INCLUDE_DIR``, or a system include dir, e.g. Debian 13's
+  ``libonnxruntime-dev``), else the subset ``csrc/onnxruntime/ort_abi.h`` declares.
 
 Every translation unit of the core is compiled with the flags of its ISA
 (``sefp_kernel_avx2.cc`` with ``-mavx2 -mfma -mf16c``, ...); the core picks one
@@ -54,6 +58,10 @@ _X86_ISA_FLAGS = {
 _X86_ONLY = set(_X86_ISA_FLAGS)
 _ARM_ONLY = {"sefp_kernel_neon.cc"}
 _CORE_ONLY_SOURCES = {"sefp_capi.cc"}  # the ctypes C ABI, only in the "core" library
+
+#: onnxruntime's official C API header; distributions install it here (Debian/Ubuntu: libonnxruntime-dev)
+ORT_HEADER = "onnxruntime_c_api.h"
+_ORT_INCLUDE_CANDIDATES = ("/usr/include/onnxruntime", "/usr/local/include/onnxruntime", "/usr/local/include")
 
 _lock = threading.Lock()
 _built: dict[str, Path] = {}
@@ -136,6 +144,36 @@ def executorch_dirs() -> tuple[Path, Path, str]:
     return include, lib, version
 
 
+def ort_include_dir() -> Path | None:
+    """The directory of onnxruntime's official ``onnxruntime_c_api.h``, or None for ``ort_abi.h``'s declarations.
+
+    ``$OTARO_ORT_INCLUDE_DIR`` decides when set: a directory holding the header,
+    or ``none`` to force the hand-declared subset. Otherwise the usual system
+    include directories are searched (no PyPI wheel ships the header).
+    """
+    env = os.environ.get("OTARO_ORT_INCLUDE_DIR")
+    if env is not None and env.strip():
+        if env.strip().lower() == "none":
+            return None
+        directory = Path(env).expanduser()
+        if not (directory / ORT_HEADER).is_file():
+            raise KernelLibraryError(
+                f"OTARO_ORT_INCLUDE_DIR={env} holds no {ORT_HEADER}; point it at onnxruntime's include "
+                "directory, or set it to 'none' to build with csrc/onnxruntime/ort_abi.h"
+            )
+        return directory
+    return next((Path(d) for d in _ORT_INCLUDE_CANDIDATES if (Path(d) / ORT_HEADER).is_file()), None)
+
+
+def _ort_header() -> tuple[list[str], list[str]]:
+    """(compile flags, cache-key parts) selecting the onnxruntime C API header of the ORT wrappers."""
+    directory = ort_include_dir()
+    if directory is None:
+        return [], ["ort-abi=ort_abi.h"]
+    digest = hashlib.sha256((directory / ORT_HEADER).read_bytes()).hexdigest()
+    return ["-DOTARO_ORT_OFFICIAL_HEADERS", "-isystem", str(directory)], [f"ort-header={digest}"]
+
+
 def _target(kind: str) -> _Target:
     arch = _host_arch()
     include = ["-I", str(CSRC)]
@@ -148,7 +186,12 @@ def _target(kind: str) -> _Target:
         wrappers = sorted((CSRC / "onnxruntime").glob("*.cc"))
         if not wrappers:
             raise KernelLibraryError(f"no onnxruntime wrapper sources under {CSRC / 'onnxruntime'}")
-        return _Target("libotaro_sefp_onnxruntime.so", core + [_Unit(s, include) for s in wrappers])
+        ort_flags, ort_key = _ort_header()
+        return _Target(
+            "libotaro_sefp_onnxruntime.so",
+            core + [_Unit(s, [*include, *ort_flags]) for s in wrappers],
+            extra_hash=ort_key,
+        )
     if kind == "executorch":
         et_include, et_lib, et_version = executorch_dirs()
         wrappers = sorted((CSRC / "executorch").glob("*.cc"))
@@ -274,8 +317,9 @@ def build_aarch64_library(kind: str, executorch_root: Path | None = None) -> Pat
     include = ["-I", str(CSRC)]
     core = [_Unit(u.source, [*u.flags, *include]) for u in _core_units("aarch64", False)]
     if kind == "onnxruntime":
-        wrappers = [_Unit(s, include) for s in sorted((CSRC / "onnxruntime").glob("*.cc"))]
-        return _build_cached(_Target("libotaro_sefp_onnxruntime.so", core + wrappers), cxx)
+        ort_flags, ort_key = _ort_header()  # the C API header is the same on every architecture
+        wrappers = [_Unit(s, [*include, *ort_flags]) for s in sorted((CSRC / "onnxruntime").glob("*.cc"))]
+        return _build_cached(_Target("libotaro_sefp_onnxruntime.so", core + wrappers, extra_hash=ort_key), cxx)
     if kind != "executorch":
         raise ValueError(f"unknown ARM64 kernel library kind {kind!r}; expected 'onnxruntime' or 'executorch'")
     if executorch_root is None:

@@ -1,6 +1,10 @@
 // The small subset of onnxruntime's C ABI that the SEFP custom-op library uses.
 //
-// No pip/apt package ships onnxruntime's C headers, so this file declares, in
+// Where onnxruntime's official C API header is found at build time (Debian 13+
+// `libonnxruntime-dev`, or `$OTARO_ORT_INCLUDE_DIR`: see runtime_ops/build.py),
+// the build defines OTARO_ORT_OFFICIAL_HEADERS and this file includes that header
+// instead; the static_asserts at the end then check the slot numbers below
+// against it. Otherwise (no PyPI wheel ships the header) this file declares, in
 // our own words, exactly what a CPU custom op needs. It is an ABI contract:
 //
 // * OrtApi is a table of function pointers whose order never changes once an
@@ -21,9 +25,12 @@
 #include <cstddef>
 #include <cstdint>
 
-extern "C" {
-
 constexpr uint32_t kOtaroOrtApiVersion = 17;
+
+#if defined(OTARO_ORT_OFFICIAL_HEADERS)
+#include <onnxruntime_c_api.h>
+#else
+extern "C" {
 
 // Opaque runtime objects (only ever handled through pointers).
 struct OrtStatus;
@@ -170,6 +177,7 @@ struct OrtCustomOp {
 };
 
 }  // extern "C"
+#endif  // OTARO_ORT_OFFICIAL_HEADERS
 
 #define OTARO_ORT_SLOT(field) (offsetof(OrtApi, field) / sizeof(void*))
 static_assert(sizeof(OrtApiBase) == 2 * sizeof(void*), "OrtApiBase has exactly two entries");

@@ -81,7 +81,8 @@ struct TensorDesc {
 OrtStatus* describe(const OrtApi* api, const OrtValue* value, TensorDesc* out) {
   OrtTensorTypeAndShapeInfo* info = nullptr;
   OTARO_RETURN_IF_ERROR(api->GetTensorTypeAndShape(value, &info));
-  std::unique_ptr<OrtTensorTypeAndShapeInfo, void (*)(OrtTensorTypeAndShapeInfo*) noexcept> guard(
+  // decltype: the official header's release functions are not noexcept, ort_abi.h's are
+  std::unique_ptr<OrtTensorTypeAndShapeInfo, decltype(OrtApi::ReleaseTensorTypeAndShapeInfo)> guard(
       info, api->ReleaseTensorTypeAndShapeInfo);
   OTARO_RETURN_IF_ERROR(api->GetTensorElementType(info, &out->type));
   size_t rank = 0;
