@@ -1,4 +1,4 @@
-"""The onnxruntime custom-op library that runs ``ai.otaro::SEFPLinear`` with the fused C++ kernel.
+"""The onnxruntime custom-op library: ``ai.otaro::SEFPLinear`` and ``ai.otaro::SEFPEmbedding`` on the C++ core.
 
 Usage::
 
@@ -22,6 +22,7 @@ from otaro_export.errors import KernelLibraryError
 ORT_API_VERSION = 17
 DOMAIN = "ai.otaro"
 OP_TYPE = "SEFPLinear"
+EMBEDDING_OP_TYPE = "SEFPEmbedding"
 
 
 def library_path() -> Path:

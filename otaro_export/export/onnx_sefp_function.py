@@ -1,13 +1,25 @@
-"""The ONNX side of ``otaro::sefp_linear``: the ``ai.otaro::SEFPLinear`` schema and its function body.
+"""The ONNX side of the SEFP ops: the ``ai.otaro`` schemas and their standard-op function bodies.
 
-Node: ``Y = SEFPLinear(X, P0, P1, P2, P3, E, bits[, B])`` (domain ``ai.otaro``,
-version 1), inputs as in :mod:`otaro_export.ops` / :mod:`otaro_export.packing`.
+Nodes (domain ``ai.otaro``, version 1; docs/FORMAT.md §5):
 
-The model carries a model-local ``FunctionProto`` of the same domain and name
-whose body uses only standard ONNX ops, so stock onnxruntime runs the file
+* ``Y = SEFPLinear(X, P0, P1, P2, P3, E, bits[, B[, L]])`` (``B`` may be the
+  empty name when ``L`` is given), as :func:`otaro_export.ops.sefp_linear`;
+* ``Y = SEFPEmbedding(ids, P0, P1, P2, P3, E, bits[, L])`` with the int
+  attribute ``in_features``, as :func:`otaro_export.ops.sefp_embedding`.
+
+``L`` is a reconstruction table, float32 ``[6, 256]`` (docs/FORMAT.md §3);
+without it the paper's ``floor`` rule applies.
+
+The model carries model-local ``FunctionProto``\\ s of the same domain and names
+whose bodies use only standard ONNX ops, so stock onnxruntime runs the file
 with no library, while an onnxruntime with the project's custom-op library
-registered runs the fused kernel instead (a registered kernel wins over the
-function). The body is written to be cheap at run time:
+registered runs the fused kernels instead (a registered kernel wins over the
+function). A node that passes ``L`` gets the function overload ``"levels"``
+(:func:`attach_function` sets it; ONNX IR >= 10): a function body cannot test
+whether an optional input was given, so each form has its own body, and the
+``floor`` one stays as lean as before.
+
+The linear bodies are written to be cheap at run time:
 
 * everything that does not depend on ``bits`` (unpacking the planes into the
   uint8 magnitudes ``q`` and the signed group scales ``(-1)^s * 2^(e - 7)``)
@@ -15,152 +27,258 @@ function). The body is written to be cheap at run time:
   session creation (memory: 5 bytes per weight while the session lives);
 * per call: one ``BitwiseAnd`` with the mask of ``bits``, one ``Cast``, one
   ``Mul``, one ``Gemm`` (``transB``, bias as its optional C): vectorised
-  element-wise ops only (a per-weight table ``Gather`` was much slower).
+  element-wise ops only (a per-weight table ``Gather`` was much slower);
+* with ``L``: the selected row is checked for the form ``j * 2^(8-k) + c``
+  (floor: c = 0, center: c = 2^(7-k)); such a row adds one ``Add`` of ``c``,
+  any other row decodes by a per-weight ``Gather`` (slower, exact).
+
+The embedding bodies gather the rows of ``ids`` from the planes first and
+unpack only those (a decode step reads one row, never the table).
 
 A function body is no range check (a raw out-of-range ``bits`` would index
-another mask or wrap), so the body checks ``3 <= bits <= 8`` in-graph: the
-selected mask is reshaped to ``[valid]`` with ``allowzero=1``, which fails
-with an onnxruntime error naming the node ``SEFPLinear_bits_must_be_3_to_8``
-when ``valid`` is 0. The runtime session also checks ``bits`` before calling
-onnxruntime, so its users get a clean :class:`InvalidBitsError`.
+another mask or wrap; ONNX ``Gather`` accepts negative ids), so the bodies check
+in-graph: a tensor is reshaped to a size that is only consistent when the
+values are valid (``allowzero=1``), which fails with an onnxruntime error naming
+the node ``SEFPLinear_bits_must_be_3_to_8`` / ``SEFPEmbedding_bits_must_be_3_to_8``
+or ``SEFPEmbedding_ids_out_of_range``. The runtime session also checks ``bits``
+before calling onnxruntime, so its users get a clean :class:`InvalidBitsError`.
 """
 
 from __future__ import annotations
 
 import numpy as np
 import onnx
-from onnx import TensorProto, helper, numpy_helper
+from onnx import AttributeProto, TensorProto, helper, numpy_helper
 
-from otaro_export.sefp import SUPPORTED_BITS, mantissa_mask
+from otaro_export.packing import PLANE_BYTES_PER_GROUP
+from otaro_export.sefp import STORED_MANTISSA_BITS, SUPPORTED_BITS, mantissa_mask
 
 DOMAIN = "ai.otaro"
 OP_TYPE = "SEFPLinear"
+EMBEDDING_OP_TYPE = "SEFPEmbedding"
 OP_VERSION = 1
-INPUTS = ["X", "P0", "P1", "P2", "P3", "E", "bits", "B"]
+INPUTS = ["X", "P0", "P1", "P2", "P3", "E", "bits", "B", "L"]
+EMBEDDING_INPUTS = ["ids", "P0", "P1", "P2", "P3", "E", "bits", "L"]
+#: function overload of nodes that pass a levels table L
+LEVELS_OVERLOAD = "levels"
 RANGE_CHECK_NODE = "SEFPLinear_bits_must_be_3_to_8"
+EMBEDDING_RANGE_CHECK_NODE = "SEFPEmbedding_bits_must_be_3_to_8"
+IDS_CHECK_NODE = "SEFPEmbedding_ids_out_of_range"
+#: ONNX IR version that has function overloads
+_OVERLOAD_IR_VERSION = 10
 
 
 def register_schema() -> None:
-    """Register the op schema with onnx (needed before torch.onnx.export emits the node). Idempotent."""
+    """Register both op schemas with onnx (needed before torch.onnx.export emits the nodes). Idempotent."""
     from onnx import defs
 
-    if defs.has(OP_TYPE, DOMAIN):
-        return
     P = defs.OpSchema.FormalParameter
     optional = defs.OpSchema.FormalParameterOption.Optional
-    schema = defs.OpSchema(
-        OP_TYPE,
-        DOMAIN,
-        OP_VERSION,
-        doc="y = x @ W_k^T + b with W stored in SEFP planes and k = bits chosen at run time (3..8)",
-        inputs=[
-            P("X", "tensor(float)", "activations [..., K]"),
-            P("P0", "tensor(uint8)", "sign|q[7:5] nibble plane [N, G*32]"),
-            P("P1", "tensor(uint8)", "q[4:3] plane [N, G*16]"),
-            P("P2", "tensor(uint8)", "q[2:1] plane [N, G*16]"),
-            P("P3", "tensor(uint8)", "q[0] plane [N, G*8]"),
-            P("E", "tensor(int8)", "group exponents [N, G]"),
-            P("bits", "tensor(int64)", "0-dim precision, 3..8"),
-            P("B", "tensor(float)", "bias [N]", param_option=optional),
-        ],
-        outputs=[P("Y", "tensor(float)", "[..., N]")],
-    )
-    defs.register_schema(schema)
-
-
-def _const(name: str, value: np.ndarray) -> onnx.NodeProto:
-    return helper.make_node("Constant", [], [name], name=f"const_{name}", value=numpy_helper.from_array(value, name))
-
-
-def function_proto(opset: int) -> onnx.FunctionProto:
-    """The standard-ops body of ``ai.otaro::SEFPLinear``; ``opset`` must equal the model's ONNX opset."""
-    if opset < 18:
-        raise ValueError(f"the SEFPLinear function body needs ONNX opset >= 18 (BitwiseAnd), got {opset}")
-    u8 = np.uint8
-    i64 = np.int64
-    n = []
-
-    def node(op, inputs, outputs, **attrs):
-        n.append(helper.make_node(op, inputs, outputs, name=f"{op}_{outputs[0]}", **attrs))
-
-    n += [
-        _const("c15", np.array(15, u8)),
-        _const("c7", np.array(7, u8)),
-        _const("c3u", np.array(3, u8)),
-        _const("c1u", np.array(1, u8)),
-        _const("c4u", np.array(4, u8)),
-        _const("c5u", np.array(5, u8)),
-        _const("shift2", np.array([0, 2, 4, 6], u8).reshape(1, 1, 4, 1)),
-        _const("shift1", np.arange(8, dtype=u8).reshape(1, 1, 8, 1)),
-        _const("i1", np.array([1], i64)),
-        _const("i8", np.array([8], i64)),
-        _const("i16", np.array([16], i64)),
-        _const("i32", np.array([32], i64)),
-        _const("i64", np.array([64], i64)),
-        _const("im1", np.array([-1], i64)),
-        _const("i0", np.array([0], i64)),
-        _const("bits_lo", np.array(SUPPORTED_BITS[0], i64)),
-        _const("bits_hi", np.array(SUPPORTED_BITS[-1], i64)),
-        _const("masks", np.array([mantissa_mask(k) for k in SUPPORTED_BITS], u8)),
-        _const("minus2", np.array(-2.0, np.float32)),
-        _const("one", np.array(1.0, np.float32)),
-        _const("two", np.array(2.0, np.float32)),
-        _const("seven", np.array(7.0, np.float32)),
+    planes = [
+        P("P0", "tensor(uint8)", "sign|q[7:5] nibble plane [N, G*32]"),
+        P("P1", "tensor(uint8)", "q[4:3] plane [N, G*16]"),
+        P("P2", "tensor(uint8)", "q[2:1] plane [N, G*16]"),
+        P("P3", "tensor(uint8)", "q[0] plane [N, G*8]"),
+        P("E", "tensor(int8)", "group exponents [N, G]"),
+        P("bits", "tensor(int64)", "0-dim precision, 3..8"),
     ]
-    # -- bits-independent: folded by onnxruntime at session creation --
-    node("Shape", ["E"], ["N"], start=0, end=1)
-    node("Shape", ["E"], ["G"], start=1, end=2)
-    node("Concat", ["N", "G", "i1", "i32"], ["shape32"], axis=0)
-    node("Concat", ["N", "G", "i1", "i16"], ["shape16"], axis=0)
-    node("Concat", ["N", "G", "i1", "i8"], ["shape8"], axis=0)
-    node("Concat", ["N", "G", "i64"], ["shape64"], axis=0)
-    # p0: low nibble = element i, high nibble = element i+32; nibble = sign<<3 | q>>5
-    node("Reshape", ["P0", "shape32"], ["b0"])
-    node("BitwiseAnd", ["b0", "c15"], ["lo"])
-    node("BitShift", ["b0", "c4u"], ["hi"], direction="RIGHT")
-    node("Concat", ["lo", "hi"], ["code4"], axis=2)
-    node("Reshape", ["code4", "shape64"], ["code"])
-    node("BitShift", ["code", "c3u"], ["sign"], direction="RIGHT")
-    node("BitwiseAnd", ["code", "c7"], ["q75"])
-    node("BitShift", ["q75", "c5u"], ["t0"], direction="LEFT")
-    # p1 / p2: bits 2j..2j+1 of byte i = element i+16j; p3: bit j of byte i = element i+8j
-    for plane, shifts, mask, shape, out, up in (
-        ("P1", "shift2", "c3u", "shape16", "f1", 3),
-        ("P2", "shift2", "c3u", "shape16", "f2", 1),
-        ("P3", "shift1", "c1u", "shape8", "f3", 0),
-    ):
-        node("Reshape", [plane, shape], [f"{out}_b"])
-        node("BitShift", [f"{out}_b", shifts], [f"{out}_s"], direction="RIGHT")
-        node("BitwiseAnd", [f"{out}_s", mask], [f"{out}_m"])
-        node("Reshape", [f"{out}_m", "shape64"], [out] if up == 0 else [f"{out}_r"])
-        if up:
-            n.append(_const(f"up{up}", np.array(up, u8)))
-            node("BitShift", [f"{out}_r", f"up{up}"], [out], direction="LEFT")
-    node("BitwiseOr", ["t0", "f1"], ["t1"])
-    node("BitwiseOr", ["t1", "f2"], ["t2"])
-    node("BitwiseOr", ["t2", "f3"], ["q"])  # uint8 [N, G, 64]
-    node("Cast", ["sign"], ["sf"], to=TensorProto.FLOAT)
-    node("Mul", ["sf", "minus2"], ["sf2"])
-    node("Add", ["sf2", "one"], ["sign_pm"])  # +1 / -1
-    node("Cast", ["E"], ["ef"], to=TensorProto.FLOAT)
-    node("Sub", ["ef", "seven"], ["e7"])
-    node("Pow", ["two", "e7"], ["scale2"])  # 2^(e-7), exact for integer exponents
-    node("Unsqueeze", ["scale2", "im1"], ["scale"])  # [N, G, 1]
-    node("Mul", ["sign_pm", "scale"], ["signed_scale"])  # float [N, G, 64]
-    # -- per call: range check, one mask, BitwiseAnd + Cast + Mul, one Gemm --
-    node("GreaterOrEqual", ["bits", "bits_lo"], ["ge"])
-    node("LessOrEqual", ["bits", "bits_hi"], ["le"])
-    node("And", ["ge", "le"], ["valid"])
-    node("Cast", ["valid"], ["valid64"], to=TensorProto.INT64)
-    node("Unsqueeze", ["valid64", "i0"], ["mask_shape"])  # [1] when valid, [0] when not
-    node("Sub", ["bits", "bits_lo"], ["row_any"])
-    node("Mul", ["row_any", "valid64"], ["row"])  # row 0 when invalid, so the named check below is what fails
-    node("Gather", ["masks", "row"], ["mask_raw"], axis=0)
-    n.append(helper.make_node("Reshape", ["mask_raw", "mask_shape"], ["mask"], name=RANGE_CHECK_NODE, allowzero=1))
-    node("BitwiseAnd", ["q", "mask"], ["qk"])
-    node("Cast", ["qk"], ["qkf"], to=TensorProto.FLOAT)
-    node("Mul", ["qkf", "signed_scale"], ["wg"])
-    node("Concat", ["N", "im1"], ["shapeNK"], axis=0)
+    levels = P("L", "tensor(float)", "reconstruction levels [6, 256]", param_option=optional)
+    if not defs.has(OP_TYPE, DOMAIN):
+        defs.register_schema(
+            defs.OpSchema(
+                OP_TYPE,
+                DOMAIN,
+                OP_VERSION,
+                doc="y = x @ W_k^T + b with W stored in SEFP planes and k = bits chosen at run time (3..8)",
+                inputs=[
+                    P("X", "tensor(float)", "activations [..., K]"),
+                    *planes,
+                    P("B", "tensor(float)", "bias [N]", param_option=optional),
+                    levels,
+                ],
+                outputs=[P("Y", "tensor(float)", "[..., N]")],
+            )
+        )
+    if not defs.has(EMBEDDING_OP_TYPE, DOMAIN):
+        defs.register_schema(
+            defs.OpSchema(
+                EMBEDDING_OP_TYPE,
+                DOMAIN,
+                OP_VERSION,
+                doc="rows ids of W_k, W stored in SEFP planes and k = bits chosen at run time (3..8)",
+                inputs=[P("ids", "tensor(int64)", "row ids, any shape, in [0, N)"), *planes, levels],
+                outputs=[P("Y", "tensor(float)", "[*ids.shape, in_features]")],
+                attributes=[
+                    defs.OpSchema.Attribute("in_features", AttributeProto.INT, "row length K (<= G*64)", required=True)
+                ],
+            )
+        )
+
+
+class _Body:
+    """Collects the nodes of one function body; names are local to the function."""
+
+    def __init__(self, op: str):
+        self.op = op
+        self.nodes: list[onnx.NodeProto] = []
+
+    def const(self, name: str, value: np.ndarray) -> str:
+        self.nodes.append(
+            helper.make_node("Constant", [], [name], name=f"const_{name}", value=numpy_helper.from_array(value, name))
+        )
+        return name
+
+    def node(self, op, inputs, outputs, name=None, **attrs) -> None:
+        self.nodes.append(helper.make_node(op, inputs, outputs, name=name or f"{op}_{outputs[0]}", **attrs))
+
+    def constants(self) -> None:
+        u8, i64 = np.uint8, np.int64
+        for name, value in {
+            "c15": np.array(15, u8), "c7": np.array(7, u8), "c3u": np.array(3, u8), "c1u": np.array(1, u8),
+            "c4u": np.array(4, u8), "c5u": np.array(5, u8), "up3": np.array(3, u8),
+            "shift2": np.array([0, 2, 4, 6], u8).reshape(1, 1, 4, 1),
+            "shift1": np.arange(8, dtype=u8).reshape(1, 1, 8, 1),
+            "i1": np.array([1], i64), "i8": np.array([8], i64), "i16": np.array([16], i64),
+            "i32": np.array([32], i64), "i64": np.array([64], i64), "im1": np.array([-1], i64),
+            "i0": np.array([0], i64), "bits_lo": np.array(SUPPORTED_BITS[0], i64),
+            "bits_hi": np.array(SUPPORTED_BITS[-1], i64), "mant": np.array(STORED_MANTISSA_BITS, i64),
+            "masks": np.array([mantissa_mask(k) for k in SUPPORTED_BITS], u8),
+            "minus2": np.array(-2.0, np.float32), "one": np.array(1.0, np.float32),
+            "two": np.array(2.0, np.float32), "seven": np.array(7.0, np.float32),
+        }.items():  # fmt: skip
+            self.const(name, value)
+        assert PLANE_BYTES_PER_GROUP == {"p0": 32, "p1": 16, "p2": 16, "p3": 8}, "body written for this layout"
+
+    def unpack(self, planes: list[str], exponents: str) -> None:
+        """Planes [R, G*bytes] and exponents [R, G] -> uint8 ``q`` and float ``signed_scale`` [R, G, 64]."""
+        node = self.node
+        node("Shape", [exponents], ["R"], start=0, end=1)
+        node("Shape", [exponents], ["G"], start=1, end=2)
+        node("Concat", ["R", "G", "i1", "i32"], ["shape32"], axis=0)
+        node("Concat", ["R", "G", "i1", "i16"], ["shape16"], axis=0)
+        node("Concat", ["R", "G", "i1", "i8"], ["shape8"], axis=0)
+        node("Concat", ["R", "G", "i64"], ["shape64"], axis=0)
+        # p0: low nibble = element i, high nibble = element i+32; nibble = sign<<3 | q>>5
+        node("Reshape", [planes[0], "shape32"], ["b0"])
+        node("BitwiseAnd", ["b0", "c15"], ["lo"])
+        node("BitShift", ["b0", "c4u"], ["hi"], direction="RIGHT")
+        node("Concat", ["lo", "hi"], ["code4"], axis=2)
+        node("Reshape", ["code4", "shape64"], ["code"])
+        node("BitShift", ["code", "c3u"], ["sign"], direction="RIGHT")
+        node("BitwiseAnd", ["code", "c7"], ["q75"])
+        node("BitShift", ["q75", "c5u"], ["t0"], direction="LEFT")
+        # p1 / p2: bits 2j..2j+1 of byte i = element i+16j; p3: bit j of byte i = element i+8j
+        for plane, shifts, mask, shape, out, up in (
+            (planes[1], "shift2", "c3u", "shape16", "f1", "up3"),
+            (planes[2], "shift2", "c3u", "shape16", "f2", "c1u"),
+            (planes[3], "shift1", "c1u", "shape8", "f3", None),
+        ):
+            node("Reshape", [plane, shape], [f"{out}_b"])
+            node("BitShift", [f"{out}_b", shifts], [f"{out}_s"], direction="RIGHT")
+            node("BitwiseAnd", [f"{out}_s", mask], [f"{out}_m"])
+            node("Reshape", [f"{out}_m", "shape64"], [out] if up is None else [f"{out}_r"])
+            if up is not None:
+                node("BitShift", [f"{out}_r", up], [out], direction="LEFT")
+        node("BitwiseOr", ["t0", "f1"], ["t1"])
+        node("BitwiseOr", ["t1", "f2"], ["t2"])
+        node("BitwiseOr", ["t2", "f3"], ["q"])  # uint8 [R, G, 64]
+        node("Cast", ["sign"], ["sf"], to=TensorProto.FLOAT)
+        node("Mul", ["sf", "minus2"], ["sf2"])
+        node("Add", ["sf2", "one"], ["sign_pm"])  # +1 / -1
+        node("Cast", [exponents], ["ef"], to=TensorProto.FLOAT)
+        node("Sub", ["ef", "seven"], ["e7"])
+        node("Pow", ["two", "e7"], ["scale2"])  # 2^(e-7), exact for integer exponents
+        node("Unsqueeze", ["scale2", "im1"], ["scale"])  # [R, G, 1]
+        node("Mul", ["sign_pm", "scale"], ["signed_scale"])  # float [R, G, 64]
+
+    def masked(self, check_node: str) -> None:
+        """``qk = q AND mask(bits)``, with the in-graph 3 <= bits <= 8 check; also ``row`` = bits - 3."""
+        node = self.node
+        node("GreaterOrEqual", ["bits", "bits_lo"], ["ge"])
+        node("LessOrEqual", ["bits", "bits_hi"], ["le"])
+        node("And", ["ge", "le"], ["valid"])
+        node("Cast", ["valid"], ["valid64"], to=TensorProto.INT64)
+        node("Unsqueeze", ["valid64", "i0"], ["mask_shape"])  # [1] when valid, [0] when not
+        node("Sub", ["bits", "bits_lo"], ["row_any"])
+        node("Mul", ["row_any", "valid64"], ["row"])  # row 0 when invalid, so the named check below is what fails
+        node("Gather", ["masks", "row"], ["mask_raw"], axis=0)
+        node("Reshape", ["mask_raw", "mask_shape"], ["mask"], name=check_node, allowzero=1)
+        node("BitwiseAnd", ["q", "mask"], ["qk"])
+
+    def values(self, levels: bool, out: str) -> None:
+        """``out`` = float [R, G, 64] weights at ``bits``: floor, or the rule of table ``L``."""
+        node = self.node
+        if not levels:
+            node("Cast", ["qk"], ["qkf"], to=TensorProto.FLOAT)
+            node("Mul", ["qkf", "signed_scale"], [out])
+            return
+        # the levels row of E5Mk and whether it is j * 2^(8-k) + c (then value = q_k + c, no lookup);
+        # k from the checked row, so an invalid bits fails at the named check, nowhere else
+        self.const("zero_f", np.array(0.0, np.float32))
+        node("Gather", ["L", "row"], ["lrow"], axis=0)  # [256]
+        node("Add", ["row", "bits_lo"], ["k"])
+        node("Sub", ["mant", "k"], ["drop64"])  # 8 - k
+        node("Cast", ["drop64"], ["drop_f"], to=TensorProto.FLOAT)
+        node("Pow", ["two", "drop_f"], ["step"])  # 2^(8-k)
+        node("Cast", ["k"], ["k_f"], to=TensorProto.FLOAT)
+        node("Pow", ["two", "k_f"], ["count_f"])
+        node("Cast", ["count_f"], ["count"], to=TensorProto.INT64)
+        node("Unsqueeze", ["count", "i0"], ["count1"])
+        node("Slice", ["lrow", "i0", "count1"], ["used"])  # the 2^k levels of E5Mk
+        node("Range", ["zero_f", "count_f", "one"], ["j"])
+        node("Gather", ["lrow", "i0"], ["c1"], axis=0)
+        node("Squeeze", ["c1"], ["c"])
+        node("Mul", ["j", "step"], ["jstep"])
+        node("Add", ["jstep", "c"], ["affine"])
+        node("Sub", ["used", "affine"], ["dev"])
+        node("Abs", ["dev"], ["adev"])
+        node("ReduceMax", ["adev"], ["maxdev"], keepdims=0)
+        node("Equal", ["maxdev", "zero_f"], ["is_affine"])
+        then_branch = helper.make_graph(
+            [
+                helper.make_node("Cast", ["qk"], ["qkf"], name="Cast_qkf", to=TensorProto.FLOAT),
+                helper.make_node("Add", ["qkf", "c"], ["qc"], name="Add_qc"),
+                helper.make_node("Mul", ["qc", "signed_scale"], ["w_affine"], name="Mul_w_affine"),
+            ],
+            f"{self.op}_affine_row",
+            [],
+            [helper.make_tensor_value_info("w_affine", TensorProto.FLOAT, [None, None, None])],
+        )
+        else_branch = helper.make_graph(
+            [
+                helper.make_node("Cast", ["drop64"], ["drop_u8"], name="Cast_drop_u8", to=TensorProto.UINT8),
+                helper.make_node("BitShift", ["qk", "drop_u8"], ["level_u8"], name="Shift_level", direction="RIGHT"),
+                helper.make_node("Cast", ["level_u8"], ["level"], name="Cast_level", to=TensorProto.INT64),
+                helper.make_node("Gather", ["lrow", "level"], ["lv"], name="Gather_levels", axis=0),
+                helper.make_node("Mul", ["lv", "signed_scale"], ["w_table"], name="Mul_w_table"),
+            ],
+            f"{self.op}_table_row",
+            [],
+            [helper.make_tensor_value_info("w_table", TensorProto.FLOAT, [None, None, None])],
+        )
+        node("If", ["is_affine"], [out], then_branch=then_branch, else_branch=else_branch)
+
+
+def _opsets(opset: int) -> list:
+    if opset < 18:
+        raise ValueError(f"the SEFP function bodies need ONNX opset >= 18 (BitwiseAnd), got {opset}")
+    return [helper.make_opsetid("", opset)]
+
+
+def function_proto(opset: int, levels: bool = False) -> onnx.FunctionProto:
+    """The standard-ops body of ``ai.otaro::SEFPLinear``; ``opset`` must equal the model's ONNX opset.
+
+    ``levels``: the body of nodes that pass ``L`` (overload ``"levels"``).
+    """
+    opsets = _opsets(opset)
+    b = _Body(OP_TYPE)
+    b.constants()
+    b.unpack(["P0", "P1", "P2", "P3"], "E")  # bits-independent: folded by onnxruntime at session creation
+    # -- per call: range check, one mask, the values, one Gemm --
+    b.masked(RANGE_CHECK_NODE)
+    b.values(levels, "wg")
+    node = b.node
+    node("Concat", ["R", "im1"], ["shapeNK"], axis=0)
     node("Reshape", ["wg", "shapeNK"], ["w_pad"])
     node("Shape", ["X"], ["K"], start=-1)
     node("Slice", ["w_pad", "i0", "K", "i1"], ["W"])  # drop the zero padding of the last group
@@ -168,26 +286,101 @@ def function_proto(opset: int) -> onnx.FunctionProto:
     node("Reshape", ["X", "shapeMK"], ["X2"])
     node("Gemm", ["X2", "W", "B"], ["Y2"], transB=1)
     node("Shape", ["X"], ["lead"], end=-1)
-    node("Concat", ["lead", "N"], ["shapeY"], axis=0)
+    node("Concat", ["lead", "R"], ["shapeY"], axis=0)
     node("Reshape", ["Y2", "shapeY"], ["Y"])
-    return helper.make_function(
-        DOMAIN,
-        OP_TYPE,
-        INPUTS,
-        ["Y"],
-        n,
-        opset_imports=[helper.make_opsetid("", opset)],
+    inputs = INPUTS if levels else INPUTS[:-1]
+    fn = helper.make_function(DOMAIN, OP_TYPE, inputs, ["Y"], b.nodes, opset_imports=opsets)
+    if levels:
+        fn.overload = LEVELS_OVERLOAD
+    return fn
+
+
+def embedding_function_proto(opset: int, levels: bool = False) -> onnx.FunctionProto:
+    """The standard-ops body of ``ai.otaro::SEFPEmbedding`` (attribute ``in_features``)."""
+    opsets = _opsets(opset)
+    b = _Body(EMBEDDING_OP_TYPE)
+    b.constants()
+    node = b.node
+    # ids in [0, N): reshaped to [numel * valid] (allowzero), which fails for a bad id
+    b.const("zero_i", np.array(0, np.int64))
+    node("Shape", ["E"], ["N"], start=0, end=1)
+    node("Reshape", ["ids", "im1"], ["flat"])
+    node("ReduceMin", ["flat"], ["id_min"], keepdims=0)
+    node("ReduceMax", ["flat"], ["id_max"], keepdims=0)
+    node("Squeeze", ["N"], ["n0"])
+    node("GreaterOrEqual", ["id_min", "zero_i"], ["ids_ge"])
+    node("Less", ["id_max", "n0"], ["ids_lt"])
+    node("And", ["ids_ge", "ids_lt"], ["ids_ok"])
+    node("Cast", ["ids_ok"], ["ids_ok64"], to=TensorProto.INT64)
+    node("Shape", ["flat"], ["numel"])
+    node("Mul", ["numel", "ids_ok64"], ["checked_shape"])
+    node("Reshape", ["flat", "checked_shape"], ["flat_ok"], name=IDS_CHECK_NODE, allowzero=1)
+    rows = []
+    for plane in ("P0", "P1", "P2", "P3", "E"):
+        node("Gather", [plane, "flat_ok"], [f"{plane}_rows"], axis=0)
+        rows.append(f"{plane}_rows")
+    b.unpack(rows[:4], rows[4])  # only the gathered rows
+    b.masked(EMBEDDING_RANGE_CHECK_NODE)
+    b.values(levels, "wg")
+    k_attr = helper.make_node("Constant", [], ["k_scalar"], name="const_in_features")
+    k_attr.attribute.append(helper.make_attribute_ref("value_int", AttributeProto.INT))
+    k_attr.attribute[0].ref_attr_name = "in_features"
+    b.nodes.append(k_attr)
+    node("Unsqueeze", ["k_scalar", "i0"], ["K"])
+    node("Concat", ["R", "im1"], ["shapeTK"], axis=0)
+    node("Reshape", ["wg", "shapeTK"], ["w_pad"])
+    node("Slice", ["w_pad", "i0", "K", "i1"], ["rows_k"])  # drop the zero padding of the last group
+    node("Shape", ["ids"], ["ids_shape"])
+    node("Concat", ["ids_shape", "K"], ["shapeY"], axis=0)
+    node("Reshape", ["rows_k", "shapeY"], ["Y"])
+    inputs = EMBEDDING_INPUTS if levels else EMBEDDING_INPUTS[:-1]
+    fn = helper.make_function(
+        DOMAIN, EMBEDDING_OP_TYPE, inputs, ["Y"], b.nodes, opset_imports=opsets, attributes=["in_features"]
     )
+    if levels:
+        fn.overload = LEVELS_OVERLOAD
+    return fn
+
+
+def _passes_levels(node: onnx.NodeProto) -> bool:
+    position = {OP_TYPE: len(INPUTS) - 1, EMBEDDING_OP_TYPE: len(EMBEDDING_INPUTS) - 1}[node.op_type]
+    return len(node.input) > position and node.input[position] != ""
+
+
+def _sefp_nodes(graph: onnx.GraphProto):
+    for node in graph.node:
+        if node.domain == DOMAIN and node.op_type in (OP_TYPE, EMBEDDING_OP_TYPE):
+            yield node
+        for attr in node.attribute:  # nodes inside If / Loop bodies
+            for sub in [attr.g, *attr.graphs] if attr.type in (AttributeProto.GRAPH, AttributeProto.GRAPHS) else []:
+                yield from _sefp_nodes(sub)
 
 
 def attach_function(model: onnx.ModelProto) -> onnx.ModelProto:
-    """Add the function body (matching the model's default-domain opset) and the domain import."""
+    """Add the function bodies the model's SEFP nodes need (matching its opset), and the domain import.
+
+    Nodes that pass ``L`` get the overload ``"levels"`` (the model's IR version is
+    raised to 10, the first with function overloads, if it is older). A model
+    with no SEFP node still gets the ``SEFPLinear`` body (as before).
+    """
     opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), None)
     if opset is None:
         raise ValueError("model has no default-domain opset import")
-    kept = [f for f in model.functions if not (f.domain == DOMAIN and f.name == OP_TYPE)]
+    wanted = set()
+    for node in _sefp_nodes(model.graph):
+        with_levels = _passes_levels(node)
+        node.overload = LEVELS_OVERLOAD if with_levels else ""
+        wanted.add((node.op_type, with_levels))
+    if not wanted:
+        wanted.add((OP_TYPE, False))
+    if any(with_levels for _, with_levels in wanted):
+        model.ir_version = max(model.ir_version, _OVERLOAD_IR_VERSION)
+    builders = {OP_TYPE: function_proto, EMBEDDING_OP_TYPE: embedding_function_proto}
+    kept = [f for f in model.functions if not (f.domain == DOMAIN and f.name in builders)]
     del model.functions[:]
-    model.functions.extend([*kept, function_proto(opset)])
+    model.functions.extend(kept)
+    for op_type, with_levels in sorted(wanted):
+        model.functions.append(builders[op_type](opset, with_levels))
     if not any(o.domain == DOMAIN for o in model.opset_import):
         model.opset_import.append(helper.make_opsetid(DOMAIN, OP_VERSION))
     return model

@@ -1,8 +1,9 @@
 """The onnxruntime custom-op library (runtime_ops/ort_library.py, csrc/onnxruntime/).
 
 One-layer ONNX models built with onnx.helper hold a single ``ai.otaro::SEFPLinear``
-node (no function body, so only the library's kernel can run them) and are
-compared with the torch reference op ``torch.ops.otaro.sefp_linear``.
+or ``ai.otaro::SEFPEmbedding`` node (no function body, so only the library's
+kernels can run them) and are compared with the torch reference ops, for every
+reconstruction rule (sefp_kernel_cases.level_tables) at every precision.
 """
 
 from __future__ import annotations
@@ -10,10 +11,12 @@ from __future__ import annotations
 import ctypes
 
 import numpy as np
+import onnx
 import onnxruntime as ort
 import pytest
 import torch
 from onnx import TensorProto, helper, numpy_helper
+from sefp_kernel_cases import RULES, embedding_reference, level_tables
 
 from otaro_export import ops, packing, sefp
 from otaro_export.errors import KernelLibraryError
@@ -29,18 +32,22 @@ def make_layer(n: int, k: int, bias: bool, seed: int = 0):
     return packing.pack(sefp.quantize(w)), b
 
 
-def make_model(packed, bias, *, overrides=None, bits_shape=(), empty_bias_name=False) -> bytes:
-    """SEFPLinear with the planes (and bias) as initializers; X (any rank) and bits are graph inputs.
+def make_model(packed, bias, *, overrides=None, bits_shape=(), empty_bias_name=False, levels=None) -> bytes:
+    """SEFPLinear with the planes (bias, levels) as initializers; X (any rank) and bits are graph inputs.
 
-    Without a bias the node has 7 inputs, or 8 with "" as the omitted B if ``empty_bias_name``.
+    Without a bias the node has 7 inputs, or 8 with "" as the omitted B if ``empty_bias_name``
+    (or when ``levels`` is given: L is the 9th input).
     """
     arrays = {"P0": packed.p0, "P1": packed.p1, "P2": packed.p2, "P3": packed.p3, "E": packed.exponents}
     if bias is not None:
         arrays["B"] = bias
+    if levels is not None:
+        arrays["L"] = levels
     arrays = {name: t.numpy() for name, t in arrays.items()}
     arrays.update(overrides or {})
     inputs = ["X", "P0", "P1", "P2", "P3", "E", "bits"]
-    inputs += ["B"] if "B" in arrays else ([""] if empty_bias_name else [])
+    inputs += ["B"] if "B" in arrays else ([""] if empty_bias_name or "L" in arrays else [])
+    inputs += ["L"] if "L" in arrays else []
     node = helper.make_node(ort_library.OP_TYPE, inputs, ["Y"], domain=ort_library.DOMAIN)
     graph = helper.make_graph(
         [node],
@@ -64,15 +71,15 @@ def run(sess, x: np.ndarray, bits: int) -> np.ndarray:
     return sess.run(None, {"X": x, "bits": np.array(bits, dtype=np.int64)})[0]
 
 
-def assert_matches_reference(y: np.ndarray, x: np.ndarray, packed, bias, bits: int) -> None:
+def assert_matches_reference(y: np.ndarray, x: np.ndarray, packed, bias, bits: int, levels=None) -> None:
     xt = torch.from_numpy(x)
-    expected = ops.sefp_linear(xt, *packed.planes(), packed.exponents, ops.bits_tensor(bits), bias)
+    expected = ops.sefp_linear(xt, *packed.planes(), packed.exponents, ops.bits_tensor(bits), bias, levels)
     assert y.shape == tuple(expected.shape)
     # Tolerance: both sides use the exact SEFP weights (W_k is exact in float32), so they
     # differ only in float32 summation order. A K-term dot product carries at most
     # ~K*u*sum|x_i*w_i| rounding error (u = 2^-24) whatever the order; bound the difference
     # of the two results by twice that, plus the bias add, elementwise.
-    w = packed.unpack().dequantize(bits)
+    w = packed.unpack().dequantize(bits, levels)
     magnitude = xt.abs() @ w.abs().T + (bias.abs() if bias is not None else 0)
     k = x.shape[-1]
     bound = (k + 1) * 2.0**-23 * magnitude
@@ -90,6 +97,34 @@ def test_every_precision_from_one_model_and_one_session(with_bias):
         for shape in shapes:
             x = torch.randn(*shape, generator=g).numpy()
             assert_matches_reference(run(sess, x, bits), x, packed, bias, bits)
+
+
+@pytest.mark.parametrize("rule", RULES)
+@pytest.mark.parametrize("with_bias", [True, False])
+def test_every_rule_at_every_precision(rule, with_bias):
+    """Levels L as the 9th input (B omitted as "" when there is no bias)."""
+    levels = level_tables(seed=3)[rule]
+    packed, bias = make_layer(n=70, k=130, bias=with_bias, seed=6)
+    sess = session(make_model(packed, bias, levels=levels), num_threads=2)
+    g = torch.Generator().manual_seed(8)
+    for bits in sefp.SUPPORTED_BITS:
+        for shape in [(1, 130), (5, 130)]:  # decode matvec and GEMM path
+            x = torch.randn(*shape, generator=g).numpy()
+            assert_matches_reference(run(sess, x, bits), x, packed, bias, bits, levels)
+
+
+def test_bad_levels_are_clean_errors():
+    packed, bias = make_layer(n=40, k=100, bias=True)
+    bad = sefp.center_levels()
+    bad[1, 2] = float("inf")  # E5M4 row
+    sess = session(make_model(packed, bias, levels=bad))
+    x = np.ones((1, 100), np.float32)
+    with pytest.raises(Exception, match="reconstruction levels must be finite"):
+        run(sess, x, 4)
+    assert_matches_reference(run(sess, x, 5), x, packed, bias, 5, sefp.center_levels())  # E5M5 never reads row 1
+    wrong_shape = session(make_model(packed, bias, levels=torch.zeros(6, 16)))
+    with pytest.raises(Exception, match=r"L \(reconstruction levels\) must be float32 \[6, 256\]"):
+        run(wrong_shape, x, 4)
 
 
 def test_omitted_bias_written_as_an_empty_input_name():
@@ -149,7 +184,7 @@ def test_bits_out_of_range_is_a_clean_error(bits):
     packed, bias = make_layer(n=40, k=100, bias=True)
     sess = session(make_model(packed, bias))
     x = np.ones((1, 100), np.float32)
-    with pytest.raises(Exception, match=r"bits must be one of 3\.\.8") as info:
+    with pytest.raises(Exception, match=rf"bits must be in 3\.\.8 \(E5M3\.\.E5M8\), got {bits}") as info:
         run(sess, x, bits)
     assert "InvalidArgument" in type(info.value).__name__
     assert_matches_reference(run(sess, x, 5), x, packed, bias, 5)  # the session is still usable
@@ -175,7 +210,7 @@ def test_input_features_inconsistent_with_groups_is_a_clean_error():
 @pytest.mark.parametrize(
     "name, bad, message",
     [
-        ("P0", lambda p: p.p0.numpy()[:, :-1], r"plane P0 must be uint8 \[40, 64\]"),
+        ("P0", lambda p: p.p0.numpy()[:, :-1], r"plane P0 must be uint8 \[40, 64\] for E of shape \[40, 2\]"),
         ("P3", lambda p: p.p3.numpy()[:-1], r"plane P3 must be uint8 \[40, 16\]"),
         ("E", lambda p: p.exponents.numpy()[:-1], r"plane P0 must be uint8 \[39, 64\]"),
         ("E", lambda p: p.exponents.numpy()[0], r"E \(exponents\) must be int8 \[N, G\]"),
@@ -187,6 +222,109 @@ def test_inconsistent_weight_shapes_are_clean_errors(name, bad, message):
     sess = session(make_model(packed, bias, overrides={name: np.ascontiguousarray(bad(packed))}))
     with pytest.raises(Exception, match=message):
         run(sess, np.ones((1, 100), np.float32), 8)
+
+
+# ---- SEFPEmbedding ----
+
+
+def make_embedding_model(packed, *, levels=None, in_features=None, ids_shape=("B", "S")) -> bytes:
+    """SEFPEmbedding with the planes (and levels) as initializers; ids and bits are graph inputs."""
+    arrays = {"P0": packed.p0, "P1": packed.p1, "P2": packed.p2, "P3": packed.p3, "E": packed.exponents}
+    if levels is not None:
+        arrays["L"] = levels
+    inputs = ["ids", "P0", "P1", "P2", "P3", "E", "bits", *(["L"] if levels is not None else [])]
+    attrs = {} if in_features is False else {"in_features": packed.in_features if in_features is None else in_features}
+    node = helper.make_node(ort_library.EMBEDDING_OP_TYPE, inputs, ["Y"], domain=ort_library.DOMAIN, **attrs)
+    graph = helper.make_graph(
+        [node],
+        "one_sefp_embedding",
+        [
+            helper.make_tensor_value_info("ids", TensorProto.INT64, list(ids_shape)),
+            helper.make_tensor_value_info("bits", TensorProto.INT64, []),
+        ],
+        [helper.make_tensor_value_info("Y", TensorProto.FLOAT, None)],
+        initializer=[numpy_helper.from_array(t.numpy(), name) for name, t in arrays.items()],
+    )
+    opsets = [helper.make_opsetid("", 17), helper.make_opsetid(ort_library.DOMAIN, 1)]
+    return helper.make_model(graph, opset_imports=opsets).SerializeToString()
+
+
+def embed(sess, ids: np.ndarray, bits: int) -> np.ndarray:
+    return sess.run(None, {"ids": ids, "bits": np.array(bits, dtype=np.int64)})[0]
+
+
+@pytest.mark.parametrize("rule", RULES)
+def test_embedding_rows_equal_reference_at_every_precision(rule):
+    levels = level_tables(seed=4)[rule]
+    packed, _ = make_layer(n=50, k=100, bias=False, seed=9)
+    sess = session(make_embedding_model(packed, levels=levels))
+    ids = np.array([[0, 49, 7], [3, 3, 20]])
+    for bits in sefp.SUPPORTED_BITS:
+        y = embed(sess, ids, bits)
+        assert y.shape == (2, 3, 100)
+        np.testing.assert_array_equal(y, embedding_reference(torch.from_numpy(ids), packed, bits, levels).numpy())
+
+
+def test_embedding_and_linear_share_one_set_of_planes():
+    """The tied embedding + lm_head: both nodes read the same initializers (stored once)."""
+    packed, _ = make_layer(n=50, k=100, bias=False, seed=9)
+    model = onnx.load_from_string(make_embedding_model(packed, ids_shape=(1, "S")))
+    model.graph.node[0].output[0] = "H"
+    model.graph.node.append(
+        helper.make_node(
+            ort_library.OP_TYPE, ["H", "P0", "P1", "P2", "P3", "E", "bits"], ["Y"], domain=ort_library.DOMAIN
+        )
+    )
+    assert len(model.graph.initializer) == 5
+    sess = session(model.SerializeToString())
+    ids = np.array([[4, 11]])
+    for bits in (3, 8):
+        w = packed.unpack().dequantize(bits)
+        want = w[torch.from_numpy(ids)] @ w.T
+        np.testing.assert_allclose(embed(sess, ids, bits), want.numpy(), rtol=1e-5, atol=1e-4)
+
+
+@pytest.mark.parametrize("bad", [-1, 50, 2**40])
+def test_embedding_ids_out_of_range_are_clean_errors(bad):
+    packed, _ = make_layer(n=50, k=100, bias=False)
+    sess = session(make_embedding_model(packed))
+    with pytest.raises(Exception, match=rf"ids\[1\] = {bad} is outside \[0, 50\)") as info:
+        embed(sess, np.array([[2, bad]]), 5)
+    assert "InvalidArgument" in type(info.value).__name__
+    assert embed(sess, np.array([[2]]), 5).shape == (1, 1, 100)  # the session is still usable
+
+
+def test_embedding_argument_errors():
+    packed, _ = make_layer(n=50, k=100, bias=False)
+    sess = session(make_embedding_model(packed))
+    with pytest.raises(Exception, match=r"bits must be in 3\.\.8"):
+        embed(sess, np.array([[2]]), 9)
+    with pytest.raises(Exception, match=r"in_features is 200 but the table has 2 groups"):
+        embed(session(make_embedding_model(packed, in_features=200)), np.array([[2]]), 5)
+    with pytest.raises(Exception, match="attribute in_features"):
+        session(make_embedding_model(packed, in_features=False))
+    assert embed(sess, np.zeros((1, 0), np.int64), 5).shape == (1, 0, 100)
+
+
+def test_registered_kernels_win_over_overloaded_functions():
+    """Nodes with L carry the function overload "levels" (attach_function); the kernels still run them."""
+    from otaro_export.export.onnx_sefp_function import attach_function
+
+    packed, bias = make_layer(n=40, k=100, bias=True)
+    levels = level_tables()["fitted"]
+    model = onnx.load_from_string(make_model(packed, bias, levels=levels))
+    del model.opset_import[:]
+    model.opset_import.extend([helper.make_opsetid("", 18)])
+    attach_function(model)
+    assert model.graph.node[0].overload == "levels"
+    # swap in a deliberately different body so that the path taken shows
+    fn = next(f for f in model.functions if f.overload == "levels")
+    del fn.node[:]
+    fn.node.extend([helper.make_node("Identity", ["X"], ["Y"])])
+    data = model.SerializeToString()
+    x = np.ones((1, 100), np.float32)
+    assert run(ort.InferenceSession(data, providers=["CPUExecutionProvider"]), x, 3).shape == (1, 100)
+    assert_matches_reference(run(session(data), x, 3), x, packed, bias, 3, levels)
 
 
 def test_wrong_dtypes_are_rejected_when_the_model_loads():

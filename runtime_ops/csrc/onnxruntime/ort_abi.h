@@ -124,7 +124,10 @@ struct OrtApi {
   OrtStatus* (*GetTensorTypeAndShape)(const OrtValue* value, OrtTensorTypeAndShapeInfo** out) noexcept;   // 65
   OrtUnusedEntry unused_66_to_77[12];                                         // type info, memory info, allocator calls
   OrtStatus* (*GetAllocatorWithDefaultOptions)(OrtAllocator** out) noexcept;  // 78
-  OrtUnusedEntry unused_79_to_87[9];  // map/sequence/opaque values, kernel-info attributes
+  OrtUnusedEntry unused_79_to_85[7];  // map/sequence/opaque values, KernelInfoGetAttribute_float
+  OrtStatus* (*KernelInfoGetAttribute_int64)(const OrtKernelInfo* info, const char* name,
+                                             int64_t* out) noexcept;  // 86
+  OrtUnusedEntry unused_87[1];                                        // KernelInfoGetAttribute_string
   OrtStatus* (*KernelContext_GetInputCount)(const OrtKernelContext* context, size_t* out) noexcept;  // 88
   OrtUnusedEntry unused_89[1];  // KernelContext_GetOutputCount
   OrtStatus* (*KernelContext_GetInput)(const OrtKernelContext* context, size_t index,
@@ -190,6 +193,7 @@ static_assert(OTARO_ORT_SLOT(CreateTensorTypeAndShapeInfo) == 57 && OTARO_ORT_SL
 static_assert(OTARO_ORT_SLOT(GetTensorShapeElementCount) == 64 && OTARO_ORT_SLOT(GetTensorTypeAndShape) == 65,
               "OrtApi layout");
 static_assert(OTARO_ORT_SLOT(GetAllocatorWithDefaultOptions) == 78, "OrtApi layout");
+static_assert(OTARO_ORT_SLOT(KernelInfoGetAttribute_int64) == 86, "OrtApi layout");
 static_assert(OTARO_ORT_SLOT(KernelContext_GetInputCount) == 88 && OTARO_ORT_SLOT(KernelContext_GetOutput) == 91,
               "OrtApi layout");
 static_assert(OTARO_ORT_SLOT(ReleaseStatus) == 93 && OTARO_ORT_SLOT(ReleaseValue) == 96, "OrtApi layout");

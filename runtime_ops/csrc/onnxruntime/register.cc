@@ -5,12 +5,13 @@
 //   against a real runtime, so a layout mistake shows up as a clear test failure.
 #include <cstdio>
 #include <cstring>
+#include <initializer_list>
 #include <mutex>
 #include <utility>
 #include <vector>
 
 #include "onnxruntime/ort_abi.h"
-#include "onnxruntime/sefp_linear_op.h"
+#include "onnxruntime/sefp_ops.h"
 
 #define OTARO_ORT_EXPORT extern "C" __attribute__((visibility("default")))
 
@@ -33,9 +34,11 @@ OrtStatus* shared_domain(const OrtApi* api, OrtCustomOpDomain** out) {
   }
   OrtCustomOpDomain* domain = nullptr;
   if (OrtStatus* status = api->CreateCustomOpDomain(kDomain, &domain)) return status;
-  if (OrtStatus* status = api->CustomOpDomain_Add(domain, sefp_linear_custom_op())) {
-    api->ReleaseCustomOpDomain(domain);
-    return status;
+  for (const OrtCustomOp* op : {sefp_linear_custom_op(), sefp_embedding_custom_op()}) {
+    if (OrtStatus* status = api->CustomOpDomain_Add(domain, op)) {
+      api->ReleaseCustomOpDomain(domain);
+      return status;
+    }
   }
   domains.emplace_back(api, domain);
   *out = domain;
