@@ -159,7 +159,10 @@ def _onnx_external_data(path: Path) -> list[str]:
         return []
     import onnx
 
-    model = onnx.load(str(path), load_external_data=False)
+    try:
+        model = onnx.load(str(path), load_external_data=False)
+    except Exception as exc:  # protobuf's DecodeError and friends
+        raise ArtifactError(f"{path} is not a readable ONNX graph ({type(exc).__name__}: {exc})") from exc
     names = {e.value for t in model.graph.initializer for e in t.external_data if e.key == "location"}
     return sorted(Path(n).as_posix() for n in names)
 
