@@ -6,7 +6,6 @@ and share the graph passes in ``otaro_export.passes``: one lowering, two writers
 
 from __future__ import annotations
 
-import shutil
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -30,6 +29,8 @@ class ExportOptions:
     max_seq_len: int = 512
     #: ExecuTorch only: keep the weights in model.ptd beside model.pte (program-data separation)
     external_weights: bool = False
+    #: write into a non-empty ``output`` that holds no otaro-export manifest (see export/output_dir.py)
+    force: bool = False
 
     @property
     def quantize_lm_head(self) -> bool:
@@ -52,32 +53,32 @@ def export_model(options: ExportOptions, log: Callable[[str], None] = print, loa
     tests and for callers that already hold the model.
     """
     options.validate()
+    from otaro_export.export.output_dir import Staging
     from otaro_export.models import load_model
 
-    t0 = time.perf_counter()
-    if loaded is None:
-        loaded = load_model(options.model)
-        log(f"loaded {loaded.source} in {time.perf_counter() - t0:.1f}s")
-    check_supported(loaded.model)
-    if options.checkpoint is not None:
-        from otaro_export.train.checkpoint import load_tuned_weights
+    # --output is checked (and a staging directory made in it) before minutes of work, not after.
+    with Staging(Path(options.output), force=options.force) as staging:
+        t0 = time.perf_counter()
+        if loaded is None:
+            loaded = load_model(options.model)
+            log(f"loaded {loaded.source} in {time.perf_counter() - t0:.1f}s")
+        check_supported(loaded.model)
+        if options.checkpoint is not None:
+            from otaro_export.train.checkpoint import load_tuned_weights
 
-        load_tuned_weights(loaded.model, options.checkpoint)
-        log(f"applied tuned weights from {options.checkpoint}")
+            load_tuned_weights(loaded.model, options.checkpoint)
+            log(f"applied tuned weights from {options.checkpoint}")
 
-    out = Path(options.output)
-    out.mkdir(parents=True, exist_ok=True)
-    if options.target == "onnx":
-        from otaro_export.export.onnx_export import export_onnx as write
-    else:
-        from otaro_export.export.executorch_export import export_executorch as write
-    manifest: Manifest = write(loaded, options, out, log)
+        if options.target == "onnx":
+            from otaro_export.export.onnx_export import export_onnx as write
+        else:
+            from otaro_export.export.executorch_export import export_executorch as write
+        out = staging.path  # everything is written here and moved into --output at the end
+        manifest: Manifest = write(loaded, options, out, log)
 
-    if loaded.tokenizer is not None:
-        tok_dir = out / manifest.tokenizer
-        if tok_dir.exists():
-            shutil.rmtree(tok_dir)
-        loaded.tokenizer.save_pretrained(str(tok_dir))
-    path = manifest.save(out)
+        if loaded.tokenizer is not None:
+            loaded.tokenizer.save_pretrained(str(out / manifest.tokenizer))
+        manifest.save(out)
+        path = staging.commit(manifest)
     log(f"export finished in {time.perf_counter() - t0:.1f}s")
     return path
