@@ -15,6 +15,10 @@ subgraph built only from ops the portable runtime has (docs/FORMAT.md §5):
 * ``2**(e - 7)`` is an integer ``pow(2, e + 15)`` (exact in int64 and float32)
   times the float constant ``2**-22``, so every dequantized weight equals
   :meth:`SEFPWeight.dequantize` bit for bit;
+* a reconstruction table ``levels`` (docs/FORMAT.md §3) selects its row with
+  ``index_select`` at ``bits - 3`` and each weight's level with
+  ``index_select`` at ``q_k // 2**(8 - bits)`` (exact); without one, the
+  floor rule uses ``q_k`` itself;
 * the matmul is ``aten.linear`` on the dequantized weight (XNNPACK takes it
   when partitioned with ``force_non_static_weights_for_f32_linear=True``).
 
@@ -33,7 +37,7 @@ from torch.export import ExportedProgram
 from otaro_export import ops
 from otaro_export.sefp import EXPONENT_MIN, GROUP_SIZE, STORED_MANTISSA_BITS, SUPPORTED_BITS
 
-__all__ = ["decompose_sefp_linear", "sefp_linear_decomposition", "count_sefp_nodes"]
+__all__ = ["decompose_sefp_linear", "sefp_linear_decomposition", "dequantize_planes", "count_sefp_nodes"]
 
 _SEFP_OVERLOADS = (ops.sefp_linear, ops.sefp_linear_out)
 
@@ -73,10 +77,21 @@ def _fields(plane: torch.Tensor, n: int, g: int, lanes: int, width: int) -> torc
     return torch.bitwise_and(torch.div(b, divisors, rounding_mode="floor"), radix - 1).reshape(n, g, GROUP_SIZE)
 
 
-def sefp_linear_decomposition(x, p0, p1, p2, p3, exponents, bits, bias=None):
-    """Core-ATen equivalent of ``otaro::sefp_linear`` (same result, bit-exact weights)."""
+def _levels_of(q_k: torch.Tensor, bits: torch.Tensor, levels: torch.Tensor) -> torch.Tensor:
+    """``levels[bits - 3, q_k >> (8 - bits)]`` as float32, with Core ATen ops only (no shifts)."""
+    lowest = SUPPORTED_BITS[0]
+    row = torch.index_select(levels, 0, (bits - lowest).reshape(1)).reshape(-1)
+    step = torch.pow(2, STORED_MANTISSA_BITS - bits)  # int64: one E5Mk step in M8 steps
+    index = torch.div(q_k, step, rounding_mode="floor").reshape(-1)
+    return torch.index_select(row, 0, index).reshape(q_k.shape)
+
+
+def dequantize_planes(p0, p1, p2, p3, exponents, bits, levels=None) -> torch.Tensor:
+    """The weight at ``bits`` as float32 ``[N, G*64]`` (padded), bit-exact, from Core ATen ops.
+
+    Shared by the linear and embedding decompositions (the embedding passes the gathered rows).
+    """
     n, g = exponents.shape
-    k = x.shape[-1]
     code = _fields(p0, n, g, 32, 4)  # sign << 3 | q[7:5]
     q = (
         torch.bitwise_and(code, 7) * 32
@@ -84,16 +99,23 @@ def sefp_linear_decomposition(x, p0, p1, p2, p3, exponents, bits, bias=None):
         + _fields(p2, n, g, 16, 2) * 2
         + _fields(p3, n, g, 8, 1)
     )
-    q_k = torch.bitwise_and(q, _mask(bits))
-    signed = torch.where(code >= 8, -q_k, q_k).to(torch.float32)
-    weight = (signed * _scale(exponents).reshape(n, g, 1)).reshape(n, g * GROUP_SIZE)
-    if k != g * GROUP_SIZE:
+    q_k = torch.bitwise_and(q, _mask(bits))  # the mask's index_select is the bits range check
+    magnitude = q_k.to(torch.float32) if levels is None else _levels_of(q_k, bits, levels)
+    signed = torch.where(code >= 8, -magnitude, magnitude)
+    return (signed * _scale(exponents).reshape(n, g, 1)).reshape(n, g * GROUP_SIZE)
+
+
+def sefp_linear_decomposition(x, p0, p1, p2, p3, exponents, bits, bias=None, levels=None):
+    """Core-ATen equivalent of ``otaro::sefp_linear`` (same result, bit-exact weights)."""
+    k = x.shape[-1]
+    weight = dequantize_planes(p0, p1, p2, p3, exponents, bits, levels)
+    if k != weight.shape[1]:
         weight = weight[:, :k]
     return torch.nn.functional.linear(x, weight, bias)
 
 
-def _sefp_linear_out_decomposition(x, p0, p1, p2, p3, exponents, bits, bias=None, *, out):
-    return out.copy_(sefp_linear_decomposition(x, p0, p1, p2, p3, exponents, bits, bias))
+def _sefp_linear_out_decomposition(x, p0, p1, p2, p3, exponents, bits, bias=None, levels=None, *, out):
+    return out.copy_(sefp_linear_decomposition(x, p0, p1, p2, p3, exponents, bits, bias, levels))
 
 
 def count_sefp_nodes(ep: ExportedProgram) -> int:

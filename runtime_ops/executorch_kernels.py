@@ -1,4 +1,4 @@
-"""Load the ExecuTorch kernel library that registers ``otaro::sefp_linear.out``.
+"""Load the ExecuTorch kernel library that registers ``otaro::sefp_linear.out`` and ``otaro::sefp_embedding.out``.
 
 Loading the shared library runs its static registration (``EXECUTORCH_LIBRARY``)
 into ExecuTorch's kernel registry. Registering the same op twice aborts the
@@ -20,6 +20,7 @@ from .build import library_path
 
 LIBRARY_NAME = "libotaro_sefp_executorch.so"
 OP_NAME = "otaro::sefp_linear.out"
+EMBEDDING_OP_NAME = "otaro::sefp_embedding.out"
 
 _lock = threading.Lock()
 _loaded: Path | None = None
@@ -35,7 +36,7 @@ def _already_mapped() -> Path | None:
 def load_executorch_kernels() -> Path:
     """Build (first use) and load the kernel library once; return its path.
 
-    Call before loading a ``.pte`` that contains ``otaro::sefp_linear``.
+    Call before loading a ``.pte`` that contains ``otaro::sefp_linear`` or ``otaro::sefp_embedding``.
     """
     global _loaded, _handle
     with _lock:

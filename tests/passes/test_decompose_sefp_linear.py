@@ -10,24 +10,39 @@ from otaro_export.passes.decompose_sefp_linear import (
     decompose_sefp_linear,
     sefp_linear_decomposition,
 )
-from otaro_export.sefp import SUPPORTED_BITS
+from otaro_export.sefp import SUPPORTED_BITS, center_levels
 from otaro_export.sefp_linear import SEFPLinear
 
 
-def _layer(in_features: int, out_features: int, bias: bool, seed: int = 0) -> SEFPLinear:
+def tables() -> dict:
+    """floor (no table), center, a fitted-like table (rows 3, 4 free), a generic one (every row free)."""
+    gen = torch.Generator().manual_seed(11)
+    fitted = center_levels()
+    fitted[0, :8] = torch.tensor([0.0, 21, 52, 90, 131, 160, 201, 240])
+    fitted[1, :16] = torch.rand(16, generator=gen) * 250
+    generic = fitted.clone()
+    for row in range(2, 6):
+        generic[row, : 1 << (row + 3)] = torch.rand(1 << (row + 3), generator=gen) * 255
+    return {"floor": None, "center": center_levels(), "fitted": fitted, "generic": generic}
+
+
+RULES = list(tables())
+
+
+def _layer(in_features: int, out_features: int, bias: bool, seed: int = 0, levels=None) -> SEFPLinear:
     torch.manual_seed(seed)
     linear = nn.Linear(in_features, out_features, bias=bias)
     with torch.no_grad():
         linear.weight.mul_(torch.logspace(-3, 2, in_features))  # groups with very different exponents
-    return SEFPLinear.from_linear(linear)
+    return SEFPLinear.from_linear(linear, levels=levels)
 
 
 class TwoLayers(nn.Module):
     """Two SEFP layers sharing one runtime ``bits`` input (as after lower_to_sefp)."""
 
-    def __init__(self):
+    def __init__(self, levels=None):
         super().__init__()
-        self.a = _layer(96, 80, bias=True, seed=1)  # 96 % 64 != 0: padded last group
+        self.a = _layer(96, 80, bias=True, seed=1, levels=levels)  # 96 % 64 != 0: padded last group
         self.b = _layer(80, 33, bias=False, seed=2)
 
     def forward(self, x, bits):
@@ -42,29 +57,31 @@ def _export(module, x):
 
 @pytest.fixture(scope="module")
 def decomposed():
-    module = TwoLayers().eval()
+    module = TwoLayers(levels=tables()["fitted"]).eval()  # one layer with a table, one floor
     x = torch.randn(3, 96)
     ep = _export(module, x)
     assert count_sefp_nodes(ep) == 2
     return module, x, decompose_sefp_linear(ep)
 
 
+@pytest.mark.parametrize("rule", RULES)
 @pytest.mark.parametrize("bits", SUPPORTED_BITS)
-def test_decomposition_equals_reference_op_exactly(bits):
-    layer = _layer(96, 40, bias=True)
+def test_decomposition_equals_reference_op_exactly(bits, rule):
+    layer = _layer(96, 40, bias=True, levels=tables()[rule])
     x = torch.randn(5, 96)
-    args = (x, layer.p0, layer.p1, layer.p2, layer.p3, layer.exponents, ops.bits_tensor(bits), layer.bias)
+    args = (x, layer.p0, layer.p1, layer.p2, layer.p3, layer.exponents, ops.bits_tensor(bits), layer.bias, layer.levels)
     # Same dequantized weights and the same torch linear on both sides: identical, not merely close.
     assert torch.equal(sefp_linear_decomposition(*args), ops.sefp_linear(*args))
 
 
-def test_decomposed_weight_is_exact_at_every_bit():
+@pytest.mark.parametrize("rule", RULES)
+def test_decomposed_weight_is_exact_at_every_bit(rule):
     """Identity input recovers W_k^T exactly: the dequantized weights match SEFPWeight.dequantize bit for bit."""
-    layer = _layer(128, 24, bias=False)
+    layer = _layer(128, 24, bias=False, levels=tables()[rule])
     eye = torch.eye(128)
     for bits in SUPPORTED_BITS:
         got = sefp_linear_decomposition(
-            eye, layer.p0, layer.p1, layer.p2, layer.p3, layer.exponents, ops.bits_tensor(bits)
+            eye, layer.p0, layer.p1, layer.p2, layer.p3, layer.exponents, ops.bits_tensor(bits), None, layer.levels
         )
         assert torch.equal(got.T, layer.dequantized_weight(bits)), bits
 

@@ -1,8 +1,12 @@
-// ExecuTorch kernel for otaro::sefp_linear.out (schema: otaro_export/ops.py):
-//   sefp_linear.out(Tensor x, Tensor p0, Tensor p1, Tensor p2, Tensor p3, Tensor exponents,
-//                   Tensor bits, Tensor? bias=None, *, Tensor(a!) out) -> Tensor(a!)
-// Validates every input and reports problems through ctx.fail (the method's
-// execute() then returns an error): bad bits or shapes never crash the process.
+// ExecuTorch kernels for otaro::sefp_linear.out and otaro::sefp_embedding.out (schemas: otaro_export/ops.py):
+//   sefp_linear.out(Tensor x, Tensor p0, Tensor p1, Tensor p2, Tensor p3, Tensor exponents, Tensor bits,
+//                   Tensor? bias=None, Tensor? levels=None, *, Tensor(a!) out) -> Tensor(a!)
+//   sefp_embedding.out(Tensor ids, Tensor p0, Tensor p1, Tensor p2, Tensor p3, Tensor exponents, Tensor bits,
+//                      int in_features, Tensor? levels=None, *, Tensor(a!) out) -> Tensor(a!)
+// The core checks every input (otaro::check_linear_args / check_embedding_args, then
+// bits, levels and ids when the call runs); problems are reported through ctx.fail
+// (the method's execute() then returns an error): bad bits, shapes or ids never crash
+// the process.
 #include <executorch/extension/kernel_util/make_boxed_from_unboxed_functor.h>
 #include <executorch/runtime/core/exec_aten/util/tensor_util.h>
 #include <executorch/runtime/kernel/kernel_includes.h>
@@ -23,57 +27,88 @@ using executorch::runtime::KernelRuntimeContext;
 
 namespace {
 
-constexpr int64_t kGroup = 64;
+constexpr size_t kMaxDims = executorch::runtime::kTensorDimensionLimit;
 
-bool is_2d(const Tensor& t, ScalarType dtype, int64_t rows, int64_t cols) {
-  return t.scalar_type() == dtype && t.dim() == 2 && t.size(0) == rows && t.size(1) == cols &&
-         executorch::runtime::tensor_is_contiguous(t);
+DType core_dtype(ScalarType t) {
+  switch (t) {
+    case ScalarType::Float: return DType::kFloat32;
+    case ScalarType::Byte: return DType::kUInt8;
+    case ScalarType::Char: return DType::kInt8;
+    case ScalarType::Long: return DType::kInt64;
+    default: return DType::kOther;
+  }
+}
+
+// One argument as the core's checks see it (dims copied to int64).
+struct Arg {
+  std::array<int64_t, kMaxDims> dims{};
+  TensorInfo info;
+};
+
+void describe(const Tensor* t, Arg* out) {
+  out->info = TensorInfo{};
+  if (t == nullptr) return;
+  const size_t rank = std::min(static_cast<size_t>(t->dim()), kMaxDims);
+  for (size_t d = 0; d < rank; ++d) out->dims[d] = t->size(static_cast<ssize_t>(d));
+  out->info.present = true;
+  out->info.dtype = core_dtype(t->scalar_type());
+  out->info.rank = static_cast<int64_t>(rank);
+  out->info.dims = out->dims.data();
+}
+
+bool contiguous(std::initializer_list<const Tensor*> tensors) {
+  for (const Tensor* t : tensors)
+    if (t != nullptr && !executorch::runtime::tensor_is_contiguous(*t)) return false;
+  return true;
+}
+
+const Tensor* opt(const std::optional<Tensor>& t) { return t.has_value() ? &t.value() : nullptr; }
+
+SEFPWeightView weight(const Tensor& p0, const Tensor& p1, const Tensor& p2, const Tensor& p3, const Tensor& exponents,
+                      int64_t in_features, const Tensor* levels) {
+  return SEFPWeightView{p0.const_data_ptr<uint8_t>(),
+                        p1.const_data_ptr<uint8_t>(),
+                        p2.const_data_ptr<uint8_t>(),
+                        p3.const_data_ptr<uint8_t>(),
+                        exponents.const_data_ptr<int8_t>(),
+                        exponents.size(0),
+                        in_features,
+                        exponents.size(1),
+                        levels ? levels->const_data_ptr<float>() : nullptr};
+}
+
+// bits as an int for the core: values outside 3..8 map to 0, which the core rejects as kInvalidBits.
+int bits_of(const Tensor& bits) {
+  const int64_t v = bits.const_data_ptr<int64_t>()[0];
+  return (v < kMinBits || v > kMaxBits) ? 0 : static_cast<int>(v);
 }
 
 }  // namespace
 
 Tensor& sefp_linear_out(KernelRuntimeContext& ctx, const Tensor& x, const Tensor& p0, const Tensor& p1,
                         const Tensor& p2, const Tensor& p3, const Tensor& exponents, const Tensor& bits,
-                        const std::optional<Tensor>& bias, Tensor& out) {
-  ET_KERNEL_CHECK_MSG(ctx, bits.scalar_type() == ScalarType::Long && bits.numel() == 1, InvalidArgument, out,
-                      "otaro::sefp_linear: bits must be a 0-dim int64 tensor");
-  const int64_t k_bits = bits.const_data_ptr<int64_t>()[0];
-  ET_KERNEL_CHECK_MSG(ctx, k_bits >= 3 && k_bits <= 8, InvalidArgument, out,
-                      "otaro::sefp_linear: bits must be in 3..8 (E5M3..E5M8), got %lld",
-                      static_cast<long long>(k_bits));
-
-  ET_KERNEL_CHECK_MSG(ctx, exponents.scalar_type() == ScalarType::Char && exponents.dim() == 2, InvalidArgument, out,
-                      "otaro::sefp_linear: exponents must be int8 [N, G]");
-  const int64_t n = exponents.size(0), g = exponents.size(1);
-  ET_KERNEL_CHECK_MSG(ctx,
-                      is_2d(p0, ScalarType::Byte, n, g * 32) && is_2d(p1, ScalarType::Byte, n, g * 16) &&
-                          is_2d(p2, ScalarType::Byte, n, g * 16) && is_2d(p3, ScalarType::Byte, n, g * 8) &&
-                          executorch::runtime::tensor_is_contiguous(exponents),
-                      InvalidArgument, out,
-                      "otaro::sefp_linear: planes must be contiguous uint8 [N, G*32], [N, G*16], [N, G*16], "
-                      "[N, G*8] for exponents [%lld, %lld]",
-                      static_cast<long long>(n), static_cast<long long>(g));
-
-  ET_KERNEL_CHECK_MSG(
-      ctx, x.scalar_type() == ScalarType::Float && x.dim() >= 1 && executorch::runtime::tensor_is_contiguous(x),
-      InvalidArgument, out, "otaro::sefp_linear: x must be a contiguous float32 tensor [..., K]");
-  const int64_t k = x.size(x.dim() - 1);
-  ET_KERNEL_CHECK_MSG(ctx, k > (g - 1) * kGroup && k <= g * kGroup, InvalidArgument, out,
-                      "otaro::sefp_linear: x has %lld input features, the weight has %lld groups of 64",
-                      static_cast<long long>(k), static_cast<long long>(g));
-
-  const float* bias_data = nullptr;
-  if (bias.has_value()) {
-    const Tensor& b = bias.value();
-    ET_KERNEL_CHECK_MSG(ctx, b.scalar_type() == ScalarType::Float && b.dim() == 1 && b.size(0) == n, InvalidArgument,
-                        out, "otaro::sefp_linear: bias must be float32 [%lld]", static_cast<long long>(n));
-    bias_data = b.const_data_ptr<float>();
-  }
+                        const std::optional<Tensor>& bias, const std::optional<Tensor>& levels, Tensor& out) {
+  Arg a[9];
+  const Tensor* args[9] = {&x, &p0, &p1, &p2, &p3, &exponents, &bits, opt(bias), opt(levels)};
+  for (int i = 0; i < 9; ++i) describe(args[i], &a[i]);
+  const LinearArgsInfo info{a[0].info, {a[1].info, a[2].info, a[3].info, a[4].info}, a[5].info, a[6].info, a[7].info,
+                            a[8].info};
+  char msg[512];
+  ET_KERNEL_CHECK_MSG(ctx, check_linear_args(info, msg, sizeof msg) == Status::kOk, InvalidArgument, out,
+                      "otaro::sefp_linear: %s", msg);
+  ET_KERNEL_CHECK_MSG(ctx, contiguous({&x, &p0, &p1, &p2, &p3, &exponents, opt(bias), opt(levels)}), InvalidArgument,
+                      out, "otaro::sefp_linear: inputs must be contiguous");
+  ET_KERNEL_CHECK_MSG(ctx, x.dim() <= static_cast<ssize_t>(kMaxDims), InvalidArgument, out,
+                      "otaro::sefp_linear: x has too many dims");
 
   // out: x's leading dims + [N]
-  std::array<SizesType, executorch::runtime::kTensorDimensionLimit> out_sizes{};
-  ET_KERNEL_CHECK(ctx, static_cast<size_t>(x.dim()) <= out_sizes.size(), InvalidArgument, out);
-  for (ssize_t d = 0; d + 1 < x.dim(); ++d) out_sizes[d] = static_cast<SizesType>(x.size(d));
+  const int64_t n = exponents.size(0);
+  std::array<SizesType, kMaxDims> out_sizes{};
+  int64_t rows = 1;  // leading dims of x (not numel / K: K may be 0)
+  for (ssize_t d = 0; d + 1 < x.dim(); ++d) {
+    out_sizes[d] = static_cast<SizesType>(x.size(d));
+    rows *= x.size(d);
+  }
   out_sizes[x.dim() - 1] = static_cast<SizesType>(n);
   ET_KERNEL_CHECK_MSG(ctx, out.scalar_type() == ScalarType::Float, InvalidArgument, out,
                       "otaro::sefp_linear: out must be float32");
@@ -81,20 +116,51 @@ Tensor& sefp_linear_out(KernelRuntimeContext& ctx, const Tensor& x, const Tensor
       ctx, executorch::runtime::resize_tensor(out, {out_sizes.data(), static_cast<size_t>(x.dim())}) == Error::Ok,
       InvalidArgument, out, "otaro::sefp_linear: cannot resize out to [..., %lld]", static_cast<long long>(n));
 
-  const SEFPWeightView w{p0.const_data_ptr<uint8_t>(),
-                         p1.const_data_ptr<uint8_t>(),
-                         p2.const_data_ptr<uint8_t>(),
-                         p3.const_data_ptr<uint8_t>(),
-                         exponents.const_data_ptr<int8_t>(),
-                         n,
-                         k,
-                         g};
-  int64_t rows = 1;  // leading dims of x (not numel / K: K may be 0)
-  for (ssize_t d = 0; d + 1 < x.dim(); ++d) rows *= x.size(d);
-  const Status status = sefp_linear(x.const_data_ptr<float>(), rows, w, bias_data, static_cast<int>(k_bits),
-                                    out.mutable_data_ptr<float>());
-  ET_KERNEL_CHECK_MSG(ctx, status == Status::kOk, InvalidArgument, out, "otaro::sefp_linear: %s",
-                      status_message(status));
+  const SEFPWeightView w = weight(p0, p1, p2, p3, exponents, x.size(x.dim() - 1), opt(levels));
+  const Status status = sefp_linear(x.const_data_ptr<float>(), rows, w, bias ? bias->const_data_ptr<float>() : nullptr,
+                                    bits_of(bits), out.mutable_data_ptr<float>());
+  ET_KERNEL_CHECK_MSG(ctx, status == Status::kOk, InvalidArgument, out, "otaro::sefp_linear: %s, got bits=%lld",
+                      status_message(status), static_cast<long long>(bits.const_data_ptr<int64_t>()[0]));
+  return out;
+}
+
+Tensor& sefp_embedding_out(KernelRuntimeContext& ctx, const Tensor& ids, const Tensor& p0, const Tensor& p1,
+                           const Tensor& p2, const Tensor& p3, const Tensor& exponents, const Tensor& bits,
+                           int64_t in_features, const std::optional<Tensor>& levels, Tensor& out) {
+  Arg a[8];
+  const Tensor* args[8] = {&ids, &p0, &p1, &p2, &p3, &exponents, &bits, opt(levels)};
+  for (int i = 0; i < 8; ++i) describe(args[i], &a[i]);
+  const EmbeddingArgsInfo info{
+      a[0].info, {a[1].info, a[2].info, a[3].info, a[4].info}, a[5].info, a[6].info, a[7].info, in_features};
+  char msg[512];
+  ET_KERNEL_CHECK_MSG(ctx, check_embedding_args(info, msg, sizeof msg) == Status::kOk, InvalidArgument, out,
+                      "otaro::sefp_embedding: %s", msg);
+  ET_KERNEL_CHECK_MSG(ctx, contiguous({&ids, &p0, &p1, &p2, &p3, &exponents, opt(levels)}), InvalidArgument, out,
+                      "otaro::sefp_embedding: inputs must be contiguous");
+  ET_KERNEL_CHECK_MSG(ctx, ids.dim() < static_cast<ssize_t>(kMaxDims), InvalidArgument, out,
+                      "otaro::sefp_embedding: ids has too many dims");
+
+  // out: ids' dims + [in_features]
+  std::array<SizesType, kMaxDims> out_sizes{};
+  for (ssize_t d = 0; d < ids.dim(); ++d) out_sizes[d] = static_cast<SizesType>(ids.size(d));
+  out_sizes[ids.dim()] = static_cast<SizesType>(in_features);
+  ET_KERNEL_CHECK_MSG(ctx, out.scalar_type() == ScalarType::Float, InvalidArgument, out,
+                      "otaro::sefp_embedding: out must be float32");
+  ET_KERNEL_CHECK_MSG(
+      ctx, executorch::runtime::resize_tensor(out, {out_sizes.data(), static_cast<size_t>(ids.dim() + 1)}) == Error::Ok,
+      InvalidArgument, out, "otaro::sefp_embedding: cannot resize out to [..., %lld]",
+      static_cast<long long>(in_features));
+
+  const SEFPWeightView w = weight(p0, p1, p2, p3, exponents, in_features, opt(levels));
+  int64_t bad = -1;
+  const Status status = sefp_embedding(ids.const_data_ptr<int64_t>(), ids.numel(), w, bits_of(bits),
+                                       out.mutable_data_ptr<float>(), 1, Isa::kAuto, &bad);
+  ET_KERNEL_CHECK_MSG(ctx, status != Status::kInvalidIndex, InvalidArgument, out,
+                      "otaro::sefp_embedding: ids[%lld] = %lld is outside [0, %lld)", static_cast<long long>(bad),
+                      static_cast<long long>(bad >= 0 ? ids.const_data_ptr<int64_t>()[bad] : 0),
+                      static_cast<long long>(exponents.size(0)));
+  ET_KERNEL_CHECK_MSG(ctx, status == Status::kOk, InvalidArgument, out, "otaro::sefp_embedding: %s, got bits=%lld",
+                      status_message(status), static_cast<long long>(bits.const_data_ptr<int64_t>()[0]));
   return out;
 }
 
@@ -102,3 +168,4 @@ Tensor& sefp_linear_out(KernelRuntimeContext& ctx, const Tensor& x, const Tensor
 }  // namespace otaro
 
 EXECUTORCH_LIBRARY(otaro, "sefp_linear.out", otaro::et::sefp_linear_out);
+EXECUTORCH_LIBRARY(otaro, "sefp_embedding.out", otaro::et::sefp_embedding_out);
