@@ -54,6 +54,12 @@ def export(
     external_weights: bool = typer.Option(
         False, "--external-weights", help="executorch: write the weights to model.ptd beside model.pte"
     ),
+    force: bool = typer.Option(
+        False,
+        "--force",
+        help="export into a non-empty --output that otaro-export did not write (its files of the same names "
+        "are replaced; nothing else is touched)",
+    ),
 ) -> None:
     """Export a (tuned) HF causal LM to ONE artifact that runs at every precision E5M3..E5M8."""
     from otaro_export.export.pipeline import ExportOptions, export_model
@@ -74,6 +80,7 @@ def export(
         ),
         max_seq_len=max_seq_len,
         external_weights=external_weights,
+        force=force,
     )
     manifest_path = export_model(options, log=typer.echo)
     typer.echo(f"wrote {manifest_path.parent}")

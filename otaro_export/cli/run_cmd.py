@@ -15,10 +15,16 @@ def run(
     raw: bool = typer.Option(False, "--raw", help="feed the prompt as-is (no chat template)"),
 ) -> None:
     """Generate text from an exported artifact, streaming tokens as they come."""
+    from otaro_export.errors import InvalidInputError
     from otaro_export.runtime import load
     from otaro_export.sefp import check_bits
 
+    # Everything checkable without the artifact fails before the (slow) load.
     check_bits(bits)
+    if max_new_tokens < 0:
+        raise InvalidInputError(f"--max-new-tokens must be >= 0, got {max_new_tokens}")
+    if raw and not prompt:
+        raise InvalidInputError("--prompt is empty: with --raw there is nothing to continue")
     session = load(artifact)
     session.generate(
         prompt, bits=bits, max_new_tokens=max_new_tokens, chat=not raw, on_text=lambda t: typer.echo(t, nl=False)

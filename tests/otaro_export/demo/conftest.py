@@ -46,9 +46,9 @@ class FakeSession(Session):
     def _reset(self) -> None:
         pass
 
-    def _step(self, input_ids: np.ndarray, start_pos: int, bits: int) -> np.ndarray:
+    def _step(self, input_ids: np.ndarray, start_pos: int, bits: int, last_only: bool = False) -> np.ndarray:
         self.bits_seen.append(bits)
-        logits = np.zeros((1, input_ids.shape[1], TINY_VOCAB), dtype=np.float32)
+        logits = np.zeros((1, 1 if last_only else input_ids.shape[1], TINY_VOCAB), dtype=np.float32)
         logits[..., self.favourite_id] = 5.0
         return logits
 
