@@ -11,7 +11,10 @@ import typer
 def demo(
     artifact: Path = typer.Argument(..., help="an exported .onnx/.pte (or its directory)"),
     policy: Path = typer.Option(
-        None, "--policy", help="precision policy TOML (default: built-in, same as examples/policy.toml)"
+        None,
+        "--policy",
+        help="precision policy TOML (default: built-in, same as examples/policy.toml; with your own --tasks, its "
+        "entries for tasks your script lacks are skipped)",
     ),
     tasks: Path = typer.Option(
         None, "--tasks", help="task script TOML (default: built-in, same as examples/tasks.toml)"
@@ -31,6 +34,12 @@ def demo(
     task_list = load_tasks(tasks)
     precision_policy = load_policy(policy)
     precision_policy.plan(task_list)
+    for name in precision_policy.unused_names(task_list):  # only the built-in policy gets here
+        typer.echo(
+            f"note: {precision_policy.source}: no task '{name}' in {tasks or 'the task script'}; its [tasks] entry "
+            "is skipped (your tasks run at their kind's precision)",
+            err=True,
+        )
     if mobile_bundle is not None:
         from otaro_export import runtime
         from otaro_export.demo.mobile_bundle import write_mobile_bundle

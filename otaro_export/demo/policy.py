@@ -3,7 +3,11 @@
 Lookup order for a task: its name under ``[tasks]``, else its kind under
 ``[kinds]``, else ``default``. Precisions are written ``"E5M3"`` .. ``"E5M8"``
 (case-insensitive) or as bits ``3`` .. ``8``. Every name and kind a policy
-mentions must exist, so a typo is an error, not a silent fallback.
+you write mentions must exist, so a typo is an error, not a silent fallback.
+The built-in policy is the exception: it names tasks of the built-in script,
+so with your own script (``otaro demo --tasks mine.toml``) its ``[tasks]``
+entries for tasks your script lacks are skipped (``otaro demo`` prints a note)
+and your tasks get the precision of their kind.
 
 TOML layout (see examples/policy.toml)::
 
@@ -17,7 +21,7 @@ TOML layout (see examples/policy.toml)::
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from importlib import resources
 from pathlib import Path
 
@@ -56,6 +60,8 @@ class Policy:
     kinds: dict[str, int] = field(default_factory=dict)
     tasks: dict[str, int] = field(default_factory=dict)
     source: str = "policy"
+    #: a [tasks] name the task script lacks is an error (False for the built-in policy: see the module doc)
+    strict_names: bool = True
 
     def bits_for(self, task: Task) -> int:
         if task.name in self.tasks:
@@ -69,11 +75,15 @@ class Policy:
             f"add it under [tasks] or [kinds], or set default"
         )
 
+    def unused_names(self, tasks: list[Task]) -> list[str]:
+        """``[tasks]`` names that the task script lacks."""
+        return sorted(set(self.tasks) - {t.name for t in tasks})
+
     def plan(self, tasks: list[Task]) -> list[tuple[Task, int]]:
         """Each task with its precision; checks the policy against this task script first."""
         names = {t.name for t in tasks}
-        unknown = sorted(set(self.tasks) - names)
-        if unknown:
+        unknown = self.unused_names(tasks)
+        if unknown and self.strict_names:
             raise DemoConfigError(
                 f"{self.source}: unknown task name(s) {unknown} under [tasks]; the task script has {sorted(names)}"
             )
@@ -106,5 +116,6 @@ def default_policy_text() -> str:
 def load_policy(path: str | Path | None = None) -> Policy:
     """The policy at ``path``, or the built-in one (same as examples/policy.toml)."""
     if path is None:
-        return parse_policy(parse_toml(default_policy_text(), "built-in policy"), "built-in policy")
+        policy = parse_policy(parse_toml(default_policy_text(), "built-in policy"), "built-in policy")
+        return replace(policy, strict_names=False)
     return parse_policy(read_toml(path), str(path))

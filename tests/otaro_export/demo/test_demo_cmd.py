@@ -74,3 +74,15 @@ def test_entry_point_prints_one_clean_line_and_exits_2(
     assert exit_info.value.code == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("error: ") and re.search(message, err[0])
+
+
+def test_own_task_script_with_the_builtin_policy(counted_fake_load, tmp_path, monkeypatch, capsys):
+    tasks = tmp_path / "mine.toml"
+    tasks.write_text('[[task]]\nname = "summarize"\nkind = "generate"\nprompt = "Summarize: hi"\nmax_new_tokens = 4\n')
+    monkeypatch.setattr(sys, "argv", ["otaro", "demo", "model.onnx", "--tasks", str(tasks)])
+    with pytest.raises(SystemExit) as exit_info:
+        main()
+    assert exit_info.value.code == 0
+    out, err = capsys.readouterr()
+    assert "note: built-in policy: no task 'short_answer'" in err and "skipped" in err
+    assert "summarize" in out and "E5M8" in out

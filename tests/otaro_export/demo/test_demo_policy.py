@@ -86,3 +86,18 @@ def test_python_310_without_tomli_gets_a_clear_error(monkeypatch):
     monkeypatch.setattr(toml_io, "_toml", None)  # what 3.10 without the tomli backport looks like
     with pytest.raises(DemoConfigError, match="pip install tomli"):
         load_policy()
+
+
+def test_builtin_policy_with_another_task_script_skips_the_names_it_lacks():
+    mine = [Task("summarize", "generate", "p", max_new_tokens=4), Task("classify", "choose", "p", options=("a", "b"))]
+    policy = load_policy()
+    assert policy.unused_names(mine) == ["short_answer"]
+    assert [(t.name, b) for t, b in policy.plan(mine)] == [("summarize", 8), ("classify", 3)]  # by kind
+    assert policy.unused_names(load_tasks()) == []
+
+
+def test_a_policy_file_keeps_names_strict_even_when_it_is_the_builtin_text(tmp_path):
+    path = tmp_path / "policy.toml"
+    path.write_text((REPO / "examples" / "policy.toml").read_text())
+    with pytest.raises(DemoConfigError, match=r"unknown task name\(s\) \['short_answer'\]"):
+        load_policy(path).plan([Task("summarize", "generate", "p", max_new_tokens=4)])
