@@ -16,7 +16,7 @@ import torch
 from otaro_export.sefp import GROUP_SIZE, SEFPWeight, check_bits
 
 PLANE_NAMES = ("p0", "p1", "p2", "p3")
-#: bytes each plane holds per group of 64 weights
+#: bytes each plane holds per group of 64 weights (the native kernels' twin: runtime_ops/csrc/core/sefp_format.h)
 PLANE_BYTES_PER_GROUP = {"p0": 32, "p1": 16, "p2": 16, "p3": 8}
 #: the lowest precision that reads each plane
 PLANE_MIN_BITS = {"p0": 3, "p1": 4, "p2": 6, "p3": 8}

@@ -35,6 +35,7 @@ import torch
 from torch.export import ExportedProgram
 
 from otaro_export import ops
+from otaro_export.packing import PLANE_BYTES_PER_GROUP
 from otaro_export.sefp import EXPONENT_MIN, GROUP_SIZE, STORED_MANTISSA_BITS, SUPPORTED_BITS
 
 __all__ = ["decompose_sefp_linear", "sefp_linear_decomposition", "dequantize_planes", "count_sefp_nodes"]
@@ -92,12 +93,13 @@ def dequantize_planes(p0, p1, p2, p3, exponents, bits, levels=None) -> torch.Ten
     Shared by the linear and embedding decompositions (the embedding passes the gathered rows).
     """
     n, g = exponents.shape
-    code = _fields(p0, n, g, 32, 4)  # sign << 3 | q[7:5]
+    lanes = PLANE_BYTES_PER_GROUP  # plane p's byte i of a group holds element i + lanes * j in field j
+    code = _fields(p0, n, g, lanes["p0"], 4)  # sign << 3 | q[7:5]
     q = (
         torch.bitwise_and(code, 7) * 32
-        + _fields(p1, n, g, 16, 2) * 8
-        + _fields(p2, n, g, 16, 2) * 2
-        + _fields(p3, n, g, 8, 1)
+        + _fields(p1, n, g, lanes["p1"], 2) * 8
+        + _fields(p2, n, g, lanes["p2"], 2) * 2
+        + _fields(p3, n, g, lanes["p3"], 1)
     )
     q_k = torch.bitwise_and(q, _mask(bits))  # the mask's index_select is the bits range check
     magnitude = q_k.to(torch.float32) if levels is None else _levels_of(q_k, bits, levels)

@@ -80,3 +80,30 @@ def test_check_planes_rejects_mismatch():
         packing.check_planes(p.p0, p.p1[:, :8], p.p2, p.p3, p.exponents)
     with pytest.raises(ValueError, match="exponents"):
         packing.check_planes(p.p0, p.p1, p.p2, p.p3, p.exponents.to(torch.int32))
+
+
+def test_plane_table_agrees_with_the_native_header():
+    """The C++ kernels read the plane layout from ONE header (runtime_ops/csrc/core/sefp_format.h); it must
+    say what this module's tables say."""
+    import re
+
+    from otaro_export.runtime_ops.build import CSRC
+
+    text = (CSRC / "core" / "sefp_format.h").read_text()
+
+    def array(name):
+        match = re.search(rf"{name}\[kNumPlanes\]\s*=\s*\{{([^}}]*)\}}", text)
+        assert match, f"{name} not found in sefp_format.h"
+        return [int(v) for v in match.group(1).split(",")]
+
+    def scalar(name):
+        match = re.search(rf"\b{name}\s*=\s*(\d+)\s*;", text)
+        assert match, f"{name} not found in sefp_format.h"
+        return int(match.group(1))
+
+    assert array("kPlaneBytesPerGroup") == [packing.PLANE_BYTES_PER_GROUP[p] for p in packing.PLANE_NAMES]
+    assert array("kPlaneMinBits") == [packing.PLANE_MIN_BITS[p] for p in packing.PLANE_NAMES]
+    assert scalar("kNumPlanes") == len(packing.PLANE_NAMES)
+    assert scalar("kGroupSize") == sefp.GROUP_SIZE
+    assert (scalar("kMinBits"), scalar("kMaxBits")) == (sefp.SUPPORTED_BITS[0], sefp.SUPPORTED_BITS[-1])
+    assert scalar("kLevelsCols") == sefp.LEVELS_SHAPE[1]

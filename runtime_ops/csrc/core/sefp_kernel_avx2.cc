@@ -108,21 +108,21 @@ inline void decode_group_m3(const uint8_t* p0, __m256 v[8]) {
 template <int BITS, int RULE>
 inline void decode_group(const Tables& t, const SEFPWeightView& w, int64_t ng, __m256 v[8]) {
   if constexpr (BITS == 3 && RULE == kFloor) {
-    decode_group_m3(w.p0 + ng * kP0Bytes, v);
+    decode_group_m3(w.p0 + ng * kPlaneBytesPerGroup[0], v);
     return;
   }
   GroupBytes gb;
-  const uint8_t* p0 = w.p0 + ng * kP0Bytes;
+  const uint8_t* p0 = w.p0 + ng * kPlaneBytesPerGroup[0];
   for (int j = 0; j < 4; ++j) gb.c[j] = load8_u8(p0 + 8 * j);
   if constexpr (BITS >= 4) {
-    gb.f1[0] = load8_u8(w.p1 + ng * kP1Bytes);
-    gb.f1[1] = load8_u8(w.p1 + ng * kP1Bytes + 8);
+    gb.f1[0] = load8_u8(w.p1 + ng * kPlaneBytesPerGroup[1]);
+    gb.f1[1] = load8_u8(w.p1 + ng * kPlaneBytesPerGroup[1] + 8);
   }
   if constexpr (BITS >= 6) {
-    gb.f2[0] = load8_u8(w.p2 + ng * kP2Bytes);
-    gb.f2[1] = load8_u8(w.p2 + ng * kP2Bytes + 8);
+    gb.f2[0] = load8_u8(w.p2 + ng * kPlaneBytesPerGroup[2]);
+    gb.f2[1] = load8_u8(w.p2 + ng * kPlaneBytesPerGroup[2] + 8);
   }
-  if constexpr (BITS == 8) gb.f3 = load8_u8(w.p3 + ng * kP3Bytes);
+  if constexpr (BITS == 8) gb.f3 = load8_u8(w.p3 + ng * kPlaneBytesPerGroup[3]);
   v[0] = decode_sub<BITS, RULE, 0>(t, gb);
   v[1] = decode_sub<BITS, RULE, 1>(t, gb);
   v[2] = decode_sub<BITS, RULE, 2>(t, gb);

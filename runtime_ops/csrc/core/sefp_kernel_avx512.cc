@@ -85,17 +85,17 @@ inline __m512 decode_block(const Tables& t, __m512i c01, __m512i c23, __m512i p1
 
 template <int BITS, int RULE>
 inline void decode_group(const Tables& t, const SEFPWeightView& w, int64_t ng, __m512 v[4]) {
-  const uint8_t* p0 = w.p0 + ng * kP0Bytes;
+  const uint8_t* p0 = w.p0 + ng * kPlaneBytesPerGroup[0];
   const __m512i c01 = _mm512_cvtepu8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p0)));
   const __m512i c23 = _mm512_cvtepu8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p0 + 16)));
   __m512i p1v = _mm512_setzero_si512(), p2v = _mm512_setzero_si512(), p3v = _mm512_setzero_si512();
   if constexpr (BITS >= 4)
-    p1v = _mm512_cvtepu8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(w.p1 + ng * kP1Bytes)));
+    p1v = _mm512_cvtepu8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(w.p1 + ng * kPlaneBytesPerGroup[1])));
   if constexpr (BITS >= 6)
-    p2v = _mm512_cvtepu8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(w.p2 + ng * kP2Bytes)));
+    p2v = _mm512_cvtepu8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(w.p2 + ng * kPlaneBytesPerGroup[2])));
   if constexpr (BITS == 8) {
     long long b8;
-    __builtin_memcpy(&b8, w.p3 + ng * kP3Bytes, 8);
+    __builtin_memcpy(&b8, w.p3 + ng * kPlaneBytesPerGroup[3], 8);
     p3v = _mm512_cvtepu8_epi32(_mm_set1_epi64x(b8));  // lanes 0..7 and 8..15 both see bytes 0..7
   }
   v[0] = decode_block<BITS, RULE, 0>(t, c01, c23, p1v, p2v, p3v);

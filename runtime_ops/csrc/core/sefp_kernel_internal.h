@@ -11,10 +11,6 @@ namespace otaro {
 namespace detail {
 
 constexpr int kGroup = static_cast<int>(kGroupSize);
-constexpr int64_t kP0Bytes = kPlaneBytesPerGroup[0];
-constexpr int64_t kP1Bytes = kPlaneBytesPerGroup[1];
-constexpr int64_t kP2Bytes = kPlaneBytesPerGroup[2];
-constexpr int64_t kP3Bytes = kPlaneBytesPerGroup[3];
 
 // Decode rules as template arguments of the ISA kernels.
 constexpr int kFloor = static_cast<int>(Decode::kFloor);

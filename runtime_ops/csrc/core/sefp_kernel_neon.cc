@@ -100,13 +100,13 @@ inline void decode_block(const Tables& t, uint8x16_t b0, uint8x16_t b1, uint8x16
 // The 64 values of one group as 16 float32x4 vectors.
 template <int BITS, int RULE>
 inline void decode_group(const Tables& t, const SEFPWeightView& w, int64_t ng, float32x4_t v[16]) {
-  const uint8_t* p0 = w.p0 + ng * kP0Bytes;
+  const uint8_t* p0 = w.p0 + ng * kPlaneBytesPerGroup[0];
   const uint8x16_t b0 = vld1q_u8(p0), b1 = vld1q_u8(p0 + 16);
   uint8x16_t p1v = vdupq_n_u8(0), p2v = vdupq_n_u8(0), p3v = vdupq_n_u8(0);
-  if constexpr (BITS >= 4) p1v = vld1q_u8(w.p1 + ng * kP1Bytes);
-  if constexpr (BITS >= 6) p2v = vld1q_u8(w.p2 + ng * kP2Bytes);
+  if constexpr (BITS >= 4) p1v = vld1q_u8(w.p1 + ng * kPlaneBytesPerGroup[1]);
+  if constexpr (BITS >= 6) p2v = vld1q_u8(w.p2 + ng * kPlaneBytesPerGroup[2]);
   if constexpr (BITS == 8) {
-    const uint8x8_t d = vld1_u8(w.p3 + ng * kP3Bytes);
+    const uint8x8_t d = vld1_u8(w.p3 + ng * kPlaneBytesPerGroup[3]);
     p3v = vcombine_u8(d, d);
   }
   decode_block<BITS, RULE, 0>(t, b0, b1, p1v, p2v, p3v, v);

@@ -11,16 +11,16 @@ namespace {
 
 // Group ng's 64 values in units of 2^(e-7).
 void decode_group(const SEFPWeightView& w, int64_t ng, int bits, Decode decode, const float* row, float v[kGroup]) {
-  const uint8_t* p1 = w.p1 ? w.p1 + ng * kP1Bytes : nullptr;
-  const uint8_t* p2 = w.p2 ? w.p2 + ng * kP2Bytes : nullptr;
-  const uint8_t* p3 = w.p3 ? w.p3 + ng * kP3Bytes : nullptr;
+  const uint8_t* p1 = w.p1 ? w.p1 + ng * kPlaneBytesPerGroup[1] : nullptr;
+  const uint8_t* p2 = w.p2 ? w.p2 + ng * kPlaneBytesPerGroup[2] : nullptr;
+  const uint8_t* p3 = w.p3 ? w.p3 + ng * kPlaneBytesPerGroup[3] : nullptr;
   for (int i = 0; i < kGroup; ++i) {
-    const int q = decode_element(w.p0 + ng * kP0Bytes, p1, p2, p3, i, bits);
+    const int q = decode_element(w.p0 + ng * kPlaneBytesPerGroup[0], p1, p2, p3, i, bits);
     if (decode == Decode::kFloor) {
       v[i] = static_cast<float>(q);
     } else {
       // sign from the stored sign bit, so a q_k = 0 keeps its sign (center's -1/2 step)
-      const bool negative = (w.p0[ng * kP0Bytes + (i & 31)] >> (4 * (i >> 5))) & 8;
+      const bool negative = (w.p0[ng * kPlaneBytesPerGroup[0] + (i & 31)] >> (4 * (i >> 5))) & 8;
       const float level = row[(q < 0 ? -q : q) >> (8 - bits)];
       v[i] = negative ? -level : level;
     }
