@@ -185,3 +185,169 @@ def split_unit(unit: ExportUnit, model: nn.Module, packed: torch.Tensor) -> dict
     """Inverse of :func:`unit_weight`: the rows of each member."""
     sizes = [model.get_submodule(m).out_features for m in unit.members]
     return dict(zip(unit.members, torch.split(packed, sizes, dim=0)))
+
+
+# ----------------------------------------------------------------------------- per-layer precision floors
+
+#: the floor a sensitive layer gets: E5M5 reads the same planes (bytes) as E5M4 (docs/FORMAT.md §4)
+FLOOR_BITS = 5
+#: default budget: E5M3 with floors reads at most this many weight bits per weight on average (Q4_0's 4.5)
+DEFAULT_FLOOR_BUDGET_BITS = 4.5
+
+
+@dataclass
+class FloorPlan:
+    """Per-layer precision floors (docs/FORMAT.md §6) and what each call precision then costs."""
+
+    floors: dict[str, int]  # exported layer name -> min_bits (only layers that have a floor)
+    bits_per_weight: dict[int, float]  # call bits -> weight bits read per SEFP weight per token, floors applied
+    bytes_per_token: dict[int, float]  # call bits -> SEFP weight bytes read per token, floors applied
+    predicted_kl: dict[int, float]  # call bits -> sum of the layers' Fisher-predicted KL, floors applied
+
+    def effective_bits(self, unit: str, bits: int) -> int:
+        return max(check_bits(bits), self.floors.get(unit, SUPPORTED_BITS[0]))
+
+
+def unit_bytes_read(rows: int, in_features: int, bits: int) -> float:
+    """Weight bytes one token reads from a packed ``[rows, K]`` SEFP layer at precision ``bits``."""
+    from otaro_export.packing import bytes_per_weight_read
+
+    return rows * sefp.padded_in_features(in_features) * bytes_per_weight_read(bits)
+
+
+def predicted_kl(w: torch.Tensor, q: SEFPWeight, levels: torch.Tensor | None, fisher: torch.Tensor) -> dict[int, float]:
+    """``1/2 * sum F * (w - w_hat_k)**2`` per precision: the layer's second-order share of KL per token."""
+    out = {}
+    for bits in SUPPORTED_BITS:
+        diff = w.to(torch.float32) - q.dequantize(bits, levels)
+        out[bits] = 0.5 * float((fisher.to(torch.float32) * diff.pow(2)).sum(dtype=torch.float64))
+    return out
+
+
+def plan_floors(
+    sizes: dict[str, tuple[int, int]],
+    sensitivity: dict[str, dict[int, float]],
+    budget_bits: float = DEFAULT_FLOOR_BUDGET_BITS,
+    floor_bits: int = FLOOR_BITS,
+    call_bits: int = SUPPORTED_BITS[0],
+) -> FloorPlan:
+    """Greedy floors: raise the layers with the most predicted KL saved per extra byte at ``call_bits``.
+
+    ``sizes``: layer -> (rows, K) of the packed weight; ``sensitivity``: layer -> {bits: predicted KL}.
+    Layers are given ``floor_bits`` in order of ``(KL(call) - KL(floor)) / extra bytes`` while the
+    average weight bits read at ``call_bits`` stays within ``budget_bits``. Deterministic (ties by name).
+    """
+    floor_bits, call_bits = check_bits(floor_bits), check_bits(call_bits)
+    total_weights = sum(r * sefp.padded_in_features(k) for r, k in sizes.values())
+    base = sum(unit_bytes_read(r, k, call_bits) for r, k in sizes.values())
+    budget = budget_bits / 8 * total_weights
+    gains = []
+    for name, (rows, k) in sizes.items():
+        extra = unit_bytes_read(rows, k, floor_bits) - unit_bytes_read(rows, k, call_bits)
+        saved = sensitivity[name][call_bits] - sensitivity[name][floor_bits]
+        if extra > 0 and saved > 0:
+            gains.append((-saved / extra, name, extra))
+    floors: dict[str, int] = {}
+    spent = base
+    for _, name, extra in sorted(gains):
+        if spent + extra <= budget:
+            floors[name] = floor_bits
+            spent += extra
+    return _plan(floors, sizes, sensitivity)
+
+
+def _plan(floors: dict[str, int], sizes, sensitivity) -> FloorPlan:
+    total_weights = sum(r * sefp.padded_in_features(k) for r, k in sizes.values())
+    bytes_per_token, kl = {}, {}
+    for bits in SUPPORTED_BITS:
+        eff = {name: max(bits, floors.get(name, 0)) for name in sizes}
+        bytes_per_token[bits] = sum(unit_bytes_read(r, k, eff[name]) for name, (r, k) in sizes.items())
+        kl[bits] = sum(sensitivity[name][eff[name]] for name in sizes) if sensitivity else float("nan")
+    bits_per_weight = {b: 8 * v / total_weights for b, v in bytes_per_token.items()}
+    return FloorPlan(dict(floors), bits_per_weight, bytes_per_token, kl)
+
+
+def layer_sensitivities(
+    model: nn.Module,
+    units: list[ExportUnit] | None = None,
+    input_stats: dict | None = None,
+    *,
+    tokenizer=None,
+    samples=None,
+    rule: str = DEFAULT_RULE,
+    exponent_rule: str = DEFAULT_EXPONENT_RULE,
+    progress: bool = False,
+) -> tuple[dict[str, tuple[int, int]], dict[str, dict[int, float]]]:
+    """(packed sizes, Fisher-predicted KL per precision) of each exported layer under ``rule`` / ``exponent_rule``.
+
+    ``units``: default every exported layer (lm_head included); ``samples``: calibration samples,
+    generated from ``tokenizer`` when not given; ``input_stats``: by HF member name, collected when
+    the rules need them and none are given.
+    """
+    from otaro_export.calibration import calibration_samples, collect_input_stats, fisher_diagonal
+
+    units = export_units(model) if units is None else list(units)
+    if samples is None:
+        if tokenizer is None:
+            raise ValueError("layer sensitivity needs calibration text: pass samples or the model's tokenizer")
+        samples = calibration_samples(model, tokenizer, progress=progress)
+    members = [m for u in units for m in u.members]
+    if input_stats is None and (rule == "fitted" or exponent_rule == "search"):
+        input_stats = collect_input_stats(model, samples, [u.members[0] for u in units], progress=progress)
+    fisher = fisher_diagonal(model, samples, members)
+    sizes, sensitivity = {}, {}
+    iterator = units
+    if progress:
+        from tqdm import tqdm
+
+        iterator = tqdm(units, desc="layer sensitivity", unit="layer")
+    for unit in iterator:
+        w = unit_weight(model, unit)
+        importance = None if input_stats is None else input_stats[unit.members[0]].importance()
+        q, levels = quantize_layer(w, rule, exponent_rule, importance, unit.name)
+        sizes[unit.name] = tuple(w.shape)
+        sensitivity[unit.name] = predicted_kl(w, q, levels, torch.cat([fisher[m] for m in unit.members]))
+    return sizes, sensitivity
+
+
+def floor_plan(
+    model: nn.Module,
+    units: list[ExportUnit] | None = None,
+    input_stats: dict | None = None,
+    *,
+    tokenizer=None,
+    samples=None,
+    rule: str = DEFAULT_RULE,
+    exponent_rule: str = DEFAULT_EXPONENT_RULE,
+    budget_bits: float = DEFAULT_FLOOR_BUDGET_BITS,
+    progress: bool = False,
+) -> FloorPlan:
+    """Per-layer floors for ``model`` under the export's rules, with the bytes and predicted KL they give.
+
+    Sensitivity is measured, not guessed: the diagonal Fisher information of every weight on the
+    built-in calibration text (``calibration.fisher_diagonal``) times the layer's squared weight
+    error at each precision predicts the KL each layer adds; :func:`plan_floors` then spends the
+    byte budget where it saves the most KL. ``budget_bits`` is the average weight bits per weight
+    E5M3 may read over ``units`` (4.125 without floors; 4.125 or less gives no floors).
+    """
+    sizes, sensitivity = layer_sensitivities(
+        model,
+        units,
+        input_stats,
+        tokenizer=tokenizer,
+        samples=samples,
+        rule=rule,
+        exponent_rule=exponent_rule,
+        progress=progress,
+    )
+    return plan_floors(sizes, sensitivity, budget_bits)
+
+
+def recommend_floors(
+    model: nn.Module,
+    units: list[ExportUnit] | None = None,
+    input_stats: dict | None = None,
+    **kwargs,
+) -> dict[str, int]:
+    """``{exported layer: min_bits}`` for the layers :func:`floor_plan` raises (keyword arguments as there)."""
+    return floor_plan(model, units, input_stats, **kwargs).floors

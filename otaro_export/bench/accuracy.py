@@ -9,7 +9,6 @@ model on the SAME samples, so the two runs are directly comparable.
 
 from __future__ import annotations
 
-import copy
 from collections.abc import Callable
 from pathlib import Path
 
@@ -25,32 +24,41 @@ def evaluate_accuracy(
     batch_size: int = 4,
     loaded=None,
     log: Callable[[str], None] = print,
+    reconstruction: str | None = None,
+    exponent_rule: str | None = None,
+    baselines=None,
 ) -> dict[str, list]:
-    """``{"untuned": rows[, "tuned": rows]}``, rows = ``PrecisionMetrics`` for ``bits`` + FP."""
+    """``{"untuned": rows[, "tuned": rows]}``: ``PrecisionMetrics`` for ``bits`` + FP (+ gguf baselines).
+
+    One call of ``evaluate_model`` per run, as `otaro eval` makes. Rules default to the export's;
+    ``baselines`` (gguf formats, e.g. ``BASELINE_FORMATS``; default none) are measured on the untuned weights only.
+    """
     from otaro_export.models import load_model
-    from otaro_export.train.evaluation import evaluate_precisions
-    from otaro_export.train.fake_quant import attach_fake_quant
+    from otaro_export.reconstruction import DEFAULT_EXPONENT_RULE, DEFAULT_RULE
+    from otaro_export.train.evaluation import evaluate_model
     from otaro_export.train.tune_data import EVAL_PROMPTS, self_distillation_samples
 
     if loaded is None:
         loaded = load_model(model)
-    teacher = loaded.model.float().eval()
+    teacher = loaded.model.eval()
     samples = self_distillation_samples(
         teacher, loaded.tokenizer, num_samples, gen_tokens, seed=EVAL_SEED, prompts=EVAL_PROMPTS
     )
     runs: dict[str, list] = {}
     students = [("untuned", None)] + ([("tuned", checkpoint)] if checkpoint is not None else [])
     for name, ckpt in students:
-        student = copy.deepcopy(teacher)
-        quantize_lm_head = False
-        if ckpt is not None:
-            from otaro_export.train.checkpoint import load_tuned_weights, read_meta, resolve_checkpoint
-
-            meta = read_meta(resolve_checkpoint(ckpt))
-            quantize_lm_head = bool(meta.get("config", {}).get("quantize_lm_head", False))
-            load_tuned_weights(student, ckpt)
-        attach_fake_quant(student, quantize_lm_head)
-        runs[name] = evaluate_precisions(student, teacher, samples, tuple(bits), batch_size=batch_size)
+        runs[name] = evaluate_model(
+            teacher,
+            loaded.tokenizer,
+            samples,
+            tuple(bits),
+            checkpoint=ckpt,
+            quantize_lm_head=None if ckpt is not None else False,
+            reconstruction=reconstruction or DEFAULT_RULE,
+            exponent_rule=exponent_rule or DEFAULT_EXPONENT_RULE,
+            baselines=tuple(baselines or ()) if ckpt is None else (),
+            batch_size=batch_size,
+            log=log,
+        )
         log(f"accuracy ({name}): {len(samples)} samples, {runs[name][0].tokens} scored tokens")
-        del student
     return runs

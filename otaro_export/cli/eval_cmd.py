@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import copy
 from pathlib import Path
 
 import typer
@@ -33,6 +32,17 @@ def evaluate(
     quantize_lm_head: bool = typer.Option(
         None, "--quantize-lm-head/--no-quantize-lm-head", help="default: as the checkpoint was tuned"
     ),
+    reconstruction: str = typer.Option(
+        None, "--reconstruction", help="floor (the paper's), center or fitted; default: the export's (docs/QUALITY.md)"
+    ),
+    exponent_rule: str = typer.Option(
+        None, "--exponent-rule", help="floor (the paper's) or search; default: the export's (docs/QUALITY.md)"
+    ),
+    baselines: str = typer.Option(
+        "Q4_0,MXFP4,Q5_0,Q8_0",
+        "--baselines",
+        help="gguf formats to requantize the same float weights in, printed beside the precisions ('none': skip)",
+    ),
     output: Path = typer.Option(
         None, "--output", "-o", help="directory for eval.json and eval.png (default: print only)"
     ),
@@ -41,38 +51,68 @@ def evaluate(
     """Measure a (tuned) model at every SEFP precision against its untuned FP self."""
     from otaro_export.cli.options import parse_bits
     from otaro_export.models import load_model
-    from otaro_export.sefp import check_bits
-    from otaro_export.train.checkpoint import load_tuned_weights, read_meta, resolve_checkpoint
-    from otaro_export.train.evaluation import evaluate_precisions, format_table, plot_png, save_json
-    from otaro_export.train.fake_quant import attach_fake_quant
+    from otaro_export.reconstruction import DEFAULT_EXPONENT_RULE, DEFAULT_RULE, check_rule
+    from otaro_export.sefp import check_bits, check_exponent_rule
+    from otaro_export.train.checkpoint import resolve_checkpoint
+    from otaro_export.train.evaluation import BASELINE_FORMATS, evaluate_model, format_table, plot_png, save_json
     from otaro_export.train.trainer import check_device
     from otaro_export.train.tune_data import EVAL_PROMPTS, load_samples, self_distillation_samples
 
     check_device(device)
     precisions = tuple(check_bits(b) for b in parse_bits(bits, "--bits"))
+    reconstruction = check_rule(reconstruction or DEFAULT_RULE)
+    exponent_rule = check_exponent_rule(exponent_rule or DEFAULT_EXPONENT_RULE)
+    formats = parse_baselines(baselines, BASELINE_FORMATS)
     if checkpoint is not None:
-        resolved = resolve_checkpoint(checkpoint)  # fail on a bad checkpoint before loading anything
-        if quantize_lm_head is None:
-            quantize_lm_head = bool(read_meta(resolved).get("config", {}).get("quantize_lm_head", False))
+        resolve_checkpoint(checkpoint)  # fail on a bad checkpoint before loading anything
     loaded = load_model(model)
     teacher = loaded.model.to(device).eval()
-    student = copy.deepcopy(teacher)
-    if checkpoint is not None:
-        names = load_tuned_weights(student, checkpoint)
-        typer.echo(f"loaded {len(names)} tuned tensors from {checkpoint}")
-    attach_fake_quant(student, bool(quantize_lm_head))
     if data is not None:
         samples = load_samples(data, loaded.tokenizer, seq_len=seq_len, max_samples=num_samples)
     else:
         samples = self_distillation_samples(
             teacher, loaded.tokenizer, num_samples, gen_tokens, seed=seed, prompts=EVAL_PROMPTS, progress=True
         )
-    rows = evaluate_precisions(student, teacher, samples, precisions, batch_size=batch_size, progress=True)
+    rows = evaluate_model(
+        teacher,
+        loaded.tokenizer,
+        samples,
+        precisions,
+        checkpoint=checkpoint,
+        quantize_lm_head=quantize_lm_head,
+        reconstruction=reconstruction,
+        exponent_rule=exponent_rule,
+        baselines=formats,
+        batch_size=batch_size,
+        progress=True,
+        log=typer.echo,
+    )
     name = "tuned" if checkpoint is not None else "untuned (PTQ)"
-    typer.echo(format_table(rows, f"{loaded.source}, {name}, {rows[0].tokens} scored tokens"))
+    title = (
+        f"{loaded.source}, {name}, reconstruction {reconstruction}, exponents {exponent_rule}, "
+        f"{rows[0].tokens} scored tokens"
+    )
+    typer.echo(format_table(rows, title))
     if output is not None:
         output.mkdir(parents=True, exist_ok=True)
-        extra = {"model": loaded.source, "checkpoint": None if checkpoint is None else str(checkpoint)}
+        extra = {
+            "model": loaded.source,
+            "checkpoint": None if checkpoint is None else str(checkpoint),
+            "reconstruction": reconstruction,
+            "exponent_rule": exponent_rule,
+        }
         save_json({name: rows}, output / "eval.json", extra)
         plot_png({name: rows}, output / "eval.png", title=f"{loaded.source}: {name}")
         typer.echo(f"wrote {output / 'eval.json'} and {output / 'eval.png'}")
+
+
+def parse_baselines(text: str, known) -> tuple[str, ...]:
+    """``"Q4_0,MXFP4"`` -> ("Q4_0", "MXFP4"); ``"none"`` or empty -> ()."""
+    text = (text or "").strip()
+    if text.lower() in ("", "none"):
+        return ()
+    formats = tuple(f.strip().upper() for f in text.split(",") if f.strip())
+    unknown = [f for f in formats if f not in known]
+    if unknown:
+        raise typer.BadParameter(f"unknown format(s) {', '.join(unknown)}: choose from {', '.join(known)} or none")
+    return formats

@@ -8,6 +8,11 @@ evaluation samples (token-weighted, not per-sample averages):
 * ``ppl`` = exp(mean NLL of the actual next tokens) under the student;
 * ``kl``  = mean KL(P_FP-teacher || P_student) per token (nats);
 * ``top1`` = fraction of tokens where the student's argmax equals the teacher's.
+
+Beside the SEFP precisions, :func:`evaluate_baselines` requantizes the same
+float weights with gguf-py's reference quantizers (Q4_0, MXFP4, Q5_0, Q8_0):
+formats of about E5M3's..E5M8's size that a reader already knows.
+:func:`evaluate_model` is the one evaluation `otaro eval` and `otaro bench` run.
 """
 
 from __future__ import annotations
@@ -28,12 +33,17 @@ from otaro_export.train.tune_data import Sample, collate
 
 @dataclass
 class PrecisionMetrics:
-    precision: str  # "E5M3".."E5M8" or "FP"
+    precision: str  # "E5M3".."E5M8", "FP", or a baseline format ("Q4_0", ...)
     bits: int | None
     ppl: float
     kl: float
     top1: float
     tokens: int
+    bits_per_weight: float | None = None  # weight bits read per weight (SEFP: at that precision)
+
+
+#: gguf-py reference quantizers shown beside the SEFP precisions, with their bits per weight
+BASELINE_FORMATS: dict[str, float] = {"Q4_0": 4.5, "MXFP4": 4.25, "Q5_0": 5.5, "Q8_0": 8.5}
 
 
 def precision_label(bits: int | None) -> str:
@@ -78,6 +88,8 @@ def evaluate_precisions(
             sums[p]["top1"] += float(top1_agreement(logits, t_logprobs, batch.loss_mask)) * n
     set_precision(student, None)
     student.train(was_training)
+    from otaro_export.packing import bytes_per_weight_read
+
     return [
         PrecisionMetrics(
             precision=precision_label(p),
@@ -86,16 +98,163 @@ def evaluate_precisions(
             kl=max(0.0, sums[p]["kl"] / tokens),  # float rounding can give -1e-8 for identical models
             top1=sums[p]["top1"] / tokens,
             tokens=tokens,
+            bits_per_weight=None if p is None else bytes_per_weight_read(p) * 8,
         )
         for p in precisions
     ]
 
 
+def gguf_requantize(w: torch.Tensor, fmt: str) -> torch.Tensor:
+    """``w`` ``[N, K]`` quantized and dequantized by gguf-py's reference ``fmt`` quantizer (float32)."""
+    import numpy as np
+    from gguf import GGMLQuantizationType, quants
+
+    if fmt not in BASELINE_FORMATS:
+        raise ValueError(f"unknown baseline format {fmt!r}: choose from {', '.join(BASELINE_FORMATS)}")
+    qtype = GGMLQuantizationType[fmt]
+    block = quants.GGML_QUANT_SIZES[qtype][0]
+    if w.shape[-1] % block:
+        raise ValueError(f"{fmt} needs rows that are a multiple of {block} weights, got {w.shape[-1]}")
+    data = np.ascontiguousarray(w.detach().to(torch.float32).cpu().numpy())
+    return torch.from_numpy(quants.dequantize(quants.quantize(data, qtype), qtype).astype(np.float32)).reshape(w.shape)
+
+
+@torch.no_grad()
+def evaluate_baselines(
+    model: torch.nn.Module,
+    teacher: torch.nn.Module,
+    samples: list[Sample],
+    layer_names: list[str],
+    formats=tuple(BASELINE_FORMATS),
+    batch_size: int = 4,
+    progress: bool = False,
+) -> list[PrecisionMetrics]:
+    """Metrics of ``model`` with the weights of ``layer_names`` requantized in each gguf format.
+
+    The model is left unchanged (each format's weights are swapped in, then the originals back).
+    A layer given a new weight is untied from the embedding, like a fake-quant lm_head.
+    """
+    if not samples:
+        raise ValueError("no evaluation samples")
+    device = next(model.parameters()).device
+    modules = [model.get_submodule(n) for n in layer_names]
+    originals = [m.weight for m in modules]
+    rows = []
+    formats = list(formats)
+    iterator = formats
+    if progress:
+        from tqdm import tqdm
+
+        iterator = tqdm(formats, desc="gguf baselines", unit="format")
+    was_training = model.training
+    model.eval()
+    try:
+        for fmt in iterator:
+            for module, weight in zip(modules, originals):
+                module.weight = torch.nn.Parameter(gguf_requantize(weight, fmt).to(device), requires_grad=False)
+            nll = kl = top1 = 0.0
+            tokens = 0
+            for start in range(0, len(samples), batch_size):
+                batch = collate(samples, list(range(start, min(start + batch_size, len(samples)))), device)
+                t_logits = teacher(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits
+                t_logprobs = F.log_softmax(t_logits[batch.loss_mask].float(), dim=-1)
+                logits = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits
+                n = int(batch.loss_mask.sum())
+                tokens += n
+                nll += float(next_token_nll(logits, batch.input_ids, batch.loss_mask)) * n
+                kl += float(kl_to_teacher(logits, t_logprobs, batch.loss_mask)) * n
+                top1 += float(top1_agreement(logits, t_logprobs, batch.loss_mask)) * n
+            rows.append(
+                PrecisionMetrics(
+                    fmt,
+                    None,
+                    math.exp(nll / tokens),
+                    max(0.0, kl / tokens),
+                    top1 / tokens,
+                    tokens,
+                    BASELINE_FORMATS[fmt],
+                )
+            )
+    finally:
+        for module, weight in zip(modules, originals):
+            module.weight = weight
+        model.train(was_training)
+    return rows
+
+
+def evaluate_model(
+    teacher: torch.nn.Module,
+    tokenizer,
+    samples: list[Sample],
+    bits=SUPPORTED_BITS,
+    *,
+    checkpoint=None,
+    quantize_lm_head: bool | None = None,
+    reconstruction: str = "floor",
+    exponent_rule: str = "floor",
+    baselines=(),
+    batch_size: int = 4,
+    progress: bool = False,
+    log=None,
+) -> list[PrecisionMetrics]:
+    """The evaluation `otaro eval` and `otaro bench` share: one model, every precision, FP, baselines.
+
+    The student is a copy of ``teacher`` (with the tuned tensors of ``checkpoint`` loaded, if any)
+    whose SEFP linears run through ``reconstruction`` / ``exponent_rule`` (the export's math; the
+    input statistics of ``fitted`` / ``search`` come from ``calibration`` on the student's own
+    calibration text). ``quantize_lm_head=None`` follows the checkpoint's tuning config.
+    ``baselines``: gguf formats to requantize the student's float weights in (``BASELINE_FORMATS``).
+    """
+    import copy
+
+    from otaro_export.convert import select_sefp_linears
+    from otaro_export.train.fake_quant import attach_fake_quant, detach_fake_quant
+
+    log = log or (lambda msg: None)
+    student = copy.deepcopy(teacher)
+    if checkpoint is not None:
+        from otaro_export.train.checkpoint import load_tuned_weights, read_meta, resolve_checkpoint
+
+        if quantize_lm_head is None:
+            meta = read_meta(resolve_checkpoint(checkpoint))
+            quantize_lm_head = bool(meta.get("config", {}).get("quantize_lm_head", False))
+        names = load_tuned_weights(student, checkpoint)
+        log(f"loaded {len(names)} tuned tensors from {checkpoint}")
+    quantize_lm_head = bool(quantize_lm_head)
+    layer_names = select_sefp_linears(student, quantize_lm_head)
+    stats = None
+    if reconstruction == "fitted" or exponent_rule == "search":
+        from otaro_export.calibration import model_input_stats
+
+        stats = model_input_stats(student, tokenizer, layer_names, progress=progress)
+    attach_fake_quant(student, quantize_lm_head, reconstruction, exponent_rule, stats)
+    rows = evaluate_precisions(student, teacher, samples, tuple(bits), batch_size=batch_size, progress=progress)
+    if baselines:
+        detach_fake_quant(student)
+        rows += evaluate_baselines(student, teacher, samples, layer_names, baselines, batch_size, progress)
+    del student
+    return rows
+
+
 def format_table(rows: list[PrecisionMetrics], title: str | None = None) -> str:
+    """SEFP precisions in order, each gguf baseline printed right after the precision of about its size."""
     lines = [title] if title else []
-    lines.append(f"{'precision':<10}{'ppl':>10}{'KL to FP':>12}{'top-1 agree':>13}")
-    for r in rows:
-        lines.append(f"{r.precision:<10}{r.ppl:>10.3f}{r.kl:>12.4f}{r.top1:>13.3f}")
+    lines.append(f"{'precision':<10}{'bits/w':>8}{'ppl':>10}{'KL to FP':>12}{'top-1 agree':>13}")
+    sefp_rows = [r for r in rows if r.precision not in BASELINE_FORMATS]
+    baselines = sorted((r for r in rows if r.precision in BASELINE_FORMATS), key=lambda r: r.bits_per_weight or 0)
+    ordered = []
+    for r in sefp_rows:
+        ordered.append(r)
+        if r.bits is not None:
+            following = [b for b in sefp_rows if b.bits is not None and b.bits > r.bits]
+            upper = min((b.bits_per_weight or 0) for b in following) if following else float("inf")
+            # a baseline goes after the largest SEFP precision that reads no more bits than it does
+            ordered += [b for b in baselines if (r.bits_per_weight or 0) <= (b.bits_per_weight or 0) < upper]
+    ordered += [b for b in baselines if b not in ordered]
+    for r in ordered:
+        bpw = "" if r.bits_per_weight is None else f"{r.bits_per_weight:.3f}"
+        name = r.precision if r.precision not in BASELINE_FORMATS else f"  {r.precision}"
+        lines.append(f"{name:<10}{bpw:>8}{r.ppl:>10.3f}{r.kl:>12.4f}{r.top1:>13.3f}")
     return "\n".join(lines)
 
 

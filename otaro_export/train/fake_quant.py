@@ -6,6 +6,14 @@ treats the quantizer as the identity (straight-through estimator,
 ``dQ(W, k)/dW = 1``), so gradients reach the float master weights
 unchanged. The precision ``k`` is one attribute shared by all layers and
 changes from step to step (BPS picks it).
+
+Beyond the paper, a layer can train through another reconstruction rule and
+exponent rule (docs/FORMAT.md §1, §3; ``otaro tune --reconstruction``): its
+encoding (per-group exponents and the ``levels`` table, from
+``reconstruction.quantize_layer``) is computed from the float weights when
+attached and again on :func:`refresh_encodings`; between refreshes the forward
+pass re-truncates the current weights with those exponents and levels, which is
+exactly what export computes from the same weights.
 """
 
 from __future__ import annotations
@@ -15,23 +23,27 @@ from torch import nn
 from torch.nn import functional as F
 
 from otaro_export.convert import select_sefp_linears
-from otaro_export.sefp import check_bits, fake_quantize
+from otaro_export.sefp import RECONSTRUCTION_RULES, check_bits, check_exponent_rule, fake_quantize
 
 
 class _SEFPStraightThrough(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, weight: torch.Tensor, bits: int) -> torch.Tensor:
-        return fake_quantize(weight, bits)
+    def forward(ctx, weight: torch.Tensor, bits: int, levels=None, exponents=None) -> torch.Tensor:
+        if levels is None and exponents is None:
+            return fake_quantize(weight, bits)
+        return fake_quantize(weight, bits, levels=levels, exponents=exponents)
 
     @staticmethod
     def backward(ctx, grad_output: torch.Tensor):
         # STE: the truncating quantizer is treated as the identity.
-        return grad_output, None
+        return grad_output, None, None, None
 
 
-def ste_fake_quantize(weight: torch.Tensor, bits: int) -> torch.Tensor:
-    """``fake_quantize(weight, bits)`` in the forward pass, identity gradient in the backward pass."""
-    return _SEFPStraightThrough.apply(weight, check_bits(bits))
+def ste_fake_quantize(
+    weight: torch.Tensor, bits: int, levels: torch.Tensor | None = None, exponents: torch.Tensor | None = None
+) -> torch.Tensor:
+    """``fake_quantize(weight, bits[, levels, exponents])`` forward, identity gradient backward."""
+    return _SEFPStraightThrough.apply(weight, check_bits(bits), levels, exponents)
 
 
 class FakeQuantLinear(nn.Linear):
@@ -45,6 +57,11 @@ class FakeQuantLinear(nn.Linear):
     def __init__(self, in_features: int, out_features: int, bias: bool = True, device=None, dtype=None):
         super().__init__(in_features, out_features, bias=bias, device=device, dtype=dtype)
         self.bits: int | None = None
+        self.reconstruction = "floor"
+        self.exponent_rule = "floor"
+        self.importance: torch.Tensor | None = None
+        self.levels: torch.Tensor | None = None
+        self.exponents: torch.Tensor | None = None
 
     @classmethod
     def from_linear(cls, linear: nn.Linear) -> FakeQuantLinear:
@@ -55,7 +72,32 @@ class FakeQuantLinear(nn.Linear):
         module.weight = linear.weight
         module.bias = linear.bias
         module.bits = None
+        module.reconstruction = "floor"
+        module.exponent_rule = "floor"
+        module.importance = None
+        module.levels = None
+        module.exponents = None
         return module
+
+    def set_rule(
+        self, reconstruction: str = "floor", exponent_rule: str = "floor", importance: torch.Tensor | None = None
+    ) -> None:
+        """Train through ``reconstruction`` / ``exponent_rule`` (``importance``: E[x^2] of the input, or None).
+
+        The encoding is computed by :func:`refresh_encodings` (per packed layer, as export does).
+        """
+        if reconstruction not in RECONSTRUCTION_RULES:
+            raise ValueError(
+                f"unknown reconstruction rule {reconstruction!r}: choose one of {', '.join(RECONSTRUCTION_RULES)}"
+            )
+        self.reconstruction = reconstruction
+        self.exponent_rule = check_exponent_rule(exponent_rule)
+        self.importance = None if importance is None else importance.detach().to(torch.float32).cpu()
+        self.levels = self.exponents = None
+
+    @property
+    def paper_rules(self) -> bool:
+        return self.reconstruction == "floor" and self.exponent_rule == "floor"
 
     def to_linear(self) -> nn.Linear:
         linear = nn.Linear.__new__(nn.Linear)
@@ -67,12 +109,17 @@ class FakeQuantLinear(nn.Linear):
         return linear
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        weight = self.weight if self.bits is None else ste_fake_quantize(self.weight, self.bits)
+        if self.bits is None:
+            weight = self.weight
+        else:
+            weight = ste_fake_quantize(self.weight, self.bits, self.levels, self.exponents)
         return F.linear(x, weight, self.bias)
 
     def extra_repr(self) -> str:
         precision = "FP" if self.bits is None else f"E5M{self.bits}"
-        return f"{super().extra_repr()}, precision={precision}"
+        rule = "" if self.reconstruction == "floor" else f", reconstruction={self.reconstruction}"
+        rule += "" if self.exponent_rule == "floor" else f", exponents={self.exponent_rule}"
+        return f"{super().extra_repr()}, precision={precision}{rule}"
 
 
 def _replace(model: nn.Module, name: str, new: nn.Module) -> None:
@@ -81,18 +128,66 @@ def _replace(model: nn.Module, name: str, new: nn.Module) -> None:
     setattr(parent, child, new)
 
 
-def attach_fake_quant(model: nn.Module, quantize_lm_head: bool = False) -> list[str]:
+def attach_fake_quant(
+    model: nn.Module,
+    quantize_lm_head: bool = False,
+    reconstruction: str = "floor",
+    exponent_rule: str = "floor",
+    input_stats: dict | None = None,
+) -> list[str]:
     """Swap the SEFP-selected linears of ``model`` for :class:`FakeQuantLinear`, in place.
 
     The layers are the ones ``convert.select_sefp_linears`` picks, so tuning
     quantizes exactly what export will. Returns their names. Idempotent.
+    ``reconstruction`` / ``exponent_rule``: the rules each layer trains through
+    (default: the paper's); ``input_stats`` (``calibration.collect_input_stats``,
+    by layer name) weights the ``fitted`` levels and the exponent ``search``.
+    Linears that export packs together (q/k/v, gate/up) share one table, as at export.
     """
     names = select_sefp_linears(model, quantize_lm_head)
     for name in names:
         module = model.get_submodule(name)
         if not isinstance(module, FakeQuantLinear):
-            _replace(model, name, FakeQuantLinear.from_linear(module))
+            module = FakeQuantLinear.from_linear(module)
+            _replace(model, name, module)
+        stats = None if input_stats is None else input_stats.get(name)
+        module.set_rule(reconstruction, exponent_rule, None if stats is None else stats.importance())
+    refresh_encodings(model)
     return names
+
+
+@torch.no_grad()
+def refresh_encodings(model: nn.Module) -> None:
+    """Recompute the fake-quant layers' exponents and levels from their current float weights.
+
+    Layers that export packs into one linear (q/k/v, gate/up) share one table fitted on their
+    concatenated weights, exactly as ``reconstruction.quantize_layer`` is called at export.
+    A no-op for layers on the paper's rules.
+    """
+    from otaro_export.reconstruction import export_units, quantize_layer
+
+    layers = {name: m for name, m in fake_quant_layers(model).items() if not m.paper_rules}
+    if not layers:
+        return
+    try:
+        units = export_units(model)
+    except ValueError:
+        units = []
+    groups = [u.members for u in units if all(m in layers for m in u.members)]
+    covered = {m for members in groups for m in members}
+    groups += [(name,) for name in layers if name not in covered]
+    for members in groups:
+        first = layers[members[0]]
+        w = torch.cat([layers[m].weight.detach().cpu().to(torch.float32) for m in members])
+        q, levels = quantize_layer(w, first.reconstruction, first.exponent_rule, first.importance, name=members[0])
+        rows = 0
+        for m in members:
+            layer = layers[m]
+            n = layer.out_features
+            layer.levels = None if levels is None else levels.to(layer.weight.device)
+            exps = q.exponents[rows : rows + n]
+            layer.exponents = None if first.exponent_rule == "floor" else exps.to(layer.weight.device)
+            rows += n
 
 
 def detach_fake_quant(model: nn.Module) -> None:

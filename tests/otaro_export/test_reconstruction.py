@@ -212,3 +212,49 @@ def test_export_units_pack_members_like_the_manifest():
     for name, part in parts.items():
         assert torch.equal(part, model.get_submodule(name).weight)
     assert [u.name for u in export_units(model, include_lm_head=False)] == names[:-1]
+
+
+def test_plan_floors_spends_the_budget_where_it_saves_most():
+    from otaro_export.reconstruction import plan_floors
+
+    sizes = {"a": (64, 64), "b": (64, 64), "c": (128, 64)}
+    sens = {
+        "a": {3: 1.0, 4: 0.5, 5: 0.1, 6: 0.05, 7: 0.02, 8: 0.01},
+        "b": {3: 0.2, 4: 0.1, 5: 0.05, 6: 0.02, 7: 0.01, 8: 0.0},
+        "c": {3: 1.2, 4: 0.6, 5: 0.2, 6: 0.1, 7: 0.05, 8: 0.02},
+    }
+    none = plan_floors(sizes, sens, budget_bits=4.125)
+    assert none.floors == {} and none.bits_per_weight[3] == 4.125
+    assert none.predicted_kl[3] == 1.0 + 0.2 + 1.2
+    # "a" saves 0.9 per 64x64 block, "c" 1.0 per two blocks: "a" first; with room for one block only "a" fits
+    one = plan_floors(sizes, sens, budget_bits=4.125 + 2.0 / 4)
+    assert one.floors == {"a": 5}
+    assert one.effective_bits("a", 3) == 5 and one.effective_bits("a", 6) == 6 and one.effective_bits("c", 3) == 3
+    assert one.bits_per_weight[3] <= 4.625 and one.predicted_kl[3] == 0.1 + 0.2 + 1.2
+    # E5M4 and E5M5 read the same planes: a floor of 5 costs nothing at E5M4
+    assert one.bytes_per_token[4] == none.bytes_per_token[4]
+    assert plan_floors(sizes, sens, budget_bits=9.0).floors == {"a": 5, "b": 5, "c": 5}
+
+
+def test_fisher_and_recommended_floors_on_a_tiny_model():
+    from otaro_export.calibration import calibration_samples, collect_input_stats, fisher_diagonal
+    from otaro_export.reconstruction import floor_plan, recommend_floors
+    from otaro_export.testing import tiny_causal_lm
+
+    loaded = tiny_causal_lm()
+    model = loaded.model
+    samples = calibration_samples(model, loaded.tokenizer, num_samples=2, gen_tokens=8)
+    names = ["model.layers.0.self_attn.q_proj", "lm_head"]
+    stats = collect_input_stats(model, samples, names)
+    assert stats["lm_head"].second_moment.shape == (64,) and stats["lm_head"].tokens > 0
+    assert bool((stats["lm_head"].second_moment > 0).all())
+    f1 = fisher_diagonal(model, samples, names)
+    f2 = fisher_diagonal(model, samples, names)
+    assert f1["lm_head"].shape == model.lm_head.weight.shape
+    assert all(torch.equal(f1[n], f2[n]) for n in names) and bool((f1["lm_head"] >= 0).all())
+    assert float(f1["model.layers.0.self_attn.q_proj"].sum()) > 0
+    assert all(p.grad is None for p in model.parameters())
+    plan = floor_plan(model, samples=samples, budget_bits=5.0)
+    assert recommend_floors(model, samples=samples, budget_bits=5.0) == plan.floors
+    assert set(plan.floors.values()) <= {5} and plan.bits_per_weight[3] <= 5.0
+    assert plan.predicted_kl[3] >= plan.predicted_kl[8] >= 0

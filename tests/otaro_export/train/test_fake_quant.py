@@ -77,3 +77,43 @@ def test_set_precision_errors(tiny):
     attach_fake_quant(tiny.model)
     with pytest.raises(InvalidBitsError):
         set_precision(tiny.model, 2)
+
+
+@pytest.mark.parametrize("rule,exponent_rule", [("center", "floor"), ("fitted", "search")])
+def test_training_sees_the_export_rule_per_packed_layer(tiny, rule, exponent_rule):
+    """Fake-quant through a rule computes exactly what export freezes: quantize_layer on the packed weight."""
+    from otaro_export.reconstruction import export_units, quantize_layer, split_unit, unit_weight
+    from otaro_export.train.fake_quant import refresh_encodings
+
+    model = tiny.model
+    attach_fake_quant(model, reconstruction=rule, exponent_rule=exponent_rule)
+    layers = fake_quant_layers(model)
+    assert all(m.reconstruction == rule and m.exponent_rule == exponent_rule for m in layers.values())
+    unit = export_units(model, include_lm_head=False)[0]  # qkv_proj: three members, one table
+    q, levels = quantize_layer(unit_weight(model, unit), rule, exponent_rule)
+    for bits in (3, 4, 8):
+        expected = split_unit(unit, model, q.dequantize(bits, levels))
+        for name in unit.members:
+            got = ste_fake_quantize(layers[name].weight, bits, layers[name].levels, layers[name].exponents)
+            assert torch.equal(got, expected[name])
+    # after a weight update, a refresh re-encodes from the new weights
+    with torch.no_grad():
+        layers[unit.members[0]].weight.mul_(1.5)
+    refresh_encodings(model)
+    q, levels = quantize_layer(unit_weight(model, unit), rule, exponent_rule)
+    assert torch.equal(layers[unit.members[0]].levels, levels)
+    set_precision(model, 3)
+    x = torch.randn(2, 5, model.config.hidden_size)
+    layer = layers[unit.members[0]]
+    expected = torch.nn.functional.linear(
+        x, split_unit(unit, model, q.dequantize(3, levels))[unit.members[0]], layer.bias
+    )
+    assert torch.allclose(layer(x), expected)
+    assert rule in repr(layer)
+
+
+def test_paper_rules_keep_the_fast_path(tiny):
+    attach_fake_quant(tiny.model)
+    assert all(m.levels is None and m.exponents is None for m in fake_quant_layers(tiny.model).values())
+    with pytest.raises(ValueError, match="unknown reconstruction rule"):
+        attach_fake_quant(tiny.model, reconstruction="nearest")

@@ -1,0 +1,77 @@
+import copy
+
+import numpy as np
+import pytest
+import torch
+
+from otaro_export.train.evaluation import (
+    BASELINE_FORMATS,
+    PrecisionMetrics,
+    evaluate_baselines,
+    evaluate_model,
+    format_table,
+    gguf_requantize,
+)
+
+
+def test_gguf_requantize_is_gguf_py_reference(rng):
+    from gguf import GGMLQuantizationType, quants
+
+    w = torch.randn(4, 96, generator=rng) * 0.05
+    for fmt, bits in BASELINE_FORMATS.items():
+        got = gguf_requantize(w, fmt)
+        qtype = GGMLQuantizationType[fmt]
+        expected = quants.dequantize(quants.quantize(w.numpy(), qtype), qtype)
+        assert np.array_equal(got.numpy(), expected.astype(np.float32))
+        # more bits per weight, less error: the formats are ordered by size
+        assert bits > 4
+    errors = [float((gguf_requantize(w, f) - w).pow(2).sum()) for f in ("Q4_0", "Q5_0", "Q8_0")]
+    assert errors[0] > errors[1] > errors[2] > 0
+    with pytest.raises(ValueError, match="multiple of 32"):
+        gguf_requantize(torch.zeros(2, 40), "Q4_0")
+    with pytest.raises(ValueError, match="unknown baseline format"):
+        gguf_requantize(w, "Q3_K")
+
+
+def test_baselines_leave_the_model_unchanged_and_rank_by_size(tiny, chat_samples):
+    model = tiny.model
+    teacher = copy.deepcopy(model)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    names = [n for n, m in model.named_modules() if isinstance(m, torch.nn.Linear) and n.startswith("model.layers.")]
+    rows = evaluate_baselines(model, teacher, chat_samples, names, ("Q4_0", "Q8_0"))
+    assert [r.precision for r in rows] == ["Q4_0", "Q8_0"]
+    assert [r.bits_per_weight for r in rows] == [4.5, 8.5]
+    assert rows[0].kl > rows[1].kl > 0 and rows[1].top1 >= rows[0].top1
+    assert all(torch.equal(model.state_dict()[k], v) for k, v in before.items())
+    assert model.lm_head.weight is model.model.embed_tokens.weight
+
+
+def test_evaluate_model_runs_the_rule_and_prints_baselines_beside_precisions(tiny, chat_samples):
+    rows = evaluate_model(
+        tiny.model,
+        tiny.tokenizer,
+        chat_samples,
+        (3, 8),
+        reconstruction="fitted",
+        exponent_rule="search",
+        baselines=("Q4_0", "MXFP4", "Q8_0"),
+    )
+    names = [r.precision for r in rows]
+    assert names == ["E5M3", "E5M8", "FP", "Q4_0", "MXFP4", "Q8_0"]
+    by = {r.precision: r for r in rows}
+    assert by["FP"].kl == 0.0 and by["E5M3"].kl > by["E5M8"].kl
+    assert by["E5M3"].bits_per_weight == 4.125 and by["E5M8"].bits_per_weight == 9.125
+    table = format_table(rows, "t").splitlines()
+    order = [line.split()[0] for line in table[2:]]
+    # each gguf format right after the SEFP precision that reads no more bits than it does
+    assert order == ["E5M3", "MXFP4", "Q4_0", "Q8_0", "E5M8", "FP"]
+
+
+def test_format_table_places_each_baseline_after_the_nearest_smaller_precision():
+    def row(name, bits, bpw):
+        return PrecisionMetrics(name, bits, 1.0, 0.1, 0.9, 10, bpw)
+
+    rows = [row(f"E5M{b}", b, bpw) for b, bpw in zip(range(3, 9), (4.125, 6.125, 6.125, 8.125, 8.125, 9.125))]
+    rows += [row("FP", None, None)] + [row(f, None, b) for f, b in BASELINE_FORMATS.items()]
+    order = [line.split()[0] for line in format_table(rows).splitlines()[1:]]
+    assert order == ["E5M3", "MXFP4", "Q4_0", "Q5_0", "E5M4", "E5M5", "E5M6", "E5M7", "Q8_0", "E5M8", "FP"]
