@@ -50,7 +50,7 @@ def default_gguf_path() -> Path:
     raise ModelLoadError(f"no .gguf file inside the installed {DEFAULT_MODEL_PACKAGE} package")
 
 
-def _gguf_cache_path(gguf: Path) -> Path:
+def gguf_cache_path(gguf: Path) -> Path:
     stat = gguf.stat()
     key = hashlib.sha1(f"{gguf.resolve()}:{stat.st_size}:{stat.st_mtime_ns}".encode()).hexdigest()[:12]
     return cache_dir() / f"{gguf.stem}-{key}"
@@ -59,8 +59,8 @@ def _gguf_cache_path(gguf: Path) -> Path:
 def _load_gguf(gguf: Path, use_cache: bool) -> tuple[torch.nn.Module, object]:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    cached = _gguf_cache_path(gguf)
-    if use_cache and (cached / "config.json").is_file() and (cached / "model.safetensors").is_file():
+    cached = gguf_cache_path(gguf)
+    if use_cache and _complete_cache(cached):
         return _load_hf_dir(cached)
     try:
         model = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32)
@@ -81,6 +81,17 @@ def _load_gguf(gguf: Path, use_cache: bool) -> tuple[torch.nn.Module, object]:
     return model, tokenizer
 
 
+def _complete_cache(directory: Path) -> bool:
+    """A cached HF directory written by this version (older ones lack ``architectures``)."""
+    import json
+
+    try:
+        config = json.loads((directory / "config.json").read_text())
+    except (OSError, ValueError):
+        return False
+    return bool(config.get("architectures")) and (directory / "model.safetensors").is_file()
+
+
 def _save_plain_hf_dir(model: torch.nn.Module, tokenizer, directory: Path) -> None:
     """Write a GGUF-loaded model as a plain float HF directory.
 
@@ -92,6 +103,8 @@ def _save_plain_hf_dir(model: torch.nn.Module, tokenizer, directory: Path) -> No
     directory.mkdir(parents=True, exist_ok=True)
     config = model.config.to_dict()
     config.pop("quantization_config", None)
+    # other tools read the cached directory too (onnxruntime-genai's model builder needs this field)
+    config["architectures"] = [type(model).__name__]
     type(model.config).from_dict(config).save_pretrained(str(directory))
     model.generation_config.save_pretrained(str(directory))
     state = {k: v.detach().contiguous() for k, v in model.state_dict().items()}

@@ -52,6 +52,8 @@ class BenchSettings:
     targets: tuple[str, ...] = ("onnx", "executorch")
     portable: bool = True  # also measure the no-library fallbacks
     llama_cpp: bool = True
+    #: the onnxruntime-genai int4 anchor (when the package is installed)
+    ort_genai: bool = True
     accuracy: bool = True
     threads: int = 2
     prompt: str = DEFAULT_PROMPT

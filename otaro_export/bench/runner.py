@@ -164,6 +164,54 @@ def _speed_jobs(settings: BenchSettings, config: RunConfig) -> list[int | None]:
     return list(settings.slow_bits if config.slow else settings.bits)
 
 
+def _measure_ort_genai(settings, ids, results, loads, log, record_failure) -> None:
+    """The onnxruntime-genai int4 row: its builder's model of the same float weights, same prompt and threads."""
+    from otaro_export.bench import ort_genai
+    from otaro_export.bench.artifacts import bench_cache_root, model_key
+
+    if not ort_genai.available():
+        settings.extra_notes.append("onnxruntime-genai row skipped: the package is not installed")
+        return
+    root = Path(settings.cache_dir) if settings.cache_dir else bench_cache_root()
+    try:
+        directory = ort_genai.build_int4(settings.model, root / f"{model_key(settings.model)}-ort-genai-int4", log)
+    except OtaroError as exc:
+        record_failure("onnxruntime-genai build", exc)
+        return
+    job = {
+        "kind": "ort_genai",
+        "directory": str(directory),
+        "prompt_ids": ids,
+        "new_tokens": settings.new_tokens,
+        "runs": settings.runs,
+        "threads": settings.threads,
+    }
+    log(f"{ort_genai.LABEL} ...")
+    loads.sample()
+    try:
+        r = run_worker(job, settings.threads, settings.job_timeout_s)
+    except (JobFailed, OSError) as exc:
+        record_failure(ort_genai.LABEL, exc)
+        return
+    size = sum(p.stat().st_size for p in directory.glob("model.onnx*")) / 2**20
+    results.append(
+        report.SpeedResult(
+            ort_genai.LABEL,
+            ort_genai.RUNTIME,
+            "int4",
+            None,
+            r["decode_tok_s"],
+            r["prefill_tok_s"],
+            r["peak_rss_mib"],
+            size,
+            settings.new_tokens,
+            settings.runs,
+            r,
+        )  # fmt: skip
+    )
+    log(f"  decode {r['decode_tok_s']:.1f} tok/s, prefill {r['prefill_tok_s']:.1f} tok/s")
+
+
 def run_bench(settings: BenchSettings, log: Callable[[str], None] = print) -> dict:
     """Run everything ``settings`` asks for; write JSON + PNGs into ``settings.output``; return the report."""
     settings.validate()
@@ -249,6 +297,9 @@ def run_bench(settings: BenchSettings, log: Callable[[str], None] = print) -> di
                 log(f"  decode {r['decode_tok_s']:.1f} tok/s, prefill {r['prefill_tok_s']:.1f} tok/s")
             except (JobFailed, OSError) as exc:
                 record_failure(what, exc)
+
+    if settings.ort_genai:
+        _measure_ort_genai(settings, ids, results, loads, log, record_failure)
 
     configs = settings.run_configs()
     # the slow portable fallbacks (and their exports) last: everything else is measured first
@@ -394,7 +445,12 @@ def write_report(payload: dict, out: Path) -> dict:
     storage = payload["sefp_storage"]
     rows = report.with_ratios(results)
     goals = report.evaluate_goals(
-        results, payload["switching"], resident, payload["resident_note"], storage["sefp_weights"] if storage else None
+        results,
+        payload["switching"],
+        resident,
+        payload["resident_note"],
+        storage["sefp_weights"] if storage else None,
+        payload.get("prompt_tokens"),
     )
     payload = {**payload, "speed": rows, "goals": [asdict(g) for g in goals]}
     payload.pop("text", None)
@@ -424,8 +480,8 @@ def render_text(payload: dict, accuracy: dict, goals: list) -> str:
     parts = [
         f"otaro bench, started {payload['started']}, {payload['wall_s']:.0f}s; {m['cpu']}, {m['logical_cpus']} logical CPUs; "
         f"1-min load average during the run: min {load.get('min')}, median {load.get('median')}, max {load.get('max')}",
-        f"prompt {payload['prompt_tokens']} tokens; ratios: x llama = / the llama.cpp row (configured threads), "
-        "x fp32 = / fp32 export of the same runtime",
+        f"prompt {payload['prompt_tokens']} tokens; ratios: x anchor = / the fastest anchor row (llama.cpp at "
+        "the bench's threads or 1 thread, onnxruntime-genai int4), x fp32 = / fp32 export of the same runtime",
         "",
         report.format_speed_table(payload["speed"]),
     ]

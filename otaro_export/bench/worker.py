@@ -10,6 +10,7 @@ peak RSS belongs to that configuration alone. Jobs:
   ``executorch_session.release_locked_pages``), so ``artifact_mapped_rss_mib``
   counts only what this precision touched;
 * ``{"kind": "llama_cpp", "gguf", ...}``: llama.cpp (llama-cpp-python) on a GGUF;
+* ``{"kind": "ort_genai", "directory", ...}``: onnxruntime-genai on its builder's int4 model;
 * ``{"kind": "switch", "directory", ...}``: precision-switching cost (:mod:`.switching`).
 
 Common fields: ``prompt_ids`` (the same token ids for every configuration),
@@ -133,6 +134,10 @@ def run_job(job: dict) -> dict:
         return measure_session(job)
     if kind == "llama_cpp":
         return measure_llama_cpp(job)
+    if kind == "ort_genai":
+        from otaro_export.bench.ort_genai import measure
+
+        return measure(job)
     if kind == "switch":
         from otaro_export.bench.switching import measure_switching
 

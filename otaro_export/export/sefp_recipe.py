@@ -115,11 +115,13 @@ def layer_specs(
                 f"{recipe.layer_floors} need the model's tokenizer for calibration text; pass a model with one, "
                 "or use --reconstruction floor --exponents floor --layer-floors none"
             )
-        from otaro_export.calibration import model_input_stats
+        from otaro_export.calibration import collect_input_stats
 
         inputs = sorted({units[n].members[0] for n in names})
-        stats = model_input_stats(hf_model, tokenizer, inputs, progress=True)
-        log(f"calibration: input statistics of {len(inputs)} layers")
+        samples = calibration_text_samples(tokenizer)
+        stats = collect_input_stats(hf_model, samples, inputs)
+        tokens = sum(len(s.ids) for s in samples)
+        log(f"calibration: input statistics of {len(inputs)} layers over {tokens} tokens of built-in text")
     floors = {}
     if recipe.layer_floors == "auto":
         floors = reconstruction.recommend_floors(hf_model, [units[n] for n in names], stats)
@@ -130,6 +132,40 @@ def layer_specs(
         floor = recipe.lm_head_min_bits if name == "lm_head" else floors.get(name, SUPPORTED_BITS[0])
         specs[name] = SEFPLayerSpec(encode=_encoder(recipe, importance), min_bits=floor)
     return specs
+
+
+#: built-in calibration text: chat-formatted requests with answers in the register a small assistant uses
+_CALIBRATION_ANSWERS = (
+    "The sky looks blue because air molecules scatter short blue wavelengths of sunlight far more than long red "
+    "ones, so blue light reaches our eyes from every direction. At sunset the light crosses more air, the blue is "
+    "scattered away, and the reds and oranges remain.",
+    "Here are three tips: 1. Work in short blocks of 25 minutes and take a five-minute break. 2. Put your phone in "
+    "another room. 3. Write down one clear goal before you start, and check it off when you finish.",
+    "def fibonacci(n):\n    a, b = 0, 1\n    for _ in range(n):\n        a, b = b, a + b\n    return a\n\n"
+    "This function returns the n-th Fibonacci number in O(n) time and constant memory.",
+    "Paris is the capital of France. It is famous for the Eiffel Tower, the Louvre museum, its cafes, fashion and "
+    "cuisine, and for the river Seine that runs through the city center.",
+    "Sentiment: positive. The reviewer praises the battery life and the screen, and mentions no problem.",
+    "To boil an egg, place it in a pot of cold water, bring the water to a boil, then simmer for 7 minutes for a "
+    "jammy yolk or 10 minutes for a firm one. Cool it in cold water before peeling.",
+)
+
+
+def calibration_text_samples(tokenizer):
+    """Teacher-forced calibration data: one forward pass, no generation (input statistics need no sampling)."""
+    from otaro_export.train.tune_data import TRAIN_PROMPTS, Sample
+
+    samples = []
+    for prompt, answer in zip(TRAIN_PROMPTS, _CALIBRATION_ANSWERS):
+        if getattr(tokenizer, "chat_template", None):
+            text = tokenizer.apply_chat_template(
+                [{"role": "user", "content": prompt}, {"role": "assistant", "content": answer}], tokenize=False
+            )
+            ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+        else:
+            ids = tokenizer(f"{prompt}\n{answer}")["input_ids"]
+        samples.append(Sample(tuple(int(i) for i in ids), 1))
+    return samples
 
 
 def _floor_summary(floors: dict[str, int]) -> str:

@@ -42,3 +42,30 @@ def test_no_layers_says_so(tiny, float_ep, caplog):
     with caplog.at_level(logging.WARNING):
         _, result = freeze_sefp_weights(float_ep, [])
     assert result.count == 0 and "nothing to freeze" in caplog.text
+
+
+def test_a_layer_spec_brings_its_own_encoder_and_table(float_ep, ids, tiny):
+    """The encoder's SEFPWeight is what gets packed; its levels table becomes one more constant the node reads."""
+    from otaro_export.passes import SEFPLayerSpec, lower_to_sefp
+    from otaro_export.sefp import center_levels, quantize
+
+    model, _, names = tiny
+    calls = []
+
+    def encode(weight, name):
+        calls.append(name)
+        return quantize(weight, name=name), center_levels()
+
+    ep, _ = lower_to_sefp(float_ep, {name: SEFPLayerSpec(encode=encode) for name in names})
+    assert calls == [f"{n}.weight" for n in names]
+    nodes = [n for n in ep.graph.nodes if n.target == torch.ops.otaro.sefp_linear.default]
+    assert len(nodes) == len(names) and all(len(n.args) == 9 for n in nodes)
+    assert {"model.layers.0.self_attn.q_proj.sefp_levels"} <= set(ep.constants)
+
+    ref = model.__class__(model.config).eval()
+    ref.load_state_dict(model.state_dict())
+    with torch.no_grad():
+        for name in names:
+            layer = ref.get_submodule(name)
+            layer.weight.copy_(quantize(layer.weight).dequantize(3, center_levels()))
+        torch.testing.assert_close(ep.module()(ids, torch.tensor(3)), ref(ids).logits, rtol=0, atol=1e-4)
