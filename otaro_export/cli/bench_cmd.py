@@ -56,6 +56,11 @@ def bench(
     llama_cpp: bool = typer.Option(
         True, "--llama-cpp/--no-llama-cpp", help="the llama.cpp baseline (llama-cpp-python) on the GGUF"
     ),
+    ort_genai: bool = typer.Option(
+        True,
+        "--ort-genai/--no-ort-genai",
+        help="the onnxruntime-genai int4 anchor (its model builder on the same float model; needs onnxruntime-genai)",
+    ),
     accuracy: bool = typer.Option(
         True, "--accuracy/--no-accuracy", help="perplexity / KL to FP per precision (otaro eval's library)"
     ),
@@ -89,6 +94,7 @@ def bench(
         threads=threads,
         max_seq_len=max_seq_len,
         llama_cpp=llama_cpp,
+        ort_genai=ort_genai,
         accuracy=accuracy,
         cache_dir=cache_dir,
         export_missing=export,
