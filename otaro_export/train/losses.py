@@ -1,6 +1,7 @@
 """Losses and agreement metrics over the scored (masked) positions of a batch.
 
-All reductions are means over scored positions, computed in float32.
+Reductions are over scored positions, in float32: ``mean`` (the default) or ``sum``
+(distributed tuning adds every rank's sum and divides by the global token count).
 """
 
 from __future__ import annotations
@@ -13,7 +14,17 @@ def _flat(logits: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     return logits[mask].float()
 
 
-def kl_to_teacher(student_logits: torch.Tensor, teacher_logprobs: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+def _reduce(per_token: torch.Tensor, reduction: str) -> torch.Tensor:
+    if reduction == "mean":
+        return per_token.mean()
+    if reduction == "sum":
+        return per_token.sum()
+    raise ValueError(f"reduction must be 'mean' or 'sum', got {reduction!r}")
+
+
+def kl_to_teacher(
+    student_logits: torch.Tensor, teacher_logprobs: torch.Tensor, mask: torch.Tensor, reduction: str = "mean"
+) -> torch.Tensor:
     """``KL(P_teacher || P_student)`` per scored position, averaged.
 
     ``teacher_logprobs`` are log-softmax outputs of the FP teacher, either full
@@ -22,13 +33,17 @@ def kl_to_teacher(student_logits: torch.Tensor, teacher_logprobs: torch.Tensor, 
     student = F.log_softmax(_flat(student_logits, mask), dim=-1)
     teacher = teacher_logprobs if teacher_logprobs.dim() == 2 else teacher_logprobs[mask]
     teacher = teacher.float()
-    return (teacher.exp() * (teacher - student)).sum(-1).mean()
+    return _reduce((teacher.exp() * (teacher - student)).sum(-1), reduction)
 
 
-def next_token_nll(logits: torch.Tensor, input_ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """Mean negative log-likelihood of the actual next tokens at scored positions."""
+def next_token_nll(
+    logits: torch.Tensor, input_ids: torch.Tensor, mask: torch.Tensor, reduction: str = "mean"
+) -> torch.Tensor:
+    """Negative log-likelihood of the actual next tokens at scored positions (mean or sum)."""
     targets = torch.roll(input_ids, shifts=-1, dims=1)[mask]
-    return F.cross_entropy(_flat(logits, mask), targets)
+    if reduction not in ("mean", "sum"):
+        raise ValueError(f"reduction must be 'mean' or 'sum', got {reduction!r}")
+    return F.cross_entropy(_flat(logits, mask), targets, reduction=reduction)
 
 
 def top1_agreement(student_logits: torch.Tensor, teacher_logprobs: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:

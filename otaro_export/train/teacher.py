@@ -17,7 +17,18 @@ from otaro_export.train.tune_data import Batch, Sample, collate
 DEFAULT_CACHE_BYTES = 3 * 2**30
 
 
+def fits_cache(samples: list[Sample], vocab_size: int, cache_bytes: int = DEFAULT_CACHE_BYTES) -> bool:
+    """Whether the float16 log-probs of every scored position fit ``cache_bytes``."""
+    scored = sum(len(s.ids) - s.target_start for s in samples)
+    return scored * vocab_size * 2 <= cache_bytes
+
+
 class FPTeacher:
+    """``teacher`` may be the model about to be tuned when the cache fits: it is only read here, before tuning.
+
+    Otherwise it must be a frozen copy, kept and run every step.
+    """
+
     def __init__(
         self,
         teacher: torch.nn.Module,
@@ -27,15 +38,20 @@ class FPTeacher:
         progress: bool = False,
     ):
         self.samples = samples
-        scored = sum(len(s.ids) - s.target_start for s in samples)
-        self.cached = scored * vocab_size * 2 <= cache_bytes
+        self.cached = fits_cache(samples, vocab_size, cache_bytes)
         self._teacher = teacher.eval()
-        for p in self._teacher.parameters():
-            p.requires_grad_(False)
         self._cache: list[torch.Tensor] = []
         if self.cached:
             self._fill(progress)
-            self._teacher = None  # free it: the cache holds all it would compute
+            self._teacher = None  # drop it: the cache holds all it would compute
+        else:
+            for p in self._teacher.parameters():
+                p.requires_grad_(False)
+
+    @property
+    def module(self) -> torch.nn.Module | None:
+        """The kept teacher model (``None`` when cached)."""
+        return self._teacher
 
     @torch.no_grad()
     def _fill(self, progress: bool) -> None:

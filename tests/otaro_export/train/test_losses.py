@@ -1,3 +1,4 @@
+import pytest
 import torch
 from torch.nn import functional as F
 
@@ -28,3 +29,16 @@ def test_nll_and_top1(rng):
     assert top1_agreement(logits, teacher, mask) == 1.0
     teacher[0, 1] = F.log_softmax(torch.tensor([0.0, 0, 0, 9, 0]), -1)
     assert top1_agreement(logits, teacher, mask) == 0.5
+
+
+def test_sum_reduction_is_the_mean_times_the_scored_tokens(rng):
+    """Distributed tuning adds every rank's sum: sum / tokens must be the mean one process computes."""
+    logits = torch.randn(2, 5, 11, generator=rng)
+    ids = torch.randint(0, 11, (2, 5), generator=rng)
+    mask = torch.tensor([[True, True, False, True, False], [False, True, True, True, False]])
+    teacher = F.log_softmax(torch.randn(2, 5, 11, generator=rng), -1)
+    n = int(mask.sum())
+    for loss in (lambda r: kl_to_teacher(logits, teacher, mask, r), lambda r: next_token_nll(logits, ids, mask, r)):
+        torch.testing.assert_close(loss("sum"), loss("mean") * n)
+    with pytest.raises(ValueError, match="reduction"):
+        kl_to_teacher(logits, teacher, mask, "max")
