@@ -13,8 +13,10 @@ nothing but the model is needed. Evaluation uses a disjoint prompt list.
 
 from __future__ import annotations
 
+import hashlib
 import json
-from dataclasses import dataclass
+from collections import Counter
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -110,6 +112,11 @@ def _chat_ids(tokenizer, prompt: str, answer: str | None) -> tuple[list[int], in
     return prompt_ids + list(answer_ids) + tail, len(prompt_ids)
 
 
+def prompt_length(tokenizer, prompt: str) -> int:
+    """Tokens of ``prompt`` as a chat turn, generation prompt included (where the answer would start)."""
+    return len(_chat_ids(tokenizer, prompt, None)[0])
+
+
 def _as_ids(encoded) -> list[int]:
     if isinstance(encoded, dict) or hasattr(encoded, "keys"):
         encoded = encoded["input_ids"]
@@ -118,21 +125,69 @@ def _as_ids(encoded) -> list[int]:
     return [int(i) for i in encoded]
 
 
-def _record_to_sample(record: dict, tokenizer, seq_len: int, where: str) -> list[Sample]:
+@dataclass
+class Dropped:
+    """Why candidate samples were left out: counts per reason, and the prompt lengths that did not fit."""
+
+    seq_len: int
+    counts: Counter = field(default_factory=Counter)
+    prompt_lengths: list[int] = field(default_factory=list)  # of samples whose prompt filled --seq-len
+
+    def prompt_too_long(self, prompt_tokens: int) -> None:
+        self.counts["prompt"] += 1
+        self.prompt_lengths.append(prompt_tokens)
+
+    def describe(self) -> str:
+        """One clause per reason, e.g. "3 prompts of 40-52 tokens do not fit --seq-len 32 (raise it above 52)"."""
+        parts = []
+        if self.counts["prompt"]:
+            lo, hi = min(self.prompt_lengths), max(self.prompt_lengths)
+            span = f"{lo}" if lo == hi else f"{lo}-{hi}"
+            parts.append(
+                f"{self.counts['prompt']} prompt(s) of {span} tokens leave no room for an answer within "
+                f"--seq-len {self.seq_len} (raise --seq-len above {hi})"
+            )
+        if self.counts["short"]:
+            parts.append(f"{self.counts['short']} record(s) empty or shorter than 2 tokens")
+        if self.counts["no_answer"]:
+            parts.append(f"{self.counts['no_answer']} record(s) with an empty answer")
+        return "; ".join(parts)
+
+    @property
+    def total(self) -> int:
+        return sum(self.counts.values())
+
+
+def _record_to_sample(
+    record: dict, tokenizer, seq_len: int, where: str, dropped: Dropped | None = None
+) -> list[Sample]:
+    dropped = dropped if dropped is not None else Dropped(seq_len)
     if "messages" in record:
         messages = record["messages"]
         if not isinstance(messages, list) or not messages:
             raise DataError(f"{where}: 'messages' must be a non-empty list of {{role, content}}")
         ids = _as_ids(tokenizer.apply_chat_template(messages, tokenize=True))
         ids = ids[:seq_len]
-        return [Sample(tuple(ids), 1)] if len(ids) >= 2 else []
+        if len(ids) < 2:
+            dropped.counts["short"] += 1
+            return []
+        return [Sample(tuple(ids), 1)]
     for prompt_key, answer_key in (("prompt", "response"), ("prompt", "completion"), ("instruction", "output")):
         if prompt_key in record and answer_key in record:
             ids, start = _chat_ids(tokenizer, str(record[prompt_key]), str(record[answer_key]))
+            if start >= seq_len:
+                dropped.prompt_too_long(start)
+                return []
             ids = ids[:seq_len]
-            return [Sample(tuple(ids), max(start, 1))] if len(ids) > start else []
+            if len(ids) <= start:
+                dropped.counts["no_answer"] += 1
+                return []
+            return [Sample(tuple(ids), max(start, 1))]
     if "text" in record:
-        return _text_to_samples(str(record["text"]), tokenizer, seq_len)
+        samples = _text_to_samples(str(record["text"]), tokenizer, seq_len)
+        if not samples:
+            dropped.counts["short"] += 1
+        return samples
     raise DataError(
         f"{where}: a record needs a 'text' field, 'messages', or 'prompt' + 'response'/'completion'; "
         f"got keys {sorted(record)}"
@@ -198,8 +253,18 @@ def _read_hf_dataset_dir(path: Path) -> list[dict]:
     return records
 
 
-def load_samples(path: str | Path, tokenizer, seq_len: int = 256, max_samples: int | None = None) -> list[Sample]:
-    """Samples from a ``.txt`` file, a ``.jsonl`` file, or a local HF datasets directory."""
+def load_samples(
+    path: str | Path,
+    tokenizer,
+    seq_len: int = 256,
+    max_samples: int | None = None,
+    dropped: Dropped | None = None,
+) -> list[Sample]:
+    """Samples from a ``.txt`` file, a ``.jsonl`` file, or a local HF datasets directory.
+
+    ``dropped`` (optional) collects why records were left out; with no usable sample at all the
+    error names the reasons (e.g. prompts that do not fit ``seq_len``).
+    """
     if tokenizer is None:
         raise DataError("the model has no tokenizer; text data cannot be tokenized")
     path = Path(path).expanduser()
@@ -213,14 +278,16 @@ def load_samples(path: str | Path, tokenizer, seq_len: int = 256, max_samples: i
         records = [{"text": path.read_text(encoding="utf-8")}]
     else:
         raise DataError(f"{path}: unsupported data file type {path.suffix!r} (use .txt, .jsonl or a directory)")
+    dropped = dropped if dropped is not None else Dropped(seq_len)
     samples: list[Sample] = []
     for i, record in enumerate(records):
-        samples.extend(_record_to_sample(record, tokenizer, seq_len, f"{path} record {i}"))
+        samples.extend(_record_to_sample(record, tokenizer, seq_len, f"{path} record {i}", dropped))
         if max_samples is not None and len(samples) >= max_samples:
             samples = samples[:max_samples]
             break
     if not samples:
-        raise DataError(f"{path}: no usable samples (every record was empty or shorter than 2 tokens)")
+        why = dropped.describe() or "no records"
+        raise DataError(f"{path}: no usable samples of {len(records)} record(s): {why}")
     return samples
 
 
@@ -294,15 +361,58 @@ def _sample_answers(model, prompts, max_new_tokens, temperature, eos, generator,
     return [Sample(tuple(p + a), len(p)) for p, a in zip(prompts, answers) if a]
 
 
-def save_samples(samples: list[Sample], path: Path) -> None:
-    path.write_text(json.dumps([s.to_json() for s in samples]), encoding="utf-8")
+SAMPLES_FORMAT = "otaro-samples/2"
+
+
+def data_fingerprint(path: str | Path) -> dict:
+    """What identifies a data source without reading it all: each file's path, size and mtime."""
+    path = Path(path).expanduser().resolve()
+    if path.is_dir():
+        files = sorted(p for p in path.rglob("*") if p.is_file())
+    else:
+        files = [path] if path.is_file() else []
+    listing = [
+        [str(f.relative_to(path) if f != path else f.name), f.stat().st_size, f.stat().st_mtime_ns] for f in files
+    ]
+    return {"path": str(path), "files": hashlib.sha256(json.dumps(listing).encode()).hexdigest()}
+
+
+def prompts_digest(prompts: tuple[str, ...] = TRAIN_PROMPTS) -> str:
+    return hashlib.sha256("\n".join(prompts).encode()).hexdigest()
+
+
+def save_samples(samples: list[Sample], path: Path, key: dict | None = None) -> None:
+    """Write ``samples`` with the ``key`` of settings that produced them (atomically: a kill leaves no half file)."""
+    if not samples:
+        raise DataError(f"refusing to cache an empty sample list in {path}")
+    tmp = path.with_name(f".{path.name}.tmp")
+    body = {"format": SAMPLES_FORMAT, "key": key or {}, "samples": [s.to_json() for s in samples]}
+    tmp.write_text(json.dumps(body), encoding="utf-8")
+    tmp.replace(path)
+
+
+def read_saved_samples(path: Path) -> tuple[list[Sample], dict | None]:
+    """The cached samples and their key (``None`` for a cache written before keys existed)."""
+    try:
+        body = json.loads(path.read_text(encoding="utf-8"))
+        if isinstance(body, list):  # the first format: a bare list, no key
+            return [Sample.from_json(obj) for obj in body], None
+        if body.get("format") != SAMPLES_FORMAT:
+            raise ValueError(f"unknown format {body.get('format')!r}")
+        return [Sample.from_json(obj) for obj in body["samples"]], dict(body["key"])
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
+        raise DataError(f"{path}: saved samples are unreadable ({exc})") from exc
 
 
 def load_saved_samples(path: Path) -> list[Sample]:
-    try:
-        return [Sample.from_json(obj) for obj in json.loads(path.read_text(encoding="utf-8"))]
-    except (OSError, ValueError, KeyError, TypeError) as exc:
-        raise DataError(f"{path}: saved samples are unreadable ({exc})") from exc
+    return read_saved_samples(path)[0]
+
+
+def key_differences(saved: dict | None, wanted: dict) -> list[str]:
+    """Names of the settings in which a cache's key differs from ``wanted`` (all of them for an unkeyed cache)."""
+    if saved is None:
+        return ["(no key: written by an older version)"]
+    return sorted(k for k in set(saved) | set(wanted) if saved.get(k) != wanted.get(k))
 
 
 @dataclass

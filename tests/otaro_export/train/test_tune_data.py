@@ -4,11 +4,15 @@ import pytest
 
 from otaro_export.train.tune_data import (
     DataError,
+    Dropped,
     Sample,
     batch_indices,
     collate,
+    data_fingerprint,
+    key_differences,
     load_samples,
     load_saved_samples,
+    read_saved_samples,
     save_samples,
     self_distillation_samples,
 )
@@ -115,3 +119,48 @@ def test_json_array_file(tiny, tmp_path):
     path.write_text("[1, 2]")
     with pytest.raises(DataError, match="objects"):
         load_samples(path, tiny.tokenizer)
+
+
+def test_errors_name_prompts_that_do_not_fit_seq_len(tiny, tmp_path):
+    path = tmp_path / "long.jsonl"
+    rows = [{"prompt": "a long question " * 4, "response": "ok"}, {"prompt": "another long one " * 4, "response": "ok"}]
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    with pytest.raises(
+        DataError, match=r"2 prompt\(s\) of \d+-\d+ tokens .* --seq-len 16 \(raise --seq-len above \d+\)"
+    ):
+        load_samples(path, tiny.tokenizer, seq_len=16)
+    dropped = Dropped(128)
+    assert len(load_samples(path, tiny.tokenizer, seq_len=128, dropped=dropped)) == 2 and dropped.total == 0
+    path.write_text(path.read_text() + json.dumps({"prompt": "hi", "response": "hello"}) + "\n")
+    dropped = Dropped(48)
+    assert len(load_samples(path, tiny.tokenizer, seq_len=48, dropped=dropped)) == 1
+    assert dropped.counts["prompt"] == 2 and "raise --seq-len above" in dropped.describe()
+
+
+def test_sample_cache_carries_its_key_and_refuses_empty(tmp_path):
+    samples = [Sample((1, 2, 3), 1), Sample((4, 5), 1)]
+    key = {"seq_len": 64, "data": {"path": "/x", "files": "abc"}}
+    save_samples(samples, tmp_path / "s.json", key)
+    assert read_saved_samples(tmp_path / "s.json") == (samples, key)
+    assert key_differences(key, key) == []
+    assert key_differences(key, {**key, "seq_len": 32}) == ["seq_len"]
+    (tmp_path / "old.json").write_text(json.dumps([s.to_json() for s in samples]))  # first format: no key
+    assert read_saved_samples(tmp_path / "old.json") == (samples, None)
+    assert key_differences(None, key) != []
+    with pytest.raises(DataError, match="empty"):
+        save_samples([], tmp_path / "e.json", key)
+    assert not (tmp_path / "e.json").exists()
+
+
+def test_data_fingerprint_changes_with_the_data(tmp_path):
+    path = tmp_path / "d.txt"
+    path.write_text("one")
+    before = data_fingerprint(path)
+    assert data_fingerprint(path) == before
+    path.write_text("one two")
+    assert data_fingerprint(path) != before
+    (tmp_path / "dir").mkdir()
+    (tmp_path / "dir" / "a.jsonl").write_text("{}")
+    first = data_fingerprint(tmp_path / "dir")
+    (tmp_path / "dir" / "b.jsonl").write_text("{}")
+    assert data_fingerprint(tmp_path / "dir") != first
