@@ -1,45 +1,25 @@
-"""``otaro tune``: once-for-all-precisions fine-tuning (SEFP fake-quant + BPS + LAA), resumable."""
+"""``otaro tune``: once-for-all-precisions fine-tuning (SEFP fake-quant + BPS + LAA), resumable.
+
+The command only parses options; settings, resume and the run itself live in ``otaro_export.train``.
+It runs unchanged under ``torchrun --nproc-per-node N --no-python otaro tune ...`` (docs/TUNING.md).
+"""
 
 from __future__ import annotations
 
-import json
-from enum import Enum
 from pathlib import Path
 
 import typer
 
 from otaro_export.cli.options import parse_bits
-from otaro_export.errors import OtaroError
-
-DEFAULT_STEPS = 200
-
-
-class Method(str, Enum):
-    otaro = "otaro"
-    bps = "bps"
-    uniform = "uniform"
-    qat = "qat"
-    ptq = "ptq"
-
-
-class Optimizer(str, Enum):
-    sgd = "sgd"
-    adamw = "adamw"
-
-
-class LRSchedule(str, Enum):
-    constant = "constant"
-    cosine = "cosine"
-
-
-class Loss(str, Enum):
-    kl = "kl"
-    ce = "ce"
-
-
-class Scope(str, Enum):
-    linears = "linears"
-    all = "all"
+from otaro_export.train.tune_config import (
+    DEFAULT_STEPS,
+    Loss,
+    LRSchedule,
+    Method,
+    Optimizer,
+    Parallel,
+    Scope,
+)
 
 
 def tune(
@@ -60,7 +40,7 @@ def tune(
         "--steps",
         help=f"optimisation steps (default {DEFAULT_STEPS}; with --resume: the saved run's, or a larger number to extend it)",
     ),
-    batch_size: int = typer.Option(4, "--batch-size"),
+    batch_size: int = typer.Option(4, "--batch-size", help="samples per step, over all ranks under torchrun"),
     seq_len: int = typer.Option(256, "--seq-len", help="max tokens per sample"),
     num_samples: int = typer.Option(
         64, "--num-samples", help="self-distillation answers to generate (or max samples read from --data)"
@@ -94,30 +74,37 @@ def tune(
     quantize_lm_head: bool = typer.Option(
         False, "--quantize-lm-head", help="also fake-quantize lm_head (export with the same flag)"
     ),
+    reconstruction: str = typer.Option(
+        None,
+        "--reconstruction",
+        help="reconstruction rule to train through: floor (the paper's), center, fitted; default: the export's",
+    ),
+    exponent_rule: str = typer.Option(
+        None, "--exponent-rule", help="encoder exponent rule: floor (the paper's) or search; default: the export's"
+    ),
     seed: int = typer.Option(0, "--seed"),
     checkpoint_every: int = typer.Option(50, "--checkpoint-every", help="write a checkpoint every N steps"),
-    device: str = typer.Option("cpu", "--device", help="cpu, cuda, cuda:1, ..."),
-    resume: bool = typer.Option(False, "--resume", help="continue the run in --output after an interruption"),
+    device: str = typer.Option(
+        None, "--device", help="cpu (default), cuda, cuda:1, ...; under torchrun 'cuda' means cuda:LOCAL_RANK"
+    ),
+    parallel: Parallel = typer.Option(
+        None,
+        "--parallel",
+        help="under torchrun: ddp (default; weights replicated) or fsdp (FSDP2, weights and optimizer sharded)",
+    ),
+    resume: bool = typer.Option(
+        False, "--resume", help="continue the run in --output (also on another number of ranks)"
+    ),
 ) -> None:
     """Fine-tune once so the model holds up at every SEFP precision E5M3..E5M8."""
-    from otaro_export.train.trainer import CONFIG_FILE, TuneError, Tuner
-    from otaro_export.train.tune_config import TuneConfig
+    from otaro_export.train.trainer import tune_run
+    from otaro_export.train.tune_config import TuneConfig, resume_config
 
+    chosen_parallel = None if parallel is None else parallel.value
     if resume:
-        saved = output / CONFIG_FILE
-        if not saved.is_file():
-            raise TuneError(f"nothing to resume: {saved} does not exist")
-        try:
-            settings = json.loads(saved.read_text(encoding="utf-8"))
-        except ValueError as exc:
-            raise TuneError(f"{saved} is corrupt ({exc})") from exc
-        if steps is not None:
-            settings["steps"] = steps
-        make = lambda: TuneConfig.from_dict(settings)  # noqa: E731
+        config = resume_config(output, steps=steps, parallel=chosen_parallel, device=device)
     else:
-        if data is not None and not data.exists():
-            raise OtaroError(f"data path {data} does not exist")
-        make = lambda: TuneConfig(  # noqa: E731
+        config = TuneConfig(
             model=model,
             data=None if data is None else str(data),
             method=method.value,
@@ -142,17 +129,25 @@ def tune(
             loss=loss.value,
             train_scope=train_scope.value,
             quantize_lm_head=quantize_lm_head,
+            reconstruction=reconstruction or _export_rules()[0],
+            exponent_rule=exponent_rule or _export_rules()[1],
             seed=seed,
             checkpoint_every=checkpoint_every,
-            device=device,
+            device=device or "cpu",
+            parallel=chosen_parallel or "ddp",
         )
-    try:
-        config = make()
-    except ValueError as exc:
-        raise OtaroError(f"invalid tuning settings: {exc}") from exc
-    result = Tuner(config, log=typer.echo).run(output, resume=resume)
+    result = tune_run(config, output, resume=resume, log=typer.echo)
+    if not result.is_main:
+        return
     visits = ", ".join(f"E5M{k}: {v}" for k, v in result.visits().items()) or "none"
     typer.echo(f"tuned {len(result.history)} steps ({config.method}); visits {visits}")
     typer.echo(
         f"wrote {output} (export with: otaro-export --checkpoint {output} ...; evaluate with: otaro eval --checkpoint {output})"
     )
+
+
+def _export_rules() -> tuple[str, str]:
+    """The export's default reconstruction and exponent rules: tuning trains for what export ships."""
+    from otaro_export.reconstruction import DEFAULT_EXPONENT_RULE, DEFAULT_RULE
+
+    return DEFAULT_RULE, DEFAULT_EXPONENT_RULE

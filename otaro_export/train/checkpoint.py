@@ -5,20 +5,31 @@ Layout of an ``otaro tune --output DIR``::
     DIR/LATEST                       name of the newest complete checkpoint ("ckpt-000200")
     DIR/ckpt-000200/model.safetensors  tuned float weights (the trained tensors only)
     DIR/ckpt-000200/meta.json          format tag, step, model source, sha256 of the weights
-    DIR/ckpt-000200/training_state.pt  optimizer, bit sampler, LAA buffers, RNG, step history
+    DIR/ckpt-000200/training_state.pt  bit sampler, LAA counters, RNG, step history (small, replicated)
+    DIR/ckpt-000200/state/             optimizer state and LAA gradient buffers (torch.distributed.checkpoint)
     DIR/tune_config.json, DIR/train_samples.json   the run's settings and data
 
 A checkpoint is written to a temporary directory, flushed, renamed into
 place, and only then named in ``LATEST`` (replaced atomically): a kill at any
-moment leaves the previous checkpoint intact and referenced.
+moment leaves the previous checkpoint intact and referenced. A kill leaves the
+temporary directory behind; the next run in ``DIR`` removes it (it holds the
+directory's lock, so no other run can be writing there).
+
+``model.safetensors`` always holds full tensors (rank 0 gathers them), so export
+reads it whatever the number of ranks. ``state/`` is saved by every rank with
+torch.distributed.checkpoint (DCP): sharded under FSDP, written once under DDP or
+one process; DCP reshards on load, so a run resumes on another number of ranks.
+Several nodes need ``DIR`` on a shared filesystem.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
 import shutil
+import warnings
 from pathlib import Path
 
 import torch
@@ -29,7 +40,11 @@ FORMAT = "otaro-tune/1"
 WEIGHTS_FILE = "model.safetensors"
 META_FILE = "meta.json"
 STATE_FILE = "training_state.pt"
+SHARDED_DIR = "state"
 LATEST_FILE = "LATEST"
+LOCK_FILE = ".otaro-tune.lock"
+#: what an interrupted save leaves behind (see save_checkpoint)
+LEFTOVER_PATTERNS = (".tmp-ckpt-*", ".old-ckpt-*", f".{LATEST_FILE}.tmp-*", ".train_samples.json.tmp")
 
 
 class CheckpointError(OtaroError, RuntimeError):
@@ -42,6 +57,14 @@ def _sha256(path: Path) -> str:
         for chunk in iter(lambda: f.read(1 << 22), b""):
             digest.update(chunk)
     return digest.hexdigest()
+
+
+@contextlib.contextmanager
+def _single_process_is_intended():
+    """DCP warns on every save/load without a process group; one process is a normal run here."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="torch.distributed is disabled, unavailable or uninitialized")
+        yield
 
 
 def _fsync(path: Path) -> None:
@@ -67,17 +90,37 @@ def save_checkpoint(
     training_state: dict,
     meta: dict,
     keep: int = 2,
+    sharded: dict | None = None,
+    dist=None,
 ) -> Path:
-    """Write checkpoint ``step`` atomically and point ``LATEST`` at it. Returns its path."""
+    """Write checkpoint ``step`` atomically and point ``LATEST`` at it. Returns its path.
+
+    ``sharded``: tensors saved with DCP into ``state/`` (every rank calls this function then;
+    ``dist`` is the run's :class:`~otaro_export.train.distributed.DistContext`). Only rank 0
+    writes ``weights`` (full tensors), ``training_state`` and ``meta``.
+    """
     from safetensors.torch import save_file
 
+    from otaro_export.train.distributed import DistContext
+
+    dist = dist if dist is not None else DistContext()
     directory = Path(directory)
-    directory.mkdir(parents=True, exist_ok=True)
     name = checkpoint_name(step)
-    tmp = directory / f".tmp-{name}-{os.getpid()}"
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    tmp.mkdir()
+    tmp = directory / dist.broadcast_object(f".tmp-{name}-{os.getpid()}")  # one name for all ranks
+    if dist.is_main:
+        directory.mkdir(parents=True, exist_ok=True)
+        if tmp.exists():
+            shutil.rmtree(tmp)
+        tmp.mkdir()
+    dist.barrier()
+    if sharded is not None:
+        import torch.distributed.checkpoint as dcp
+
+        with _single_process_is_intended():
+            dcp.save(sharded, checkpoint_id=str(tmp / SHARDED_DIR), no_dist=not dist.distributed)  # fsyncs its files
+    if not dist.is_main:
+        dist.barrier()
+        return directory / name
     weights_path = tmp / WEIGHTS_FILE
     save_file({k: v.detach().to("cpu").contiguous() for k, v in weights.items()}, str(weights_path))
     torch.save(training_state, tmp / STATE_FILE)
@@ -95,7 +138,69 @@ def save_checkpoint(
         tmp.rename(final)
     _write_text_atomic(directory / LATEST_FILE, name + "\n")
     _prune(directory, keep, final)
+    dist.barrier()
     return final
+
+
+def remove_leftovers(directory: str | Path) -> list[str]:
+    """Delete what interrupted saves left in ``directory`` (call it holding :class:`OutputLock`). Returns the names."""
+    directory = Path(directory)
+    removed = []
+    for pattern in LEFTOVER_PATTERNS:
+        for path in sorted(directory.glob(pattern)):
+            if path.is_dir() and not path.is_symlink():
+                shutil.rmtree(path, ignore_errors=True)
+            else:
+                path.unlink(missing_ok=True)
+            removed.append(path.name)
+    return removed
+
+
+class OutputLock:
+    """An exclusive lock on a run directory (``flock`` on ``.otaro-tune.lock``), held for the whole run.
+
+    A second ``otaro tune`` on the same directory gets a clear error instead of interleaving
+    checkpoints with the first, and the holder may delete leftovers of interrupted saves.
+    Advisory and per host: on a filesystem without ``flock`` support it locks nothing.
+    """
+
+    def __init__(self, directory: str | Path):
+        self.path = Path(directory) / LOCK_FILE
+        self._file = None
+
+    def acquire(self) -> OutputLock:
+        try:
+            import fcntl
+        except ImportError:  # not POSIX: no lock
+            return self
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        f = self.path.open("a+", encoding="utf-8")
+        try:
+            fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as exc:
+            f.seek(0)
+            holder = f.read().strip() or "unknown"
+            f.close()
+            raise CheckpointError(
+                f"{self.path.parent} is in use by another 'otaro tune' (pid {holder}); wait for it or choose another --output"
+            ) from exc
+        f.seek(0)
+        f.truncate()
+        f.write(str(os.getpid()))
+        f.flush()
+        self._file = f
+        return self
+
+    def release(self) -> None:
+        if self._file is not None:
+            self._file.close()  # closing drops the flock
+            self._file = None
+
+    def __enter__(self) -> OutputLock:
+        return self.acquire()
+
+    def __exit__(self, *exc) -> None:
+        self.release()
 
 
 def _prune(directory: Path, keep: int, newest: Path) -> None:
@@ -158,6 +263,25 @@ def read_weights(checkpoint: Path, verify: bool = True) -> dict[str, torch.Tenso
         return load_file(str(path))
     except Exception as exc:  # safetensors raises its own error types for bad headers
         raise CheckpointError(f"{path} is not a readable safetensors file ({exc})") from exc
+
+
+def read_sharded(checkpoint: Path, targets: dict) -> bool:
+    """Fill ``targets`` (tensors in the layout of this run: plain, or FSDP shards) from ``state/``.
+
+    Every rank calls it. Returns False if the checkpoint has no ``state/`` (written before it existed).
+    """
+    path = checkpoint / SHARDED_DIR
+    if not path.is_dir():
+        return False
+    import torch.distributed.checkpoint as dcp
+
+    try:
+        single = not (torch.distributed.is_available() and torch.distributed.is_initialized())
+        with _single_process_is_intended():
+            dcp.load(targets, checkpoint_id=str(path), no_dist=single)
+    except Exception as exc:  # DCP wraps per-rank failures in its own exception types
+        raise CheckpointError(f"{path}: cannot read the optimizer/LAA state ({str(exc).splitlines()[0]})") from exc
+    return True
 
 
 def read_training_state(checkpoint: Path) -> dict:
