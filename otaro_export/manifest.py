@@ -111,8 +111,8 @@ class Manifest:
         if not path.is_file():
             raise ArtifactError(f"no {MANIFEST_NAME} in {directory}: was this directory written by otaro-export?")
         try:
-            data = json.loads(path.read_text())
-        except json.JSONDecodeError as exc:
+            data = json.loads(path.read_bytes().decode("utf-8"))
+        except (UnicodeDecodeError, ValueError, RecursionError) as exc:  # ValueError: JSONDecodeError
             raise ArtifactError(f"{path} is not valid JSON ({exc})") from exc
         if not isinstance(data, dict):
             raise ArtifactError(f"{path}: expected a JSON object")

@@ -237,3 +237,9 @@ def test_unchanged_files_are_not_hashed_again(recorded, monkeypatch):
     assert m.verify_files(recorded, use_cache=True)
     with pytest.raises(pytest.fail.Exception):
         m.verify_files(recorded, use_cache=False)
+
+
+def test_bytes_that_are_not_utf8(tmp_path):
+    (tmp_path / "manifest.json").write_bytes(b'\x80{"target": "onnx"}')
+    with pytest.raises(ArtifactError, match="not valid JSON"):
+        Manifest.load(tmp_path)

@@ -1,11 +1,17 @@
+import copy
 import json
+import os
+import shutil
 
+import numpy as np
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
-from otaro_export.errors import ArtifactError
+from otaro_export.errors import ArtifactError, IntegrityError, OtaroError
 from otaro_export.manifest import Manifest
 from otaro_export.runtime import load, load_tokenizer
-from otaro_export.testing import tiny_tokenizer
+from otaro_export.testing import tiny_executorch_artifact, tiny_onnx_artifact, tiny_tokenizer
 
 MODEL = {"vocab_size": 259, "num_layers": 2, "num_kv_heads": 2, "head_dim": 16, "max_seq_len": 64, "eos_token_ids": []}
 
@@ -114,3 +120,178 @@ def test_broken_tokenizer_is_an_artifact_error(tokenizer_dir):
 
 def test_no_tokenizer_directory_is_none(tmp_path):
     assert load_tokenizer(tmp_path, write_manifest(tmp_path)) is None
+
+
+# -- fuzzing: a damaged or edited artifact is a clean error or the correct answer, never a crash or a wrong one --
+# Each example loads a real (tiny) artifact, so examples are few; hypothesis keeps the failing ones in its database.
+
+# A few seconds per test; OTARO_FUZZ_EXAMPLES=500 for a deeper campaign.
+FUZZ = settings(
+    max_examples=int(os.environ.get("OTARO_FUZZ_EXAMPLES", "20")), deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow]
+)
+IDS = np.array([[5, 17, 100, 3, 250, 9]], dtype=np.int64)
+PROMPT = [5, 17, 100]
+
+
+def _run(directory):
+    """What a user gets: every check passed and the answers, or the clean error (any other exception fails)."""
+    try:
+        s = load(directory)
+        return s.forward(IDS, 3), s.forward(IDS, 8), s.generate_ids(PROMPT, 8, 5, stop_at_eos=False)
+    except OtaroError as exc:
+        return exc
+
+
+def _same(got, reference) -> bool:
+    # portable and fused kernels may differ by float32 summation order; a wrong answer differs by far more
+    return (
+        np.allclose(got[0], reference[0], rtol=1e-4, atol=1e-4)
+        and np.allclose(got[1], reference[1], rtol=1e-4, atol=1e-4)
+        and got[2] == reference[2]
+    )
+
+
+class Fuzzed:
+    """A private copy of a tiny artifact; ``restore()`` undoes any damage between examples."""
+
+    def __init__(self, source, directory):
+        shutil.copytree(source, directory)
+        self.dir = directory
+        self.pristine = {p: p.read_bytes() for p in directory.rglob("*") if p.is_file()}
+        self.manifest = json.loads((directory / "manifest.json").read_text())
+        self.reference = _run(directory)
+        assert not isinstance(self.reference, Exception), self.reference
+
+    def restore(self):
+        for path, data in self.pristine.items():
+            if not path.exists() or path.read_bytes() != data:
+                path.write_bytes(data)
+
+
+@pytest.fixture(scope="module", params=["onnx", "executorch"])
+def fuzzed(request, tmp_path_factory):
+    base = tmp_path_factory.getbasetemp()
+    if request.param == "onnx":
+        source, _ = tiny_onnx_artifact("llama", base / "tiny-onnx")
+    else:
+        source, _ = tiny_executorch_artifact(base / "tiny-executorch")
+    return Fuzzed(source, tmp_path_factory.mktemp(f"fuzz-{request.param}") / "artifact")
+
+
+_json = st.recursive(
+    st.none() | st.booleans() | st.integers(-(2**40), 2**40) | st.floats(allow_nan=False) | st.text(max_size=8),
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=6), inner, max_size=3),
+    max_leaves=6,
+)
+
+
+def _paths(data, prefix=()):
+    """Every key path of the manifest, nested ones too (model.vocab_size, extra.data_files, files.<name>...)."""
+    for key, value in data.items():
+        yield (*prefix, key)
+        if isinstance(value, dict):
+            yield from _paths(value, (*prefix, key))
+
+
+def _plausible(value):
+    """Edits a person or a bit flip might make: near numbers, other names of this project, shorter lists."""
+    options = [
+        _json,
+        st.sampled_from(
+            [
+                "onnx",
+                "executorch",
+                "fused",
+                "portable",
+                "model.pte",
+                "model.onnx",
+                "tokenizer",
+                "../model.onnx",
+                "/etc/passwd",
+                "",
+                "onnxruntime",
+            ]
+        ),
+    ]
+    if isinstance(value, int) and not isinstance(value, bool):
+        options.append(st.integers(-3, 3).map(lambda d: value + d) | st.sampled_from([0, 1, 2 * value, 2**31]))
+    if isinstance(value, list) and value:
+        options.append(st.integers(0, len(value) - 1).map(lambda i: value[:i] + value[i + 1 :]))
+        options.append(st.just(value + value[:1]))
+    return st.one_of(options)
+
+
+@st.composite
+def _manifest_edit(draw, manifest):
+    path = draw(st.sampled_from(sorted(_paths(manifest))))
+    target = copy.deepcopy(manifest)
+    parent = target
+    for key in path[:-1]:
+        parent = parent[key]
+    if draw(st.integers(0, 5)) == 0:
+        del parent[path[-1]]
+    else:
+        parent[path[-1]] = draw(_plausible(parent[path[-1]]))
+    return path, target
+
+
+def test_fuzz_manifest_fields(fuzzed):
+    @FUZZ
+    @given(edit=_manifest_edit(fuzzed.manifest))
+    def check(edit):
+        path, data = edit
+        fuzzed.restore()
+        (fuzzed.dir / "manifest.json").write_text(json.dumps(data))
+        got = _run(fuzzed.dir)
+        assert isinstance(got, OtaroError) or _same(got, fuzzed.reference), f"{'.'.join(path)} edited: wrong answer"
+
+    check()
+
+
+def test_fuzz_manifest_bytes(fuzzed):
+    fuzzed.restore()
+    text = (fuzzed.dir / "manifest.json").read_bytes()
+
+    @FUZZ
+    @given(offset=st.integers(0, len(text) - 1), data=st.binary(min_size=0, max_size=4), cut=st.booleans())
+    def check(offset, data, cut):
+        fuzzed.restore()
+        damaged = text[:offset] + data + (b"" if cut else text[offset + len(data) :])
+        (fuzzed.dir / "manifest.json").write_bytes(damaged)
+        got = _run(fuzzed.dir)
+        assert isinstance(got, OtaroError) or _same(got, fuzzed.reference), damaged[offset - 20 : offset + 20]
+
+    check()
+
+
+def test_fuzz_artifact_bytes_are_always_caught(fuzzed):
+    """Any change to a recorded file (model, weights, tokenizer) is an IntegrityError at load, before it runs."""
+    fuzzed.restore()
+    files = sorted(Manifest.load(fuzzed.dir).files)
+
+    @FUZZ
+    @given(
+        name=st.sampled_from(files),
+        where=st.floats(0, 1),
+        data=st.binary(min_size=1, max_size=8),
+        mode=st.sampled_from(["overwrite", "truncate", "append"]),
+    )
+    def check(name, where, data, mode):
+        fuzzed.restore()
+        path = fuzzed.dir / name
+        original = path.read_bytes()
+        at = min(int(where * len(original)), len(original) - 1)
+        if mode == "overwrite":  # same size, every overwritten byte changed
+            flipped = bytes(o ^ (b | 1) for o, b in zip(original[at:], data))
+            damaged = original[:at] + flipped + original[at + len(flipped) :]
+        elif mode == "truncate":
+            damaged = original[:at]
+        else:
+            damaged = original + data
+        if damaged == original:
+            return
+        path.write_bytes(damaged)
+        with pytest.raises(IntegrityError, match=name.split("/")[-1]):
+            load(fuzzed.dir)
+
+    check()
