@@ -1,4 +1,5 @@
 import json
+import os
 
 import pytest
 import torch
@@ -8,7 +9,9 @@ from otaro_export.train.checkpoint import (
     LATEST_FILE,
     WEIGHTS_FILE,
     CheckpointError,
+    OutputLock,
     load_tuned_weights,
+    remove_leftovers,
     resolve_checkpoint,
     save_checkpoint,
 )
@@ -102,3 +105,21 @@ def test_mismatched_model_is_refused_without_changes(tiny, tmp_path):
     save_checkpoint(tmp_path / "nan", 1, {Q: torch.full_like(before[:64, :64], float("nan"))}, {}, {})
     with pytest.raises(CheckpointError, match="NaN"):
         load_tuned_weights(tiny.model, tmp_path / "nan")
+
+
+def test_leftovers_of_interrupted_saves_are_found_and_removed(tiny, tmp_path):
+    save_checkpoint(tmp_path, 1, _tuned(tiny), {}, {})
+    (tmp_path / ".tmp-ckpt-000002-999" / "state").mkdir(parents=True)  # killed while writing
+    (tmp_path / ".old-ckpt-000001-998").mkdir()  # killed while replacing a re-saved step
+    (tmp_path / ".LATEST.tmp-997").write_text("ckpt-000002\n")
+    assert remove_leftovers(tmp_path) == [".tmp-ckpt-000002-999", ".old-ckpt-000001-998", ".LATEST.tmp-997"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["LATEST", "ckpt-000001"]
+    assert resolve_checkpoint(tmp_path).name == "ckpt-000001"
+
+
+def test_a_run_directory_has_one_writer(tmp_path):
+    with OutputLock(tmp_path):
+        with pytest.raises(CheckpointError, match=rf"in use by another 'otaro tune' \(pid {os.getpid()}\)"):
+            OutputLock(tmp_path).acquire()
+    with OutputLock(tmp_path):  # released on exit
+        pass

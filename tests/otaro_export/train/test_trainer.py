@@ -9,8 +9,9 @@ from otaro_export.testing import tiny_causal_lm
 from otaro_export.train.checkpoint import load_tuned_weights
 from otaro_export.train.evaluation import evaluate_precisions
 from otaro_export.train.fake_quant import attach_fake_quant, detach_fake_quant
-from otaro_export.train.trainer import SAMPLES_FILE, SUMMARY_FILE, TuneError, Tuner
+from otaro_export.train.trainer import METRICS_FILE, SAMPLES_FILE, SUMMARY_FILE, TuneError, Tuner
 from otaro_export.train.tune_config import TuneConfig
+from otaro_export.train.tune_data import Sample, batch_indices, collate, read_saved_samples, save_samples
 
 
 def _tune(tiny, samples, **overrides):
@@ -164,7 +165,6 @@ def test_real_model_tunes_checkpoints_and_loads_for_export(tmp_path):
 def test_anchor_adds_the_anchor_precision_gradient_on_the_same_batch(tiny, chat_samples):
     from otaro_export.train.fake_quant import set_precision
     from otaro_export.train.losses import next_token_nll
-    from otaro_export.train.tune_data import batch_indices, collate
 
     cfg = dict(method="qat", qat_bits=3, steps=1, batch_size=3, optimizer="sgd", lr=0.1, loss="ce", seed=4)
     result = _tune(tiny, chat_samples, anchor_bits=8, **cfg)
@@ -188,3 +188,73 @@ def test_anchor_adds_the_anchor_precision_gradient_on_the_same_batch(tiny, chat_
     plain = _tune(tiny, chat_samples, **cfg)
     assert "anchor_loss" not in plain.history[0]
     assert not torch.equal(dict(plain.model.named_parameters())[layer], tuned[layer])
+
+
+def _data(path, n=6):
+    rows = [{"prompt": f"Question {i}?", "response": f"Answer number {i}."} for i in range(n)]
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+def _quiet_tuner(cfg, lines):
+    return Tuner(cfg, tiny_causal_lm(seed=0), progress=False, log=lines.append)
+
+
+def test_sample_cache_is_rebuilt_when_a_setting_that_shapes_it_changes(tmp_path):
+    data = _data(tmp_path / "d.jsonl")
+    out = tmp_path / "run"
+    out.mkdir()
+    cfg = TuneConfig(method="qat", steps=1, batch_size=2, seq_len=64, data=str(data), optimizer="adamw", lr=1e-3)
+    # A first attempt that died before its first checkpoint left samples built for --seq-len 40.
+    save_samples([Sample((1, 2, 3), 1)], out / SAMPLES_FILE, {"seq_len": 40})
+    lines = []
+    _quiet_tuner(cfg, lines).run(out)
+    assert any("built with other settings" in line and "seq_len" in line for line in lines), lines
+    samples, key = read_saved_samples(out / SAMPLES_FILE)
+    assert len(samples) == 6 and key["seq_len"] == 64 and key["data"]["path"] == str(data.resolve())
+
+    # On resume the run keeps its own samples, even if the data file changed since.
+    _data(data, n=3)
+    lines = []
+    _quiet_tuner(TuneConfig.from_dict({**cfg.to_dict(), "steps": 2}), lines).run(out, resume=True)
+    assert any("changed since the run started" in line for line in lines), lines
+    assert read_saved_samples(out / SAMPLES_FILE)[0] == samples
+
+
+def test_prompts_longer_than_seq_len_give_an_error_that_says_so(tmp_path):
+    cfg = TuneConfig(method="qat", steps=1, batch_size=2, seq_len=8, num_samples=2, gen_tokens=4)
+    with pytest.raises(TuneError, match=r"--seq-len 8 \(raise --seq-len above \d+\)"):
+        _quiet_tuner(cfg, []).run(tmp_path / "run")
+    assert not (tmp_path / "run" / SAMPLES_FILE).exists()  # nothing broken is cached for the next attempt
+
+
+def test_leftover_temporary_checkpoints_are_removed_at_the_next_start(tiny, chat_samples, tmp_path):
+    cfg = TuneConfig(method="uniform", steps=1, batch_size=2)
+    Tuner(cfg, LoadedModel(copy.deepcopy(tiny.model), tiny.tokenizer, "t"), samples=chat_samples, progress=False).run(
+        tmp_path
+    )
+    (tmp_path / ".tmp-ckpt-000002-4242").mkdir()  # a save killed by SIGKILL
+    lines = []
+    resumed = TuneConfig.from_dict({**cfg.to_dict(), "steps": 2})
+    Tuner(
+        resumed,
+        LoadedModel(copy.deepcopy(tiny.model), tiny.tokenizer, "t"),
+        samples=chat_samples,
+        progress=False,
+        log=lines.append,
+    ).run(tmp_path, resume=True)
+    assert not list(tmp_path.glob(".tmp-ckpt-*"))
+    assert any(".tmp-ckpt-000002-4242" in line for line in lines)
+
+
+def test_metrics_hold_tokens_per_second_for_every_step(tiny, chat_samples, tmp_path):
+    cfg = TuneConfig(method="bps", steps=3, batch_size=2, checkpoint_every=2)
+    Tuner(cfg, LoadedModel(copy.deepcopy(tiny.model), tiny.tokenizer, "t"), samples=chat_samples, progress=False).run(
+        tmp_path
+    )
+    rows = [json.loads(line) for line in (tmp_path / METRICS_FILE).read_text().splitlines()]
+    assert [r["step"] for r in rows] == [0, 1, 2] and [r["bits"] for r in rows] == [3, 4, 5]
+    for r in rows:
+        batch = collate(chat_samples, batch_indices(len(chat_samples), 2, r["step"], cfg.seed))
+        assert r["tokens"] == int(batch.attention_mask.sum()) and r["tok_s"] > 0
+    assert json.loads((tmp_path / SUMMARY_FILE).read_text())["tokens_per_second"] > 0
