@@ -1,6 +1,7 @@
 import hashlib
 import json
 import os
+from pathlib import Path
 
 import pytest
 
@@ -77,3 +78,32 @@ def test_default_cache_dir(monkeypatch, tmp_path):
     monkeypatch.delenv("OTARO_CACHE_DIR")
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
     assert integrity.cache_dir() == tmp_path / "otaro-export"
+
+
+def _peak_rss() -> int:
+    status = Path("/proc/self/status").read_text()
+    return int(status.split("VmHWM:")[1].split()[0]) << 10
+
+
+@pytest.mark.skipif(not os.access("/proc/self/clear_refs", os.W_OK), reason="needs Linux's peak-RSS reset")
+def test_hashing_keeps_the_file_out_of_memory(tmp_path, monkeypatch):
+    """A 64 MiB file is hashed through one 8 MiB buffer: the PEAK resident memory while hashing grows by far
+    less than the file, and every hashed range is handed back to the kernel (fadvise DONTNEED), so verifying
+    at load does not make resident the weight pages that a low precision never reads."""
+    path = tmp_path / "weights.bin"
+    with open(path, "wb") as f:
+        for _ in range(64):
+            f.write(os.urandom(1 << 20))
+    dropped = []
+    real = os.posix_fadvise
+    monkeypatch.setattr(
+        os, "posix_fadvise", lambda fd, off, n, advice: (dropped.append((off, n, advice)), real(fd, off, n, advice))
+    )
+    integrity.file_digest(path)  # warm-up: the buffer itself
+    dropped.clear()
+    Path("/proc/self/clear_refs").write_text("5")  # reset the peak to the current RSS
+    before = _peak_rss()
+    integrity.file_digest(path)
+    assert _peak_rss() - before < 24 << 20
+    ranges = [(off, n) for off, n, advice in dropped if advice == os.POSIX_FADV_DONTNEED]
+    assert sum(n for _, n in ranges) == 64 << 20 and ranges[0][0] == 0
