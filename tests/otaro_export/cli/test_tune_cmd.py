@@ -71,9 +71,13 @@ def test_tune_writes_a_resumable_loadable_run_and_eval_reads_it(cli, tiny_dir, t
     assert (saved["method"], saved["lr_schedule"], saved["warmup_steps"]) == ("otaro", "cosine", 1)
     again = cli("tune", *common, "--steps", "3")
     assert again.exit_code == 2 and "--resume" in again.output
-    more = cli("tune", "--output", str(out), "--resume", "--steps", "5")
+    # Without torchrun --parallel changes nothing: one process, as before.
+    more = cli("tune", "--output", str(out), "--resume", "--steps", "5", "--parallel", "fsdp", "--device", "cpu")
     assert more.exit_code == 0, more.output
     assert "resumed from ckpt-000003 at step 3" in more.output and "tuned 5 steps" in more.output
+    summary = json.loads((out / "summary.json").read_text())
+    assert (summary["world_size"], summary["parallel"]) == (1, "none")
+    assert json.loads((out / "tune_config.json").read_text())["parallel"] == "ddp"  # the saved settings stay
 
     report = tmp_path / "eval"
     ev = cli(
@@ -109,6 +113,10 @@ def test_tune_bad_inputs_are_one_clear_line(cli, tiny_dir, tmp_path):
     assert res.exit_code == 2 and "E5M3..E5M8), got 2" in res.output
     res = cli("tune", "--model", str(tiny_dir), "--output", str(tmp_path / "o"), "--lr-schedule", "linear")
     assert res.exit_code == 2 and "--lr-schedule" in res.output
+    res = cli("tune", "--model", str(tiny_dir), "--output", str(tmp_path / "o"), "--laa-interval", "0")
+    assert res.exit_code == 2 and "laa_interval must be" in res.output and "Traceback" not in res.output
+    res = cli("tune", "--model", str(tiny_dir), "--output", str(tmp_path / "o"), "--parallel", "zero3")
+    assert res.exit_code == 2 and "--parallel" in res.output
     res = cli("tune", "--output", str(tmp_path / "fresh"), "--resume")
     assert res.exit_code == 2 and "nothing to resume" in res.output
     res = cli("eval", "--model", str(tiny_dir), "--device", "tpu9")

@@ -1,7 +1,21 @@
+import json
+
 import pytest
 
 from otaro_export.errors import InvalidBitsError
-from otaro_export.train.tune_config import TuneConfig
+from otaro_export.train.tune_config import (
+    CONFIG_FILE,
+    METHODS,
+    Loss,
+    LRSchedule,
+    Method,
+    Optimizer,
+    Parallel,
+    Scope,
+    TuneConfig,
+    TuneConfigError,
+    resume_config,
+)
 
 
 def test_method_presets():
@@ -34,3 +48,36 @@ def test_round_trip_and_bad_settings():
     assert TuneConfig.from_dict(TuneConfig(anchor_bits=8).to_dict()).anchor_bits == 8
     with pytest.raises(ValueError, match="unknown tuning settings"):
         TuneConfig.from_dict({**cfg.to_dict(), "warmup": 3})
+
+
+def test_cli_choices_are_the_validated_ones():
+    assert [m.value for m in Method] == list(METHODS)
+    assert [p.value for p in Parallel] == ["ddp", "fsdp"]
+    for enum, field in ((Optimizer, "optimizer"), (Loss, "loss"), (Scope, "train_scope"), (LRSchedule, "lr_schedule")):
+        for choice in enum:
+            assert getattr(TuneConfig(**{field: choice.value}), field) == choice.value
+    for bad in (dict(parallel="zero3"), dict(bits=(3, 3)), dict(bps_lambda=-1.0), dict(laa_interval=0)):
+        with pytest.raises(TuneConfigError):
+            TuneConfig(**bad)
+
+
+def test_resume_config_keeps_the_saved_settings_but_steps_parallel_device(tmp_path):
+    with pytest.raises(TuneConfigError, match="nothing to resume"):
+        resume_config(tmp_path)
+    saved = TuneConfig(method="bps", steps=10, lr=0.01, parallel="ddp")
+    (tmp_path / CONFIG_FILE).write_text(json.dumps(saved.to_dict()))
+    assert resume_config(tmp_path) == saved
+    again = resume_config(tmp_path, steps=20, parallel="fsdp", device=None)
+    assert (again.steps, again.parallel, again.device, again.lr) == (20, "fsdp", "cpu", 0.01)
+    with pytest.raises(TuneConfigError, match="only"):
+        resume_config(tmp_path, lr=1.0)
+    old = saved.to_dict()
+    del old["parallel"]  # written before --parallel existed
+    (tmp_path / CONFIG_FILE).write_text(json.dumps(old))
+    assert resume_config(tmp_path).parallel == "ddp"
+    (tmp_path / CONFIG_FILE).write_text(json.dumps({**old, "steps": "ten"}))
+    with pytest.raises(TuneConfigError, match="invalid setting"):
+        resume_config(tmp_path)
+    (tmp_path / CONFIG_FILE).write_text("{cut")
+    with pytest.raises(TuneConfigError, match="corrupt"):
+        resume_config(tmp_path)
