@@ -107,8 +107,9 @@ def _run(typer_app: typer.Typer, argv: list[str] | None = None) -> None:
             ctx = getattr(exc, "ctx", None)
             hint = f" (see '{ctx.command_path} --help')" if ctx is not None else ""
             _fail(exc.format_message() + hint)
-        except (OtaroError, OSError) as exc:
+        except (OtaroError, OSError, ValueError) as exc:
             # Expected failures (bad input, missing file, damaged artifact...) get one clear line, not a traceback.
+            # ValueError too: it is how the option checks of the library layers (tuning, data...) reject a setting.
             if debug:
                 raise
             _fail(str(exc) or type(exc).__name__)

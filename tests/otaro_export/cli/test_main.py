@@ -136,6 +136,15 @@ def test_internal_errors_say_so_and_exit_1(monkeypatch, capsys):
         main()
 
 
+def test_value_errors_of_library_option_checks_are_user_errors(monkeypatch, capsys):
+    def load(path, **_):
+        raise ValueError("warmup_steps and total_steps must be >= 0")
+
+    monkeypatch.setattr("otaro_export.runtime.load", load)
+    code, _, err = run_main(monkeypatch, capsys, "run", "x", "-p", "hi")
+    assert code == 2 and one_error_line(err) == "error: warmup_steps and total_steps must be >= 0"
+
+
 def test_os_errors_are_user_errors(monkeypatch, capsys, loads, tmp_path):
     code, _, err = run_main(monkeypatch, capsys, "demo", "x", "--json", str(tmp_path / "no" / "such" / "r.json"))
     assert code == 2 and "No such file or directory" in one_error_line(err)
