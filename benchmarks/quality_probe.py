@@ -89,14 +89,24 @@ def rtn_weight(w: torch.Tensor, bits: int) -> torch.Tensor:
 class Quantized:
     """Every unit of the model encoded under one (rule, exponent rule, weighting) choice."""
 
+    cache_dir: Path | None = None
+
     def __init__(self, model, units, rule, exponent_rule, stats=None):
         self.units = units
         self.model = model
         self.encoded = {}
-        for unit in units:
+        path = None
+        if self.cache_dir is not None:
+            path = self.cache_dir / f"enc_{rule}_{exponent_rule}_{'act' if stats else 'plain'}.pt"
+            if path.is_file():
+                self.encoded = torch.load(path, weights_only=False)
+        missing = [u for u in units if u.name not in self.encoded]
+        for unit in missing:
             w = unit_weight(model, unit)
             importance = None if stats is None else stats[unit.members[0]].importance()
             self.encoded[unit.name] = quantize_layer(w, rule, exponent_rule, importance, name=unit.name)
+        if path is not None and missing:
+            torch.save(self.encoded, path)
 
     def weights(self, bits_of) -> dict[str, torch.Tensor]:
         """HF member weights, each unit dequantized at ``bits_of(unit)`` (None keeps it float)."""
@@ -298,13 +308,13 @@ def experiment_floors(probe, model, units, stats, args, calib, cache: Path) -> d
     from otaro_export.reconstruction import plan_floors, predicted_kl
 
     rule, exp_rule = args.rule, args.exponent_rule
-    path = cache / f"fisher_{args.calib_samples}x{args.calib_tokens}.pt"
+    path = cache / f"fisher_{args.fisher_samples}x{args.calib_tokens}x{args.fisher_draws}.pt"
     members = [m for u in units for m in u.members]
     if path.is_file():
         fisher = torch.load(path, weights_only=False)
     else:
         t0 = time.perf_counter()
-        fisher = fisher_diagonal(model, calib, members)
+        fisher = fisher_diagonal(model, calib[: args.fisher_samples], members, draws=args.fisher_draws)
         torch.save(fisher, path)
         log(f"fisher diagonal in {time.perf_counter() - t0:.0f}s")
     quant = Quantized(model, units, rule, exp_rule, stats)
@@ -322,7 +332,8 @@ def experiment_floors(probe, model, units, stats, args, calib, cache: Path) -> d
     log(f"predicted KL by kind: {json.dumps(by_kind)}")
     rows = {"predicted_by_kind": by_kind}
     decoder_sizes = {n: v for n, v in sizes.items() if n != "lm_head"}
-    for scope, scope_sizes in (("decoder", decoder_sizes), ("decoder+lm_head", sizes)):
+    scopes = {"decoder": decoder_sizes, "decoder+lm_head": sizes}
+    for scope, scope_sizes in ((k, scopes[k]) for k in args.floor_scopes):
         for budget in args.floor_budgets:
             plan = plan_floors(scope_sizes, sensitivity, budget)
             key = f"{scope} budget {budget}"
@@ -332,9 +343,7 @@ def experiment_floors(probe, model, units, stats, args, calib, cache: Path) -> d
                 "bytes_per_token": plan.bytes_per_token,
                 "predicted_kl": plan.predicted_kl,
             }
-            for bits in args.bits:
-                if bits >= 5:
-                    continue
+            for bits in args.floor_bits:
                 chosen = {u.name for u in units if u.name in scope_sizes}
                 row[f"measured E5M{bits}"] = probe.score(
                     quant.weights(
@@ -367,13 +376,19 @@ def main() -> None:
     parser.add_argument("--rule", default="fitted")
     parser.add_argument("--exponent-rule", default="search")
     parser.add_argument("--rule-choices", default=None, help="subset of the rules experiment's labels")
-    parser.add_argument("--floor-budgets", default="4.125,4.5,5.0", help="E5M3 bits/weight budgets for floors")
+    parser.add_argument("--floor-budgets", default="4.5,5.0", help="E5M3 bits/weight budgets for floors")
+    parser.add_argument("--fisher-samples", type=int, default=16, help="calibration samples the Fisher uses")
+    parser.add_argument("--fisher-draws", type=int, default=2, help="label draws per sample for the Fisher")
+    parser.add_argument("--floor-bits", default="3,4", help="call precisions measured with floors")
+    parser.add_argument("--floor-scopes", default="decoder+lm_head", help="decoder and/or decoder+lm_head")
     parser.add_argument("--lm-head", default="float,sefp", help="rules experiment: lm_head float, SEFP, or both")
     parser.add_argument("--no-rtn", dest="rtn", action="store_false", help="rules experiment: skip the RTN reference")
     parser.add_argument("--threads", type=int, default=None)
     args = parser.parse_args()
     args.bits = [int(b) for b in args.bits.split(",")]
     args.floor_budgets = [float(b) for b in args.floor_budgets.split(",")]
+    args.floor_scopes = args.floor_scopes.split(",")
+    args.floor_bits = [int(b) for b in args.floor_bits.split(",")]
     args.lm_head_scopes = [{"float": False, "sefp": True}[x] for x in args.lm_head.split(",")]
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -389,6 +404,7 @@ def main() -> None:
     samples = load_eval_samples(loaded, cache, args.samples, args.gen_tokens)
     calib = load_calibration_samples(loaded, cache, args)
     stats = calibration_stats(loaded, units, calib, cache, args)
+    Quantized.cache_dir = cache
     probe = Probe(model, samples)
     log(f"{len(samples)} eval samples, {probe.tokens} scored tokens; {len(units)} SEFP units")
     results_path = out / "quality_probe.json"

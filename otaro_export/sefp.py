@@ -265,18 +265,25 @@ def padded_importance(importance: torch.Tensor | None, in_features: int) -> torc
     return torch.nn.functional.pad(importance, (0, k_pad - in_features))
 
 
-def _group_errors(
-    groups: torch.Tensor, e: torch.Tensor, levels: torch.Tensor, importance: torch.Tensor
-) -> torch.Tensor:
-    """Importance-weighted squared error per group at every precision: ``[6, N, G]`` (float64)."""
+def _group_errors(groups: torch.Tensor, e: torch.Tensor, table: torch.Tensor, importance: torch.Tensor) -> torch.Tensor:
+    """Importance-weighted squared error per group at every precision: ``[6, N, G]`` (float64).
+
+    ``table`` ``[256, 6]``: the value of every stored q at each precision, in M8 steps
+    (``levels[k-3, q >> (8-k)]``): one gather serves all six precisions.
+    """
     q = _magnitudes(groups, e).to(torch.int64)
-    step = exact_pow2(e.to(torch.int32) - (STORED_MANTISSA_BITS - 1)).unsqueeze(-1)
-    mag = groups.abs()
-    out = []
-    for row, bits in enumerate(SUPPORTED_BITS):
-        value = levels[row][q >> (STORED_MANTISSA_BITS - bits)] * step
-        out.append(((mag - value).pow(2) * importance).sum(-1, dtype=torch.float64))
-    return torch.stack(out)
+    scale = exact_pow2((STORED_MANTISSA_BITS - 1) - e.to(torch.int32)).unsqueeze(-1)
+    residual = (groups.abs() * scale).unsqueeze(-1) - table[q]  # [N, G, 64, 6] in M8 steps
+    err = (residual.square_() * importance.unsqueeze(-1)).sum(-2)  # [N, G, 6]
+    step2 = exact_pow2(2 * (e.to(torch.int32) - (STORED_MANTISSA_BITS - 1))).unsqueeze(-1)
+    return (err.to(torch.float64) * step2.to(torch.float64)).permute(2, 0, 1)
+
+
+def _value_table(levels: torch.Tensor) -> torch.Tensor:
+    """``[256, 6]``: the level every stored q decodes to at E5M3..E5M8 (M8 steps)."""
+    q = torch.arange(1 << STORED_MANTISSA_BITS)
+    cols = [levels[row][q >> (STORED_MANTISSA_BITS - bits)] for row, bits in enumerate(SUPPORTED_BITS)]
+    return torch.stack(cols, dim=1).to(torch.float32)
 
 
 def search_exponents(
@@ -285,7 +292,7 @@ def search_exponents(
     levels: torch.Tensor | None = None,
     importance: torch.Tensor | None = None,
     precision_weights: tuple[float, ...] = SEARCH_PRECISION_WEIGHTS,
-    rows_per_chunk: int = 4096,
+    rows_per_chunk: int = 1024,
 ) -> torch.Tensor:
     """Per group, ``e0`` or ``e0 - 1``, whichever has the lower precision-weighted error.
 
@@ -295,7 +302,7 @@ def search_exponents(
     choice that halves E5M3's error but multiplies E5M8's by ten is refused (to first order it
     minimises the weighted sum of log errors). Ties keep ``e0``; all-zero groups keep ``e0``.
     """
-    levels = center_levels() if levels is None else check_levels(levels)
+    table = _value_table(center_levels() if levels is None else check_levels(levels))
     n, g, size = groups.shape
     if importance is None:
         importance = torch.ones(g * size, dtype=torch.float32)
@@ -307,8 +314,8 @@ def search_exponents(
     err1 = torch.empty_like(err0)
     for start in range(0, n, rows_per_chunk):
         rows = slice(start, start + rows_per_chunk)
-        err0[:, rows] = _group_errors(groups[rows], e0[rows], levels, importance)
-        err1[:, rows] = _group_errors(groups[rows], lower[rows], levels, importance)
+        err0[:, rows] = _group_errors(groups[rows], e0[rows], table, importance)
+        err1[:, rows] = _group_errors(groups[rows], lower[rows], table, importance)
     total = err0.sum(dim=(1, 2)).clamp(min=torch.finfo(torch.float64).tiny)
     weight = torch.tensor(precision_weights, dtype=torch.float64) / total
     score0 = torch.einsum("k,kng->ng", weight, err0)

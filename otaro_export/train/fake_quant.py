@@ -156,6 +156,34 @@ def attach_fake_quant(
     return names
 
 
+def attach_with_rules(
+    model: nn.Module,
+    quantize_lm_head: bool = False,
+    reconstruction: str = "floor",
+    exponent_rule: str = "floor",
+    samples=None,
+) -> list[str]:
+    """:func:`attach_fake_quant` with the input statistics the rules need, collected on ``samples``.
+
+    Call it on the float model (before tuning changes it): ``fitted`` and ``search`` weight
+    errors by E[x^2] of each layer's input over (up to 16 of) ``samples``, as export does on its
+    calibration text. The paper's rules need no statistics and ignore ``samples``.
+    """
+    stats = None
+    if (reconstruction == "fitted" or exponent_rule == "search") and samples:
+        from otaro_export.calibration import CALIBRATION_SAMPLES, collect_input_stats
+
+        names = select_sefp_linears(model, quantize_lm_head)
+        stats = collect_input_stats(model, list(samples)[:CALIBRATION_SAMPLES], names)
+    return attach_fake_quant(model, quantize_lm_head, reconstruction, exponent_rule, stats)
+
+
+def _full(weight: torch.Tensor) -> torch.Tensor:
+    """The whole weight on the CPU (a sharded DTensor is gathered first)."""
+    full = getattr(weight, "full_tensor", None)
+    return (full() if callable(full) else weight).detach().cpu().to(torch.float32)
+
+
 @torch.no_grad()
 def refresh_encodings(model: nn.Module) -> None:
     """Recompute the fake-quant layers' exponents and levels from their current float weights.
@@ -178,15 +206,16 @@ def refresh_encodings(model: nn.Module) -> None:
     groups += [(name,) for name in layers if name not in covered]
     for members in groups:
         first = layers[members[0]]
-        w = torch.cat([layers[m].weight.detach().cpu().to(torch.float32) for m in members])
+        w = torch.cat([_full(layers[m].weight) for m in members])
         q, levels = quantize_layer(w, first.reconstruction, first.exponent_rule, first.importance, name=members[0])
         rows = 0
         for m in members:
             layer = layers[m]
             n = layer.out_features
-            layer.levels = None if levels is None else levels.to(layer.weight.device)
+            device = layer.weight.device
+            layer.levels = None if levels is None else levels.to(device)
             exps = q.exponents[rows : rows + n]
-            layer.exponents = None if first.exponent_rule == "floor" else exps.to(layer.weight.device)
+            layer.exponents = None if first.exponent_rule == "floor" else exps.to(device)
             rows += n
 
 

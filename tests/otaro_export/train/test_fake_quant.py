@@ -117,3 +117,16 @@ def test_paper_rules_keep_the_fast_path(tiny):
     assert all(m.levels is None and m.exponents is None for m in fake_quant_layers(tiny.model).values())
     with pytest.raises(ValueError, match="unknown reconstruction rule"):
         attach_fake_quant(tiny.model, reconstruction="nearest")
+
+
+def test_attach_with_rules_weights_by_the_samples_statistics(tiny, chat_samples):
+    from otaro_export.calibration import collect_input_stats
+    from otaro_export.reconstruction import export_units, quantize_layer, unit_weight
+    from otaro_export.train.fake_quant import attach_with_rules
+
+    model = tiny.model
+    unit = export_units(model, include_lm_head=False)[3]  # down_proj
+    stats = collect_input_stats(model, chat_samples, [unit.members[0]])
+    attach_with_rules(model, reconstruction="fitted", exponent_rule="search", samples=chat_samples)
+    _, expected = quantize_layer(unit_weight(model, unit), "fitted", "search", stats[unit.members[0]].importance())
+    assert torch.equal(fake_quant_layers(model)[unit.members[0]].levels, expected)
