@@ -175,7 +175,10 @@ class DistContext:
             from torch.nn.parallel import DistributedDataParallel
 
             ids = [self.device.index] if self.device.type == "cuda" else None
-            return DistributedDataParallel(model, device_ids=ids, forward_sync_buffers=False)
+            # Gradients as views into DDP's buckets: no second copy of every gradient.
+            return DistributedDataParallel(
+                model, device_ids=ids, forward_sync_buffers=False, gradient_as_bucket_view=True
+            )
         if parallel == "fsdp":
             shard_model(model, self.device)
             return model
@@ -209,7 +212,9 @@ def block_modules(model: nn.Module) -> list[nn.Module]:
 def shard_model(model: nn.Module, device: torch.device) -> None:
     """FSDP2 (``fully_shard``) over all ranks: each decoder block is one unit, the root holds the rest.
 
-    Tied embedding / lm_head weights stay in the root unit, so they remain one tensor.
+    Untied input and output embeddings are units of their own (an 8B model's are 0.5 B parameters
+    each: gathered only while used). A tied embedding / lm_head stays in the root unit, so it
+    remains one tensor.
     """
     from torch.distributed.device_mesh import init_device_mesh
     from torch.distributed.fsdp import fully_shard
@@ -217,6 +222,10 @@ def shard_model(model: nn.Module, device: torch.device) -> None:
     mesh = init_device_mesh(device.type, (torch.distributed.get_world_size(),))
     for block in block_modules(model):
         fully_shard(block, mesh=mesh)
+    embed, head = model.get_input_embeddings(), model.get_output_embeddings()
+    if embed is not None and head is not None and embed.weight is not head.weight:
+        fully_shard(embed, mesh=mesh)
+        fully_shard(head, mesh=mesh)
     fully_shard(model, mesh=mesh)
 
 

@@ -311,6 +311,7 @@ class Tuner:
                     shard_model(frozen, d.device)
         attach_with_rules(model, cfg.quantize_lm_head, cfg.reconstruction, cfg.exponent_rule, self.samples)
         self.param_names = [n for n, _ in trainable_parameters(model, cfg.train_scope)]
+        self._log_memory_estimate(model)
         self.module = model  # the model itself (FSDP shards it in place; DDP wraps it)
         self.model = d.wrap(model, cfg.parallel)
         current = dict(model.named_parameters())  # FSDP2 replaced the Parameters: take them after wrapping
@@ -323,6 +324,25 @@ class Tuner:
             self.updater = ImmediateUpdate()
         self.history: list[dict] = []
         self.step = 0
+
+    def _log_memory_estimate(self, model) -> None:
+        if not self.dist.is_main:
+            return
+        from otaro_export.train import memory
+
+        cfg = self.config
+        est = memory.estimate(
+            memory.model_shape(model, cfg.train_scope, cfg.quantize_lm_head),
+            world_size=self.dist.world_size,
+            parallel=cfg.parallel if self.dist.distributed else "ddp",
+            optimizer=cfg.optimizer,
+            momentum=cfg.momentum,
+            laa=cfg.uses_laa,
+            batch_size=cfg.batch_size,
+            seq_len=max(len(s.ids) for s in self.samples),
+            teacher_cached=self.teacher is None or self.teacher.cached,
+        )
+        self.log(f"memory per rank ({self.dist.device.type}, estimate, docs/TUNING.md): {est.describe()}")
 
     def _params(self) -> dict[str, torch.Tensor]:
         current = dict(self.module.named_parameters())

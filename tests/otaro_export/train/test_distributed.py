@@ -45,17 +45,18 @@ _QA = (
 @pytest.fixture(scope="module")
 def root(tmp_path_factory):
     path = tmp_path_factory.mktemp("dist")
-    loaded = tiny_causal_lm(seed=0)
-    loaded.model.save_pretrained(str(path / "model"))
-    loaded.tokenizer.save_pretrained(str(path / "model"))
+    for name, tied in (("model", True), ("untied", False)):
+        loaded = tiny_causal_lm(seed=0, tie_word_embeddings=tied)
+        loaded.model.save_pretrained(str(path / name))
+        loaded.tokenizer.save_pretrained(str(path / name))
     (path / "data.jsonl").write_text("".join(json.dumps({"prompt": p, "response": r}) + "\n" for p, r in _QA))
     return path
 
 
-def _config(root: Path, **overrides) -> dict:
+def _config(root: Path, model: str = "model", **overrides) -> dict:
     # BPS + LAA (interval 2: delayed updates happen), global batch 4 = 2 samples per rank.
     return dict(
-        model=str(root / "model"),
+        model=str(root / model),
         data=str(root / "data.jsonl"),
         method="otaro",
         steps=STEPS,
@@ -72,7 +73,7 @@ def _config(root: Path, **overrides) -> dict:
     )
 
 
-def _one_process(root: Path, output: Path, stop_after: int | None = None, resume: bool = False):
+def _one_process(root: Path, output: Path, stop_after: int | None = None, resume: bool = False, model="model"):
     class Killed(Exception):
         pass
 
@@ -83,7 +84,7 @@ def _one_process(root: Path, output: Path, stop_after: int | None = None, resume
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # as the ranks: same kernels, so only the reduction order differs
     try:
-        Tuner(TuneConfig(**_config(root)), progress=False, log=lambda line: None).run(output, resume, on_step)
+        Tuner(TuneConfig(**_config(root, model)), progress=False, log=lambda line: None).run(output, resume, on_step)
     except Killed:
         pass
     finally:
@@ -120,10 +121,12 @@ def baseline(root):
 
 @pytest.fixture(scope="module")
 def ddp_runs(root):
-    """One torchrun start, two jobs: a full 2-rank DDP run, and one killed after step 5 (checkpoint at 4)."""
+    """One torchrun start, three jobs: a full 2-rank DDP run, one killed after step 5 (checkpoint at 4),
+    and a 2-rank FSDP run of a model with untied embeddings (each one a unit of its own, as for Llama 3-8B)."""
     jobs = [
         {"config": _config(root, parallel="ddp"), "output": str(root / "ddp")},
         {"config": _config(root, parallel="ddp"), "output": str(root / "ddp-killed"), "stop_after": 5},
+        {"config": _config(root, "untied", parallel="fsdp"), "output": str(root / "fsdp-untied")},
     ]
     (root / "ddp-jobs.json").write_text(json.dumps(jobs))
     _torchrun([str(WORKER), str(root / "ddp-jobs.json")], root)
@@ -166,3 +169,10 @@ def test_two_fsdp_ranks_resume_a_killed_one_process_run_under_the_cli(root, base
     _assert_same_run(killed, ddp_runs[0])  # FSDP and DDP agree
     summary = json.loads((killed / SUMMARY_FILE).read_text())
     assert (summary["world_size"], summary["parallel"]) == (2, "fsdp")
+
+
+def test_fsdp_shards_untied_embeddings_and_matches_one_process(root, ddp_runs):
+    _one_process(root, root / "one-untied", model="untied")
+    _assert_same_run(root / "fsdp-untied", root / "one-untied")
+    weights, _ = _result(root / "fsdp-untied")
+    assert "lm_head.weight" not in weights  # only the SEFP linears are trained (--train-scope linears)
