@@ -20,6 +20,10 @@ one process replicate):
                   log-softmax, the float32 teacher log-probs and the KL terms
 * ``teacher``     only when its log-probs do not fit the cache: a frozen model copy, 4 x all / F
 
+With ``--activation-checkpointing`` each block is recomputed in the backward pass: autograd keeps
+only every block's input (4 x tokens x layers x hidden), and one block's activations and quantized
+weights are live at a time.
+
 Tokens per rank = (global batch / ranks) x seq-len. The activation term is an estimate
 (attention kernels and fused ops differ); tests/otaro_export/train/test_memory.py measures
 what autograd keeps on a small Llama and checks the estimate against it. Allocator caching,
@@ -165,12 +169,19 @@ def estimate(
     batch_size: int = 4,
     seq_len: int = 256,
     teacher_cached: bool = True,
+    activation_checkpointing: bool = False,
 ) -> MemoryEstimate:
     """Device bytes one rank needs for a step (see the module docstring for each term)."""
     shard = world_size if parallel == "fsdp" else 1
     per_param = {"adamw": 8, "sgd": 4 if momentum else 0}[optimizer]
     tokens = -(-batch_size // world_size) * seq_len
-    per_token = shape.layers * (11 * shape.hidden + 4 * shape.intermediate) + 5 * shape.vocab
+    block = 11 * shape.hidden + 4 * shape.intermediate
+    per_token = shape.layers * block + 5 * shape.vocab
+    quantized = shape.sefp_linear
+    if activation_checkpointing:
+        # Kept: each block's input; live: one block's activations and quantized weights, recomputed in backward.
+        per_token = shape.layers * shape.hidden + block + 5 * shape.vocab
+        quantized = min(shape.sefp_linear, shape.largest_block)
     return MemoryEstimate(
         weights=BYTES * shape.total / shard,
         grads=BYTES * shape.trained / shard,
@@ -179,7 +190,7 @@ def estimate(
         fsdp_units=BYTES * (shape.root_unit + 3 * shape.largest_block)
         if parallel == "fsdp" and world_size > 1
         else 0.0,
-        quantized=BYTES * shape.sefp_linear,
+        quantized=BYTES * quantized,
         activations=BYTES * tokens * per_token,
         teacher=0.0 if teacher_cached else BYTES * shape.total / shard,
     )
@@ -197,6 +208,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--no-laa", action="store_true")
     parser.add_argument("--batch-size", type=int, default=8, help="global batch")
     parser.add_argument("--seq-len", type=int, default=256)
+    parser.add_argument("--activation-checkpointing", action="store_true")
     args = parser.parse_args(argv)
     shape = preset_shape(args.preset)
     print(
@@ -213,6 +225,7 @@ def main(argv: list[str] | None = None) -> None:
             laa=not args.no_laa,
             batch_size=args.batch_size,
             seq_len=args.seq_len,
+            activation_checkpointing=args.activation_checkpointing,
         )
         print(f"  {world} rank(s), {args.parallel}: {est.describe()}")
 

@@ -35,7 +35,7 @@ from otaro_export.models import LoadedModel, load_model
 from otaro_export.train import checkpoint as ckpt
 from otaro_export.train.bit_samplers import FixedSampler, UniformSampler
 from otaro_export.train.bps import BPSSampler
-from otaro_export.train.distributed import DistContext, copy_full_, shard_model
+from otaro_export.train.distributed import DistContext, checkpoint_blocks, copy_full_, shard_model
 from otaro_export.train.fake_quant import attach_with_rules, fake_quant_layers, refresh_encodings, set_precision
 from otaro_export.train.laa import ImmediateUpdate, LowPrecisionAccumulator
 from otaro_export.train.losses import kl_to_teacher, next_token_nll
@@ -312,6 +312,8 @@ class Tuner:
         attach_with_rules(model, cfg.quantize_lm_head, cfg.reconstruction, cfg.exponent_rule, self.samples)
         self.param_names = [n for n, _ in trainable_parameters(model, cfg.train_scope)]
         self._log_memory_estimate(model)
+        if cfg.activation_checkpointing:
+            checkpoint_blocks(model)
         self.module = model  # the model itself (FSDP shards it in place; DDP wraps it)
         self.model = d.wrap(model, cfg.parallel)
         current = dict(model.named_parameters())  # FSDP2 replaced the Parameters: take them after wrapping
@@ -341,6 +343,7 @@ class Tuner:
             batch_size=cfg.batch_size,
             seq_len=max(len(s.ids) for s in self.samples),
             teacher_cached=self.teacher is None or self.teacher.cached,
+            activation_checkpointing=cfg.activation_checkpointing,
         )
         self.log(f"memory per rank ({self.dist.device.type}, estimate, docs/TUNING.md): {est.describe()}")
 
@@ -593,7 +596,8 @@ class Tuner:
         return record
 
     def _loss_sum(self, batch) -> torch.Tensor:
-        logits = self.model(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits
+        # No KV cache: training scores whole sequences, and a cache would be appended to again on recompute.
+        logits = self.model(input_ids=batch.input_ids, attention_mask=batch.attention_mask, use_cache=False).logits
         if self.config.loss == "kl":
             return kl_to_teacher(logits, self.teacher.logprobs(batch), batch.loss_mask, reduction="sum")
         return next_token_nll(logits, batch.input_ids, batch.loss_mask, reduction="sum")

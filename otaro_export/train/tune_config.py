@@ -44,7 +44,7 @@ LRSchedule = _choices("LRSchedule", SCHEDULES)
 Parallel = _choices("Parallel", PARALLEL)
 
 #: settings a resumed run may change: they do not shape the data, the model or the optimisation path
-RESUME_OVERRIDES = ("steps", "parallel", "device")
+RESUME_OVERRIDES = ("steps", "parallel", "device", "activation_checkpointing")
 
 
 class TuneConfigError(OtaroError, ValueError):
@@ -85,6 +85,7 @@ class TuneConfig:
     checkpoint_every: int = 50
     device: str = "cpu"
     parallel: str = "ddp"  # only used under torchrun (WORLD_SIZE set)
+    activation_checkpointing: bool = False  # recompute each decoder block in backward: less memory, ~1/3 more compute
     extra: dict = field(default_factory=dict)
 
     def __post_init__(self) -> None:

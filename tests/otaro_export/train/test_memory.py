@@ -70,3 +70,19 @@ def test_command_prints_a_line_per_world_size(capsys):
     main(["--preset", "llama-3.2-1b", "--world-size", "1", "8", "--parallel", "fsdp"])
     out = capsys.readouterr().out
     assert "1.236 B parameters" in out and "1 rank(s), fsdp" in out and "8 rank(s), fsdp" in out
+
+
+def test_activation_checkpointing_keeps_one_block_of_quantized_weights():
+    shape = preset_shape("llama-3-8b")
+    full = estimate(shape, world_size=8, parallel="fsdp", optimizer="adamw", batch_size=16, seq_len=512)
+    ac = estimate(
+        shape,
+        world_size=8,
+        parallel="fsdp",
+        optimizer="adamw",
+        batch_size=16,
+        seq_len=512,
+        activation_checkpointing=True,
+    )
+    assert ac.quantized == 4 * shape.largest_block and ac.activations < full.activations / 3
+    assert (ac.weights, ac.optimizer, ac.laa) == (full.weights, full.optimizer, full.laa)

@@ -258,3 +258,13 @@ def test_metrics_hold_tokens_per_second_for_every_step(tiny, chat_samples, tmp_p
         batch = collate(chat_samples, batch_indices(len(chat_samples), 2, r["step"], cfg.seed))
         assert r["tokens"] == int(batch.attention_mask.sum()) and r["tok_s"] > 0
     assert json.loads((tmp_path / SUMMARY_FILE).read_text())["tokens_per_second"] > 0
+
+
+def test_activation_checkpointing_recomputes_exactly(tiny, chat_samples):
+    """Eval mode, no random numbers: recomputing each block in backward gives the same weights, bit for bit."""
+    cfg = dict(method="otaro", steps=4, laa_interval=2, optimizer="sgd", lr=0.05, momentum=0.9)
+    plain = _weights(_tune(tiny, chat_samples, **cfg).model)
+    checkpointed = _tune(tiny, chat_samples, activation_checkpointing=True, **cfg).model
+    assert any("checkpoint" in repr(hook) for hook in checkpointed.model.layers[0]._forward_pre_hooks.values())
+    again = _weights(checkpointed)
+    assert all(torch.equal(plain[n], again[n]) for n in plain)
