@@ -122,11 +122,13 @@ def baseline(root):
 @pytest.fixture(scope="module")
 def ddp_runs(root):
     """One torchrun start, three jobs: a full 2-rank DDP run, one killed after step 5 (checkpoint at 4),
-    and a 2-rank FSDP run of a model with untied embeddings (each one a unit of its own, as for Llama 3-8B)."""
+    and a 2-rank FSDP run of a model with untied embeddings (each one a unit of its own, as for Llama 3-8B).
+    The last two recompute every block in backward (--activation-checkpointing), which must change nothing."""
+    recompute = dict(activation_checkpointing=True)
     jobs = [
         {"config": _config(root, parallel="ddp"), "output": str(root / "ddp")},
-        {"config": _config(root, parallel="ddp"), "output": str(root / "ddp-killed"), "stop_after": 5},
-        {"config": _config(root, "untied", parallel="fsdp"), "output": str(root / "fsdp-untied")},
+        {"config": _config(root, parallel="ddp", **recompute), "output": str(root / "ddp-killed"), "stop_after": 5},
+        {"config": _config(root, "untied", parallel="fsdp", **recompute), "output": str(root / "fsdp-untied")},
     ]
     (root / "ddp-jobs.json").write_text(json.dumps(jobs))
     _torchrun([str(WORKER), str(root / "ddp-jobs.json")], root)
