@@ -3,7 +3,7 @@
 Each test exports a tiny random model, runs it on aarch64 (an arm64 Debian userland + the runtimes' aarch64
 wheels + the project's kernel libraries cross-built for NEON) and on x86, and checks the logits at every
 precision against each other and against the torch reference (exact SEFP dequant). The first run
-downloads the userland and wheels (about 60 MB) into ~/.cache/otaro-export/arm64; where qemu, the cross
+downloads the userland and wheels (about 75 MB) into ~/.cache/otaro-export/arm64; where qemu, the cross
 compiler, Debian's mirror or PyPI cannot be had, the tests skip and say which.
 """
 
