@@ -187,3 +187,13 @@ def test_missing_artifact_is_a_clear_error(tmp_path):
         [sys.executable, str(ARM64 / "arm64_check.py"), str(tmp_path / "nope")], capture_output=True, text=True
     )
     assert proc.returncode == 2 and proc.stderr.startswith("error: "), proc.stderr
+
+
+def test_missing_qemu_is_a_reason_to_skip_that_names_the_package(monkeypatch, tmp_path):
+    import userland  # examples/arm64/userland.py, on sys.path once arm64_check is loaded
+
+    real_which = userland.shutil.which
+    monkeypatch.setattr(userland.shutil, "which", lambda name: None if name == "qemu-aarch64" else real_which(name))
+    with pytest.raises(check.Arm64Unavailable, match="apt-get install qemu-user"):
+        check.prepare_userland(tmp_path / "cache", log=lambda _: None)
+    assert not (tmp_path / "cache").exists()  # nothing downloaded
