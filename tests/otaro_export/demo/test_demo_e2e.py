@@ -55,9 +55,9 @@ def counted_load(monkeypatch):
         loads.append(session)
         real_step = session._step
 
-        def step(ids, start_pos, bits):
+        def step(ids, start_pos, bits, **kwargs):
             steps.append(int(bits))
-            return real_step(ids, start_pos, bits)
+            return real_step(ids, start_pos, bits, **kwargs)
 
         session._step = step
         return session
