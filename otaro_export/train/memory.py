@@ -209,6 +209,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--batch-size", type=int, default=8, help="global batch")
     parser.add_argument("--seq-len", type=int, default=256)
     parser.add_argument("--activation-checkpointing", action="store_true")
+    parser.add_argument(
+        "--teacher-copy",
+        action="store_true",
+        help="the teacher's log-probs exceed the 3 GiB cache (scored tokens x vocab x 2 B): a frozen copy is kept",
+    )
     args = parser.parse_args(argv)
     shape = preset_shape(args.preset)
     print(
@@ -226,6 +231,7 @@ def main(argv: list[str] | None = None) -> None:
             batch_size=args.batch_size,
             seq_len=args.seq_len,
             activation_checkpointing=args.activation_checkpointing,
+            teacher_cached=not args.teacher_copy,
         )
         print(f"  {world} rank(s), {args.parallel}: {est.describe()}")
 

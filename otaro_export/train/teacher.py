@@ -66,7 +66,7 @@ class FPTeacher:
             self._cache.append(self._compute(batch).to(torch.float16).cpu())
 
     def _compute(self, batch: Batch) -> torch.Tensor:
-        logits = self._teacher(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits
+        logits = self._teacher(input_ids=batch.input_ids, attention_mask=batch.attention_mask, use_cache=False).logits
         return F.log_softmax(logits[batch.loss_mask].float(), dim=-1)
 
     @torch.no_grad()

@@ -301,12 +301,13 @@ class Tuner:
             )
         if self.teacher is None and cfg.loss == "kl":
             vocab = model.get_output_embeddings().weight.shape[0]
-            if fits_cache(self.samples, vocab):
+            budget = cfg.teacher_cache_bytes
+            if fits_cache(self.samples, vocab, budget):
                 # Log-probs are computed once, now, while the model is still the untuned FP one: no copy.
-                self.teacher = FPTeacher(model, self.samples, vocab, progress=self.progress)
+                self.teacher = FPTeacher(model, self.samples, vocab, budget, progress=self.progress)
             else:
                 frozen = copy.deepcopy(model)
-                self.teacher = FPTeacher(frozen, self.samples, vocab, progress=self.progress)
+                self.teacher = FPTeacher(frozen, self.samples, vocab, budget, progress=self.progress)
                 if d.distributed and cfg.parallel == "fsdp":
                     shard_model(frozen, d.device)
         attach_with_rules(model, cfg.quantize_lm_head, cfg.reconstruction, cfg.exponent_rule, self.samples)

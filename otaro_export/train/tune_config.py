@@ -86,6 +86,7 @@ class TuneConfig:
     device: str = "cpu"
     parallel: str = "ddp"  # only used under torchrun (WORLD_SIZE set)
     activation_checkpointing: bool = False  # recompute each decoder block in backward: less memory, ~1/3 more compute
+    teacher_cache_bytes: int = 3 * 2**30  # FP teacher log-probs up to this size are computed once; else a frozen copy
     extra: dict = field(default_factory=dict)
 
     def __post_init__(self) -> None:

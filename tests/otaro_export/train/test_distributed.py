@@ -28,6 +28,7 @@ from otaro_export.train.trainer import METRICS_FILE, SUMMARY_FILE, Tuner
 from otaro_export.train.tune_config import TuneConfig
 
 WORKER = Path(__file__).with_name("dist_worker.py")
+UNTIED = dict(teacher_cache_bytes=0)  # no log-prob cache: the FP teacher is a frozen model copy
 ATOL = 1e-6
 STEPS = 8
 _QA = (
@@ -73,7 +74,7 @@ def _config(root: Path, model: str = "model", **overrides) -> dict:
     )
 
 
-def _one_process(root: Path, output: Path, stop_after: int | None = None, resume: bool = False, model="model"):
+def _one_process(root: Path, output: Path, stop_after: int | None = None, resume: bool = False, **overrides):
     class Killed(Exception):
         pass
 
@@ -84,7 +85,9 @@ def _one_process(root: Path, output: Path, stop_after: int | None = None, resume
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # as the ranks: same kernels, so only the reduction order differs
     try:
-        Tuner(TuneConfig(**_config(root, model)), progress=False, log=lambda line: None).run(output, resume, on_step)
+        Tuner(TuneConfig(**_config(root, **overrides)), progress=False, log=lambda line: None).run(
+            output, resume, on_step
+        )
     except Killed:
         pass
     finally:
@@ -122,13 +125,15 @@ def baseline(root):
 @pytest.fixture(scope="module")
 def ddp_runs(root):
     """One torchrun start, three jobs: a full 2-rank DDP run, one killed after step 5 (checkpoint at 4),
-    and a 2-rank FSDP run of a model with untied embeddings (each one a unit of its own, as for Llama 3-8B).
+    and a 2-rank FSDP run of a model with untied embeddings (each one a unit of its own, as for Llama 3-8B)
+    and a teacher too large to cache (a frozen copy, sharded too, runs every step).
     The last two recompute every block in backward (--activation-checkpointing), which must change nothing."""
     recompute = dict(activation_checkpointing=True)
+    untied = _config(root, "untied", parallel="fsdp", **UNTIED, **recompute)
     jobs = [
         {"config": _config(root, parallel="ddp"), "output": str(root / "ddp")},
         {"config": _config(root, parallel="ddp", **recompute), "output": str(root / "ddp-killed"), "stop_after": 5},
-        {"config": _config(root, "untied", parallel="fsdp", **recompute), "output": str(root / "fsdp-untied")},
+        {"config": untied, "output": str(root / "fsdp-untied")},
     ]
     (root / "ddp-jobs.json").write_text(json.dumps(jobs))
     _torchrun([str(WORKER), str(root / "ddp-jobs.json")], root)
@@ -173,8 +178,8 @@ def test_two_fsdp_ranks_resume_a_killed_one_process_run_under_the_cli(root, base
     assert (summary["world_size"], summary["parallel"]) == (2, "fsdp")
 
 
-def test_fsdp_shards_untied_embeddings_and_matches_one_process(root, ddp_runs):
-    _one_process(root, root / "one-untied", model="untied")
+def test_fsdp_shards_untied_embeddings_and_a_live_teacher_and_matches_one_process(root, ddp_runs):
+    _one_process(root, root / "one-untied", model="untied", **UNTIED)
     _assert_same_run(root / "fsdp-untied", root / "one-untied")
     weights, _ = _result(root / "fsdp-untied")
     assert "lm_head.weight" not in weights  # only the SEFP linears are trained (--train-scope linears)
