@@ -11,6 +11,8 @@ Modules (one concern each; docs/TUNING.md has the details):
 * ``losses``       - KL to teacher, next-token NLL, top-1 agreement
 * ``tune_config``  - run settings and method presets (otaro, bps, uniform, qat, ptq)
 * ``trainer``      - the loop, checkpoints and resume
-* ``checkpoint``   - atomic checkpoint files and ``load_tuned_weights`` for export
+* ``distributed``  - torchrun, DDP / FSDP2 wrapping, the collectives the loop needs
+* ``memory``       - device memory per rank from parameter counts (``python -m otaro_export.train.memory``)
+* ``checkpoint``   - atomic checkpoint files (DCP-sharded state), run-directory lock, ``load_tuned_weights`` for export
 * ``evaluation``   - perplexity / KL / agreement per precision, table, JSON, PNG
 """
