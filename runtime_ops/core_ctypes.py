@@ -37,6 +37,15 @@ def _ptr(t: torch.Tensor | None) -> int | None:
     return None if t is None else t.data_ptr()
 
 
+class WeightView(ctypes.Structure):
+    """otaro::SEFPWeightView (sefp_kernel.h), for the benchmark helper."""
+
+    _fields_ = [
+        ("p0", _P), ("p1", _P), ("p2", _P), ("p3", _P), ("exponents", _P),
+        ("out_features", _I64), ("in_features", _I64), ("num_groups", _I64), ("levels", _P),
+    ]  # fmt: skip
+
+
 class CoreKernels:
     """The loaded "core" library."""
 
@@ -60,6 +69,12 @@ class CoreKernels:
         lib.otaro_sefp_embedding.argtypes = [
             _P, _I64, _P, _P, _P, _P, _P, _I64, _I64, _I64, _P, _INT, _P, _INT, _INT, ctypes.POINTER(_I64),
         ]  # fmt: skip
+        lib.otaro_time_linear_stream.restype = _INT
+        lib.otaro_time_linear_stream.argtypes = [
+            _P, _I64, ctypes.POINTER(WeightView), _I64, _INT, _P, _INT, _INT, _I64, _P,
+        ]  # fmt: skip
+        lib.otaro_time_read.restype = ctypes.c_uint64
+        lib.otaro_time_read.argtypes = [_P, _I64, _I64, _P]
         lib.otaro_status_message.restype = ctypes.c_char_p
         lib.otaro_status_message.argtypes = [_INT]
         lib.otaro_isa_available.restype = _INT
@@ -204,3 +219,49 @@ class CoreKernels:
             )
         self._raise_for(status, bits, isa, "sefp_embedding")
         return out.reshape(*ids.shape, k)
+
+    def time_linear_stream(
+        self,
+        x: torch.Tensor,
+        weights: list[PackedSEFP],
+        bits: int,
+        *,
+        repeats: int = 1,
+        levels: torch.Tensor | None = None,
+        isa: str = "auto",
+        num_threads: int = 0,
+    ) -> torch.Tensor:
+        """Seconds of each call (float64 ``[repeats * len(weights)]``): ``repeats`` passes of one call per
+        weight in ``weights`` (same shape), timed in C++.
+
+        For benchmarks: weights that together exceed the last-level cache make every call read its
+        weight from DRAM, as a decode step does layer after layer.
+        """
+        if not weights or any(w.planes()[0].shape != weights[0].planes()[0].shape for w in weights):
+            raise ValueError("time_linear_stream needs one or more weights of the same shape")
+        x2 = x.reshape(-1, x.shape[-1]).contiguous().to(torch.float32)
+        y = torch.empty(x2.shape[0], weights[0].out_features, dtype=torch.float32)
+        table = self._levels(levels)
+        views = (WeightView * len(weights))()
+        keep = []
+        for view, w in zip(views, weights):
+            planes = [p.contiguous() for p in (*w.planes(), w.exponents)]
+            keep.append(planes)
+            view.p0, view.p1, view.p2, view.p3, view.exponents = (_ptr(p) for p in planes)
+            view.out_features, view.in_features, view.num_groups = w.out_features, x.shape[-1], w.num_groups
+            view.levels = _ptr(table)
+        seconds = torch.empty(int(repeats) * len(weights), dtype=torch.float64)
+        status = self._lib.otaro_time_linear_stream(
+            _ptr(x2), x2.shape[0], views, len(weights), int(bits), _ptr(y), int(num_threads), ISAS[isa],
+            int(repeats), _ptr(seconds),
+        )  # fmt: skip
+        self._raise_for(-status, bits, isa)
+        return seconds
+
+    def time_read(self, buffer: torch.Tensor, chunk: int = 2**18) -> torch.Tensor:
+        """Seconds of each ``chunk``-byte piece of one sequential read of ``buffer`` (the read roofline)."""
+        flat = buffer.contiguous().reshape(-1).view(torch.uint8)
+        chunk = max(64, chunk // 64 * 64)
+        seconds = torch.empty(flat.numel() // chunk, dtype=torch.float64)
+        self._lib.otaro_time_read(_ptr(flat), flat.numel(), chunk, _ptr(seconds))
+        return seconds

@@ -1,4 +1,5 @@
 // C ABI of the "core" library, for ctypes (parity tests and benchmarks).
+#include <chrono>
 #include <cstdint>
 
 #include "core/sefp_kernel.h"
@@ -56,4 +57,44 @@ OTARO_CAPI int otaro_sefp_embedding(const int64_t* ids, int64_t count, const uin
   if (bad_isa(isa)) return static_cast<int>(otaro::Status::kUnavailableIsa);
   return static_cast<int>(
       otaro::sefp_embedding(ids, count, w, bits, out, num_threads, static_cast<otaro::Isa>(isa), bad_id));
+}
+
+// Benchmark helper: runs sefp_linear over `count` distinct weights (views[i], all [N, K] with the same
+// shape, e.g. copies larger than the last-level cache together, so every call streams its weight from
+// DRAM), `repeats` times in a row; seconds[r * count + i] receives each call's wall time. Returns 0, or
+// a negative Status value. Timing in C++ keeps the Python call overhead out of per-call figures of a
+// few microseconds, and per-call times let a loaded machine's preempted calls be told apart.
+OTARO_CAPI int otaro_time_linear_stream(const float* x, int64_t rows, const otaro::SEFPWeightView* views, int64_t count,
+                                        int bits, float* y, int num_threads, int isa, int64_t repeats,
+                                        double* seconds) {
+  if (bad_isa(isa)) return -static_cast<int>(otaro::Status::kUnavailableIsa);
+  for (int64_t r = 0; r < repeats; ++r) {
+    for (int64_t i = 0; i < count; ++i) {
+      const auto start = std::chrono::steady_clock::now();
+      const otaro::Status s =
+          otaro::sefp_linear(x, rows, views[i], nullptr, bits, y, num_threads, static_cast<otaro::Isa>(isa));
+      seconds[r * count + i] = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+      if (s != otaro::Status::kOk) return -static_cast<int>(s);
+    }
+  }
+  return 0;
+}
+
+// Benchmark helper: the plain read bandwidth roofline. Reads `bytes` of `data` sequentially as 64-bit
+// words in chunks of `chunk` bytes (multiples of 64); seconds[i] receives chunk i's wall time (so that
+// preempted chunks on a loaded machine can be told apart). Returns the sum of the words (so that the
+// reads cannot be optimised away).
+OTARO_CAPI uint64_t otaro_time_read(const void* data, int64_t bytes, int64_t chunk, double* seconds) {
+  const uint64_t* words = static_cast<const uint64_t*>(data);
+  uint64_t total = 0;
+  for (int64_t c = 0; c + chunk <= bytes; c += chunk) {
+    const auto start = std::chrono::steady_clock::now();
+    uint64_t acc[8] = {0, 0, 0, 0, 0, 0, 0, 0};
+    const uint64_t* w = words + c / 8;
+    for (int64_t i = 0; i < chunk / 8; i += 8)
+      for (int j = 0; j < 8; ++j) acc[j] += w[i + j];
+    for (int j = 0; j < 8; ++j) total += acc[j];
+    seconds[c / chunk] = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+  }
+  return total;
 }

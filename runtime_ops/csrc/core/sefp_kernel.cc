@@ -63,6 +63,13 @@ bool isa_available(Isa isa) {
 
 Isa best_isa() {
   static const Isa best = [] {
+    // $OTARO_ISA (scalar, avx2, avx512, neon) caps the choice, e.g. to measure the AVX2 path on an
+    // AVX-512 machine; an unknown or unavailable name is ignored.
+    if (const char* env = std::getenv("OTARO_ISA")) {
+      for (Isa isa : {Isa::kScalar, Isa::kAvx2, Isa::kAvx512, Isa::kNeon}) {
+        if (std::strcmp(env, isa_name(isa)) == 0 && isa_available(isa)) return isa;
+      }
+    }
     for (Isa isa : {Isa::kAvx512, Isa::kAvx2, Isa::kNeon}) {
       if (isa_available(isa)) return isa;
     }

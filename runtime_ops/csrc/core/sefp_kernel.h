@@ -47,7 +47,8 @@ enum class Isa : int { kAuto = 0, kScalar = 1, kAvx2 = 2, kAvx512 = 3, kNeon = 4
 
 // True if `isa` is compiled in and supported by this CPU.
 bool isa_available(Isa isa);
-// The ISA kAuto resolves to on this machine.
+// The ISA kAuto resolves to on this machine: the best one available, or $OTARO_ISA
+// (scalar, avx2, avx512, neon) when set to an available one (read once).
 Isa best_isa();
 const char* isa_name(Isa isa);
 

@@ -1,9 +1,10 @@
-// AVX2 + FMA kernel. Same structure as the AVX-512 one with 8-lane vectors:
-// a group of 64 weights is eight sub-blocks s (elements 8s..8s+7). Decode rules:
-// floor E5M3 by vpshufb, other E5M3 tables by one vpermps, E5M4 tables by two;
-// k >= 5 floor/center by shift/mask, any other row by a gather.
-// Plane addressing of element i = 8s + l (see otaro_export/packing.py):
-//   p0 byte 8(s&3)+l, nibble s>>2;  p1/p2 byte 8(s&1)+l, field s>>1;  p3 byte l, bit s.
+// AVX2 + FMA kernel. Same structure as the AVX-512 one with 8-lane vectors: a group
+// of 64 weights is assembled in byte lanes (two ymm: elements 0..31 and 32..63; each
+// plane broadcast, shifted per 128-bit lane, masked and merged), stored to the stack
+// and widened 8 bytes at a time by sign/zero-extending loads. Decode rules: floor
+// E5M3 by vpshufb to +-q[7:5]; floor/center with even q_k as signed q_k / 2 (one
+// vpsignb per 32 weights); other E5M3 tables by one vpermps, E5M4 tables by two;
+// any other row by a gather; the rest convert the magnitude and xor the sign.
 #include <immintrin.h>
 
 #include "core/sefp_kernel_internal.h"
@@ -13,27 +14,6 @@ namespace detail {
 namespace {
 
 inline int64_t min64(int64_t a, int64_t b) { return a < b ? a : b; }
-
-template <int S>
-inline __m256i shift_left(__m256i v) {
-  if constexpr (S >= 0)
-    return _mm256_slli_epi32(v, S);
-  else
-    return _mm256_srli_epi32(v, -S);
-}
-
-inline __m256i load8_u8(const uint8_t* p) {
-  long long b8;
-  __builtin_memcpy(&b8, p, 8);
-  return _mm256_cvtepu8_epi32(_mm_cvtsi64_si128(b8));
-}
-
-struct GroupBytes {
-  __m256i c[4];   // p0 bytes 8j..8j+7 widened
-  __m256i f1[2];  // p1 bytes 8j..8j+7
-  __m256i f2[2];  // p2
-  __m256i f3;     // p3 bytes 0..7
-};
 
 // Magnitude tables of the call's levels row for k <= 4 (row[0..7], row[8..15]) and
 // the row itself for the generic gather of k >= 5.
@@ -47,90 +27,126 @@ inline Tables load_tables(const LinearPlan& a) {
   return Tables{_mm256_loadu_ps(a.row), _mm256_loadu_ps(a.row + 8), a.row};
 }
 
-template <int BITS, int RULE, int S>
-inline __m256 decode_sub(const Tables& t, const GroupBytes& gb) {
-  const __m256i c = gb.c[S & 3];
-  const __m256i sign =
-      _mm256_and_si256(shift_left<(S >> 2) ? 24 : 28>(c), _mm256_set1_epi32(static_cast<int>(0x80000000u)));
-  __m256 mag;
-  if constexpr (BITS == 3) {
-    // level of q[7:5] by an 8-entry vpermps (it reads the low 3 bits of each lane)
-    mag = _mm256_permutevar8x32_ps(t.lo, (S >> 2) ? _mm256_srli_epi32(c, 4) : c);
-  } else {
-    constexpr int kHalf = (RULE == kCenter && BITS <= 7) ? 1 << (7 - BITS) : 0;  // center: bit 7-k, free in q_k
-    __m256i q = _mm256_and_si256(shift_left<(S >> 2) ? 1 : 5>(c), _mm256_set1_epi32(0xE0));
-    if constexpr (kHalf != 0) q = _mm256_or_si256(q, _mm256_set1_epi32(kHalf));
-    constexpr int m1 = BITS == 4 ? 0x10 : 0x18;
-    q = _mm256_or_si256(q, _mm256_and_si256(shift_left<3 - 2 * (S >> 1)>(gb.f1[S & 1]), _mm256_set1_epi32(m1)));
-    if constexpr (BITS >= 6) {
-      constexpr int m2 = BITS == 6 ? 0x04 : 0x06;
-      q = _mm256_or_si256(q, _mm256_and_si256(shift_left<1 - 2 * (S >> 1)>(gb.f2[S & 1]), _mm256_set1_epi32(m2)));
-    }
-    if constexpr (BITS == 8) q = _mm256_or_si256(q, _mm256_and_si256(shift_left<-S>(gb.f3), _mm256_set1_epi32(1)));
-    if constexpr (RULE == kTable && BITS == 4) {
-      // 16 levels: two 8-entry vpermps, blended on bit 3 of the level index
-      const __m256i j = _mm256_srli_epi32(q, 4);
-      mag = _mm256_blendv_ps(_mm256_permutevar8x32_ps(t.lo, j), _mm256_permutevar8x32_ps(t.hi, j),
-                             _mm256_castsi256_ps(_mm256_slli_epi32(j, 28)));
-    } else if constexpr (RULE == kTable) {
-      mag = _mm256_i32gather_ps(t.row, _mm256_srli_epi32(q, 8 - BITS), 4);
-    } else if constexpr (RULE == kCenter && BITS == 8) {
-      mag = _mm256_add_ps(_mm256_cvtepi32_ps(q), _mm256_set1_ps(0.5f));
-    } else {
-      mag = _mm256_cvtepi32_ps(q);
-    }
-  }
-  return _mm256_xor_ps(mag, _mm256_castsi256_ps(sign));
-}
-
-// decode_group's values are (value in units of 2^(e-7)) / kDecodeUnit: floor E5M3 decodes
-// q_3 >> 5 (-7..7) with one byte-table lookup per 32 weights; the scale absorbs the 32.
+// Byte-lane decodes whose values fit int8 at half scale (q_k even: floor up to k = 7, center up
+// to k = 6): the sign is a byte negation, the widening a sign extension; the scale doubles.
 template <int BITS, int RULE>
-constexpr float kDecodeUnit = (BITS == 3 && RULE == kFloor) ? 32.0f : 1.0f;
+constexpr bool kHalved = RULE != kTable && (BITS <= 6 || (BITS == 7 && RULE == kFloor));
 
-// Floor E5M3: vpshufb maps each code (sign<<3 | q[7:5]) to the int8 +-(q[7:5]);
-// p0's low nibbles are elements 0..31 and its high nibbles 32..63, in order.
-inline void decode_group_m3(const uint8_t* p0, __m256 v[8]) {
-  const __m256i table = _mm256_setr_epi8(0, 1, 2, 3, 4, 5, 6, 7, 0, -1, -2, -3, -4, -5, -6, -7,  //
-                                         0, 1, 2, 3, 4, 5, 6, 7, 0, -1, -2, -3, -4, -5, -6, -7);
-  const __m256i nibble = _mm256_set1_epi8(0x0F);
-  const __m256i bytes = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p0));
-  const __m256i lo = _mm256_shuffle_epi8(table, _mm256_and_si256(bytes, nibble));
-  const __m256i hi = _mm256_shuffle_epi8(table, _mm256_and_si256(_mm256_srli_epi16(bytes, 4), nibble));
-  const __m128i quarter[4] = {_mm256_castsi256_si128(lo), _mm256_extracti128_si256(lo, 1), _mm256_castsi256_si128(hi),
-                              _mm256_extracti128_si256(hi, 1)};
-  for (int q = 0; q < 4; ++q) {  // 16 elements each, widened 8 at a time
-    v[2 * q] = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(quarter[q]));
-    v[2 * q + 1] = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_unpackhi_epi64(quarter[q], quarter[q])));
-  }
-}
-
+// decode_group's values are (value in units of 2^(e-7)) / kDecodeUnit: floor E5M3 decodes q_3 >> 5
+// (-7..7) by a byte table, halved decodes q_k / 2; the group scale absorbs the factor.
 template <int BITS, int RULE>
-inline void decode_group(const Tables& t, const SEFPWeightView& w, int64_t ng, __m256 v[8]) {
+constexpr float kDecodeUnit = (BITS == 3 && RULE == kFloor)        ? 32.0f
+                              : (BITS >= 4 && kHalved<BITS, RULE>) ? 2.0f
+                                                                   : 1.0f;
+
+inline __m256i set_lanes(int lo, int hi) { return _mm256_setr_epi32(lo, lo, lo, lo, hi, hi, hi, hi); }
+
+// One group's bytes in element order (buffer[e] for element e), assembled 32 elements per ymm:
+// signed q_k / 2 (halved), signed q_3 >> 5 (floor E5M3), or magnitudes / level indices with the
+// signs in sign[e] (0x80 negative; the other decodes).
+template <int BITS, int RULE>
+inline void assemble(const SEFPWeightView& w, int64_t ng, int8_t* bytes, int8_t* sign) {
+  const __m256i p0 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(w.p0 + ng * kPlaneBytesPerGroup[0]));
+  const __m256i lo4 = _mm256_slli_epi16(p0, 4);  // low nibbles (elements 0..31) in the high half of each byte
   if constexpr (BITS == 3 && RULE == kFloor) {
-    decode_group_m3(w.p0 + ng * kPlaneBytesPerGroup[0], v);
+    // vpshufb maps each code (sign<<3 | q[7:5]) to the int8 +-(q[7:5])
+    const __m256i table = _mm256_setr_epi8(0, 1, 2, 3, 4, 5, 6, 7, 0, -1, -2, -3, -4, -5, -6, -7,  //
+                                           0, 1, 2, 3, 4, 5, 6, 7, 0, -1, -2, -3, -4, -5, -6, -7);
+    const __m256i nibble = _mm256_set1_epi8(0x0F);
+    _mm256_store_si256(reinterpret_cast<__m256i*>(bytes), _mm256_shuffle_epi8(table, _mm256_and_si256(p0, nibble)));
+    _mm256_store_si256(reinterpret_cast<__m256i*>(bytes + 32),
+                       _mm256_shuffle_epi8(table, _mm256_and_si256(_mm256_srli_epi16(p0, 4), nibble)));
     return;
   }
-  GroupBytes gb;
-  const uint8_t* p0 = w.p0 + ng * kPlaneBytesPerGroup[0];
-  for (int j = 0; j < 4; ++j) gb.c[j] = load8_u8(p0 + 8 * j);
+  constexpr int H = kHalved<BITS, RULE> ? 1 : 0;  // every field one bit lower for q_k / 2
+  // table decodes index the levels by q_k >> (8-k): assemble that directly (fields (8-k) bits lower)
+  constexpr int D = RULE == kTable ? 8 - BITS : H;
+  constexpr int kHalf = (RULE == kCenter && BITS <= 7) ? (1 << (7 - BITS)) >> H : 0;
+  const __m256i top = _mm256_set1_epi8(static_cast<char>(0xE0 >> D));
+  // q[7:5]: low nibble bits 0..2 and high nibble bits 4..6 to bits 5..7 (>> D)
+  __m256i q0 = _mm256_and_si256(D <= 1 ? _mm256_slli_epi16(p0, 5 - D) : _mm256_srli_epi16(lo4, D - 1), top);
+  __m256i q1 = _mm256_and_si256(D <= 1 ? _mm256_slli_epi16(p0, 1 - D) : _mm256_srli_epi16(p0, D - 1), top);
+  if constexpr (kHalf != 0) {
+    q0 = _mm256_or_si256(q0, _mm256_set1_epi8(kHalf));
+    q1 = _mm256_or_si256(q1, _mm256_set1_epi8(kHalf));
+  }
   if constexpr (BITS >= 4) {
-    gb.f1[0] = load8_u8(w.p1 + ng * kPlaneBytesPerGroup[1]);
-    gb.f1[1] = load8_u8(w.p1 + ng * kPlaneBytesPerGroup[1] + 8);
+    // p1 field j (element i + 16j) at bits 2j..2j+1 to bits 3..4 (>> D); ymm lane = j parity
+    const __m256i f = _mm256_broadcastsi128_si256(
+        _mm_loadu_si128(reinterpret_cast<const __m128i*>(w.p1 + ng * kPlaneBytesPerGroup[1])));
+    // fields 0, 1 (low bits): << 3 then >> 2j + D; fields 2, 3 (high bits) straight >> 2j - 3 + D, so that
+    // no field of a dword's top byte is shifted out (bits crossing into a neighbour byte are masked off)
+    const __m256i m1 = _mm256_set1_epi8(static_cast<char>((BITS == 4 ? 0x10 : 0x18) >> D));
+    q0 = _mm256_or_si256(q0, _mm256_and_si256(_mm256_srlv_epi32(_mm256_slli_epi32(f, 3), set_lanes(D, 2 + D)), m1));
+    q1 = _mm256_or_si256(q1, _mm256_and_si256(_mm256_srlv_epi32(f, set_lanes(1 + D, 3 + D)), m1));
   }
   if constexpr (BITS >= 6) {
-    gb.f2[0] = load8_u8(w.p2 + ng * kPlaneBytesPerGroup[2]);
-    gb.f2[1] = load8_u8(w.p2 + ng * kPlaneBytesPerGroup[2] + 8);
+    const __m256i f = _mm256_broadcastsi128_si256(
+        _mm_loadu_si128(reinterpret_cast<const __m128i*>(w.p2 + ng * kPlaneBytesPerGroup[2])));
+    const __m256i m2 = _mm256_set1_epi8(static_cast<char>((BITS == 6 ? 0x04 : 0x06) >> D));  // to bits 1..2
+    q0 = _mm256_or_si256(q0, _mm256_and_si256(_mm256_srlv_epi32(_mm256_slli_epi32(f, 1), set_lanes(D, 2 + D)), m2));
+    q1 = _mm256_or_si256(q1, _mm256_and_si256(_mm256_srlv_epi32(f, set_lanes(3 + D, 5 + D)), m2));
   }
-  if constexpr (BITS == 8) gb.f3 = load8_u8(w.p3 + ng * kPlaneBytesPerGroup[3]);
-  v[0] = decode_sub<BITS, RULE, 0>(t, gb);
-  v[1] = decode_sub<BITS, RULE, 1>(t, gb);
-  v[2] = decode_sub<BITS, RULE, 2>(t, gb);
-  v[3] = decode_sub<BITS, RULE, 3>(t, gb);
-  v[4] = decode_sub<BITS, RULE, 4>(t, gb);
-  v[5] = decode_sub<BITS, RULE, 5>(t, gb);
-  v[6] = decode_sub<BITS, RULE, 6>(t, gb);
-  v[7] = decode_sub<BITS, RULE, 7>(t, gb);
+  if constexpr (BITS == 8) {
+    // p3: bit j of byte i = q[0] of element i + 8j; qword j of the broadcast holds elements 8j..8j+7
+    long long b8;
+    __builtin_memcpy(&b8, w.p3 + ng * kPlaneBytesPerGroup[3], 8);
+    const __m256i f = _mm256_set1_epi64x(b8);
+    const __m256i one = _mm256_set1_epi8(D == 0 ? 1 : 0);  // q[0] is below every table index (D >= 1)
+    q0 = _mm256_or_si256(q0, _mm256_and_si256(_mm256_srlv_epi64(f, _mm256_setr_epi64x(0, 1, 2, 3)), one));
+    q1 = _mm256_or_si256(q1, _mm256_and_si256(_mm256_srlv_epi64(f, _mm256_setr_epi64x(4, 5, 6, 7)), one));
+  }
+  // the sign bit of each element's code moved to bit 7: lo4 for elements 0..31, p0 for 32..63
+  if constexpr (H) {
+    const __m256i one = _mm256_set1_epi8(1);
+    q0 = _mm256_sign_epi8(q0, _mm256_or_si256(lo4, one));  // negates where bit 7 is set
+    q1 = _mm256_sign_epi8(q1, _mm256_or_si256(p0, one));
+  } else {
+    const __m256i bit7 = _mm256_set1_epi8(static_cast<char>(0x80));
+    _mm256_store_si256(reinterpret_cast<__m256i*>(sign), _mm256_and_si256(lo4, bit7));
+    _mm256_store_si256(reinterpret_cast<__m256i*>(sign + 32), _mm256_and_si256(p0, bit7));
+  }
+  _mm256_store_si256(reinterpret_cast<__m256i*>(bytes), q0);
+  _mm256_store_si256(reinterpret_cast<__m256i*>(bytes + 32), q1);
+}
+
+inline __m256i load8_i8(const int8_t* p, bool sign_extend) {
+  const __m128i b = _mm_loadl_epi64(reinterpret_cast<const __m128i*>(p));
+  return sign_extend ? _mm256_cvtepi8_epi32(b) : _mm256_cvtepu8_epi32(b);
+}
+
+// The 64 values of one group (units of 2^(e-7), divided by kDecodeUnit) as eight 8-lane floats:
+// byte-lane assembly (assemble), then per 8 weights a widening load from the stack buffer
+// (no shuffles) and a convert, a level lookup (vpermps for k <= 4, a gather above) and the sign.
+template <int BITS, int RULE>
+inline void decode_group(const Tables& t, const SEFPWeightView& w, int64_t ng, __m256 v[8]) {
+  alignas(32) int8_t bytes[kGroup];
+  alignas(32) int8_t sign[kGroup];
+  assemble<BITS, RULE>(w, ng, bytes, sign);
+  constexpr bool kSigned = kHalved<BITS, RULE> || (BITS == 3 && RULE == kFloor);
+  for (int s = 0; s < 8; ++s) {
+    const __m256i d = load8_i8(bytes + 8 * s, kSigned);
+    if constexpr (kSigned) {
+      v[s] = _mm256_cvtepi32_ps(d);
+      continue;
+    }
+    __m256 mag;
+    if constexpr (RULE == kTable && BITS == 3) {
+      mag = _mm256_permutevar8x32_ps(t.lo, d);
+    } else if constexpr (RULE == kTable && BITS == 4) {
+      // 16 levels: two 8-entry vpermps, blended on bit 3 of the level index
+      mag = _mm256_blendv_ps(_mm256_permutevar8x32_ps(t.lo, d), _mm256_permutevar8x32_ps(t.hi, d),
+                             _mm256_castsi256_ps(_mm256_slli_epi32(d, 28)));
+    } else if constexpr (RULE == kTable) {
+      mag = _mm256_i32gather_ps(t.row, d, 4);
+    } else if constexpr (RULE == kCenter && BITS == 8) {
+      mag = _mm256_add_ps(_mm256_cvtepi32_ps(d), _mm256_set1_ps(0.5f));
+    } else {
+      mag = _mm256_cvtepi32_ps(d);
+    }
+    const __m256i sg = _mm256_slli_epi32(load8_i8(sign + 8 * s, false), 24);  // 0x80 -> bit 31
+    v[s] = _mm256_xor_ps(mag, _mm256_castsi256_ps(sg));
+  }
 }
 
 inline float hsum(__m256 v) {

@@ -2,8 +2,9 @@
 // 16-lane float vectors of signed values in units of 2^(e-7) (exact), built
 // from the planes precision k needs: E5M3 is one vpermps lookup per 16 weights
 // and E5M4 one vpermt2ps, in tables built from the call's levels row (any rule);
-// E5M5..M8 shift/mask/ternary-logic to q_k, then floor as is, center with bit
-// 7-k set (k = 8: + 1/2), any other row by a gather. Multiply-accumulate in float32.
+// E5M5..M8 assemble q_k for the whole group in byte lanes, then per 16 weights
+// convert (floor; center with bit 7-k set, k = 8: + 1/2) or gather the level (any
+// other row), and negate by the sign mask. Multiply-accumulate in float32.
 #include <immintrin.h>
 
 #include "core/sefp_kernel_internal.h"
@@ -38,92 +39,164 @@ inline Tables load_tables(const LinearPlan& a) {
   return Tables{_mm512_load_ps(a.lut), _mm512_load_ps(a.lut + 16), a.row};
 }
 
-// Block b (elements 16b..16b+15) of one group as floats: signed values in units of 2^(e-7).
-template <int BITS, int RULE, int B>
-inline __m512 decode_block(const Tables& t, __m512i c01, __m512i c23, __m512i p1v, __m512i p2v, __m512i p3v) {
+// E5M3 / E5M4: block b (elements 16b..16b+15) of one group as floats by one table lookup.
+template <int BITS, int B>
+inline __m512 lut_block(const Tables& t, __m512i c01, __m512i c23, __m512i p1v) {
   const __m512i c = (B & 1) ? c23 : c01;  // p0 bytes 0..15 hold blocks 0/2, 16..31 blocks 1/3
+  const __m512i code = (B >> 1) ? _mm512_srli_epi32(c, 4) : c;
   if constexpr (BITS == 3) {
     // code (sign<<3 | q[7:5]) -> +-level: vpermps reads the low 4 bits of each lane.
-    return _mm512_permutexvar_ps((B >> 1) ? _mm512_srli_epi32(c, 4) : c, t.lo);
-  } else if constexpr (BITS == 4) {
+    return _mm512_permutexvar_ps(code, t.lo);
+  } else {
     // index = code (bits 0..3) | q[4] (bit 4; bits above are ignored by vpermt2ps)
-    const __m512i code = (B >> 1) ? _mm512_srli_epi32(c, 4) : c;
     constexpr int kSelect = 0xE4;  // c ? a : b, bitwise
     const __m512i idx = _mm512_ternarylogic_epi32(code, shift_left<3 - 2 * B>(p1v), _mm512_set1_epi32(0x0F), kSelect);
     return _mm512_permutex2var_ps(t.lo, idx, t.hi);
+  }
+}
+
+// Byte-lane decodes whose values fit int8 at half scale: q_k / 2 is at most 127 when q_k is
+// even (floor up to k = 7, center up to k = 6), so the sign is one byte negation for the
+// whole group and the widening sign-extends; the group scale doubles to compensate.
+template <int BITS, int RULE>
+constexpr bool kHalved = RULE != kTable && (BITS <= 6 || (BITS == 7 && RULE == kFloor));
+// log2 of the factor the group scale takes: decode_group's values are value / 2^kDecodeLog2.
+template <int BITS, int RULE>
+constexpr int kDecodeLog2 = (BITS >= 5 && kHalved<BITS, RULE>) ? 1 : 0;
+
+// Per-lane shift / rotate counts of the byte-lane decode (E5M5..M8), for q_k and for q_k / 2.
+struct ByteLanes {
+  __m512i p0_shift[2];   // 16-bit lanes: << 5 (low nibbles, elements 0..31), << 1 (high nibbles, 32..63)
+  __m512i sign_bit;      // bytes: 0x08 (low nibble's sign), 0x80 (high nibble's)
+  __m512i p1_rotate[2];  // dword rotate of 128-bit lane j (elements 16j..): field j of p1 to bits 3..4
+  __m512i p2_rotate[2];  // ... field j of p2 to bits 1..2
+  __m512i p3_shift;      // qword j (elements 8j..8j+7): bit j of each p3 byte to bit 0
+};
+
+inline ByteLanes byte_lanes() {
+  return ByteLanes{
+      {_mm512_inserti64x4(_mm512_set1_epi16(5), _mm256_set1_epi16(1), 1),
+       _mm512_inserti64x4(_mm512_set1_epi16(4), _mm256_set1_epi16(0), 1)},
+      _mm512_inserti64x4(_mm512_set1_epi8(0x08), _mm256_set1_epi8(static_cast<char>(0x80)), 1),
+      {_mm512_set_epi32(29, 29, 29, 29, 31, 31, 31, 31, 1, 1, 1, 1, 3, 3, 3, 3),
+       _mm512_set_epi32(28, 28, 28, 28, 30, 30, 30, 30, 0, 0, 0, 0, 2, 2, 2, 2)},
+      {_mm512_set_epi32(27, 27, 27, 27, 29, 29, 29, 29, 31, 31, 31, 31, 1, 1, 1, 1),
+       _mm512_set_epi32(26, 26, 26, 26, 28, 28, 28, 28, 30, 30, 30, 30, 0, 0, 0, 0)},
+      _mm512_set_epi64(7, 6, 5, 4, 3, 2, 1, 0),
+  };
+}
+
+// Block b of byte-lane values (elements 16b..16b+15) as signed floats: `q` holds signed
+// q_k / 2 (halved decodes) or magnitudes with the signs in `negative`.
+template <int BITS, int RULE, int B>
+inline __m512 byte_block(const Tables& t, __m512i q, __mmask64 negative) {
+  const __m128i lane = B == 0 ? _mm512_castsi512_si128(q) : _mm512_extracti32x4_epi32(q, B);
+  if constexpr (kHalved<BITS, RULE>) return _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(lane));
+  const __m512i d = _mm512_cvtepu8_epi32(lane);
+  __m512 mag;
+  if constexpr (RULE == kTable) {
+    mag = _mm512_i32gather_ps(_mm512_srli_epi32(d, 8 - BITS), t.row, 4);
+  } else if constexpr (RULE == kCenter && BITS == 8) {
+    mag = _mm512_add_ps(_mm512_cvtepi32_ps(d), _mm512_set1_ps(0.5f));
   } else {
-    // q[7:5] from the nibble; low nibble sits at bit 0, high nibble at bit 4. Center (k <= 7)
-    // sets bit 7-k, free in q_k: q_k + 2^(7-k) in one ternary op.
-    constexpr int kHalf = (RULE == kCenter && BITS <= 7) ? 1 << (7 - BITS) : 0;
-    __m512i q = _mm512_ternarylogic_epi32(shift_left<(B >> 1) ? 1 : 5>(c), _mm512_set1_epi32(0xE0),
-                                          _mm512_set1_epi32(kHalf), kTernaryAndOr);
-    q = _mm512_ternarylogic_epi32(q, shift_left<3 - 2 * B>(p1v), _mm512_set1_epi32(0x18), kTernaryOrAnd);  // q[4:3]
+    mag = _mm512_cvtepi32_ps(d);
+  }
+  return _mm512_mask_sub_ps(mag, static_cast<__mmask16>(negative >> (16 * B)), _mm512_setzero_ps(), mag);
+}
+
+// The 64 signed values of one group (units of 2^(e-7), divided by 2^kDecodeLog2) as four
+// 16-lane float vectors. E5M3/M4: table lookups. E5M5..M8: q_k (or q_k / 2) is assembled
+// for all 64 elements at once in byte lanes (element e = byte e: each plane broadcast to
+// the lanes its elements occupy, then one shift or rotate and one ternary-logic merge per
+// plane), the signs become a 64-bit mask, then per 16 weights: widen, convert (or gather
+// the level), and negate by mask unless the bytes were negated already.
+template <int BITS, int RULE>
+inline void decode_group(const Tables& t, const ByteLanes& bl, const SEFPWeightView& w, int64_t ng, __m512 v[4]) {
+  const uint8_t* p0 = w.p0 + ng * kPlaneBytesPerGroup[0];
+  if constexpr (BITS <= 4) {
+    const __m512i c01 = _mm512_cvtepu8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p0)));
+    const __m512i c23 = _mm512_cvtepu8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p0 + 16)));
+    __m512i p1v = _mm512_setzero_si512();
+    if constexpr (BITS == 4)
+      p1v = _mm512_cvtepu8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(w.p1 + ng * kPlaneBytesPerGroup[1])));
+    v[0] = lut_block<BITS, 0>(t, c01, c23, p1v);
+    v[1] = lut_block<BITS, 1>(t, c01, c23, p1v);
+    v[2] = lut_block<BITS, 2>(t, c01, c23, p1v);
+    v[3] = lut_block<BITS, 3>(t, c01, c23, p1v);
+  } else {
+    constexpr int H = kHalved<BITS, RULE> ? 1 : 0;  // every field lands one bit lower for q_k / 2
+    // center (k <= 7) sets bit 7-k, free in q_k: q_k + 2^(7-k) at no cost (k = 8: + 1/2 after converting)
+    constexpr int kHalf = (RULE == kCenter && BITS <= 7) ? (1 << (7 - BITS)) >> H : 0;
+    const __m512i z0 = _mm512_broadcast_i64x4(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p0)));
+    __m512i q = _mm512_ternarylogic_epi32(_mm512_sllv_epi16(z0, bl.p0_shift[H]),
+                                          _mm512_set1_epi8(static_cast<char>(0xE0 >> H)), _mm512_set1_epi8(kHalf),
+                                          kTernaryAndOr);  // q[7:5]
+    const __mmask64 negative = _mm512_test_epi8_mask(z0, bl.sign_bit);
+    const __m512i z1 =
+        _mm512_broadcast_i32x4(_mm_loadu_si128(reinterpret_cast<const __m128i*>(w.p1 + ng * kPlaneBytesPerGroup[1])));
+    q = _mm512_ternarylogic_epi32(q, _mm512_rolv_epi32(z1, bl.p1_rotate[H]), _mm512_set1_epi8(0x18 >> H),
+                                  kTernaryOrAnd);  // q[4:3]
     if constexpr (BITS >= 6) {
-      constexpr int m2 = BITS == 6 ? 0x04 : 0x06;  // q[2:1] (k=6 keeps only q[2])
-      q = _mm512_ternarylogic_epi32(q, shift_left<1 - 2 * B>(p2v), _mm512_set1_epi32(m2), kTernaryOrAnd);
+      const __m512i z2 =
+          _mm512_broadcast_i32x4(_mm_loadu_si128(reinterpret_cast<const __m128i*>(w.p2 + ng * kPlaneBytesPerGroup[2])));
+      q = _mm512_ternarylogic_epi32(q, _mm512_rolv_epi32(z2, bl.p2_rotate[H]),
+                                    _mm512_set1_epi8((BITS == 6 ? 0x04 : 0x06) >> H),
+                                    kTernaryOrAnd);  // q[2:1] (k = 6 keeps only q[2])
     }
     if constexpr (BITS == 8) {
-      // p3 byte l&7, bit 2B + (l >> 3) holds q[0] of element 16B + l
-      const __m512i counts =
-          _mm512_setr_epi32(2 * B, 2 * B, 2 * B, 2 * B, 2 * B, 2 * B, 2 * B, 2 * B, 2 * B + 1, 2 * B + 1, 2 * B + 1,
-                            2 * B + 1, 2 * B + 1, 2 * B + 1, 2 * B + 1, 2 * B + 1);
-      q = _mm512_ternarylogic_epi32(q, _mm512_srlv_epi32(p3v, counts), _mm512_set1_epi32(1), kTernaryOrAnd);
+      long long b8;
+      __builtin_memcpy(&b8, w.p3 + ng * kPlaneBytesPerGroup[3], 8);
+      q = _mm512_ternarylogic_epi32(q, _mm512_srlv_epi64(_mm512_set1_epi64(b8), bl.p3_shift), _mm512_set1_epi8(1),
+                                    kTernaryOrAnd);  // q[0]
     }
-    __m512 mag;
-    if constexpr (RULE == kTable) {
-      mag = _mm512_i32gather_ps(_mm512_srli_epi32(q, 8 - BITS), t.row, 4);
-    } else if constexpr (RULE == kCenter && BITS == 8) {
-      mag = _mm512_add_ps(_mm512_cvtepi32_ps(q), _mm512_set1_ps(0.5f));
-    } else {
-      mag = _mm512_cvtepi32_ps(q);
-    }
-    const __m512i sign_at_31 = shift_left<(B >> 1) ? 24 : 28>(c);
-    return _mm512_castsi512_ps(_mm512_ternarylogic_epi32(
-        _mm512_castps_si512(mag), sign_at_31, _mm512_set1_epi32(static_cast<int>(0x80000000u)), kTernaryXorAnd));
+    if constexpr (H) q = _mm512_mask_sub_epi8(q, negative, _mm512_setzero_si512(), q);  // signed q_k / 2
+    v[0] = byte_block<BITS, RULE, 0>(t, q, negative);
+    v[1] = byte_block<BITS, RULE, 1>(t, q, negative);
+    v[2] = byte_block<BITS, RULE, 2>(t, q, negative);
+    v[3] = byte_block<BITS, RULE, 3>(t, q, negative);
   }
 }
 
-template <int BITS, int RULE>
-inline void decode_group(const Tables& t, const SEFPWeightView& w, int64_t ng, __m512 v[4]) {
-  const uint8_t* p0 = w.p0 + ng * kPlaneBytesPerGroup[0];
-  const __m512i c01 = _mm512_cvtepu8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p0)));
-  const __m512i c23 = _mm512_cvtepu8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p0 + 16)));
-  __m512i p1v = _mm512_setzero_si512(), p2v = _mm512_setzero_si512(), p3v = _mm512_setzero_si512();
-  if constexpr (BITS >= 4)
-    p1v = _mm512_cvtepu8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(w.p1 + ng * kPlaneBytesPerGroup[1])));
-  if constexpr (BITS >= 6)
-    p2v = _mm512_cvtepu8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(w.p2 + ng * kPlaneBytesPerGroup[2])));
-  if constexpr (BITS == 8) {
-    long long b8;
-    __builtin_memcpy(&b8, w.p3 + ng * kPlaneBytesPerGroup[3], 8);
-    p3v = _mm512_cvtepu8_epi32(_mm_set1_epi64x(b8));  // lanes 0..7 and 8..15 both see bytes 0..7
-  }
-  v[0] = decode_block<BITS, RULE, 0>(t, c01, c23, p1v, p2v, p3v);
-  v[1] = decode_block<BITS, RULE, 1>(t, c01, c23, p1v, p2v, p3v);
-  v[2] = decode_block<BITS, RULE, 2>(t, c01, c23, p1v, p2v, p3v);
-  v[3] = decode_block<BITS, RULE, 3>(t, c01, c23, p1v, p2v, p3v);
+// [a, b, c, d] horizontal sums.
+inline __m128 reduce4(__m512 a, __m512 b, __m512 c, __m512 d) {
+  const __m256 a8 = _mm256_add_ps(_mm512_castps512_ps256(a), _mm512_extractf32x8_ps(a, 1));
+  const __m256 b8 = _mm256_add_ps(_mm512_castps512_ps256(b), _mm512_extractf32x8_ps(b, 1));
+  const __m256 c8 = _mm256_add_ps(_mm512_castps512_ps256(c), _mm512_extractf32x8_ps(c, 1));
+  const __m256 d8 = _mm256_add_ps(_mm512_castps512_ps256(d), _mm512_extractf32x8_ps(d, 1));
+  const __m256 abcd = _mm256_hadd_ps(_mm256_hadd_ps(a8, b8), _mm256_hadd_ps(c8, d8));
+  return _mm_add_ps(_mm256_castps256_ps128(abcd), _mm256_extractf128_ps(abcd, 1));
 }
 
-inline float hsum(__m512 v) { return _mm512_reduce_add_ps(v); }
+// The horizontal sum of one vector in reduce4's order, so that a row gives the same bits
+// whichever of the two computed it.
+inline float hsum(__m512 v) {
+  const __m256 v8 = _mm256_add_ps(_mm512_castps512_ps256(v), _mm512_extractf32x8_ps(v, 1));
+  const __m256 h = _mm256_hadd_ps(_mm256_hadd_ps(v8, v8), _mm256_hadd_ps(v8, v8));
+  return _mm_cvtss_f32(_mm_add_ps(_mm256_castps256_ps128(h), _mm256_extractf128_ps(h, 1)));
+}
 
-// scales[i] = 2^(e[i] - 7) for count groups, 16 at a time from the exponent bits.
+// scales[i] = 2^(e[i] - 7 + L) for count groups, 16 at a time from the exponent bits (masked tail).
+template <int L>
 inline void group_scales(const int8_t* e, int64_t count, float* scales) {
-  int64_t i = 0;
-  for (; i + 16 <= count; i += 16) {
-    const __m512i biased = _mm512_add_epi32(
-        _mm512_cvtepi8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(e + i))), _mm512_set1_epi32(127 - 7));
-    if (_mm512_cmpgt_epi32_mask(_mm512_set1_epi32(1), biased) != 0) break;  // subnormal: scalar path below
-    _mm512_storeu_ps(scales + i, _mm512_castsi512_ps(_mm512_slli_epi32(biased, 23)));
+  for (int64_t i = 0; i < count; i += 16) {
+    const __mmask16 keep = count - i >= 16 ? 0xFFFF : static_cast<__mmask16>((1u << (count - i)) - 1);
+    const __m512i biased =
+        _mm512_add_epi32(_mm512_cvtepi8_epi32(_mm_maskz_loadu_epi8(keep, e + i)), _mm512_set1_epi32(127 - 7 + L));
+    if (_mm512_mask_cmpgt_epi32_mask(keep, _mm512_set1_epi32(1), biased) != 0 ||
+        _mm512_mask_cmpgt_epi32_mask(keep, biased, _mm512_set1_epi32(254)) != 0) {  // out of range: exact libm path
+      for (int64_t j = i; j < count; ++j) scales[j] = unit_scale(e[j]) * static_cast<float>(1 << L);
+      return;
+    }
+    _mm512_mask_storeu_ps(scales + i, keep, _mm512_castsi512_ps(_mm512_slli_epi32(biased, 23)));
   }
-  for (; i < count; ++i) scales[i] = unit_scale(e[i]);
 }
 
-constexpr int64_t kScaleChunk = 256;  // groups whose scales sit on the stack at once
+constexpr int64_t kScaleChunk = 128;  // groups whose scales sit on the stack at once (per weight row)
 
-// Few activation rows (decode): two weight rows at a time share the x loads;
-// every group is decoded once and dotted with each activation row.
+// Few activation rows (decode): R weight rows at a time share the x loads and the final
+// horizontal reduction; every group is decoded once and dotted with each activation row.
 template <int BITS, int RULE, int M, int R>
-void matvec_rows(const LinearPlan& a, const Tables& t, int64_t n) {
+void matvec_rows(const LinearPlan& a, const Tables& t, const ByteLanes& bl, int64_t n) {
   const SEFPWeightView& w = a.w;
   const int64_t G = w.num_groups, N = a.ldy;  // y row stride
   __m512 acc[M][R];
@@ -132,11 +205,11 @@ void matvec_rows(const LinearPlan& a, const Tables& t, int64_t n) {
   alignas(64) float scales[R][kScaleChunk];
   for (int64_t g0 = 0; g0 < G; g0 += kScaleChunk) {
     const int64_t gc = min64(kScaleChunk, G - g0);
-    for (int r = 0; r < R; ++r) group_scales(w.exponents + (n + r) * G + g0, gc, scales[r]);
+    for (int r = 0; r < R; ++r) group_scales<kDecodeLog2<BITS, RULE>>(w.exponents + (n + r) * G + g0, gc, scales[r]);
     for (int64_t gg = 0; gg < gc; ++gg) {
       const int64_t g = g0 + gg;
       __m512 v[R][4];
-      for (int r = 0; r < R; ++r) decode_group<BITS, RULE>(t, w, (n + r) * G + g, v[r]);
+      for (int r = 0; r < R; ++r) decode_group<BITS, RULE>(t, bl, w, (n + r) * G + g, v[r]);
       for (int m = 0; m < M; ++m) {
         const float* x = a.x + m * a.ldx + g * kGroup;
         const __m512 x0 = _mm512_loadu_ps(x), x1 = _mm512_loadu_ps(x + 16);
@@ -151,29 +224,30 @@ void matvec_rows(const LinearPlan& a, const Tables& t, int64_t n) {
       }
     }
   }
-  for (int m = 0; m < M; ++m)
-    for (int r = 0; r < R; ++r) a.y[m * N + n + r] = hsum(acc[m][r]) + (a.bias ? a.bias[n + r] : 0.0f);
+  for (int m = 0; m < M; ++m) {
+    if constexpr (R == 4) {
+      __m128 sums = reduce4(acc[m][0], acc[m][1], acc[m][2], acc[m][3]);
+      if (a.bias) sums = _mm_add_ps(sums, _mm_loadu_ps(a.bias + n));
+      _mm_storeu_ps(a.y + m * N + n, sums);
+    } else {
+      for (int r = 0; r < R; ++r) a.y[m * N + n + r] = hsum(acc[m][r]) + (a.bias ? a.bias[n + r] : 0.0f);
+    }
+  }
 }
 
-// Two weight rows at a time for the cheap decodes; for E5M6..M8 the decode
-// temporaries of two rows crowd the registers (measured slower).
+// One activation row: four weight rows at a time (short rows such as K = 576 spend a
+// good part of their time in the per-row reduction otherwise); more rows: two.
 template <int BITS, int RULE, int M>
 void matvec(const LinearPlan& a, int64_t n_begin, int64_t n_end) {
   const Tables t = load_tables(a);
+  const ByteLanes bl = byte_lanes();
   int64_t n = n_begin;
-  if constexpr (BITS <= 5 && RULE != kTable)
-    for (; n + 2 <= n_end; n += 2) matvec_rows<BITS, RULE, M, 2>(a, t, n);
-  for (; n < n_end; ++n) matvec_rows<BITS, RULE, M, 1>(a, t, n);
-}
-
-// [a, b, c, d] horizontal sums.
-inline __m128 reduce4(__m512 a, __m512 b, __m512 c, __m512 d) {
-  const __m256 a8 = _mm256_add_ps(_mm512_castps512_ps256(a), _mm512_extractf32x8_ps(a, 1));
-  const __m256 b8 = _mm256_add_ps(_mm512_castps512_ps256(b), _mm512_extractf32x8_ps(b, 1));
-  const __m256 c8 = _mm256_add_ps(_mm512_castps512_ps256(c), _mm512_extractf32x8_ps(c, 1));
-  const __m256 d8 = _mm256_add_ps(_mm512_castps512_ps256(d), _mm512_extractf32x8_ps(d, 1));
-  const __m256 abcd = _mm256_hadd_ps(_mm256_hadd_ps(a8, b8), _mm256_hadd_ps(c8, d8));
-  return _mm_add_ps(_mm256_castps256_ps128(abcd), _mm256_extractf128_ps(abcd, 1));
+  if constexpr (M == 1) {
+    for (; n + 4 <= n_end; n += 4) matvec_rows<BITS, RULE, M, 4>(a, t, bl, n);
+  } else {
+    for (; n + 2 <= n_end; n += 2) matvec_rows<BITS, RULE, M, 2>(a, t, bl, n);
+  }
+  for (; n < n_end; ++n) matvec_rows<BITS, RULE, M, 1>(a, t, bl, n);
 }
 
 // y[i, j] += dot(x row i, wbuf row j) over kc, for MR x NR outputs.
@@ -210,6 +284,7 @@ constexpr const MicroFn* kMicro[4] = {kMicroRow<1>, kMicroRow<2>, kMicroRow<3>, 
 template <int BITS, int RULE>
 void gemm(const LinearPlan& a, int64_t n_begin, int64_t n_end) {
   const Tables t = load_tables(a);
+  const ByteLanes bl = byte_lanes();
   constexpr int kNB = 16;                      // weight rows per block
   constexpr int kKG = 8;                       // groups per k chunk (512 weights)
   alignas(64) float wbuf[kNB * kKG * kGroup];  // 32 KiB
@@ -225,8 +300,9 @@ void gemm(const LinearPlan& a, int64_t n_begin, int64_t n_end) {
         for (int64_t gg = 0; gg < gc; ++gg) {
           const int64_t ng = (n0 + j) * G + g0 + gg;
           __m512 v[4];
-          decode_group<BITS, RULE>(t, w, ng, v);
-          const __m512 scale = _mm512_set1_ps(unit_scale(w.exponents[ng]));
+          decode_group<BITS, RULE>(t, bl, w, ng, v);
+          const __m512 scale =
+              _mm512_set1_ps(unit_scale(w.exponents[ng]) * static_cast<float>(1 << kDecodeLog2<BITS, RULE>));
           float* dst = wbuf + j * kc + gg * kGroup;
           for (int b = 0; b < 4; ++b) _mm512_store_ps(dst + 16 * b, _mm512_mul_ps(v[b], scale));
         }
@@ -246,6 +322,7 @@ void gemm(const LinearPlan& a, int64_t n_begin, int64_t n_end) {
 template <int BITS, int RULE>
 void embed(const EmbeddingPlan& e, int64_t begin, int64_t end) {
   const Tables t = load_tables(*e.decode);
+  const ByteLanes bl = byte_lanes();
   const SEFPWeightView& w = e.w;
   const int64_t G = w.num_groups, K = w.in_features;
   for (int64_t i = begin; i < end; ++i) {
@@ -253,8 +330,9 @@ void embed(const EmbeddingPlan& e, int64_t begin, int64_t end) {
     for (int64_t g = 0; g < G; ++g) {
       const int64_t ng = e.ids[i] * G + g;
       __m512 v[4];
-      decode_group<BITS, RULE>(t, w, ng, v);
-      const __m512 scale = _mm512_set1_ps(unit_scale(w.exponents[ng]));
+      decode_group<BITS, RULE>(t, bl, w, ng, v);
+      const __m512 scale =
+          _mm512_set1_ps(unit_scale(w.exponents[ng]) * static_cast<float>(1 << kDecodeLog2<BITS, RULE>));
       const int64_t count = min64(kGroup, K - g * kGroup);
       for (int b = 0; b < 4; ++b) {
         const int64_t left = count - 16 * b;
