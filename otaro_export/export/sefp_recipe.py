@@ -124,12 +124,22 @@ def layer_specs(
         log(f"calibration: input statistics of {len(inputs)} layers over {tokens} tokens of built-in text")
     floors = {}
     if recipe.layer_floors == "auto":
-        floors = reconstruction.recommend_floors(hf_model, [units[n] for n in names], stats)
+        floors = reconstruction.recommend_floors(
+            hf_model,
+            [units[n] for n in names],
+            stats,
+            tokenizer=tokenizer,
+            samples=samples,
+            rule=recipe.reconstruction,
+            exponent_rule=recipe.exponent_rule,
+        )
         log(f"precision floors: {_floor_summary(floors)}")
     specs = {}
     for name in names:
         importance = stats[units[name].members[0]].importance() if stats is not None else None
-        floor = recipe.lm_head_min_bits if name == "lm_head" else floors.get(name, SUPPORTED_BITS[0])
+        floor = floors.get(name, SUPPORTED_BITS[0])
+        if name == "lm_head":
+            floor = max(floor, recipe.lm_head_min_bits)
         specs[name] = SEFPLayerSpec(encode=_encoder(recipe, importance), min_bits=floor)
     return specs
 

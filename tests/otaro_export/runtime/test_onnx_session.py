@@ -1,14 +1,12 @@
 """OnnxSession: KV-cache decoding equals the full-sequence forward; errors are clear."""
 
-import copy
-
 import numpy as np
 import pytest
 import torch
 
-from otaro_export.convert import convert_model, dequantized_copy
 from otaro_export.errors import ArtifactError, InvalidBitsError, KernelLibraryError
 from otaro_export.export.onnx_export import ARTIFACT_NAME
+from otaro_export.export.onnx_reference import reference_decoder, reference_logits
 from otaro_export.runtime import load
 
 # Same reasoning as the export parity test: exact dequantization on both sides, float32 summation
@@ -26,31 +24,28 @@ def test_kv_cache_decode_equals_full_forward_and_reference(llama, use_library):
     directory, loaded = llama
     session = load(directory, use_library=use_library)
     assert session.use_library is use_library
-    converted = copy.deepcopy(loaded.model)
-    convert_model(converted)
     ids = np.random.default_rng(1).integers(0, 259, (1, 11))
     for k in (3, 6, 8):  # one session, precision switched per call
         full = session.forward(ids, k)
-        with torch.no_grad():
-            ref = dequantized_copy(converted, k)(input_ids=torch.from_numpy(ids), use_cache=False).logits.numpy()
+        ref = reference_logits(reference_decoder(directory, loaded.model, k), torch.from_numpy(ids)).numpy()
         np.testing.assert_allclose(full, ref, rtol=0, atol=ATOL)
         session._reset()
         steps = [session._step(ids[:, :6], 0, k)] + [session._step(ids[:, i : i + 1], i, k) for i in range(6, 11)]
         np.testing.assert_allclose(np.concatenate(steps, axis=1), full, rtol=0, atol=ATOL)
+        session._reset()
+        last = session._step(ids, 0, k, last_only=True)  # generation asks for the last position only
+        np.testing.assert_allclose(last, full[:, -1:], rtol=0, atol=ATOL)
 
 
 def test_generate_is_greedy_over_the_reference(llama):
     directory, loaded = llama
     session = load(directory)
-    converted = copy.deepcopy(loaded.model)
-    convert_model(converted)
     prompt = session.encode_prompt("hi")
     got = session.generate_ids(prompt, 4, 6, stop_at_eos=False)
-    ref_model = dequantized_copy(converted, 4)
+    ref_model = reference_decoder(directory, loaded.model, 4)
     ids = list(prompt)
-    with torch.no_grad():
-        for _ in range(6):
-            ids.append(int(ref_model(input_ids=torch.tensor([ids]), use_cache=False).logits[0, -1].argmax()))
+    for _ in range(6):
+        ids.append(int(reference_logits(ref_model, torch.tensor([ids]))[0, -1].argmax()))
     assert got == ids[len(prompt) :]
     assert session.last_stats.new_tokens == 6
 
