@@ -23,7 +23,7 @@ import pytest
 import torch
 
 from otaro_export.testing import tiny_causal_lm
-from otaro_export.train.checkpoint import read_training_state, read_weights, resolve_checkpoint
+from otaro_export.train.checkpoint import load_tuned_weights, read_training_state, read_weights, resolve_checkpoint
 from otaro_export.train.trainer import METRICS_FILE, SUMMARY_FILE, Tuner
 from otaro_export.train.tune_config import TuneConfig
 
@@ -150,6 +150,10 @@ def test_two_ddp_ranks_reach_the_weights_of_one_process(baseline, ddp_runs):
     assert not all(h["applied"] for h in history) and {3, 4} <= {h["bits"] for h in history}
     summary = json.loads((ddp / SUMMARY_FILE).read_text())
     assert (summary["world_size"], summary["parallel"]) == (2, "ddp") and summary["tokens_per_second"] > 0
+    plain = tiny_causal_lm(seed=0).model  # what otaro-export --checkpoint does with a 2-rank run's output
+    tuned, _ = _result(ddp)
+    assert load_tuned_weights(plain, ddp) == sorted(tuned)
+    assert all(torch.equal(plain.get_parameter(n), tuned[n]) for n in tuned)
     metrics = [json.loads(line) for line in (ddp / METRICS_FILE).read_text().splitlines()]
     assert [m["step"] for m in metrics] == list(range(STEPS)) and all(m["tok_s"] > 0 for m in metrics)
 
