@@ -21,12 +21,20 @@ import onnxruntime as ort
 
 
 class BundleModel:
-    """One ONNX session, loaded once; ``step`` runs tokens at a precision against the KV cache."""
+    """One ONNX session, loaded once; ``step`` runs tokens at a precision against the KV cache.
+
+    Each cache is ONE buffer of ``max_seq_len`` positions for the model's life, bound as both its past
+    input and its present output (io binding): onnxruntime's GroupQueryAttention writes a step's new
+    positions into it in place, so a step copies no cache (docs/FORMAT.md §8).
+    """
 
     def __init__(self, bundle_dir: Path, custom_op_library: str | None = None):
         self.bundle = json.loads((bundle_dir / "demo_bundle.json").read_text())
-        if self.bundle.get("format") != "otaro-demo-bundle" or self.bundle.get("format_version") != 1:
-            raise ValueError(f"{bundle_dir} holds no version-1 otaro demo bundle")
+        if self.bundle.get("format") != "otaro-demo-bundle" or self.bundle.get("format_version") != 2:
+            raise ValueError(
+                f"{bundle_dir} holds no version-2 otaro demo bundle: write it again with this otaro-export "
+                "(otaro demo ARTIFACT --write-mobile-bundle DIR)"
+            )
         self.io = self.bundle["io"]
         options = ort.SessionOptions()
         if custom_op_library is not None:  # the fused SEFP kernels, as the Android app loads them when shipped
@@ -35,33 +43,39 @@ class BundleModel:
             str(bundle_dir / self.bundle["model_file"]), options, providers=["CPUExecutionProvider"]
         )
         self.token_bytes = [base64.b64decode(t) for t in self.bundle["token_bytes"]]
+        self.cache = [ort.OrtValue.ortvalue_from_numpy(np.zeros(c["shape"], np.float32)) for c in self.io["cache"]]
         self.reset()
 
     def reset(self) -> None:
-        self.cache = {c["input"]: np.zeros(c["empty_shape"], np.float32) for c in self.io["cache"]}
+        # Positions at or past total_sequence_length are never read: nothing to clear.
         self.position = 0
 
-    def step(self, ids: list[int], bits: int) -> np.ndarray:
-        """Logits [len(ids), V] for ``ids`` at positions position.., appended to the cache."""
+    def step(self, ids: list[int], bits: int, rows: list[int]) -> np.ndarray:
+        """Logits [len(rows), V] at ``rows`` (indices into ``ids``) for ``ids`` at positions position.."""
         if bits not in self.bundle["precisions"]:
             raise ValueError(f"E5M{bits} is not served by this model ({self.bundle['precisions']})")
         n = len(ids)
-        feeds = {
-            self.io["input_ids"]: np.asarray([ids], np.int64),
-            self.io["bits"]: np.asarray(bits, np.int64),  # a 0-dim tensor: the per-call precision
-            **self.cache,
+        total = self.position + n
+        if total > self.bundle["max_seq_len"]:
+            raise ValueError(f"{total} positions exceed this model's max_seq_len {self.bundle['max_seq_len']}")
+        io = self.io
+        feeds = {  # referenced until the run ends: the binding points at their memory
+            io["input_ids"]: np.asarray([ids], np.int64),
+            io["bits"]: np.asarray(bits, np.int64),  # a 0-dim tensor: the per-call precision
+            io["seqlens_k"]: np.asarray([total - 1], np.int32),
+            io["total_sequence_length"]: np.asarray(total, np.int32),
+            io["logits_positions"]: np.asarray(rows, np.int64),
         }
-        if self.io["position"] is not None:
-            pos = np.arange(self.position, self.position + n, dtype=np.int64)
-            feeds[self.io["position"]["name"]] = pos if self.io["position"]["rank"] == 1 else pos[None, :]
-        if self.io["attention_mask"] is not None:
-            feeds[self.io["attention_mask"]] = np.ones((1, self.position + n), np.int64)
-        names = [self.io["logits"]] + [c["output"] for c in self.io["cache"]]
-        logits, *present = self.session.run(names, feeds)
-        for c, value in zip(self.io["cache"], present):
-            self.cache[c["input"]] = value
-        self.position += n
-        return logits[0]
+        binding = self.session.io_binding()
+        for name, value in feeds.items():
+            binding.bind_cpu_input(name, value)
+        binding.bind_output(io["logits"])
+        for slot, buffer in zip(io["cache"], self.cache):
+            binding.bind_ortvalue_input(slot["input"], buffer)
+            binding.bind_ortvalue_output(slot["output"], buffer)
+        self.session.run_with_iobinding(binding)
+        self.position = total
+        return binding.get_outputs()[0].numpy()[0]
 
     def decode(self, ids: list[int]) -> str:
         return b"".join(self.token_bytes[i] for i in ids).decode("utf-8", errors="replace")
@@ -73,9 +87,10 @@ def score_options(model: BundleModel, task: dict) -> tuple[str, dict[str, float]
     scores = {}
     for option in task["options"]:
         model.reset()
-        logits = model.step(prompt + option["ids"], task["bits"]).astype(np.float64)
-        rows = logits[len(prompt) - 1 : len(prompt) - 1 + len(option["ids"])]
-        logp = rows - rows.max(axis=1, keepdims=True)
+        # position i's logits predict token i + 1: only the rows that predict the option's tokens
+        rows = list(range(len(prompt) - 1, len(prompt) - 1 + len(option["ids"])))
+        logits = model.step(prompt + option["ids"], task["bits"], rows).astype(np.float64)
+        logp = logits - logits.max(axis=1, keepdims=True)
         logp -= np.log(np.exp(logp).sum(axis=1, keepdims=True))
         scores[option["text"]] = float(np.mean(logp[np.arange(len(option["ids"])), option["ids"]]))
     best = max(task["options"], key=lambda o: scores[o["text"]])["text"]  # ties: first option
@@ -86,15 +101,19 @@ def generate(model: BundleModel, task: dict) -> tuple[str, int]:
     """Greedy generation with the KV cache; returns (text, new tokens)."""
     model.reset()
     eos = set(model.bundle["eos_token_ids"])
-    budget = min(task["max_new_tokens"], model.bundle["max_seq_len"] - len(task["prompt_ids"]))
-    logits = model.step(task["prompt_ids"], task["bits"])
+    # the last new token is never fed back: a prompt of S tokens leaves room for max_seq_len - S + 1
+    budget = min(task["max_new_tokens"], model.bundle["max_seq_len"] - len(task["prompt_ids"]) + 1)
     out: list[int] = []
-    while budget > 0:
+    if budget <= 0:
+        return "", 0
+    prompt = task["prompt_ids"]
+    logits = model.step(prompt, task["bits"], [len(prompt) - 1])  # the prompt's last logits only
+    while True:
         token = int(np.argmax(logits[-1]))
         out.append(token)
         if token in eos or len(out) >= budget:
             break
-        logits = model.step([token], task["bits"])
+        logits = model.step([token], task["bits"], [0])
     return model.decode([t for t in out if t not in eos]), len(out)
 
 

@@ -3,25 +3,30 @@
 ``otaro demo ARTIFACT --write-mobile-bundle DIR`` copies the ONNX artifact into
 DIR and writes ``demo_bundle.json`` next to it: the task script already
 tokenized (prompt and option ids), the policy's precision per task, the
-model's I/O names (which input is the token ids, the ``bits`` precision, the
-positions, and which output feeds which KV-cache input on the next step), and
-per-token bytes for detokenizing. The apps then need only onnxruntime's mobile
-API and a JSON parser: no tokenizer library, no Python.
+graph's I/O names (docs/FORMAT.md §8) with each KV cache's past/present pair
+and shape, and per-token bytes for detokenizing. The apps then need only
+onnxruntime's mobile API and a JSON parser: no tokenizer library, no Python.
 
-Bundle format (``format_version`` 1)::
+Bundle format (``format_version`` 2)::
 
-    {"format": "otaro-demo-bundle", "format_version": 1,
-     "model_files": ["model.onnx", ...], "model_file": "model.onnx",
-     "onnxruntime_version": "1.32.0", "onnx_ir_version": 10, "onnx_opset": 18, "kernels": "fused",
+    {"format": "otaro-demo-bundle", "format_version": 2,
+     "model_files": ["model.onnx", "model.onnx.data"], "model_file": "model.onnx",
+     "onnxruntime_version": "1.32.0", "onnx_ir_version": 10, "onnx_opset": 18,
+     "kernels": "fused", "kernel_library": "onnxruntime",
      "precisions": [3, ...], "max_seq_len": 256, "vocab_size": 259, "eos_token_ids": [256],
-     "io": {"input_ids": "input_ids", "bits": "bits", "logits": "logits",
-            "position": {"name": "position_ids", "rank": 2} | null,
-            "attention_mask": "attention_mask" | null,
-            "cache": [{"input": "past.0.key", "output": "present.0.key",
-                       "empty_shape": [1, 2, 0, 16], "seq_axis": 2}, ...]},
+     "io": {"input_ids": "input_ids", "bits": "bits", "seqlens_k": "seqlens_k",
+            "total_sequence_length": "total_sequence_length", "logits_positions": "logits_positions",
+            "logits": "logits",
+            "cache": [{"input": "past_key_0", "output": "present_key_0", "shape": [1, 2, 256, 16]}, ...]},
      "tasks": [{"name", "kind": "choose"|"generate", "bits", "prompt", "prompt_ids",
                 "options": [{"text", "ids"}] | "max_new_tokens"}],
      "token_bytes": ["<base64>", ...]}
+
+A step of S new tokens after ``total - S`` cached ones feeds ``seqlens_k = [total - 1]`` (int32),
+``total_sequence_length = total`` (int32, 0-dim) and ``logits_positions`` (int64, the indices among the
+S whose logits are wanted), and each cache's ONE buffer of ``shape`` as both its past input and its
+present output: onnxruntime's GroupQueryAttention writes the S new positions in place. Version 1
+(growing caches fed back from the outputs, position ids) described the previous exporter graph.
 
 ``examples/mobile/bundle_runner.py`` runs a bundle with onnxruntime's Python API
 exactly as the apps do (same steps, same I/O); the test suite checks it
@@ -35,72 +40,62 @@ import json
 import shutil
 from pathlib import Path
 
+from otaro_export.demo.harness import check_fits
 from otaro_export.demo.policy import Policy
 from otaro_export.demo.tasks import Task
 from otaro_export.demo.token_bytes import token_bytes_table
 from otaro_export.demo.toml_io import DemoConfigError
 
 BUNDLE_NAME = "demo_bundle.json"
-FORMAT_VERSION = 1
-_POSITION_NAMES = ("position_ids", "cache_position", "positions")
+FORMAT_VERSION = 2
+#: the decoder graph's inputs besides the caches, with their onnxruntime types (docs/FORMAT.md §8)
+STEP_INPUTS = {
+    "input_ids": "tensor(int64)",
+    "bits": "tensor(int64)",
+    "seqlens_k": "tensor(int32)",
+    "total_sequence_length": "tensor(int32)",
+    "logits_positions": "tensor(int64)",
+}
 
 
-def _seq_axis(shape: list) -> int:
-    """The growing axis of a cache input: its symbolic dim other than batch (else -2, [B, H, S, D])."""
-    symbolic = [i for i, d in enumerate(shape) if not isinstance(d, int) and i != 0]
-    return symbolic[0] if len(symbolic) == 1 else len(shape) - 2
-
-
-def _static_dims(shape: list, seq_axis: int, name: str, model: dict) -> list[int]:
-    dims = []
-    for i, d in enumerate(shape):
-        if i == seq_axis:
-            dims.append(0)
-        elif isinstance(d, int):
-            dims.append(d)
-        elif i == 0:
-            dims.append(1)  # batch
-        else:
-            raise DemoConfigError(f"cache input {name!r} has a symbolic dim {d!r} at axis {i}; cannot size it")
-    return dims
+def _graph_error(what: str) -> DemoConfigError:
+    return DemoConfigError(
+        f"this ONNX model is not the decoder graph the apps run (docs/FORMAT.md §8): {what}; "
+        "re-export it with this otaro-export"
+    )
 
 
 def describe_io(session, manifest) -> dict:
-    """Map the ONNX model's inputs/outputs to their roles (see the module docstring)."""
-    inputs = {i.name: list(i.shape) for i in session.get_inputs()}
+    """The bundle's ``io`` entry: the graph's step inputs and each cache's past/present pair and shape.
+
+    ``session`` is an onnxruntime session (anything with ``get_inputs()`` / ``get_outputs()``).
+    """
+    inputs = {i.name: i for i in session.get_inputs()}
     outputs = [o.name for o in session.get_outputs()]
-    bits = next((n for n in inputs if n == "bits"), None)
-    if "input_ids" not in inputs or bits is None:
-        raise DemoConfigError(f"the ONNX model needs inputs 'input_ids' and 'bits'; it has {sorted(inputs)}")
-    logits = "logits" if "logits" in outputs else outputs[0]
-    position = next((n for n in _POSITION_NAMES if n in inputs), None)
-    mask = "attention_mask" if "attention_mask" in inputs else None
-    roles = {"input_ids", bits, position, mask}
-    cache_in = [n for n in inputs if n not in roles]
-    cache_out = [n for n in outputs if n != logits]
-    if len(cache_in) != len(cache_out):
+    for name, dtype in STEP_INPUTS.items():
+        if name not in inputs:
+            raise _graph_error(f"it has no input {name!r} (inputs: {sorted(inputs)})")
+        if inputs[name].type != dtype:
+            raise _graph_error(f"input {name!r} is {inputs[name].type}, not {dtype}")
+    if "logits" not in outputs:
+        raise _graph_error(f"it has no output 'logits' (outputs: {outputs})")
+    # present_key_i is written in place into past_key_i's buffer: pair them by name, not position
+    presents = [n for n in outputs if n != "logits"]
+    pasts = [n for n in inputs if n not in STEP_INPUTS]
+    paired = {p.replace("present_", "past_", 1): p for p in presents if p.startswith("present_")}
+    if len(paired) != len(presents) or set(paired) != set(pasts):
         raise DemoConfigError(
-            f"cannot pair KV-cache inputs {cache_in} with outputs {cache_out}: expected one output per input"
+            f"cannot pair KV-cache inputs {pasts} with outputs {presents}: each past_X needs its present_X"
         )
+    model = manifest.model
+    shape = [1, int(model["num_kv_heads"]), int(model["max_seq_len"]), int(model["head_dim"])]
     cache = []
-    for name_in, name_out in zip(cache_in, cache_out):  # exporters list past and present in the same order
-        axis = _seq_axis(inputs[name_in])
-        cache.append(
-            {
-                "input": name_in,
-                "output": name_out,
-                "empty_shape": _static_dims(inputs[name_in], axis, name_in, manifest.model),
-                "seq_axis": axis,
-            }
-        )
-    return {
-        "input_ids": "input_ids",
-        "bits": bits,
-        "logits": logits,
-        "position": None if position is None else {"name": position, "rank": len(inputs[position])},
-        "attention_mask": mask,
-        "cache": cache,
-    }
+    for name in pasts:  # graph order
+        graph_shape = list(inputs[name].shape)
+        if len(graph_shape) != 4 or any(isinstance(g, int) and g != s for g, s in zip(graph_shape, shape)):
+            raise _graph_error(f"cache input {name!r} has shape {graph_shape}, the manifest says {shape}")
+        cache.append({"input": name, "output": paired[name], "shape": shape})
+    return {**{name: name for name in STEP_INPUTS}, "logits": "logits", "cache": cache}
 
 
 def _task_entry(session, task: Task, bits: int) -> dict:
@@ -134,9 +129,12 @@ def write_mobile_bundle(session, policy: Policy, tasks: list[Task], out_dir: str
     if session.tokenizer is None:
         raise DemoConfigError("the export has no tokenizer; the bundle needs it to encode the tasks")
     plan = policy.plan(tasks)
+    check_fits(session, tasks)  # a task that overflows the KV cache fails here, not on the phone
+    src = session.directory
+    # Stock onnxruntime, no custom-op library: what the apps run (the SEFP ops fall back to their function bodies).
+    io = describe_io(ort.InferenceSession(str(src / manifest.artifact), providers=["CPUExecutionProvider"]), manifest)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    src = session.directory
     model_files = [manifest.artifact] + sorted(
         p.name
         for p in src.iterdir()
@@ -144,8 +142,6 @@ def write_mobile_bundle(session, policy: Policy, tasks: list[Task], out_dir: str
     )  # external-data files are named after the model ("model.onnx.data")
     for name in model_files:
         shutil.copyfile(src / name, out / name)
-    # Stock onnxruntime, no custom-op library: what the apps run (SEFPLinear falls back to its function body).
-    io = describe_io(ort.InferenceSession(str(src / manifest.artifact), providers=["CPUExecutionProvider"]), manifest)
     proto = onnx.load(str(src / manifest.artifact), load_external_data=False)
     bundle = {
         "format": "otaro-demo-bundle",

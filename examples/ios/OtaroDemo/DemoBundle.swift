@@ -3,23 +3,21 @@ import Foundation
 // demo_bundle.json, written by `otaro demo ARTIFACT --write-mobile-bundle DIR`
 // (format: otaro_export/demo/mobile_bundle.py).
 
+/// One KV cache tensor: ONE buffer of `shape` passed as both its past `input` and its present `output`.
 struct CacheSlot: Decodable {
     let input: String
     let output: String
-    let emptyShape: [Int]
+    let shape: [Int]
 }
 
-struct PositionInput: Decodable {
-    let name: String
-    let rank: Int
-}
-
+/// The decoder graph's I/O names (docs/FORMAT.md §8).
 struct ModelIo: Decodable {
     let inputIds: String
     let bits: String
+    let seqlensK: String
+    let totalSequenceLength: String
+    let logitsPositions: String
     let logits: String
-    let position: PositionInput?
-    let attentionMask: String?
     let cache: [CacheSlot]
 }
 
@@ -46,6 +44,7 @@ struct DemoBundle: Decodable {
     let onnxruntimeVersion: String
     let precisions: [Int]
     let maxSeqLen: Int
+    let vocabSize: Int
     let eosTokenIds: [Int64]
     let io: ModelIo
     let tasks: [DemoTask]
@@ -55,8 +54,8 @@ struct DemoBundle: Decodable {
         let decoder = JSONDecoder()
         decoder.keyDecodingStrategy = .convertFromSnakeCase
         let bundle = try decoder.decode(DemoBundle.self, from: Data(contentsOf: dir.appendingPathComponent("demo_bundle.json")))
-        guard bundle.format == "otaro-demo-bundle", bundle.formatVersion == 1 else {
-            throw DemoError.message("\(dir.path) holds no version-1 otaro demo bundle")
+        guard bundle.format == "otaro-demo-bundle", bundle.formatVersion == 2 else {
+            throw DemoError.message("\(dir.path) holds no version-2 otaro demo bundle: write it again with this otaro-export")
         }
         return bundle
     }

@@ -5,12 +5,17 @@ import OnnxRuntimeBindings
 // Mirrors examples/mobile/bundle_runner.py function by function (the tested specification).
 
 /// One ONNX session; `step` runs tokens at E5M<bits> against the KV cache.
+///
+/// Each KV cache is ONE buffer of max_seq_len positions for the model's life, passed to
+/// `ORTSession.run(withInputs:outputs:runOptions:)` as its past input AND as its preallocated present
+/// output: onnxruntime's GroupQueryAttention then writes a step's new positions in place, so no step
+/// copies a cache (docs/FORMAT.md §8). That call takes every output preallocated, the logits too.
 final class BundleModel {
     let bundle: DemoBundle
     let session: ORTSession
     private let env: ORTEnv
     private let tokenBytes: [Data]
-    private var cache: [String: ORTValue] = [:]
+    private let cache: [ORTValue]
     private var position: Int64 = 0
 
     init(dir: URL, bundle: DemoBundle) throws {
@@ -19,56 +24,55 @@ final class BundleModel {
         session = try ORTSession(
             env: env, modelPath: dir.appendingPathComponent(bundle.modelFile).path, sessionOptions: ORTSessionOptions())
         tokenBytes = bundle.tokenBytes.map { Data(base64Encoded: $0) ?? Data() }
-        try reset()
+        cache = try bundle.io.cache.map { slot in
+            let bytes = slot.shape.reduce(1, *) * MemoryLayout<Float>.stride
+            return try ORTValue(
+                tensorData: NSMutableData(length: bytes)!, elementType: .float, shape: slot.shape.map { NSNumber(value: $0) })
+        }
     }
 
-    func reset() throws {
-        cache = [:]
-        for slot in bundle.io.cache {
-            // A zero-length tensor; 4 spare bytes so the data pointer is never null.
-            cache[slot.input] = try ORTValue(
-                tensorData: NSMutableData(length: 4)!, elementType: .float,
-                shape: slot.emptyShape.map { NSNumber(value: $0) })
-        }
+    /// Positions at or past total_sequence_length are never read: nothing to clear.
+    func reset() {
         position = 0
     }
 
-    private func int64Tensor(_ values: [Int64], shape: [Int]) throws -> ORTValue {
+    private func tensor<T>(_ values: [T], _ type: ORTTensorElementDataType, shape: [Int]) throws -> ORTValue {
         var copy = values
-        let data = NSMutableData(bytes: &copy, length: copy.count * MemoryLayout<Int64>.stride)
-        return try ORTValue(tensorData: data, elementType: .int64, shape: shape.map { NSNumber(value: $0) })
+        let data = NSMutableData(bytes: &copy, length: copy.count * MemoryLayout<T>.stride)
+        return try ORTValue(tensorData: data, elementType: type, shape: shape.map { NSNumber(value: $0) })
     }
 
-    /// Logits [ids.count][vocab] for `ids` at positions position..., appended to the cache.
-    func step(_ ids: [Int64], bits: Int) throws -> [[Float]] {
+    /// Logits [rows.count][vocab] at `rows` (indices into `ids`) for `ids` at positions position...
+    func step(_ ids: [Int64], bits: Int, rows: [Int64]) throws -> [[Float]] {
         guard bundle.precisions.contains(bits) else {
             throw DemoError.message("E5M\(bits) is not served by this model (\(bundle.precisions))")
         }
+        let total = position + Int64(ids.count)
+        guard total <= Int64(bundle.maxSeqLen) else {
+            throw DemoError.message("\(total) positions exceed this model's max_seq_len \(bundle.maxSeqLen)")
+        }
         let io = bundle.io
-        let n = ids.count
-        var feeds = cache
-        feeds[io.inputIds] = try int64Tensor(ids, shape: [1, n])
+        var feeds: [String: ORTValue] = [:]
+        feeds[io.inputIds] = try tensor(ids, .int64, shape: [1, ids.count])
         // A 0-dim int64 tensor: the per-call precision input of the one loaded program.
-        feeds[io.bits] = try int64Tensor([Int64(bits)], shape: [])
-        if let pos = io.position {
-            let values = (0..<n).map { position + Int64($0) }
-            feeds[pos.name] = try int64Tensor(values, shape: pos.rank == 1 ? [n] : [1, n])
+        feeds[io.bits] = try tensor([Int64(bits)], .int64, shape: [])
+        feeds[io.seqlensK] = try tensor([Int32(total - 1)], .int32, shape: [1])
+        feeds[io.totalSequenceLength] = try tensor([Int32(total)], .int32, shape: [])
+        feeds[io.logitsPositions] = try tensor(rows, .int64, shape: [rows.count])
+        let vocab = bundle.vocabSize
+        let logitsData = NSMutableData(length: rows.count * vocab * MemoryLayout<Float>.stride)!
+        var outputs: [String: ORTValue] = [
+            io.logits: try ORTValue(
+                tensorData: logitsData, elementType: .float, shape: [1, rows.count, vocab].map { NSNumber(value: $0) })
+        ]
+        for (slot, buffer) in zip(io.cache, cache) {
+            feeds[slot.input] = buffer
+            outputs[slot.output] = buffer  // the same value: written in place
         }
-        if let mask = io.attentionMask {
-            let total = Int(position) + n
-            feeds[mask] = try int64Tensor([Int64](repeating: 1, count: total), shape: [1, total])
-        }
-        let names = Set([io.logits] + io.cache.map { $0.output })
-        let outputs = try session.run(withInputs: feeds, outputNames: names, runOptions: nil)
-        guard let logitsValue = outputs[io.logits] else { throw DemoError.message("no \(io.logits) output") }
-        let vocab = try logitsValue.tensorTypeAndShapeInfo().shape[2].intValue
-        let flat: [Float] = (try logitsValue.tensorData() as Data).withUnsafeBytes { Array($0.bindMemory(to: Float.self)) }
-        for slot in io.cache {
-            guard let present = outputs[slot.output] else { throw DemoError.message("no \(slot.output) output") }
-            cache[slot.input] = present
-        }
-        position += Int64(n)
-        return (0..<n).map { Array(flat[($0 * vocab)..<(($0 + 1) * vocab)]) }
+        try session.run(withInputs: feeds, outputs: outputs, runOptions: nil)
+        position = total
+        let flat: [Float] = (logitsData as Data).withUnsafeBytes { Array($0.bindMemory(to: Float.self)) }
+        return (0..<rows.count).map { Array(flat[($0 * vocab)..<(($0 + 1) * vocab)]) }
     }
 
     func decode(_ ids: [Int64]) -> String {
@@ -95,11 +99,13 @@ func scoreOptions(_ model: BundleModel, _ task: DemoTask, bits: Int) throws -> (
     var scores: [String: Double] = [:]
     let options = task.options ?? []
     for option in options {
-        try model.reset()
-        let logits = try model.step(prompt + option.ids, bits: bits)
+        model.reset()
+        // position i's logits predict token i + 1: only the rows that predict the option's tokens
+        let rows = option.ids.indices.map { Int64(prompt.count - 1 + $0) }
+        let logits = try model.step(prompt + option.ids, bits: bits, rows: rows)
         var sum = 0.0
         for (i, token) in option.ids.enumerated() {
-            let row = logits[prompt.count - 1 + i]
+            let row = logits[i]
             let maxValue = Double(row.max() ?? 0)
             let z = row.reduce(0.0) { $0 + exp(Double($1) - maxValue) }
             sum += Double(row[Int(token)]) - maxValue - log(z)
@@ -113,18 +119,21 @@ func scoreOptions(_ model: BundleModel, _ task: DemoTask, bits: Int) throws -> (
 
 /// Greedy generation with the KV cache; returns (text, new tokens).
 func generate(_ model: BundleModel, _ task: DemoTask, bits: Int) throws -> (String, Int) {
-    try model.reset()
+    model.reset()
     let eos = Set(model.bundle.eosTokenIds)
-    let budget = min(task.maxNewTokens ?? 0, model.bundle.maxSeqLen - task.promptIds.count)
-    var logits = try model.step(task.promptIds, bits: bits)
+    // the last new token is never fed back: a prompt of S tokens leaves room for max_seq_len - S + 1
+    let budget = min(task.maxNewTokens ?? 0, model.bundle.maxSeqLen - task.promptIds.count + 1)
     var out: [Int64] = []
-    while budget > 0 {
+    if budget <= 0 { return ("", 0) }
+    // the prompt's last logits only, then one row per new token
+    var logits = try model.step(task.promptIds, bits: bits, rows: [Int64(task.promptIds.count - 1)])
+    while true {
         let last = logits[logits.count - 1]
         var token = 0
         for i in last.indices where last[i] > last[token] { token = i }
         out.append(Int64(token))
         if eos.contains(Int64(token)) || out.count >= budget { break }
-        logits = try model.step([Int64(token)], bits: bits)
+        logits = try model.step([Int64(token)], bits: bits, rows: [0])
     }
     return (model.decode(out.filter { !eos.contains($0) }), out.count)
 }

@@ -24,6 +24,13 @@ public class OrtSession implements AutoCloseable {
     public Result run(Map<String, ? extends OnnxTensorLike> inputs, Set<String> requestedOutputs) throws OrtException {
         throw new UnsupportedOperationException("stub");
     }
+    // Pinned outputs: caller-allocated values onnxruntime writes into (not owned by the Result).
+    public Result run(
+            Map<String, ? extends OnnxTensorLike> inputs,
+            Set<String> requestedOutputs,
+            Map<String, ? extends OnnxValue> pinnedOutputs) throws OrtException {
+        throw new UnsupportedOperationException("stub");
+    }
     @Override
     public void close() throws OrtException {}
 }

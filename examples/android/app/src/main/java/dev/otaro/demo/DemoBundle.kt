@@ -7,15 +7,17 @@ import java.util.Base64
 // demo_bundle.json, written by `otaro demo ARTIFACT --write-mobile-bundle DIR`
 // (format: otaro_export/demo/mobile_bundle.py). Parsed with Android's built-in org.json.
 
-class CacheSlot(val input: String, val output: String, val emptyShape: LongArray)
+/** One KV cache tensor: ONE buffer of [shape] bound as both its past [input] and its present [output]. */
+class CacheSlot(val input: String, val output: String, val shape: LongArray)
 
+// The decoder graph's I/O names (docs/FORMAT.md §8).
 class ModelIo(
     val inputIds: String,
     val bits: String,
+    val seqlensK: String,
+    val totalSequenceLength: String,
+    val logitsPositions: String,
     val logits: String,
-    val positionName: String?,
-    val positionRank: Int,
-    val attentionMask: String?,
     val cache: List<CacheSlot>
 )
 
@@ -44,13 +46,12 @@ class DemoBundle(
     companion object {
         fun parse(text: String): DemoBundle {
             val root = JSONObject(text)
-            require(root.optString("format") == "otaro-demo-bundle" && root.optInt("format_version") == 1) {
-                "not a version-1 otaro demo bundle"
+            require(root.optString("format") == "otaro-demo-bundle" && root.optInt("format_version") == 2) {
+                "not a version-2 otaro demo bundle: write it again with this otaro-export"
             }
             val io = root.getJSONObject("io")
-            val position = io.optJSONObject("position")
             val cache = objects(io.getJSONArray("cache")).map {
-                CacheSlot(it.getString("input"), it.getString("output"), longs(it.getJSONArray("empty_shape")))
+                CacheSlot(it.getString("input"), it.getString("output"), longs(it.getJSONArray("shape")))
             }
             val tasks = objects(root.getJSONArray("tasks")).map { t ->
                 val kind = t.getString("kind")
@@ -78,10 +79,10 @@ class DemoBundle(
                 io = ModelIo(
                     inputIds = io.getString("input_ids"),
                     bits = io.getString("bits"),
+                    seqlensK = io.getString("seqlens_k"),
+                    totalSequenceLength = io.getString("total_sequence_length"),
+                    logitsPositions = io.getString("logits_positions"),
                     logits = io.getString("logits"),
-                    positionName = position?.getString("name"),
-                    positionRank = position?.getInt("rank") ?: 0,
-                    attentionMask = if (io.isNull("attention_mask")) null else io.getString("attention_mask"),
                     cache = cache
                 ),
                 tasks = tasks,

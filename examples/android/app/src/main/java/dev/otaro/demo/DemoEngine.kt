@@ -4,7 +4,9 @@ import ai.onnxruntime.OnnxTensor
 import ai.onnxruntime.OrtEnvironment
 import ai.onnxruntime.OrtSession
 import java.io.File
-import java.nio.FloatBuffer
+import java.nio.ByteBuffer
+import java.nio.ByteOrder
+import java.nio.IntBuffer
 import java.nio.LongBuffer
 
 // The demo's engine: ONE onnxruntime session, loaded once, run at a precision per call.
@@ -13,19 +15,24 @@ import java.nio.LongBuffer
 /**
  * One ONNX session; [step] runs tokens at E5M<bits> against the KV cache.
  * [customOpLibrary]: path of the project's fused SEFP kernel library for onnxruntime, if the app
- * ships one (see README); without it, stock onnxruntime runs SEFPLinear's function body (slow).
+ * ships one (see README); without it, stock onnxruntime runs the SEFP ops' function bodies (slow).
+ *
+ * Each KV cache is ONE direct buffer of max_seq_len positions for the model's life, passed to
+ * [OrtSession.run] as its past input AND as the pinned (caller-allocated) present output: onnxruntime's
+ * GroupQueryAttention then writes a step's new positions in place, so no step copies a cache
+ * (docs/FORMAT.md §8). Pinned outputs are onnxruntime's Java API since microsoft/onnxruntime#16835.
  */
 class BundleModel(dir: File, val bundle: DemoBundle, customOpLibrary: String? = null) : AutoCloseable {
     private val env: OrtEnvironment = OrtEnvironment.getEnvironment()
     val session: OrtSession = createSession(File(dir, bundle.modelFile).path, customOpLibrary)
-    private var cache: Map<String, OnnxTensor> = emptyMap()
-    // The result holding the present K/V tensors that [cache] points into: closed when replaced.
-    private var cacheOwner: AutoCloseable? = null
-    private var position = 0L
-
-    init {
-        reset()
+    private val cache: List<OnnxTensor> = bundle.io.cache.map { slot ->
+        var floats = 1L
+        for (d in slot.shape) floats *= d
+        // direct and in native order: the tensor wraps this memory instead of copying it
+        val memory = ByteBuffer.allocateDirect(Math.toIntExact(floats * 4)).order(ByteOrder.nativeOrder())
+        OnnxTensor.createTensor(env, memory.asFloatBuffer(), slot.shape)
     }
+    private var position = 0L
 
     private fun createSession(modelPath: String, customOpLibrary: String?): OrtSession {
         val options = OrtSession.SessionOptions()
@@ -33,58 +40,46 @@ class BundleModel(dir: File, val bundle: DemoBundle, customOpLibrary: String? = 
         return env.createSession(modelPath, options)
     }
 
+    /** Positions at or past total_sequence_length are never read: nothing to clear. */
     fun reset() {
-        closeCache()
-        cache = bundle.io.cache.associate { slot ->
-            slot.input to OnnxTensor.createTensor(env, FloatBuffer.allocate(0), slot.emptyShape)
-        }
         position = 0
     }
 
-    private fun closeCache() {
-        val owner = cacheOwner
-        if (owner != null) owner.close() else cache.values.forEach { it.close() }
-        cacheOwner = null
-    }
-
-    /** Logits [ids.size][vocab] for [ids] at positions position.., appended to the cache. */
-    fun step(ids: LongArray, bits: Int): Array<FloatArray> {
+    /** Logits [rows.size][vocab] at [rows] (indices into [ids]) for [ids] at positions position.. */
+    fun step(ids: LongArray, bits: Int, rows: LongArray): Array<FloatArray> {
         require(bits in bundle.precisions) { "E5M$bits is not served by this model (${bundle.precisions})" }
+        val total = position + ids.size
+        require(total <= bundle.maxSeqLen) { "$total positions exceed this model's max_seq_len ${bundle.maxSeqLen}" }
         val io = bundle.io
-        val n = ids.size
         val owned = ArrayList<OnnxTensor>()
         fun own(t: OnnxTensor): OnnxTensor { owned.add(t); return t }
-        val feeds = HashMap<String, OnnxTensor>(cache)
-        feeds[io.inputIds] = own(OnnxTensor.createTensor(env, LongBuffer.wrap(ids), longArrayOf(1, n.toLong())))
-        // A 0-dim int64 tensor: the per-call precision input of the one loaded program.
-        feeds[io.bits] = own(OnnxTensor.createTensor(env, LongBuffer.wrap(longArrayOf(bits.toLong())), LongArray(0)))
-        if (io.positionName != null) {
-            val pos = LongArray(n) { position + it }
-            val shape = if (io.positionRank == 1) longArrayOf(n.toLong()) else longArrayOf(1, n.toLong())
-            feeds[io.positionName] = own(OnnxTensor.createTensor(env, LongBuffer.wrap(pos), shape))
-        }
-        if (io.attentionMask != null) {
-            val total = position + n
-            val ones = LongArray(total.toInt()) { 1L }
-            feeds[io.attentionMask] = own(OnnxTensor.createTensor(env, LongBuffer.wrap(ones), longArrayOf(1, total)))
-        }
-        val outputNames = LinkedHashSet<String>()
-        outputNames.add(io.logits)
-        io.cache.forEach { outputNames.add(it.output) }
-        val result = try {
-            session.run(feeds, outputNames)
+        try {
+            val feeds = HashMap<String, OnnxTensor>()
+            feeds[io.inputIds] = own(OnnxTensor.createTensor(env, LongBuffer.wrap(ids), longArrayOf(1, ids.size.toLong())))
+            // A 0-dim int64 tensor: the per-call precision input of the one loaded program.
+            feeds[io.bits] = own(OnnxTensor.createTensor(env, LongBuffer.wrap(longArrayOf(bits.toLong())), LongArray(0)))
+            feeds[io.seqlensK] = own(OnnxTensor.createTensor(env, IntBuffer.wrap(intArrayOf(total.toInt() - 1)), longArrayOf(1)))
+            feeds[io.totalSequenceLength] =
+                own(OnnxTensor.createTensor(env, IntBuffer.wrap(intArrayOf(total.toInt())), LongArray(0)))
+            feeds[io.logitsPositions] = own(OnnxTensor.createTensor(env, LongBuffer.wrap(rows), longArrayOf(rows.size.toLong())))
+            val pinned = HashMap<String, OnnxTensor>()
+            io.cache.forEachIndexed { i, slot ->
+                feeds[slot.input] = cache[i]
+                pinned[slot.output] = cache[i] // the same tensor: written in place
+            }
+            val result = session.run(feeds, setOf(io.logits), pinned)
+            try {
+                val logitsTensor = result.get(io.logits).get() as OnnxTensor
+                val vocab = logitsTensor.info.shape[2].toInt()
+                val flat = logitsTensor.floatBuffer
+                position = total
+                return Array(rows.size) { row -> FloatArray(vocab) { flat.get(row * vocab + it) } }
+            } finally {
+                result.close() // closes the logits only: pinned outputs stay the caller's
+            }
         } finally {
             owned.forEach { it.close() }
         }
-        val logitsTensor = result.get(io.logits).get() as OnnxTensor
-        val vocab = logitsTensor.info.shape[2].toInt()
-        val flat = logitsTensor.floatBuffer
-        val logits = Array(n) { row -> FloatArray(vocab) { flat.get(row * vocab + it) } }
-        closeCache()
-        cache = io.cache.associate { slot -> slot.input to (result.get(slot.output).get() as OnnxTensor) }
-        cacheOwner = result
-        position += n
-        return logits
     }
 
     fun decode(ids: List<Long>): String {
@@ -94,7 +89,7 @@ class BundleModel(dir: File, val bundle: DemoBundle, customOpLibrary: String? = 
     }
 
     override fun close() {
-        closeCache()
+        cache.forEach { it.close() }
         session.close()
     }
 }
@@ -115,10 +110,12 @@ fun scoreOptions(model: BundleModel, task: DemoTask, bits: Int): Pair<String, Ma
     val scores = LinkedHashMap<String, Double>()
     for (option in task.options) {
         model.reset()
-        val logits = model.step(prompt + option.ids, bits)
+        // position i's logits predict token i + 1: only the rows that predict the option's tokens
+        val rows = LongArray(option.ids.size) { (prompt.size - 1 + it).toLong() }
+        val logits = model.step(prompt + option.ids, bits, rows)
         var sum = 0.0
         for (i in option.ids.indices) {
-            val row = logits[prompt.size - 1 + i]
+            val row = logits[i]
             var max = row[0].toDouble()
             for (v in row) if (v > max) max = v.toDouble()
             var z = 0.0
@@ -136,16 +133,19 @@ fun scoreOptions(model: BundleModel, task: DemoTask, bits: Int): Pair<String, Ma
 fun generate(model: BundleModel, task: DemoTask, bits: Int): Pair<String, Int> {
     model.reset()
     val eos = model.bundle.eosTokenIds
-    val budget = minOf(task.maxNewTokens, model.bundle.maxSeqLen - task.promptIds.size)
-    var logits = model.step(task.promptIds, bits)
+    // the last new token is never fed back: a prompt of S tokens leaves room for max_seq_len - S + 1
+    val budget = minOf(task.maxNewTokens, model.bundle.maxSeqLen - task.promptIds.size + 1)
     val out = ArrayList<Long>()
-    while (budget > 0) {
+    if (budget <= 0) return Pair("", 0)
+    // the prompt's last logits only, then one row per new token
+    var logits = model.step(task.promptIds, bits, longArrayOf((task.promptIds.size - 1).toLong()))
+    while (true) {
         val last = logits[logits.size - 1]
         var token = 0
         for (i in last.indices) if (last[i] > last[token]) token = i
         out.add(token.toLong())
         if (token.toLong() in eos || out.size >= budget) break
-        logits = model.step(longArrayOf(token.toLong()), bits)
+        logits = model.step(longArrayOf(token.toLong()), bits, longArrayOf(0))
     }
     return Pair(model.decode(out.filter { it !in eos }), out.size)
 }
