@@ -2,7 +2,7 @@
 
 The tiny model is random, so answers mean nothing; what is checked is the contract:
 one load, each task run at its policy precision by the artifact, results equal to
-the torch reference session (TorchSession) at the same precisions.
+a torch reference over the artifact's own stored bits at the same precisions.
 """
 
 from __future__ import annotations
@@ -66,15 +66,40 @@ def counted_load(monkeypatch):
     return loads, steps
 
 
-def _reference_report():
-    from otaro_export.convert import convert_model
-    from otaro_export.runtime.torch_session import TorchSession
+def _reference_report(directory):
+    """The demo run by a torch session over the artifact's own stored bits (export/onnx_reference.py)."""
+    import torch
+
+    from otaro_export.export.onnx_reference import reference_decoder, reference_logits
+    from otaro_export.manifest import Manifest
+    from otaro_export.runtime.session import Session
     from otaro_export.testing import tiny_causal_lm
 
-    loaded = tiny_causal_lm()
-    convert_model(loaded.model)
-    session = TorchSession(loaded.model, loaded.tokenizer, max_seq_len=MAX_SEQ_LEN)
-    return run_demo("torch-reference", load_policy(), load_tasks(), echo=lambda _: None, loader=lambda _: session)
+    loaded = tiny_causal_lm()  # seed 0: the model that was exported
+
+    class ArtifactReference(Session):
+        # No KV cache: each step recomputes the whole sequence so far (tiny model, short tasks).
+        def __init__(self):
+            super().__init__(directory, Manifest.load(directory), loaded.tokenizer)
+            self._bits, self._decoder, self._seen = None, None, []
+
+        @property
+        def max_seq_len(self) -> int:
+            return MAX_SEQ_LEN
+
+        def _reset(self) -> None:
+            self._seen = []
+
+        def _step(self, ids, start_pos, bits, last_only=False):
+            assert start_pos == len(self._seen)
+            self._seen += ids[0].tolist()
+            if bits != self._bits:  # decoders share the source model's parameters: one precision at a time
+                self._bits, self._decoder = bits, reference_decoder(directory, loaded.model, bits)
+            logits = reference_logits(self._decoder, torch.tensor([self._seen])).numpy()
+            return logits[:, -1:] if last_only else logits[:, -ids.shape[1] :]
+
+    session = ArtifactReference()
+    return run_demo("artifact-reference", load_policy(), load_tasks(), echo=lambda _: None, loader=lambda _: session)
 
 
 def test_onnx_demo_one_load_each_task_at_its_precision(onnx_artifact, counted_load, tmp_path):
@@ -95,7 +120,7 @@ def test_onnx_demo_one_load_each_task_at_its_precision(onnx_artifact, counted_lo
     # Same answers as the torch reference at the same precisions. The mean log-probs agree
     # to 1e-3: ONNX Runtime and torch differ by float32 summation order only (~1e-5 on
     # these logits), and a 1e-3 gap is far below the gaps between options.
-    reference = {r.name: r for r in _reference_report().results}
+    reference = {r.name: r for r in _reference_report(onnx_artifact).results}
     for r in report["results"]:
         ref = reference[r["name"]]
         assert r["answer"] == ref.answer, r["name"]
