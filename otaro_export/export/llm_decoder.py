@@ -90,7 +90,10 @@ class _Body(nn.Module):
     def __init__(self, hf_model: nn.Module):
         super().__init__()
         inner = hf_model.model
-        self.embed_tokens = nn.Embedding.from_pretrained(inner.embed_tokens.weight.detach().to(torch.float32))
+        # a copy: reference decoders write dequantized weights into it (the source model stays intact)
+        self.embed_tokens = nn.Embedding.from_pretrained(
+            inner.embed_tokens.weight.detach().to(torch.float32, copy=True)
+        )
         self.layers = nn.ModuleList(_Layer(layer) for layer in decoder_layers(hf_model))
         self.norm = _Norm(inner.norm.weight)
 
@@ -173,18 +176,45 @@ class ExportDecoder(nn.Module):
         return [torch.zeros(self.cache_shape()) for _ in range(2 * self.num_layers)]
 
     # -- the graph -------------------------------------------------------------
-    def forward(self, input_ids, bits, seqlens_k, total_length, logits_positions, *cache):
+    # ``decode`` is the layer stack shared by every exporter; the attention op and the
+    # norm/activation ops are hooks, so a runtime-specific subclass swaps them without
+    # touching the weights or the module names (export/executorch_decoder.py: ExecuTorch's
+    # LLM custom ops and KV caches kept as mutable buffers). These defaults are the ONNX
+    # graph's: one onnxruntime contrib op each.
+    def rms_norm(self, x, weight):
+        return contrib_ops.rms_norm(x, weight, self.eps)
+
+    def skip_rms_norm(self, x, skip, weight):
+        """``(rms_norm(x + skip), x + skip)``."""
+        return contrib_ops.skip_rms_norm(x, skip, weight, self.eps)
+
+    def swiglu(self, gate_up):
+        return contrib_ops.swiglu(gate_up)
+
+    def decode(self, input_ids, logits_positions, attend):
+        """Logits ``[1, P, V]`` at ``logits_positions``; ``attend(i, qkv [1, S, (H + 2 KV) * D]) -> [1, S, H * D]``."""
         body = self.model
         x = body.embed_tokens(input_ids)
         residual = x
-        h = contrib_ops.rms_norm(x, body.layers[0].input_layernorm.weight, self.eps)
-        presents = []
+        h = self.rms_norm(x, body.layers[0].input_layernorm.weight)
         mlp_out = None
         for i, layer in enumerate(body.layers):
             if i > 0:
-                h, residual = contrib_ops.skip_rms_norm(mlp_out, residual, layer.input_layernorm.weight, self.eps)
+                h, residual = self.skip_rms_norm(mlp_out, residual, layer.input_layernorm.weight)
+            attn = attend(i, layer.self_attn.qkv_proj(h))
+            h, residual = self.skip_rms_norm(
+                layer.self_attn.o_proj(attn), residual, layer.post_attention_layernorm.weight
+            )
+            mlp_out = layer.mlp.down_proj(self.swiglu(layer.mlp.gate_up_proj(h)))
+        h, _ = self.skip_rms_norm(mlp_out, residual, body.norm.weight)
+        return self.lm_head(h.index_select(1, logits_positions))
+
+    def forward(self, input_ids, bits, seqlens_k, total_length, logits_positions, *cache):
+        presents = []
+
+        def group_query_attention(i, qkv):
             attn, key, value = contrib_ops.group_query_attention(
-                layer.self_attn.qkv_proj(h),
+                qkv,
                 cache[2 * i],
                 cache[2 * i + 1],
                 seqlens_k,
@@ -195,13 +225,10 @@ class ExportDecoder(nn.Module):
                 self.kv_heads,
                 self.scale,
             )
-            presents += [key, value]
-            h, residual = contrib_ops.skip_rms_norm(
-                layer.self_attn.o_proj(attn), residual, layer.post_attention_layernorm.weight, self.eps
-            )
-            mlp_out = layer.mlp(h)
-        h, _ = contrib_ops.skip_rms_norm(mlp_out, residual, body.norm.weight, self.eps)
-        logits = self.lm_head(h.index_select(1, logits_positions))
+            presents.extend((key, value))
+            return attn
+
+        logits = self.decode(input_ids, logits_positions, group_query_attention)
         return (logits, *presents)
 
     # -- tracing ---------------------------------------------------------------
