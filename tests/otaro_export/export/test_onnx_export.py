@@ -232,3 +232,18 @@ def test_unsupported_architecture_is_a_clear_error(tmp_path):
             ExportOptions(target="onnx", output=tmp_path), log=lambda m: None, loaded=LoadedModel(gpt2, None, "gpt2")
         )
     assert not os.listdir(tmp_path)
+
+
+def test_onnxscript_ort_fusions_find_nothing_left_to_fuse(tiny_onnx):
+    """The exporter emits onnxruntime's fused ops itself: onnxscript's ORT fusion rules have nothing to do.
+
+    (Run on our files they would also inline the model-local SEFPLinear function, replacing the custom
+    kernel by its standard-op body, so the export never runs them.)
+    """
+    import onnx_ir as ir
+    from onnxscript.rewriter import ort_fusions
+
+    directory, _ = tiny_onnx("llama")
+    model = ir.serde.deserialize_model(onnx.load(str(directory / ARTIFACT_NAME)))
+    _, fusions = ort_fusions.optimize_for_ort(model)
+    assert fusions and not any(fusions.values()), fusions
