@@ -18,6 +18,7 @@ weights one process reaches, up to the order of float additions.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import hashlib
 import json
@@ -278,16 +279,35 @@ class Tuner:
                 return samples
             self.log(f"{cache.name} was built with other settings ({', '.join(changed)}): rebuilding it")
         dropped = Dropped(cfg.seq_len)
-        samples = build_training_samples(cfg, model, self.loaded.tokenizer, self.progress, dropped)
+        with self._on_device_for_generation(model):
+            samples = build_training_samples(cfg, model, self.loaded.tokenizer, self.progress, dropped)
         if dropped.total:
             self.log(f"note: {dropped.total} candidate sample(s) left out: {dropped.describe()}")
         if cache is not None:
             save_samples(samples, cache, key)
         return samples
 
+    @property
+    def _fsdp(self) -> bool:
+        return self.dist.distributed and self.config.parallel == "fsdp"
+
+    @contextlib.contextmanager
+    def _on_device_for_generation(self, model):
+        """Under FSDP the full model waits on the CPU for sharding; rank 0 borrows the device to generate data."""
+        moved = self._fsdp and self.config.data is None and self.dist.device.type != "cpu"
+        if moved:
+            model.to(self.dist.device)
+        try:
+            yield
+        finally:
+            if moved:
+                model.to("cpu")
+
     def _prepare(self, output: Path | None, resume: bool) -> None:
         cfg, d = self.config, self.dist
-        model = self.loaded.model.to(d.device)
+        model = self.loaded.model
+        if not self._fsdp:
+            model.to(d.device)  # under FSDP each unit moves to the device as it is sharded: never the whole model
         model.eval()  # no dropout: the steps are deterministic
         if self.samples is None:
             self.samples = self._on_main(lambda: self._load_or_build_samples(output, model, resume))
@@ -299,24 +319,32 @@ class Tuner:
                 f"{d.world_size} ranks need at least one sample each per step, but a step holds {per_step} "
                 f"(--batch-size {cfg.batch_size}, {len(self.samples)} samples): raise --batch-size or use fewer ranks"
             )
-        if self.teacher is None and cfg.loss == "kl":
-            vocab = model.get_output_embeddings().weight.shape[0]
-            budget = cfg.teacher_cache_bytes
-            if fits_cache(self.samples, vocab, budget):
-                # Log-probs are computed once, now, while the model is still the untuned FP one: no copy.
-                self.teacher = FPTeacher(model, self.samples, vocab, budget, progress=self.progress)
-            else:
-                frozen = copy.deepcopy(model)
-                self.teacher = FPTeacher(frozen, self.samples, vocab, budget, progress=self.progress)
-                if d.distributed and cfg.parallel == "fsdp":
-                    shard_model(frozen, d.device)
+        vocab = model.get_output_embeddings().weight.shape[0]
+        budget = cfg.teacher_cache_bytes
+        need_teacher = self.teacher is None and cfg.loss == "kl"
+        cache_teacher = need_teacher and fits_cache(self.samples, vocab, budget)
+        if need_teacher and not cache_teacher:
+            # A frozen copy, run every step (under FSDP still on the CPU here, sharded below).
+            self.teacher = FPTeacher(copy.deepcopy(model), self.samples, vocab, budget, progress=self.progress)
+            if self._fsdp:
+                shard_model(self.teacher.module, d.device)
+        elif cache_teacher and not self._fsdp:
+            # Log-probs are computed once, now, while the model is still the untuned FP one: no copy.
+            self.teacher = FPTeacher(model, self.samples, vocab, budget, progress=self.progress)
+            cache_teacher = False
         attach_with_rules(model, cfg.quantize_lm_head, cfg.reconstruction, cfg.exponent_rule, self.samples)
         self.param_names = [n for n, _ in trainable_parameters(model, cfg.train_scope)]
-        self._log_memory_estimate(model)
+        self._log_memory_estimate(model, teacher_cached=self.teacher is None or self.teacher.cached)
         if cfg.activation_checkpointing:
             checkpoint_blocks(model)
         self.module = model  # the model itself (FSDP shards it in place; DDP wraps it)
         self.model = d.wrap(model, cfg.parallel)
+        if self._fsdp:
+            refresh_encodings(model)  # rule tables computed on the CPU before sharding: again, on the device
+        if cache_teacher:
+            # FSDP: the sharded model, untuned and at full precision (no bits set yet), fills the
+            # cache with every rank in step (the same samples in the same order on all ranks).
+            self.teacher = FPTeacher(self.model, self.samples, vocab, budget, progress=self.progress)
         current = dict(model.named_parameters())  # FSDP2 replaced the Parameters: take them after wrapping
         params = [current[n] for n in self.param_names]
         self.optimizer = build_optimizer(cfg, params)
@@ -328,7 +356,7 @@ class Tuner:
         self.history: list[dict] = []
         self.step = 0
 
-    def _log_memory_estimate(self, model) -> None:
+    def _log_memory_estimate(self, model, teacher_cached: bool) -> None:
         if not self.dist.is_main:
             return
         from otaro_export.train import memory
@@ -343,7 +371,7 @@ class Tuner:
             laa=cfg.uses_laa,
             batch_size=cfg.batch_size,
             seq_len=max(len(s.ids) for s in self.samples),
-            teacher_cached=self.teacher is None or self.teacher.cached,
+            teacher_cached=teacher_cached,
             activation_checkpointing=cfg.activation_checkpointing,
         )
         self.log(f"memory per rank ({self.dist.device.type}, estimate, docs/TUNING.md): {est.describe()}")
