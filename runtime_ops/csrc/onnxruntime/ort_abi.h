@@ -142,7 +142,10 @@ struct OrtApi {
   void (*ReleaseTensorTypeAndShapeInfo)(OrtTensorTypeAndShapeInfo* info) noexcept;  // 99
   OrtUnusedEntry unused_100[1];                                                     // ReleaseSessionOptions
   void (*ReleaseCustomOpDomain)(OrtCustomOpDomain* domain) noexcept;                // 101 (last entry of API version 1)
-  OrtUnusedEntry unused_102_to_273[172];  // API versions 2..17 up to KernelContext_ParallelFor
+  OrtUnusedEntry unused_102_to_248[147];  // API versions 2..15 up to KernelInfoGetConstantInput_tensor
+  OrtStatus* (*KernelInfoGetConstantInput_tensor)(const OrtKernelInfo* info, size_t index, int* is_constant,
+                                                  const OrtValue** out) noexcept;  // 249 (API 15)
+  OrtUnusedEntry unused_250_to_273[24];                                            // up to KernelContext_ParallelFor
   OrtStatus* (*KernelContext_ParallelFor)(const OrtKernelContext* context, void (*fn)(void* user_data, size_t index),
                                           size_t total, size_t num_batch, void* user_data) noexcept;  // 274 (API 17)
   // Later entries are not declared: we only ever index into the table, never copy it.
@@ -199,6 +202,7 @@ static_assert(OTARO_ORT_SLOT(KernelContext_GetInputCount) == 88 && OTARO_ORT_SLO
 static_assert(OTARO_ORT_SLOT(ReleaseStatus) == 93 && OTARO_ORT_SLOT(ReleaseValue) == 96, "OrtApi layout");
 static_assert(OTARO_ORT_SLOT(ReleaseTensorTypeAndShapeInfo) == 99, "OrtApi layout");
 static_assert(OTARO_ORT_SLOT(ReleaseCustomOpDomain) == 101, "OrtApi: version 1 ends at slot 101");
+static_assert(OTARO_ORT_SLOT(KernelInfoGetConstantInput_tensor) == 249, "OrtApi layout (API 15)");
 static_assert(OTARO_ORT_SLOT(KernelContext_ParallelFor) == 274, "OrtApi: ParallelFor is slot 274 (API 17)");
 static_assert(offsetof(OrtCustomOp, KernelComputeV2) == offsetof(OrtCustomOp, CreateKernel) + 17 * sizeof(void*),
               "OrtCustomOp layout");

@@ -43,15 +43,23 @@ inline otaro::DType core_dtype(ONNXTensorElementDataType type) {
   }
 }
 
-// One input as the core's shape checks see it; dims owns the shape that info points to.
+// One input as the core's shape checks see it, with its data pointer; info.dims points into
+// small (or large, past rank 8: no heap allocation in the common case).
 struct InputDesc {
-  std::vector<int64_t> dims;
+  int64_t small[8];
+  std::vector<int64_t> large;
   otaro::TensorInfo info;
+  const void* data = nullptr;
+
+  const int64_t* dims() const { return info.dims; }
+  int64_t dim(int64_t i) const { return info.dims[i]; }
+  int64_t last() const { return info.dims[info.rank - 1]; }
 };
 
 // Fills *out for `value` (nullptr: an omitted optional input, info.present = false).
 inline OrtStatus* describe(const OrtApi* api, const OrtValue* value, InputDesc* out) {
   out->info = otaro::TensorInfo{};
+  out->data = nullptr;
   if (value == nullptr) return nullptr;
   OrtTensorTypeAndShapeInfo* info = nullptr;
   OTARO_RETURN_IF_ERROR(api->GetTensorTypeAndShape(value, &info));
@@ -62,25 +70,58 @@ inline OrtStatus* describe(const OrtApi* api, const OrtValue* value, InputDesc* 
   OTARO_RETURN_IF_ERROR(api->GetTensorElementType(info, &type));
   size_t rank = 0;
   OTARO_RETURN_IF_ERROR(api->GetDimensionsCount(info, &rank));
-  out->dims.assign(rank, 0);
-  if (rank) OTARO_RETURN_IF_ERROR(api->GetDimensions(info, out->dims.data(), rank));
-  out->info.present = true;
-  out->info.dtype = core_dtype(type);
-  out->info.rank = static_cast<int64_t>(rank);
-  out->info.dims = out->dims.data();
-  return nullptr;
-}
-
-template <typename T>
-OrtStatus* data_of(const OrtApi* api, const OrtValue* value, const T** out) {
-  *out = nullptr;
-  if (value == nullptr) return nullptr;
+  int64_t* dims = out->small;
+  if (rank > 8) {
+    out->large.assign(rank, 0);
+    dims = out->large.data();
+  }
+  if (rank) OTARO_RETURN_IF_ERROR(api->GetDimensions(info, dims, rank));
   void* data = nullptr;
   // ORT has no const accessor; inputs are only read.
   OTARO_RETURN_IF_ERROR(api->GetTensorMutableData(const_cast<OrtValue*>(value), &data));
-  *out = static_cast<const T*>(data);
+  out->data = data;
+  out->info.present = true;
+  out->info.dtype = core_dtype(type);
+  out->info.rank = static_cast<int64_t>(rank);
+  out->info.dims = dims;
   return nullptr;
 }
+
+// The inputs of a node that are constant initializers, described once when the kernel is
+// created: a decode step then describes only the activations, ids and bits (the planes never
+// change during a session, and describing each of them again costs time on every call).
+template <size_t N>
+struct ConstantInputs {
+  bool constant[N] = {};
+  InputDesc desc[N];
+
+  OrtStatus* load(const OrtApi* api, const OrtKernelInfo* info) {
+    for (size_t i = 0; i < N; ++i) {
+      int is_constant = 0;
+      const OrtValue* value = nullptr;
+      if (OrtStatus* status = api->KernelInfoGetConstantInput_tensor(info, i, &is_constant, &value)) {
+        api->ReleaseStatus(status);  // e.g. an index past the node's inputs: not a constant
+        continue;
+      }
+      if (is_constant && value != nullptr) {
+        OTARO_RETURN_IF_ERROR(describe(api, value, &desc[i]));
+        constant[i] = true;
+      }
+    }
+    return nullptr;
+  }
+
+  // *out = the description of input i: the cached one, or `value` described into `scratch`.
+  OrtStatus* get(const OrtApi* api, size_t i, const OrtValue* value, InputDesc* scratch, const InputDesc** out) const {
+    if (constant[i]) {
+      *out = &desc[i];
+      return nullptr;
+    }
+    OTARO_RETURN_IF_ERROR(describe(api, value, scratch));
+    *out = scratch;
+    return nullptr;
+  }
+};
 
 // Reads the inputs of a kernel call into `inputs` (count in [required, max]); nullptr marks an omitted optional.
 inline OrtStatus* get_inputs(const OrtApi* api, OrtKernelContext* context, const char* op, size_t required, size_t max,

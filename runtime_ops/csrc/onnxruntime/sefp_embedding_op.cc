@@ -27,55 +27,62 @@ constexpr ONNXTensorElementDataType kInputTypes[kNumInputs] = {
 struct Kernel {
   const OrtApi* api;
   int64_t in_features;
+  ConstantInputs<kNumInputs> constants;
 };
 
 OrtStatus* compute(const Kernel& kernel, OrtKernelContext* context) {
   const OrtApi* api = kernel.api;
   const OrtValue* inputs[kNumInputs];
   OTARO_RETURN_IF_ERROR(get_inputs(api, context, kOpName, kNumRequired, kNumInputs, kInputNames, inputs));
-  InputDesc d[kNumInputs];
-  for (size_t i = 0; i < kNumInputs; ++i) OTARO_RETURN_IF_ERROR(describe(api, inputs[i], &d[i]));
-  const otaro::EmbeddingArgsInfo info{d[kIds].info,    {d[kP0].info, d[kP1].info, d[kP2].info, d[kP3].info},
-                                      d[kE].info,      d[kBits].info,
-                                      d[kLevels].info, kernel.in_features};
+  InputDesc scratch[kNumInputs];
+  const InputDesc* d[kNumInputs];
+  for (size_t i = 0; i < kNumInputs; ++i) {
+    if (inputs[i] == nullptr) {
+      scratch[i].info = otaro::TensorInfo{};
+      scratch[i].data = nullptr;
+      d[i] = &scratch[i];
+      continue;
+    }
+    OTARO_RETURN_IF_ERROR(kernel.constants.get(api, i, inputs[i], &scratch[i], &d[i]));
+  }
+  const otaro::EmbeddingArgsInfo info{d[kIds]->info,    {d[kP0]->info, d[kP1]->info, d[kP2]->info, d[kP3]->info},
+                                      d[kE]->info,      d[kBits]->info,
+                                      d[kLevels]->info, kernel.in_features};
   char msg[512];
   if (otaro::check_embedding_args(info, msg, sizeof msg) != otaro::Status::kOk) {
     return op_error(api, kOpName, "%s", msg);
   }
 
-  const int64_t n = d[kE].dims[0], g = d[kE].dims[1], k = kernel.in_features;
-  std::vector<int64_t> out_dims = d[kIds].dims;
+  const int64_t n = d[kE]->dim(0), g = d[kE]->dim(1), k = kernel.in_features;
+  std::vector<int64_t> out_dims(d[kIds]->dims(), d[kIds]->dims() + d[kIds]->info.rank);
   int64_t count = 1;
   for (int64_t dim : out_dims) count *= dim;
   out_dims.push_back(k);
-  const int64_t* bits = nullptr;
-  const int64_t* ids = nullptr;
-  OTARO_RETURN_IF_ERROR(data_of(api, inputs[kBits], &bits));
-  OTARO_RETURN_IF_ERROR(data_of(api, inputs[kIds], &ids));
-  otaro::SEFPWeightView w{};
-  w.out_features = n;
-  w.in_features = k;
-  w.num_groups = g;
-  OTARO_RETURN_IF_ERROR(data_of(api, inputs[kP0], &w.p0));
-  OTARO_RETURN_IF_ERROR(data_of(api, inputs[kP1], &w.p1));
-  OTARO_RETURN_IF_ERROR(data_of(api, inputs[kP2], &w.p2));
-  OTARO_RETURN_IF_ERROR(data_of(api, inputs[kP3], &w.p3));
-  OTARO_RETURN_IF_ERROR(data_of(api, inputs[kE], &w.exponents));
-  OTARO_RETURN_IF_ERROR(data_of(api, inputs[kLevels], &w.levels));
+  const int64_t bits = *static_cast<const int64_t*>(d[kBits]->data);
+  const int64_t* ids = static_cast<const int64_t*>(d[kIds]->data);
+  const otaro::SEFPWeightView w{static_cast<const uint8_t*>(d[kP0]->data),
+                                static_cast<const uint8_t*>(d[kP1]->data),
+                                static_cast<const uint8_t*>(d[kP2]->data),
+                                static_cast<const uint8_t*>(d[kP3]->data),
+                                static_cast<const int8_t*>(d[kE]->data),
+                                n,
+                                k,
+                                g,
+                                static_cast<const float*>(d[kLevels]->data)};
 
   OrtValue* output = nullptr;
   OTARO_RETURN_IF_ERROR(api->KernelContext_GetOutput(context, 0, out_dims.data(), out_dims.size(), &output));
   void* y = nullptr;
   if (count > 0 && k > 0) OTARO_RETURN_IF_ERROR(api->GetTensorMutableData(output, &y));
 
-  const int bits_value = (*bits < otaro::kMinBits || *bits > otaro::kMaxBits) ? 0 : static_cast<int>(*bits);
+  const int bits_value = (bits < otaro::kMinBits || bits > otaro::kMaxBits) ? 0 : static_cast<int>(bits);
   int64_t bad = -1;
   const otaro::Status status = otaro::sefp_embedding(count > 0 ? ids : nullptr, count, w, bits_value,
                                                      static_cast<float*>(y), 1, otaro::Isa::kAuto, &bad);
   switch (status) {
     case otaro::Status::kOk: return nullptr;
     case otaro::Status::kInvalidBits:
-      return op_error(api, kOpName, "bits must be in 3..8 (E5M3..E5M8), got %lld", static_cast<long long>(*bits));
+      return op_error(api, kOpName, "bits must be in 3..8 (E5M3..E5M8), got %lld", static_cast<long long>(bits));
     case otaro::Status::kInvalidIndex:
       return op_error(api, kOpName, "ids[%lld] = %lld is outside [0, %lld) (the table has %lld rows)",
                       static_cast<long long>(bad), static_cast<long long>(ids[bad]), static_cast<long long>(n),
@@ -96,8 +103,14 @@ OrtStatus* create_kernel(const OrtCustomOp*, const OrtApi* api, const OrtKernelI
   if (in_features < 0) {
     return api->CreateStatus(ORT_INVALID_ARGUMENT, "ai.otaro::SEFPEmbedding: attribute in_features must be >= 0");
   }
-  *kernel = new (std::nothrow) Kernel{api, in_features};
-  return *kernel ? nullptr : api->CreateStatus(ORT_FAIL, "ai.otaro::SEFPEmbedding: out of memory");
+  Kernel* k = new (std::nothrow) Kernel{api, in_features, {}};
+  if (k == nullptr) return api->CreateStatus(ORT_FAIL, "ai.otaro::SEFPEmbedding: out of memory");
+  if (OrtStatus* status = k->constants.load(api, info)) {
+    delete k;
+    return status;
+  }
+  *kernel = k;
+  return nullptr;
 }
 
 OrtStatus* kernel_compute(void* kernel, OrtKernelContext* context) {

@@ -25,11 +25,12 @@ constexpr ONNXTensorElementDataType kInputTypes[kNumInputs] = {
     ONNX_TENSOR_ELEMENT_DATA_TYPE_INT64, ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT, ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT,
 };
 
-// Output features per task: enough work per task to amortize dispatch, at most
-// kMaxTasks tasks (load balance on up to a few dozen threads), a multiple of
-// 16 so that SIMD row blocks of the core stay whole.
+// Output features per task: enough work per task to amortize dispatch (at least 256K
+// multiply-adds: smaller tasks measurably slowed decode-sized calls, 1 and 2 threads),
+// at most kMaxTasks tasks (load balance on a few threads), a multiple of 16 so that
+// SIMD row blocks of the core stay whole.
 int64_t features_per_task(int64_t rows, int64_t n, int64_t k) {
-  constexpr int64_t kAlign = 16, kMaxTasks = 64, kMinMacsPerTask = int64_t{1} << 16;
+  constexpr int64_t kAlign = 16, kMaxTasks = 16, kMinMacsPerTask = int64_t{1} << 18;
   auto ceil_div = [](int64_t a, int64_t b) { return (a + b - 1) / b; };
   int64_t chunk = std::max(ceil_div(n, kMaxTasks), ceil_div(kMinMacsPerTask, std::max<int64_t>(1, rows * k)));
   chunk = ceil_div(chunk, kAlign) * kAlign;
@@ -49,76 +50,102 @@ void run_task(void* data, size_t index) {
   otaro::run_linear_range(*job.plan, begin, end);  // single-threaded slice; never throws
 }
 
-OrtStatus* compute(const OrtApi* api, OrtKernelContext* context) {
+struct Kernel {
+  const OrtApi* api;
+  ConstantInputs<kNumInputs> constants;
+};
+
+OrtStatus* compute(const Kernel& kernel, OrtKernelContext* context) {
+  const OrtApi* api = kernel.api;
   const OrtValue* inputs[kNumInputs];
   OTARO_RETURN_IF_ERROR(get_inputs(api, context, kOpName, kNumRequired, kNumInputs, kInputNames, inputs));
-  InputDesc d[kNumInputs];
-  for (size_t i = 0; i < kNumInputs; ++i) OTARO_RETURN_IF_ERROR(describe(api, inputs[i], &d[i]));
-  const otaro::LinearArgsInfo info{d[kX].info,    {d[kP0].info, d[kP1].info, d[kP2].info, d[kP3].info},
-                                   d[kE].info,    d[kBits].info,
-                                   d[kBias].info, d[kLevels].info};
+  InputDesc scratch[kNumInputs];
+  const InputDesc* d[kNumInputs];
+  for (size_t i = 0; i < kNumInputs; ++i) {
+    if (inputs[i] == nullptr) {  // an omitted optional input (even if the node lists it as a constant)
+      scratch[i].info = otaro::TensorInfo{};
+      scratch[i].data = nullptr;
+      d[i] = &scratch[i];
+      continue;
+    }
+    OTARO_RETURN_IF_ERROR(kernel.constants.get(api, i, inputs[i], &scratch[i], &d[i]));
+  }
+  const otaro::LinearArgsInfo info{d[kX]->info,    {d[kP0]->info, d[kP1]->info, d[kP2]->info, d[kP3]->info},
+                                   d[kE]->info,    d[kBits]->info,
+                                   d[kBias]->info, d[kLevels]->info};
   char msg[512];
   if (otaro::check_linear_args(info, msg, sizeof msg) != otaro::Status::kOk) return op_error(api, kOpName, "%s", msg);
 
-  const int64_t n = d[kE].dims[0], g = d[kE].dims[1], k = d[kX].dims.back();
-  std::vector<int64_t> out_dims(d[kX].dims.begin(), d[kX].dims.end() - 1);
+  const int64_t n = d[kE]->dim(0), g = d[kE]->dim(1), k = d[kX]->last();
+  const int64_t x_rank = d[kX]->info.rank;
+  int64_t out_dims[16];
+  std::vector<int64_t> out_large;
+  int64_t* out = out_dims;
+  if (x_rank > 16) {
+    out_large.resize(static_cast<size_t>(x_rank));
+    out = out_large.data();
+  }
   int64_t rows = 1;  // leading dims of X (not numel / K: K may be 0)
-  for (int64_t dim : out_dims) rows *= dim;
-  out_dims.push_back(n);
-  const int64_t* bits = nullptr;
-  OTARO_RETURN_IF_ERROR(data_of(api, inputs[kBits], &bits));
+  for (int64_t i = 0; i + 1 < x_rank; ++i) {
+    out[i] = d[kX]->dim(i);
+    rows *= out[i];
+  }
+  out[x_rank - 1] = n;
+  const int64_t bits = *static_cast<const int64_t*>(d[kBits]->data);
 
-  otaro::SEFPWeightView w{};
-  w.out_features = n;
-  w.in_features = k;
-  w.num_groups = g;
-  OTARO_RETURN_IF_ERROR(data_of(api, inputs[kP0], &w.p0));
-  OTARO_RETURN_IF_ERROR(data_of(api, inputs[kP1], &w.p1));
-  OTARO_RETURN_IF_ERROR(data_of(api, inputs[kP2], &w.p2));
-  OTARO_RETURN_IF_ERROR(data_of(api, inputs[kP3], &w.p3));
-  OTARO_RETURN_IF_ERROR(data_of(api, inputs[kE], &w.exponents));
-  OTARO_RETURN_IF_ERROR(data_of(api, inputs[kLevels], &w.levels));
-  const float* x = nullptr;
-  const float* bias = nullptr;
-  OTARO_RETURN_IF_ERROR(data_of(api, inputs[kX], &x));
-  OTARO_RETURN_IF_ERROR(data_of(api, inputs[kBias], &bias));
-
+  otaro::SEFPWeightView w{static_cast<const uint8_t*>(d[kP0]->data),
+                          static_cast<const uint8_t*>(d[kP1]->data),
+                          static_cast<const uint8_t*>(d[kP2]->data),
+                          static_cast<const uint8_t*>(d[kP3]->data),
+                          static_cast<const int8_t*>(d[kE]->data),
+                          n,
+                          k,
+                          g,
+                          static_cast<const float*>(d[kLevels]->data)};
   OrtValue* output = nullptr;
-  OTARO_RETURN_IF_ERROR(api->KernelContext_GetOutput(context, 0, out_dims.data(), out_dims.size(), &output));
+  OTARO_RETURN_IF_ERROR(api->KernelContext_GetOutput(context, 0, out, static_cast<size_t>(x_rank), &output));
   void* y = nullptr;
   if (rows > 0 && n > 0) OTARO_RETURN_IF_ERROR(api->GetTensorMutableData(output, &y));
 
   // Values (bits, levels) are checked here, before anything is computed.
   otaro::LinearPlan plan;
-  const int bits_value = (*bits < otaro::kMinBits || *bits > otaro::kMaxBits) ? 0 : static_cast<int>(*bits);
-  const otaro::Status status = otaro::plan_linear(rows > 0 ? x : nullptr, rows, w, bias, bits_value,
+  const int bits_value = (bits < otaro::kMinBits || bits > otaro::kMaxBits) ? 0 : static_cast<int>(bits);
+  const otaro::Status status = otaro::plan_linear(rows > 0 ? static_cast<const float*>(d[kX]->data) : nullptr, rows, w,
+                                                  static_cast<const float*>(d[kBias]->data), bits_value,
                                                   static_cast<float*>(y), n, otaro::Isa::kAuto, &plan);
   if (status == otaro::Status::kInvalidBits) {
-    return op_error(api, kOpName, "bits must be in 3..8 (E5M3..E5M8), got %lld", static_cast<long long>(*bits));
+    return op_error(api, kOpName, "bits must be in 3..8 (E5M3..E5M8), got %lld", static_cast<long long>(bits));
   }
   if (status != otaro::Status::kOk) return op_error(api, kOpName, "%s", otaro::status_message(status));
   if (rows == 0 || n == 0) return nullptr;
 
   Job job{&plan, features_per_task(rows, n, k)};
   const int64_t tasks = (n + job.chunk - 1) / job.chunk;
+  if (tasks == 1) {  // nothing to split: skip the thread-pool round trip
+    otaro::run_linear_range(plan, 0, n);
+    return nullptr;
+  }
   return api->KernelContext_ParallelFor(context, run_task, static_cast<size_t>(tasks), 0, &job);
 }
 
 // ---- OrtCustomOp callbacks ----
 
-struct Kernel {
-  const OrtApi* api;
-};
-
-OrtStatus* create_kernel(const OrtCustomOp*, const OrtApi* api, const OrtKernelInfo*, void** kernel) {
-  *kernel = new (std::nothrow) Kernel{api};
-  return *kernel ? nullptr : api->CreateStatus(ORT_FAIL, "ai.otaro::SEFPLinear: out of memory");
+OrtStatus* create_kernel(const OrtCustomOp*, const OrtApi* api, const OrtKernelInfo* info, void** kernel) {
+  Kernel* k = new (std::nothrow) Kernel{api, {}};
+  if (k == nullptr) return api->CreateStatus(ORT_FAIL, "ai.otaro::SEFPLinear: out of memory");
+  if (OrtStatus* status = k->constants.load(api, info)) {
+    delete k;
+    return status;
+  }
+  *kernel = k;
+  return nullptr;
 }
 
 OrtStatus* kernel_compute(void* kernel, OrtKernelContext* context) {
-  const OrtApi* api = static_cast<Kernel*>(kernel)->api;
+  const Kernel& k = *static_cast<Kernel*>(kernel);
+  const OrtApi* api = k.api;
   try {  // no C++ exception may cross into onnxruntime
-    return compute(api, context);
+    return compute(k, context);
   } catch (const std::exception& exc) {
     return op_error(api, kOpName, "internal error: %s", exc.what());
   } catch (...) {
