@@ -20,6 +20,9 @@ from torch import nn
 CALIBRATION_SEED = 0
 CALIBRATION_SAMPLES = 16
 CALIBRATION_GEN_TOKENS = 48
+#: calibration answers and label draws per answer the Fisher of the floor plan uses (docs/QUALITY.md)
+FISHER_SAMPLES = 8
+FISHER_DRAWS = 1
 
 
 @dataclass
@@ -118,7 +121,7 @@ def model_input_stats(
 
 
 def fisher_diagonal(
-    model: nn.Module, samples, layer_names: list[str], draws: int = 2, seed: int = CALIBRATION_SEED, batch_size: int = 4
+    model: nn.Module, samples, layer_names: list[str], draws: int = FISHER_DRAWS, seed: int = CALIBRATION_SEED
 ) -> dict[str, torch.Tensor]:
     """Diagonal Fisher information of each named linear's weight, per scored token (float32, weight-shaped).
 

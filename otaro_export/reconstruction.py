@@ -284,7 +284,7 @@ def layer_sensitivities(
     generated from ``tokenizer`` when not given; ``input_stats``: by HF member name, collected when
     the rules need them and none are given.
     """
-    from otaro_export.calibration import calibration_samples, collect_input_stats, fisher_diagonal
+    from otaro_export.calibration import FISHER_SAMPLES, calibration_samples, collect_input_stats, fisher_diagonal
 
     units = export_units(model) if units is None else list(units)
     if samples is None:
@@ -294,7 +294,7 @@ def layer_sensitivities(
     members = [m for u in units for m in u.members]
     if input_stats is None and (rule == "fitted" or exponent_rule == "search"):
         input_stats = collect_input_stats(model, samples, [u.members[0] for u in units], progress=progress)
-    fisher = fisher_diagonal(model, samples, members)
+    fisher = fisher_diagonal(model, list(samples)[:FISHER_SAMPLES], members)
     sizes, sensitivity = {}, {}
     iterator = units
     if progress:
