@@ -125,7 +125,16 @@ class Manifest:
         known = set(cls.__dataclass_fields__)
         missing = [
             k
-            for k in ("target", "artifact", "kernels", "quantized_layers", "inputs", "outputs", "model")
+            for k in (
+                "target",
+                "artifact",
+                "kernels",
+                "kernel_library",
+                "quantized_layers",
+                "inputs",
+                "outputs",
+                "model",
+            )
             if k not in data
         ]
         if missing:
@@ -176,6 +185,9 @@ def _is_str_list(value) -> bool:
 
 
 #: ``model`` keys every runtime reads, each with its check
+#: sanity bounds of the model section (far above any model this project exports on a device)
+_MAX_CACHE_BYTES = 64 << 30
+_MAX_VOCAB = 1 << 24
 _MODEL_FIELDS = {
     "vocab_size": ("a positive integer", _is_int),
     "num_layers": ("a positive integer", _is_int),
@@ -222,6 +234,14 @@ def _check_fields(data: dict, path: Path) -> None:
             raise bad(f"model.{key}", expected)
     if any(i >= data["model"]["vocab_size"] for i in data["model"]["eos_token_ids"]):
         raise bad("model.eos_token_ids", f"ids below model.vocab_size {data['model']['vocab_size']}")
+    m = data["model"]
+    cache_bytes = 2 * m["num_layers"] * m["num_kv_heads"] * m["max_seq_len"] * m["head_dim"] * 4
+    if cache_bytes > _MAX_CACHE_BYTES or m["vocab_size"] > _MAX_VOCAB:
+        # a runtime sizes its KV buffers from these: a damaged value must not become a terabyte allocation
+        raise ArtifactError(
+            f"{path}: the model section is implausible (a {cache_bytes / 2**30:.0f} GiB KV cache, "
+            f"{m['vocab_size']} tokens): damaged or hand-edited? re-export the artifact"
+        )
     if "precisions" in data:
         p = data["precisions"]
         valid = isinstance(p, list) and p and all(_is_int(b) and b in SUPPORTED_BITS for b in p)

@@ -90,6 +90,9 @@ BAD_FIELDS = [
     ("model.head_dim", 16.0, "model.head_dim must be a positive integer"),
     ("model.eos_token_ids", 256, "model.eos_token_ids must be a list"),
     ("model.eos_token_ids", [999], "ids below model.vocab_size"),
+    ("model.head_dim", 2**31, "implausible (a 4096 GiB KV cache"),
+    ("model.max_seq_len", 10**9, "KV cache"),
+    ("model.vocab_size", 2**30, "implausible"),
     ("precisions", [], "precisions must be a non-empty list"),
     ("precisions", [3, 3], "precisions must be a non-empty list of distinct"),
     ("precisions", [9], "precisions must be"),
@@ -242,4 +245,13 @@ def test_unchanged_files_are_not_hashed_again(recorded, monkeypatch):
 def test_bytes_that_are_not_utf8(tmp_path):
     (tmp_path / "manifest.json").write_bytes(b'\x80{"target": "onnx"}')
     with pytest.raises(ArtifactError, match="not valid JSON"):
+        Manifest.load(tmp_path)
+
+
+@pytest.mark.parametrize("field", ["target", "artifact", "kernels", "kernel_library", "model", "inputs"])
+def test_missing_required_field(tmp_path, field):
+    data = saved(tmp_path)
+    del data[field]
+    write_json(tmp_path, data)
+    with pytest.raises(ArtifactError, match=rf"missing field\(s\) \['{field}'\]"):
         Manifest.load(tmp_path)
