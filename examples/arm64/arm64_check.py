@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import sys
 import tempfile
 import time
@@ -41,7 +42,15 @@ from record import (  # noqa: E402
     write_onnx_calls,
     write_pte_calls,
 )
-from userland import Arm64Unavailable, Userland, cache_root, prepare_userland, pte_runner, run_command  # noqa: E402
+from userland import (  # noqa: E402
+    Arm64Unavailable,
+    CommandFailed,
+    Userland,
+    cache_root,
+    prepare_userland,
+    pte_runner,
+    run_command,
+)
 
 __all__ = ["Arm64Unavailable", "Report", "check", "prepare_userland", "relative_difference"]
 
@@ -253,6 +262,22 @@ def check_onnx(directory: Path, userland: Userland, bits: list[int], tasks: bool
     return report
 
 
+#: ExecuTorch's LLM custom ops (extension/llm/custom_ops): ``llama::update_cache``, ``llama::custom_sdpa``, ...
+LLM_OPS_NAMESPACE = "llama::"
+
+
+def _raise_if_llm_ops_missing(output: str) -> None:
+    """A .pte whose only missing kernels are ExecuTorch's LLM custom ops cannot run in this check: say so."""
+    missing = sorted(set(re.findall(r"Missing operator: \[\d+\] (\S+)", output)))
+    if missing and all(op.startswith(LLM_OPS_NAMESPACE) for op in missing):
+        raise Arm64Unavailable(
+            f"this .pte needs ExecuTorch's LLM custom-op kernels ({', '.join(missing)}), which no aarch64 build "
+            "here provides: the executorch wheel has them only in extension/llm/custom_ops/libcustom_ops_aot_lib.so, "
+            "which links libtorch and torch's Python extension, and ExecuTorch publishes no source distribution "
+            "on PyPI to cross-build them from (an app links them from ExecuTorch's own source build)"
+        )
+
+
 def check_pte(directory: Path, userland: Userland, bits: list[int], reference, work: Path, log) -> Report:
     from otaro_export.runtime_ops import build
 
@@ -283,7 +308,11 @@ def check_pte(directory: Path, userland: Userland, bits: list[int], reference, w
         log("building the ExecuTorch kernel library for aarch64 (NEON)")
         cmd.append(build.build_aarch64_library("executorch", userland.executorch))
     log("aarch64 under qemu: the .pte with ExecuTorch's C++ runtime")
-    proc = run_command(userland.command(*cmd), "pte_runner under qemu", timeout=QEMU_TIMEOUT_S, env=userland.env())
+    try:
+        proc = run_command(userland.command(*cmd), "pte_runner under qemu", timeout=QEMU_TIMEOUT_S, env=userland.env())
+    except CommandFailed as exc:
+        _raise_if_llm_ops_missing(exc.proc.stdout + exc.proc.stderr)
+        raise
     outputs = read_pte_outputs(work / "outputs.bin", len(calls))
     arm, x86, k = {}, {}, 0
     for b in bits:

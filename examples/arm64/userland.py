@@ -44,6 +44,14 @@ def cache_root() -> Path:
     return Path(env).expanduser() if env else Path.home() / ".cache" / "otaro-export" / "arm64"
 
 
+class CommandFailed(RuntimeError):
+    """A command exited with an error; ``proc`` holds its whole output (the message only its tail)."""
+
+    def __init__(self, message: str, proc: subprocess.CompletedProcess):
+        super().__init__(message)
+        self.proc = proc
+
+
 def run_command(cmd: list, what: str, timeout: float = 900, env: dict | None = None) -> subprocess.CompletedProcess:
     try:
         proc = subprocess.run([str(c) for c in cmd], capture_output=True, text=True, timeout=timeout, env=env)
@@ -51,7 +59,7 @@ def run_command(cmd: list, what: str, timeout: float = 900, env: dict | None = N
         raise RuntimeError(f"{what} failed to run: {exc}") from exc
     if proc.returncode != 0:
         tail = (proc.stdout + proc.stderr).strip()[-2500:]
-        raise RuntimeError(f"{what} failed (exit {proc.returncode}):\n$ {' '.join(map(str, cmd))}\n{tail}")
+        raise CommandFailed(f"{what} failed (exit {proc.returncode}):\n$ {' '.join(map(str, cmd))}\n{tail}", proc)
     return proc
 
 
