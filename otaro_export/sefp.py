@@ -18,6 +18,7 @@ stored model serves E5M3..E5M8.
 
 from __future__ import annotations
 
+import operator
 from dataclasses import dataclass
 
 import torch
@@ -47,8 +48,12 @@ def check_bits(bits: int | torch.Tensor) -> int:
                 f"bits must be a single integer, got a {bits.dtype} tensor of shape {tuple(bits.shape)}"
             )
         bits = int(bits.item())
-    if isinstance(bits, bool) or not isinstance(bits, int):
+    if isinstance(bits, bool) or type(bits).__name__ == "bool_":
         raise InvalidBitsError(f"bits must be an int in 3..8, got {bits!r}")
+    try:
+        bits = operator.index(bits)  # any integer type: int, numpy.int64, ...
+    except TypeError:
+        raise InvalidBitsError(f"bits must be an int in 3..8, got {bits!r}") from None
     if bits not in SUPPORTED_BITS:
         raise InvalidBitsError(f"bits must be one of {list(SUPPORTED_BITS)} (E5M3..E5M8), got {bits}")
     return bits

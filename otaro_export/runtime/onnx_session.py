@@ -90,6 +90,14 @@ class OnnxSession(Session):
         info = manifest.model
         self._max_seq_len = int(info["max_seq_len"])
         cache_shape = (1, int(info["num_kv_heads"]), self._max_seq_len, int(info["head_dim"]))
+        graph_shapes = {i.name: i.shape for i in self._sess.get_inputs() if i.name in self._past_names}
+        wrong = {name: shape for name, shape in graph_shapes.items() if list(shape) != list(cache_shape)}
+        if wrong:  # the graph's static cache shapes are the truth; a manifest that disagrees is damaged
+            name, shape = next(iter(wrong.items()))
+            raise ArtifactError(
+                f"{path}: manifest.json describes KV caches of shape {list(cache_shape)} but the graph's "
+                f"{name} is {list(shape)}: the manifest was edited or belongs to another export"
+            )
         # One buffer per cache tensor for the session's life: bound as both the past input and the
         # present output, onnxruntime's GroupQueryAttention writes the new positions in place.
         self._cache = [

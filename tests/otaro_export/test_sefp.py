@@ -133,7 +133,7 @@ def test_non_finite_weight_names_tensor(bad):
         sefp.quantize(w, name="model.layers.3.mlp.up_proj.weight")
 
 
-@pytest.mark.parametrize("bits", [2, 9, 0, -1, 3.0, "8", True, torch.tensor(8.0)])
+@pytest.mark.parametrize("bits", [2, 9, 0, -1, 3.0, "8", True, np.bool_(True), np.float32(5), torch.tensor(8.0)])
 def test_bad_bits_rejected(bits):
     with pytest.raises(InvalidBitsError):
         sefp.check_bits(bits)
@@ -144,6 +144,11 @@ def test_bad_bits_rejected(bits):
 
 def test_bits_tensor_accepted():
     assert sefp.check_bits(torch.tensor(5)) == 5
+
+
+def test_bits_of_any_integer_type_accepted():
+    for bits in (np.int64(3), np.uint8(4), np.int32(8), torch.tensor(6, dtype=torch.int32)):
+        assert sefp.check_bits(bits) == int(bits) and type(sefp.check_bits(bits)) is int
 
 
 @pytest.mark.parametrize(

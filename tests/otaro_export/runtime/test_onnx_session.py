@@ -147,3 +147,16 @@ def test_smollm2_greedy_text_at_e5m8_matches_torch_reference(tmp_path):
             out = model(input_ids=torch.tensor([[token]]), past_key_values=out.past_key_values, use_cache=True)
     assert session.tokenizer.decode(got) == session.tokenizer.decode(ref)
     assert got == ref
+
+
+def test_a_manifest_that_disagrees_with_the_graphs_caches_is_refused(llama, tmp_path):
+    import json
+    import shutil
+
+    directory = tmp_path / "edited"
+    shutil.copytree(llama[0], directory)
+    manifest = json.loads((directory / "manifest.json").read_text())
+    manifest["model"]["head_dim"] = manifest["model"]["head_dim"] * 2  # plausible, but not this graph's
+    (directory / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(ArtifactError, match="describes KV caches of shape"):
+        load(directory)
