@@ -43,6 +43,12 @@ def evaluate(
         "--baselines",
         help="gguf formats to requantize the same float weights in, printed beside the precisions ('none': skip)",
     ),
+    layer_floors: str = typer.Option(
+        "none", "--layer-floors", help="none, or auto: per-layer precision floors from measured sensitivity"
+    ),
+    floor_budget: float = typer.Option(
+        None, "--floor-budget", help="with --layer-floors auto: average weight bits E5M3 may read (default 4.5)"
+    ),
     output: Path = typer.Option(
         None, "--output", "-o", help="directory for eval.json and eval.png (default: print only)"
     ),
@@ -63,6 +69,8 @@ def evaluate(
     reconstruction = check_rule(reconstruction or DEFAULT_RULE)
     exponent_rule = check_exponent_rule(exponent_rule or DEFAULT_EXPONENT_RULE)
     formats = parse_baselines(baselines, BASELINE_FORMATS)
+    if layer_floors not in ("none", "auto"):
+        raise typer.BadParameter(f"--layer-floors must be none or auto, got {layer_floors!r}")
     if checkpoint is not None:
         resolve_checkpoint(checkpoint)  # fail on a bad checkpoint before loading anything
     loaded = load_model(model)
@@ -83,13 +91,15 @@ def evaluate(
         reconstruction=reconstruction,
         exponent_rule=exponent_rule,
         baselines=formats,
+        layer_floors=layer_floors,
+        floor_budget_bits=floor_budget,
         batch_size=batch_size,
         progress=True,
         log=typer.echo,
     )
     name = "tuned" if checkpoint is not None else "untuned (PTQ)"
     title = (
-        f"{loaded.source}, {name}, reconstruction {reconstruction}, exponents {exponent_rule}, "
+        f"{loaded.source}, {name}, reconstruction {reconstruction}, exponents {exponent_rule}, floors {layer_floors}, "
         f"{rows[0].tokens} scored tokens"
     )
     typer.echo(format_table(rows, title))

@@ -193,6 +193,8 @@ def evaluate_model(
     reconstruction: str = "floor",
     exponent_rule: str = "floor",
     baselines=(),
+    layer_floors: str = "none",
+    floor_budget_bits: float | None = None,
     batch_size: int = 4,
     progress: bool = False,
     log=None,
@@ -204,6 +206,9 @@ def evaluate_model(
     input statistics of ``fitted`` / ``search`` come from ``calibration`` on the student's own
     calibration text). ``quantize_lm_head=None`` follows the checkpoint's tuning config.
     ``baselines``: gguf formats to requantize the student's float weights in (``BASELINE_FORMATS``).
+    ``layer_floors="auto"``: per-layer precision floors from ``reconstruction.floor_plan`` (budget
+    ``floor_budget_bits``, default the export's), applied as the export applies them; each row's
+    ``bits_per_weight`` is then the plan's average over the SEFP layers.
     """
     import copy
 
@@ -222,13 +227,39 @@ def evaluate_model(
         log(f"loaded {len(names)} tuned tensors from {checkpoint}")
     quantize_lm_head = bool(quantize_lm_head)
     layer_names = select_sefp_linears(student, quantize_lm_head)
-    stats = None
-    if reconstruction == "fitted" or exponent_rule == "search":
-        from otaro_export.calibration import model_input_stats
+    if layer_floors not in ("none", "auto"):
+        raise ValueError(f"layer_floors must be 'none' or 'auto', got {layer_floors!r}")
+    stats = plan = None
+    if reconstruction == "fitted" or exponent_rule == "search" or layer_floors == "auto":
+        from otaro_export.calibration import calibration_samples, collect_input_stats
 
-        stats = model_input_stats(student, tokenizer, layer_names, progress=progress)
+        calib = calibration_samples(student, tokenizer, progress=progress)
+        stats = collect_input_stats(student, calib, layer_names, progress=progress)
+        if layer_floors == "auto":
+            from otaro_export.reconstruction import DEFAULT_FLOOR_BUDGET_BITS, export_units, floor_plan
+
+            units = export_units(student, include_lm_head=quantize_lm_head)
+            budget = DEFAULT_FLOOR_BUDGET_BITS if floor_budget_bits is None else floor_budget_bits
+            plan = floor_plan(
+                student,
+                units,
+                stats,
+                samples=calib,
+                rule=reconstruction,
+                exponent_rule=exponent_rule,
+                budget_bits=budget,
+            )
+            log(f"precision floors: {len(plan.floors)} layers at E5M{max(plan.floors.values(), default=3)}")
     attach_fake_quant(student, quantize_lm_head, reconstruction, exponent_rule, stats)
+    if plan is not None:
+        from otaro_export.train.fake_quant import set_floors
+
+        set_floors(student, plan.floors)
     rows = evaluate_precisions(student, teacher, samples, tuple(bits), batch_size=batch_size, progress=progress)
+    if plan is not None:
+        for row in rows:
+            if row.bits is not None:
+                row.bits_per_weight = plan.bits_per_weight[row.bits]
     if baselines:
         detach_fake_quant(student)
         rows += evaluate_baselines(student, teacher, samples, layer_names, baselines, batch_size, progress)

@@ -57,6 +57,7 @@ class FakeQuantLinear(nn.Linear):
     def __init__(self, in_features: int, out_features: int, bias: bool = True, device=None, dtype=None):
         super().__init__(in_features, out_features, bias=bias, device=device, dtype=dtype)
         self.bits: int | None = None
+        self.min_bits: int | None = None  # a precision floor (docs/FORMAT.md §6): runs at max(bits, min_bits)
         self.reconstruction = "floor"
         self.exponent_rule = "floor"
         self.importance: torch.Tensor | None = None
@@ -72,6 +73,7 @@ class FakeQuantLinear(nn.Linear):
         module.weight = linear.weight
         module.bias = linear.bias
         module.bits = None
+        module.min_bits = None
         module.reconstruction = "floor"
         module.exponent_rule = "floor"
         module.importance = None
@@ -112,7 +114,8 @@ class FakeQuantLinear(nn.Linear):
         if self.bits is None:
             weight = self.weight
         else:
-            weight = ste_fake_quantize(self.weight, self.bits, self.levels, self.exponents)
+            bits = self.bits if self.min_bits is None else max(self.bits, self.min_bits)
+            weight = ste_fake_quantize(self.weight, bits, self.levels, self.exponents)
         return F.linear(x, weight, self.bias)
 
     def extra_repr(self) -> str:
@@ -238,3 +241,27 @@ def set_precision(model: nn.Module, bits: int | None) -> None:
         raise ValueError("model has no fake-quant layers: call attach_fake_quant(model) first")
     for layer in layers.values():
         layer.bits = bits
+
+
+def set_floors(model: nn.Module, floors: dict[str, int]) -> None:
+    """Give fake-quant layers precision floors (docs/FORMAT.md §6), by HF layer or exported (packed) layer name.
+
+    A floor on a packed layer (``...qkv_proj``, ``...gate_up_proj``) applies to all its members.
+    Layers not named lose any floor they had.
+    """
+    from otaro_export.reconstruction import export_units
+
+    layers = fake_quant_layers(model)
+    try:
+        members = {u.name: u.members for u in export_units(model)}
+    except ValueError:
+        members = {}
+    for layer in layers.values():
+        layer.min_bits = None
+    for name, bits in floors.items():
+        targets = members.get(name, (name,))
+        unknown = [t for t in targets if t not in layers]
+        if unknown:
+            raise ValueError(f"no fake-quant layer {unknown[0]!r} for the floor on {name!r}")
+        for target in targets:
+            layers[target].min_bits = check_bits(bits)

@@ -75,3 +75,12 @@ def test_format_table_places_each_baseline_after_the_nearest_smaller_precision()
     rows += [row("FP", None, None)] + [row(f, None, b) for f, b in BASELINE_FORMATS.items()]
     order = [line.split()[0] for line in format_table(rows).splitlines()[1:]]
     assert order == ["E5M3", "MXFP4", "Q4_0", "Q5_0", "E5M4", "E5M5", "E5M6", "E5M7", "Q8_0", "E5M8", "FP"]
+
+
+def test_evaluate_model_applies_automatic_floors(tiny, chat_samples):
+    # a budget past every floor's cost: every layer runs at least at E5M5, so E5M3 == E5M5
+    rows = evaluate_model(tiny.model, tiny.tokenizer, chat_samples, (3, 5), layer_floors="auto", floor_budget_bits=9.0)
+    by = {r.precision: r for r in rows}
+    assert by["E5M3"].kl == by["E5M5"].kl and by["E5M3"].bits_per_weight == 6.125
+    with pytest.raises(ValueError, match="layer_floors"):
+        evaluate_model(tiny.model, tiny.tokenizer, chat_samples, (3,), layer_floors="some")

@@ -130,3 +130,20 @@ def test_attach_with_rules_weights_by_the_samples_statistics(tiny, chat_samples)
     attach_with_rules(model, reconstruction="fitted", exponent_rule="search", samples=chat_samples)
     _, expected = quantize_layer(unit_weight(model, unit), "fitted", "search", stats[unit.members[0]].importance())
     assert torch.equal(fake_quant_layers(model)[unit.members[0]].levels, expected)
+
+
+def test_floors_on_a_packed_layer_raise_all_its_members(tiny):
+    from otaro_export.train.fake_quant import set_floors
+
+    model = tiny.model
+    attach_fake_quant(model)
+    set_floors(model, {"model.layers.0.self_attn.qkv_proj": 5, "model.layers.1.mlp.down_proj": 6})
+    layers = fake_quant_layers(model)
+    assert [layers[f"model.layers.0.self_attn.{m}_proj"].min_bits for m in "qkv"] == [5, 5, 5]
+    assert layers["model.layers.0.self_attn.o_proj"].min_bits is None
+    set_precision(model, 3)
+    x = torch.randn(2, 3, model.config.hidden_size)
+    q = layers["model.layers.0.self_attn.q_proj"]
+    assert torch.equal(q(x), torch.nn.functional.linear(x, fake_quantize(q.weight, 5), q.bias))
+    with pytest.raises(ValueError, match="no fake-quant layer"):
+        set_floors(model, {"lm_head": 5})
