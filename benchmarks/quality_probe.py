@@ -90,6 +90,7 @@ class Quantized:
     """Every unit of the model encoded under one (rule, exponent rule, weighting) choice."""
 
     cache_dir: Path | None = None
+    precision_weights: tuple[float, ...] | None = None  # the search objective's; None: the default
 
     def __init__(self, model, units, rule, exponent_rule, stats=None):
         self.units = units
@@ -97,14 +98,16 @@ class Quantized:
         self.encoded = {}
         path = None
         if self.cache_dir is not None:
-            path = self.cache_dir / f"enc_{rule}_{exponent_rule}_{'act' if stats else 'plain'}.pt"
+            tag = "" if self.precision_weights is None else "_w" + "-".join(f"{x:g}" for x in self.precision_weights)
+            path = self.cache_dir / f"enc_{rule}_{exponent_rule}_{'act' if stats else 'plain'}{tag}.pt"
             if path.is_file():
                 self.encoded = torch.load(path, weights_only=False)
         missing = [u for u in units if u.name not in self.encoded]
         for unit in missing:
             w = unit_weight(model, unit)
             importance = None if stats is None else stats[unit.members[0]].importance()
-            self.encoded[unit.name] = quantize_layer(w, rule, exponent_rule, importance, name=unit.name)
+            extra = {} if self.precision_weights is None else {"precision_weights": self.precision_weights}
+            self.encoded[unit.name] = quantize_layer(w, rule, exponent_rule, importance, name=unit.name, **extra)
         if path is not None and missing:
             torch.save(self.encoded, path)
 
@@ -383,6 +386,7 @@ def main() -> None:
     parser.add_argument("--floor-scopes", default="decoder+lm_head", help="decoder and/or decoder+lm_head")
     parser.add_argument("--lm-head", default="float,sefp", help="rules experiment: lm_head float, SEFP, or both")
     parser.add_argument("--no-rtn", dest="rtn", action="store_false", help="rules experiment: skip the RTN reference")
+    parser.add_argument("--search-weights", default=None, help="the search objective's weights for E5M3..E5M8")
     parser.add_argument("--threads", type=int, default=None)
     args = parser.parse_args()
     args.bits = [int(b) for b in args.bits.split(",")]
@@ -405,6 +409,8 @@ def main() -> None:
     calib = load_calibration_samples(loaded, cache, args)
     stats = calibration_stats(loaded, units, calib, cache, args)
     Quantized.cache_dir = cache
+    if args.search_weights:
+        Quantized.precision_weights = tuple(float(x) for x in args.search_weights.split(","))
     probe = Probe(model, samples)
     log(f"{len(samples)} eval samples, {probe.tokens} scored tokens; {len(units)} SEFP units")
     results_path = out / "quality_probe.json"

@@ -95,12 +95,14 @@ def quantize_layer(
     exponent_rule: str = DEFAULT_EXPONENT_RULE,
     importance: torch.Tensor | None = None,
     name: str = "weight",
+    precision_weights: tuple[float, ...] = sefp.SEARCH_PRECISION_WEIGHTS,
 ) -> tuple[SEFPWeight, torch.Tensor | None]:
     """Encode one float ``[N, K]`` linear weight and its reconstruction table.
 
     ``importance``: ``[K]`` per-input-column error weights, normally
     ``calibration.InputStats.importance()`` (E[x_i^2]) of the layer's input; ``None`` weights every
-    column alike. Returns ``(SEFPWeight, levels)`` with ``levels = None`` for ``floor`` (the paper's
+    column alike. ``precision_weights``: the ``search`` objective's weight per precision E5M3..E5M8.
+    Returns ``(SEFPWeight, levels)`` with ``levels = None`` for ``floor`` (the paper's
     op, no table input) and a float32 ``[6, 256]`` table otherwise. With ``exponent_rule="search"``
     the exponents are chosen under the rule's own decode (for ``fitted``: under center levels, then
     the levels are fitted to those exponents, then the exponents re-chosen under the fitted levels
@@ -109,14 +111,16 @@ def quantize_layer(
     check_rule(rule)
     sefp.check_exponent_rule(exponent_rule)
     decode = floor_levels() if rule == "floor" else center_levels()
-    q = sefp.quantize(w, name, exponent_rule, levels=decode, importance=importance)
+    q = sefp.quantize(w, name, exponent_rule, levels=decode, importance=importance, precision_weights=precision_weights)
     if rule == "floor":
         return q, None
     if rule == "center":
         return q, center_levels()
     levels = fit_levels(w, q, importance)
     if exponent_rule == "search":
-        q = sefp.quantize(w, name, exponent_rule, levels=levels, importance=importance)
+        q = sefp.quantize(
+            w, name, exponent_rule, levels=levels, importance=importance, precision_weights=precision_weights
+        )
         levels = fit_levels(w, q, importance)
     return q, levels
 
