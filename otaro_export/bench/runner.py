@@ -25,6 +25,14 @@ from otaro_export.bench.configs import BenchSettings, RunConfig
 from otaro_export.bench.worker import RESULT_PREFIX
 from otaro_export.errors import OtaroError
 
+#: llama-cpp-python built natively on a CPU with AMX crashed in ggml's AMX matmul (batch > 1) here
+LLAMA_CPP_AMX_HINT = (
+    "llama.cpp built with its AMX kernels crashes on some machines; rebuild it without them: "
+    "CMAKE_ARGS=\"-DCMAKE_C_FLAGS='-mno-amx-tile -mno-amx-int8 -mno-amx-bf16' "
+    "-DCMAKE_CXX_FLAGS='-mno-amx-tile -mno-amx-int8 -mno-amx-bf16'\" "
+    "pip install --no-cache-dir --force-reinstall --no-deps llama-cpp-python"
+)
+
 
 class JobFailed(OtaroError):
     """A benchmark child process failed; the message carries its error output."""
@@ -78,6 +86,10 @@ def run_worker(job: dict, threads: int, timeout_s: float) -> dict:
         if line.startswith(RESULT_PREFIX):
             return json.loads(line[len(RESULT_PREFIX) :])
     tail = "\n".join((proc.stderr or proc.stdout).strip().splitlines()[-6:])
+    if proc.returncode < 0:
+        import signal
+
+        raise JobFailed(f"killed by signal {signal.Signals(-proc.returncode).name}: {tail}")
     raise JobFailed(f"exit code {proc.returncode}: {tail}")
 
 
@@ -296,6 +308,8 @@ def run_bench(settings: BenchSettings, log: Callable[[str], None] = print) -> di
                 )
                 log(f"  decode {r['decode_tok_s']:.1f} tok/s, prefill {r['prefill_tok_s']:.1f} tok/s")
             except (JobFailed, OSError) as exc:
+                if "signal SIGSEGV" in str(exc):
+                    exc = JobFailed(f"{exc}. {LLAMA_CPP_AMX_HINT}")
                 record_failure(what, exc)
 
     if settings.ort_genai:
