@@ -24,7 +24,7 @@ LM_HEAD_MODES = ("sefp", "float")
 FLOOR_POLICIES = ("auto", "none")
 #: measured defaults (docs/QUALITY.md, docs/BENCHMARKS.md)
 DEFAULT_LM_HEAD_MIN_BITS = 3
-DEFAULT_LAYER_FLOORS = "none"
+DEFAULT_LAYER_FLOORS = "auto"
 
 
 @dataclass
