@@ -2,36 +2,40 @@
 
 Steps (the artifact: docs/FORMAT.md §8):
 
-1. export the float KV-cache decoder ``forward(input_ids, cache_position, bits)``
-   (:mod:`otaro_export.export.executorch_decoder`);
-2. the shared lowering ``lower_to_sefp`` (same as ONNX): selected linears become
-   ``otaro.sefp_linear`` nodes on packed SEFP constants, all reading ``bits``;
-3. ``--kernels portable`` only: ``decompose_sefp_linear`` rewrites those nodes
-   into Core ATen ops (stock runtime, no library);
-4. ``to_edge_transform_and_lower`` with XNNPACK (it takes the non-SEFP work;
-   ``otaro::sefp_linear`` stays outside every delegate), then ``to_executorch``:
-   the SEFP node becomes ``otaro::sefp_linear.out``, run by the project's
-   ExecuTorch kernel library (``manifest.kernel_library == "executorch"``).
+1. :class:`~otaro_export.export.executorch_decoder.ExecuTorchDecoder` (the ONNX
+   exporter's :class:`~otaro_export.export.llm_decoder.ExportDecoder` with
+   ExecuTorch's LLM custom ops for attention and the KV caches as mutable
+   buffers) -> ``torch.export``;
+2. the shared lowering ``lower_to_sefp`` with the recipe's per-layer specs
+   (same as ONNX): the packed linears become ``otaro::sefp_linear`` nodes, the
+   tied embedding an ``otaro::sefp_embedding`` gather on ``lm_head``'s planes
+   (the matrix is stored once), floored layers read ``clamp_min(bits, floor)``;
+3. ``--kernels portable`` only: the SEFP nodes are rewritten into Core ATen ops
+   (``passes/decompose_sefp_*``), so the stock runtime needs no library;
+4. ``to_edge_transform_and_lower`` with XNNPACK (norms, rotary, SwiGLU, and in
+   portable mode the linears on their dequantized weights), then
+   ``to_executorch``.
 
-Weights are stored once: each plane ``p0..p3`` and the exponents are separate
-constant tensors, so under mmap a run at E5M3 (fused kernel) pages in only
-``p0`` + exponents. ``external_weights=True`` moves them to ``model.ptd``.
+Each plane ``p0..p3`` and the exponents are separate constant tensors, so under
+mmap a run at E5M3 (fused kernel) pages in only ``p0`` + exponents.
+``external_weights=True`` moves the constants to ``model.ptd``.
 
-:func:`export_executorch_fp32` writes the float XNNPACK baseline (no SEFP, no
-``bits`` input) that benchmarks compare against.
+:func:`export_executorch_fp32` writes the same decoder with float32 weights
+(XNNPACK linears, no SEFP): the benchmarks' baseline.
 """
 
 from __future__ import annotations
 
+import collections
 import time
 from collections.abc import Callable
 from pathlib import Path
 
 import torch
 
-from otaro_export.convert import select_sefp_linears
+from otaro_export.convert import check_supported
 from otaro_export.errors import OtaroError
-from otaro_export.export.executorch_decoder import FP32_INPUT_NAMES, INPUT_NAMES, OUTPUT_NAMES, export_decoder
+from otaro_export.export.executorch_decoder import ExecuTorchDecoder
 from otaro_export.export.model_info import model_info
 from otaro_export.manifest import Manifest
 
@@ -40,34 +44,154 @@ ARTIFACT_NAME = "model.pte"
 EXTERNAL_DATA_STEM = "model"
 METHOD_NAME = "forward"
 KERNEL_LIBRARY = "executorch"
+#: ExecuTorch kernel libraries a session registers before loading the method (manifest extra.runtime_ops)
+LLM_CUSTOM_OPS = "executorch.extension.llm.custom_ops"
 
 
-def _partitioner(kernels: str):
+def _partitioners(kernels: str) -> list:
+    """XNNPACK for the float baseline's and the portable program's linears; none for the fused program.
+
+    In the fused program the linears are SEFP kernels and what is left per layer
+    is a few small element-wise ops: the portable/optimized kernels run those
+    without the delegate's per-call cost, and lowering skips XNNPACK's
+    per-partition preprocessing (most of the export time of a delegated model).
+    """
+    if kernels == "fused":
+        return []
+    from executorch.backends.xnnpack.partition.config import ALL_PARTITIONER_CONFIGS, UpsampleBilinear2dConfig
     from executorch.backends.xnnpack.partition.xnnpack_partitioner import XnnpackPartitioner
 
+    # UpsampleBilinear2d's config traces its pattern graphs on every partitioner run; a decoder has none.
+    configs = [c for c in ALL_PARTITIONER_CONFIGS if c is not UpsampleBilinear2dConfig]
     # Portable: the decomposed SEFP weight is computed at run time, and XNNPACK
     # only takes such a linear when told its weight need not be static.
-    return XnnpackPartitioner(force_non_static_weights_for_f32_linear=kernels == "portable")
+    return [XnnpackPartitioner(configs=configs, force_non_static_weights_for_f32_linear=kernels == "portable")]
+
+
+def _decompose(ep: torch.export.ExportedProgram) -> torch.export.ExportedProgram:
+    from otaro_export.passes.decompose_sefp_linear import decompose_sefp_linear
+
+    try:
+        from otaro_export.passes.decompose_sefp_embedding import decompose_sefp_embedding
+    except ImportError:  # the embedding decomposition is not there yet: the gather stays an otaro op
+        return decompose_sefp_linear(ep)
+    return decompose_sefp_embedding(decompose_sefp_linear(ep))
 
 
 def lower_to_executorch(ep: torch.export.ExportedProgram, kernels: str, *, external_weights: bool = False):
-    """Edge + XNNPACK + ExecuTorch lowering of an (already SEFP-lowered) program."""
+    """Edge (+ XNNPACK) + ExecuTorch lowering of a program; ``kernels``: fused, portable or fp32."""
     from executorch.exir import EdgeCompileConfig, ExecutorchBackendConfig, to_edge_transform_and_lower
 
+    if kernels not in ("fused", "portable", "fp32"):
+        raise ValueError(f"unknown kernels mode {kernels!r}")
     if kernels == "portable":
-        from otaro_export.passes.decompose_sefp_linear import decompose_sefp_linear
-
-        ep = decompose_sefp_linear(ep)
+        ep = _decompose(ep)
     edge = to_edge_transform_and_lower(
         ep,
-        partitioner=[_partitioner(kernels)],
-        # otaro::sefp_linear is not Core ATen; the portable program is checked in full.
-        compile_config=EdgeCompileConfig(_check_ir_validity=kernels == "portable"),
+        partitioner=_partitioners(kernels),
+        # the custom ops (otaro::, llama::) are not Core ATen
+        compile_config=EdgeCompileConfig(_check_ir_validity=False),
     )
     config = ExecutorchBackendConfig(
         external_constants=(lambda node: EXTERNAL_DATA_STEM) if external_weights else False,
     )
-    return edge.to_executorch(config)
+    program = edge.to_executorch(config)
+    if kernels == "fused" and not external_weights:
+        group_planes_by_precision(program, config)
+    return program
+
+
+_SEFP_KERNELS = ("otaro::sefp_linear.out", "otaro::sefp_embedding.out")
+
+
+def _kernel_calls(plan):
+    names = [op.name + (f".{op.overload}" if op.overload else "") for op in plan.operators]
+    for chain in plan.chains:
+        for instruction in chain.instructions:
+            args = instruction.instr_args
+            if type(args).__name__ == "KernelCall":
+                yield names[args.op_index], args.args
+
+
+def group_planes_by_precision(program, config) -> bool:
+    """Reorder the constant segment: everything E5M3 reads first, then the p1, p2 and p3 planes.
+
+    ExecuTorch lays constants out in first-use order, which interleaves each
+    layer's planes. Under mmap the kernel maps pages around each fault (and
+    reads ahead), so a run at E5M3 would also make resident pieces of the
+    p1..p3 planes next to every p0. Grouped, precision k reads one contiguous
+    prefix of the segment (docs/FORMAT.md §4's plane order), and resident
+    memory follows the precision. Returns False (layout unchanged) if the
+    program does not look as expected.
+    """
+    from executorch.exir._serialize._serialize import serialize_for_executorch
+
+    try:
+        emitted = program._emitter_output
+        pte = emitted.program
+        buffers = list(pte.constant_buffer)
+        group = {}  # constant buffer index -> 1, 2, 3 for p1, p2, p3
+        for plan in pte.execution_plan:
+            for name, args in _kernel_calls(plan):
+                if name in _SEFP_KERNELS:
+                    for plane in (1, 2, 3):  # args: x|ids, p0, p1, p2, p3, exponents, ...
+                        index = plan.values[args[1 + plane]].val.data_buffer_idx
+                        if index > 0:
+                            group[index] = plane
+        if not group or len(buffers) < 2:
+            return False
+        order = sorted(range(1, len(buffers)), key=lambda i: (group.get(i, 0), i))
+        new_index = {old: new for new, old in enumerate(order, start=1)}
+        constants = [
+            value.val
+            for plan in pte.execution_plan
+            for value in plan.values
+            if type(value.val).__name__ == "Tensor" and value.val.data_buffer_idx > 0
+        ]
+        if any(t.data_buffer_idx not in new_index for t in constants):
+            return False
+    except (AttributeError, IndexError, TypeError):
+        return False
+    for tensor in constants:  # nothing can fail from here on: the program is never left half-renumbered
+        tensor.data_buffer_idx = new_index[tensor.data_buffer_idx]
+    pte.constant_buffer = [buffers[0]] + [buffers[i] for i in order]
+    program._pte_data, program._tensor_data = serialize_for_executorch(
+        emitted, config, program._data_serializer, program._named_data
+    )
+    program._buffer = None
+    return True
+
+
+def call_counts(program) -> collections.Counter:
+    """Instructions of the method by kind: ``{op name: kernel calls, "xnnpack": delegate calls, ...}``.
+
+    One decode step executes each instruction once (the chain has no loops), so
+    this is the number of kernel and delegate calls per token.
+    """
+    plan = program.executorch_program.execution_plan[0]
+    names = [op.name + (f".{op.overload}" if op.overload else "") for op in plan.operators]
+    counts: collections.Counter = collections.Counter()
+    for chain in plan.chains:
+        for instruction in chain.instructions:
+            args = instruction.instr_args
+            kind = type(args).__name__
+            if kind == "KernelCall":
+                counts[names[args.op_index]] += 1
+            elif kind == "DelegateCall":
+                counts["xnnpack"] += 1
+            else:
+                counts[kind] += 1
+    return counts
+
+
+def _summarize_calls(counts: collections.Counter) -> dict:
+    kernel = sum(v for k, v in counts.items() if "::" in k)
+    return {
+        "kernel_calls": kernel,
+        "delegate_calls": counts.get("xnnpack", 0),
+        "other_instructions": sum(counts.values()) - kernel - counts.get("xnnpack", 0),
+        "by_op": dict(counts.most_common()),
+    }
 
 
 def _write(program, out_dir: Path, external_weights: bool) -> list[str]:
@@ -90,84 +214,98 @@ def _sizes(out_dir: Path, files: list[str]) -> dict:
     return {name: (out_dir / name).stat().st_size for name in files}
 
 
-def export_executorch(loaded, options, out_dir: Path, log: Callable[[str], None] = print) -> Manifest:
-    """Write ``out_dir/model.pte`` (one method, every precision) and return its manifest."""
+def _float32(model: torch.nn.Module) -> torch.nn.Module:
+    model.eval()
+    if next(model.parameters()).dtype != torch.float32:
+        model.to(torch.float32)  # SEFP quantizes float32 weights; the ops take float32 activations
+    return model
+
+
+def _write_program(loaded, options, out_dir: Path, log: Callable[[str], None], lower: bool) -> Manifest:
+    from otaro_export.export.sefp_recipe import layer_specs
+    from otaro_export.passes.drop_unused_inputs import drop_unused_inputs
     from otaro_export.passes.lowering import lower_to_sefp
 
-    model = loaded.model.eval()
+    model = _float32(loaded.model)
+    check_supported(model)
+    recipe = options.recipe
+    kernels = options.kernels if lower else "fp32"
     external = bool(getattr(options, "external_weights", False))
-    names = select_sefp_linears(model, options.quantize_lm_head)
+    decoder = ExecuTorchDecoder(model, options.max_seq_len, norm_as_linear=kernels != "fused")
+    layers = decoder.sefp_linear_names(include_lm_head=recipe.lm_head == "sefp") if lower else []
+    input_names, output_names = decoder.io_names()
+
     t0 = time.perf_counter()
-    ep = export_decoder(model, options.max_seq_len, with_bits=True)
-    t_export = time.perf_counter() - t0
-    log(f"torch.export of the KV-cache decoder (max_seq_len {options.max_seq_len}) in {t_export:.1f}s")
-    ep, report = lower_to_sefp(ep, names, bits_input="bits")
-    log(report.summary())
+    ep = decoder.export()
+    log(f"torch.export of the decoder (max_seq_len {options.max_seq_len}): {time.perf_counter() - t0:.1f}s")
+    report = None
+    if lower:
+        specs = layer_specs(model, loaded.tokenizer, layers, recipe, log)
+        ep, report = lower_to_sefp(ep, specs, bits_input="bits", progress=True)
+        log(report.summary())
+    ep, _ = drop_unused_inputs(ep)  # e.g. the second name of a tied embedding
     t1 = time.perf_counter()
-    program = lower_to_executorch(ep, options.kernels, external_weights=external)
+    program = lower_to_executorch(ep, kernels, external_weights=external)
     t_lower = time.perf_counter() - t1
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
     files = _write(program, out_dir, external)
     sizes = _sizes(out_dir, files)
+    calls = _summarize_calls(call_counts(program))
     log(
-        f"ExecuTorch lowering ({options.kernels} kernels, XNNPACK) in {t_lower:.1f}s; wrote "
+        f"ExecuTorch lowering ({kernels}): {t_lower:.1f}s; {calls['kernel_calls']} kernel + "
+        f"{calls['delegate_calls']} delegate calls per step; wrote "
         + ", ".join(f"{n} ({s / 2**20:.1f} MiB)" for n, s in sizes.items())
     )
+    extra = {
+        "method": METHOD_NAME,
+        "data_files": files[1:],
+        "backend": "xnnpack",
+        "runtime_ops": [LLM_CUSTOM_OPS],
+        "weights": "sefp" if lower else "fp32",
+        "file_sizes": sizes,
+        "calls_per_step": {k: v for k, v in calls.items() if k != "by_op"},
+        "export_seconds": round(time.perf_counter() - t0, 1),
+        "kv_cache": "mutable buffers k_cache_i/v_cache_i [1, max_seq_len, kv_heads, head_dim] inside the method; "
+        "a call writes positions input_pos[0] .. input_pos[0] + S - 1",
+    }
+    if lower:
+        extra["sefp_recipe"] = recipe.manifest_fields()
+        extra["precision_floors"] = dict(report.floors)
+    else:
+        extra["baseline"] = "fp32"
     return Manifest(
         target="executorch",
         artifact=ARTIFACT_NAME,
-        kernels=options.kernels,
-        kernel_library=KERNEL_LIBRARY if options.kernels == "fused" else None,
-        quantized_layers=report.layers,
-        inputs=list(INPUT_NAMES),
-        outputs=list(OUTPUT_NAMES),
+        kernels=kernels if lower else "portable",  # the fp32 baseline needs no project library
+        kernel_library=KERNEL_LIBRARY if lower and kernels == "fused" else None,
+        quantized_layers=layers,
+        inputs=input_names,
+        outputs=output_names,
         model=model_info(model, loaded.source, options.max_seq_len),
-        extra={
-            "method": METHOD_NAME,
-            "data_files": files[1:],
-            "backend": "xnnpack",
-            "file_sizes": sizes,
-            "export_seconds": round(time.perf_counter() - t0, 1),
-        },
+        extra=extra,
     )
+
+
+def export_executorch(loaded, options, out_dir: Path, log: Callable[[str], None] = print) -> Manifest:
+    """Write ``out_dir/model.pte`` (one method, every precision); returns its manifest (not yet saved)."""
+    return _write_program(loaded, options, out_dir, log, lower=True)
 
 
 def export_executorch_fp32(
     loaded, out_dir: str | Path, max_seq_len: int = 128, log: Callable[[str], None] = print
 ) -> Manifest:
-    """The float32 XNNPACK baseline of the same decoder (no SEFP layers, no ``bits`` input).
+    """The float32 XNNPACK baseline of the same decoder (no SEFP layers; ``bits`` is accepted and ignored).
 
     Writes ``model.pte``, the tokenizer and ``manifest.json`` (``extra.baseline =
-    "fp32"``); ``otaro_export.runtime.load`` runs it like any artifact and
-    ignores the precision (``--bits``) it is given.
+    "fp32"``); ``otaro_export.runtime.load`` runs it like any artifact.
     """
+    from otaro_export.export.pipeline import ExportOptions
+
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    model = loaded.model.eval()
-    t0 = time.perf_counter()
-    ep = export_decoder(model, max_seq_len, with_bits=False)
-    program = lower_to_executorch(ep, "fused")
-    files = _write(program, out, external_weights=False)
-    log(
-        f"fp32 ExecuTorch baseline in {time.perf_counter() - t0:.1f}s ({_sizes(out, files)[ARTIFACT_NAME] / 2**20:.1f} MiB)"
-    )
-    manifest = Manifest(
-        target="executorch",
-        artifact=ARTIFACT_NAME,
-        kernels="portable",  # needs no project library
-        kernel_library=None,
-        quantized_layers=[],
-        inputs=list(FP32_INPUT_NAMES),
-        outputs=list(OUTPUT_NAMES),
-        model=model_info(model, loaded.source, max_seq_len),
-        extra={
-            "method": METHOD_NAME,
-            "data_files": [],
-            "backend": "xnnpack",
-            "baseline": "fp32",
-            "file_sizes": _sizes(out, files),
-            "export_seconds": round(time.perf_counter() - t0, 1),
-        },
-    )
+    options = ExportOptions(target="executorch", output=out, max_seq_len=max_seq_len)
+    manifest = _write_program(loaded, options, out, log, lower=False)
     if loaded.tokenizer is not None:
         loaded.tokenizer.save_pretrained(str(out / manifest.tokenizer))
     manifest.save(out)

@@ -1,23 +1,24 @@
-"""export_executorch: Qwen2/Mistral, external weights, weights stored once, fp32 baseline, SmolLM2 (slow).
+"""export_executorch: the ExportDecoder graph with ExecuTorch's LLM ops; weights stored once; few calls per step.
 
-Tolerance: see tests/otaro_export/runtime/test_executorch_session.py (exact
-dequantized weights; XNNPACK / fused-kernel fp32 sums in another order than
-eager torch: ~1e-6 relative per layer, 1e-4 leaves a wide margin).
+Reference and tolerance: see tests/otaro_export/runtime/test_executorch_session.py
+(the artifact's own stored bits in the ONNX exporter's ExportDecoder; 1e-4).
 """
 
-import copy
 import json
 
 import numpy as np
 import pytest
 import torch
 
-from otaro_export.convert import convert_model, dequantized_copy, select_sefp_linears
 from otaro_export.errors import ArtifactError
 from otaro_export.export.executorch_export import export_executorch_fp32
-from otaro_export.packing import PLANE_NAMES
+from otaro_export.export.executorch_reference import encoded_layers, reference_decoder, sefp_calls, stored_layers
+from otaro_export.export.onnx_reference import reference_logits
+from otaro_export.export.pipeline import ExportOptions, export_model
+from otaro_export.export.sefp_recipe import default_recipe
+from otaro_export.manifest import Manifest
 from otaro_export.runtime import load
-from otaro_export.testing import TINY_EXECUTORCH_MAX_SEQ_LEN, tiny_executorch_artifact
+from otaro_export.testing import TINY_EXECUTORCH_MAX_SEQ_LEN, tiny_causal_lm, tiny_executorch_artifact
 
 TOL = dict(rtol=1e-4, atol=1e-4)
 IDS = np.array([[7, 200, 31, 4, 99, 150]], dtype=np.int64)
@@ -28,101 +29,116 @@ def et_root(tmp_path_factory):
     return tmp_path_factory.getbasetemp() / "tiny-executorch"
 
 
-def _reference(model, bits):
-    converted = copy.deepcopy(model)
-    convert_model(converted)
-    with torch.no_grad():
-        return dequantized_copy(converted, bits)(torch.from_numpy(IDS)).logits.numpy()
-
-
-def _check_parity(directory, model, bits_list=(3, 8)):
+def _check_parity(directory, model_type, num_layers, bits_list=(3, 8)):
+    fresh = tiny_causal_lm(model_type, num_hidden_layers=num_layers)
     session = load(directory)
     for bits in bits_list:
-        np.testing.assert_allclose(session.forward(IDS, bits), _reference(model, bits), **TOL)
+        want = reference_logits(reference_decoder(directory, fresh.model, bits, fresh.tokenizer), torch.from_numpy(IDS))
+        np.testing.assert_allclose(session.forward(IDS, bits), want.numpy(), **TOL)
     return session
 
 
-def test_qwen2_portable_with_biases(et_root):
+def test_fused_program_stores_the_encoder_output_and_the_tied_matrix_once(et_root):
+    directory, _ = tiny_executorch_artifact(et_root, "llama", kernels="fused", num_layers=2)
+    fresh = tiny_causal_lm("llama", num_hidden_layers=2)
+    manifest = Manifest.load(directory)
+    assert manifest.quantized_layers[-1] == "lm_head" and len(manifest.quantized_layers) == 4 * 2 + 1
+    assert manifest.extra["sefp_recipe"] == default_recipe().manifest_fields()
+    stored, encoded = stored_layers(directory), encoded_layers(fresh.model, fresh.tokenizer, manifest)
+    for layer, tensors in stored.items():
+        for key, tensor in tensors.items():
+            assert torch.equal(tensor, encoded[layer][key]), (layer, key)
+    calls = sefp_calls(directory)
+    embedding = [c for c in calls if c.kind == "embedding"]
+    # the gather reads the very constants lm_head's linear reads: one copy of the matrix in the file
+    assert len(embedding) == 1 and embedding[0].buffer_ids == calls[-1].buffer_ids
+    packed = sum(t.numel() * t.element_size() for layer in stored.values() for t in layer.values())
+    floats = sum(p.numel() * 4 for n, p in fresh.model.named_parameters() if "norm" in n)
+    # packed planes + norms + rotary tables (+ the program): no float copy of any SEFP weight
+    size = (directory / "model.pte").stat().st_size
+    assert size < packed + floats + 2 * TINY_EXECUTORCH_MAX_SEQ_LEN * 8 * 4 + 96 * 1024, size
+
+
+def test_a_layer_is_a_handful_of_calls(et_root):
+    """Fused: no delegate crossings, and few kernel calls per decoder layer (docs/EXPORT_EXECUTORCH.md)."""
+    directory, _ = tiny_executorch_artifact(et_root, "llama", kernels="fused", num_layers=2)
+    calls = Manifest.load(directory).extra["calls_per_step"]
+    assert calls["delegate_calls"] == 0
+    one_layer, _ = tiny_executorch_artifact(et_root, "llama", kernels="fused", num_layers=1)
+    per_layer = calls["kernel_calls"] - Manifest.load(one_layer).extra["calls_per_step"]["kernel_calls"]
+    assert per_layer <= 48, calls
+
+
+def test_qwen2_portable_with_biases_runs_on_the_stock_runtime(et_root):
     """Qwen2's q/k/v biases go through the decomposed op; the stock runtime needs no library."""
-    directory, loaded = tiny_executorch_artifact(et_root, "qwen2", kernels="portable", num_layers=1)
+    directory, _ = tiny_executorch_artifact(et_root, "qwen2", kernels="portable", num_layers=1)
     manifest = json.loads((directory / "manifest.json").read_text())
     assert manifest["kernel_library"] is None and manifest["kernels"] == "portable"
-    assert manifest["quantized_layers"] == select_sefp_linears(loaded.model)
-    _assert_weights_stored_once(directory, loaded.model)  # the decomposition's unpacking was not constant-folded
-    _check_parity(directory, loaded.model)
+    names = {c.kind for c in sefp_calls(directory)}
+    assert not names  # every SEFP op was decomposed into Core ATen ops
+    _check_parity(directory, "qwen2", 1, bits_list=(3, 5, 8))
 
 
 def test_mistral_fused_with_external_weights(et_root, tmp_path):
-    directory, loaded = tiny_executorch_artifact(
-        et_root, "mistral", kernels="fused", num_layers=1, external_weights=True
-    )
+    directory, _ = tiny_executorch_artifact(et_root, "mistral", kernels="fused", num_layers=1, external_weights=True)
     manifest = json.loads((directory / "manifest.json").read_text())
     assert manifest["kernel_library"] == "executorch"
     assert manifest["extra"]["data_files"] == ["model.ptd"]
-    packed = sum(getattr(m, p).numel() for m in _sefp_modules(loaded.model) for p in (*PLANE_NAMES, "exponents"))
-    embedding = loaded.model.get_input_embeddings().weight.numel() * 4
-    # the planes and the float embedding moved to the .ptd (the .pte keeps the program and
-    # XNNPACK's own packed copy of lm_head)
-    assert (directory / "model.ptd").stat().st_size >= packed + embedding
-    _check_parity(directory, loaded.model)
+    packed = sum(t.numel() * t.element_size() for layer in stored_layers(directory).values() for t in layer.values())
+    assert (directory / "model.ptd").stat().st_size >= packed  # the planes live in the .ptd (read back from it)
+    _check_parity(directory, "mistral", 1)
     # without its data file the artifact is rejected with a clear error
     copy_dir = tmp_path / "no-ptd"
     copy_dir.mkdir()
     for name in ("manifest.json", "model.pte"):
         (copy_dir / name).write_bytes((directory / name).read_bytes())
     with pytest.raises(ArtifactError, match="model.ptd"):
-        load(copy_dir)
+        load(copy_dir, verify=False)
 
 
-def _sefp_modules(model):
-    converted = copy.deepcopy(model)
-    convert_model(converted)
-    from otaro_export.convert import sefp_layers
-
-    return list(sefp_layers(converted).values())
-
-
-def _assert_weights_stored_once(directory, model):
-    """One .pte for six precisions holds the packed planes once (no float copy of the SEFP weights)."""
-    modules = _sefp_modules(model)
-    packed = sum(
-        getattr(m, p).numel() * getattr(m, p).element_size() for m in modules for p in (*PLANE_NAMES, "exponents")
+def test_lm_head_floor_and_float_lm_head(tmp_path):
+    loaded = tiny_causal_lm("llama", num_hidden_layers=1)
+    recipe = default_recipe(lm_head_min_bits=6)
+    export_model(
+        ExportOptions(target="executorch", output=tmp_path / "floor", recipe=recipe, max_seq_len=16),
+        log=lambda _m: None,
+        loaded=loaded,
     )
-    sefp_floats = sum(m.in_features * m.out_features * 4 for m in modules)
-    names = select_sefp_linears(model)
-    other_floats = sum(
-        p.numel() * 4 for n, p in model.named_parameters() if not any(n.startswith(f"{s}.") for s in names)
+    assert Manifest.load(tmp_path / "floor").extra["precision_floors"] == {"lm_head": 6}
+    session = _check_parity(tmp_path / "floor", "llama", 1, bits_list=(3, 6))
+    # the floored lm_head (and embedding) run at E5M6 for every call below it: E5M3..E5M5 only differ in the layers
+    assert np.abs(session.forward(IDS, 3) - session.forward(IDS, 5)).max() > 1e-3
+
+    loaded = tiny_causal_lm("llama", num_hidden_layers=1)
+    export_model(
+        ExportOptions(
+            target="executorch", output=tmp_path / "float", recipe=default_recipe(lm_head="float"), max_seq_len=16
+        ),
+        log=lambda _m: None,
+        loaded=loaded,
     )
-    size = (directory / "model.pte").stat().st_size
-    # tied embedding/lm_head may be stored twice (XNNPACK packs lm_head); 256 KiB covers the program itself
-    assert size < packed + 2 * other_floats + 256 * 1024
-    assert size < packed + 2 * other_floats + sefp_floats  # not even one float copy of the SEFP weights
-
-
-def test_weights_are_stored_once(et_root):
-    directory, loaded = tiny_executorch_artifact(et_root, "llama", kernels="fused", num_layers=2)
-    _assert_weights_stored_once(directory, loaded.model)
+    manifest = Manifest.load(tmp_path / "float")
+    assert "lm_head" not in manifest.quantized_layers
+    assert all(c.kind == "linear" for c in sefp_calls(tmp_path / "float"))
+    _check_parity(tmp_path / "float", "llama", 1, bits_list=(4,))
 
 
 def test_fp32_baseline(tmp_path):
-    from otaro_export.testing import tiny_causal_lm
-
     loaded = tiny_causal_lm("llama", num_hidden_layers=1)
     manifest = export_executorch_fp32(
         loaded, tmp_path / "fp32", max_seq_len=TINY_EXECUTORCH_MAX_SEQ_LEN, log=lambda _m: None
     )
-    assert manifest.inputs == ["input_ids", "cache_position"] and manifest.quantized_layers == []
-    assert manifest.extra["baseline"] == "fp32"
+    assert manifest.quantized_layers == [] and manifest.extra["baseline"] == "fp32"
+    assert manifest.kernel_library is None and manifest.extra["calls_per_step"]["delegate_calls"] > 0
     session = load(tmp_path / "fp32")
     with torch.no_grad():
-        want = loaded.model(torch.from_numpy(IDS)).logits.numpy()
+        want = tiny_causal_lm("llama", num_hidden_layers=1).model(torch.from_numpy(IDS)).logits.numpy()
     np.testing.assert_allclose(session.forward(IDS, 8), want, **TOL)
     np.testing.assert_array_equal(session.forward(IDS, 3), session.forward(IDS, 8))  # no SEFP: bits ignored
 
 
 @pytest.mark.slow
 def test_smollm2_greedy_32_tokens_at_e5m8_equal_torch_reference(tmp_path):
-    from otaro_export.export.pipeline import ExportOptions, export_model
     from otaro_export.models import load_model
 
     loaded = load_model("default")
@@ -131,20 +147,16 @@ def test_smollm2_greedy_32_tokens_at_e5m8_equal_torch_reference(tmp_path):
     session = load(tmp_path / "smol")
     prompt = session.encode_prompt("What is the capital of France?")
     got = session.generate_ids(prompt, 8, 32, stop_at_eos=False)
-
-    model = copy.deepcopy(loaded.model)
-    convert_model(model)
-    ref = dequantized_copy(model, 8)
-    assert got == _torch_greedy(ref, prompt, 32)
-
-
-def _torch_greedy(model, prompt: list[int], new_tokens: int) -> list[int]:
-    """Plain greedy loop with the eager KV cache (HF generate's min_new_tokens would mask EOS)."""
-    out, past, step = [], None, torch.tensor([prompt])
-    with torch.no_grad():
-        for _ in range(new_tokens):
-            result = model(input_ids=step, past_key_values=past, use_cache=True)
-            past = result.past_key_values
-            out.append(int(result.logits[0, -1].argmax()))
-            step = torch.tensor([[out[-1]]])
-    return out
+    reference = reference_decoder(tmp_path / "smol", load_model("default").model, 8)
+    ids, want = torch.tensor([prompt]), []
+    for _ in range(32):
+        want.append(int(reference_logits(reference, ids)[0, -1].argmax()))
+        ids = torch.cat([ids, torch.tensor([[want[-1]]])], dim=1)
+    assert got == want
+    # one copy of every weight, tied matrix included, at 9.125 bits (146.3 MiB of planes for 134.5 M
+    # weights), plus norms, rotary tables and the program: no float copy of anything
+    planes = sum(
+        t.numel() * t.element_size() for layer in stored_layers(tmp_path / "smol").values() for t in layer.values()
+    )
+    size = (tmp_path / "smol" / "model.pte").stat().st_size
+    assert planes <= size <= planes + 2 * 2**20, (size, planes)

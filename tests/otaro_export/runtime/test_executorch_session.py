@@ -1,15 +1,17 @@
-"""ExecuTorchSession: one .pte, one loaded method, every precision; KV cache; errors.
+"""ExecuTorchSession: one .pte, one loaded method, every precision; KV cache; mmap without mlock; errors.
 
-Tolerance (all parity checks): the dequantized weights are exact on both sides,
-but XNNPACK's fp32 GEMM (and the fused kernel) sum the K <= 96 products of each
-dot product in a different order than eager torch. Float32 rounding of such a
-sum is ~1e-6 relative per layer; through 2 decoder layers, attention softmax
-and the lm_head the logits (|logit| ~ 3) agree to ~2e-6 in practice, so 1e-4
-absolute + relative leaves a wide margin while still catching a wrong precision
-(neighbouring precisions differ by > 1e-2).
+Reference: the artifact's own stored SEFP bits (fused: read out of the .pte;
+portable: re-encoded with the recipe the manifest records), dequantized into the
+ONNX exporter's ExportDecoder running torch reference attention
+(otaro_export.export.executorch_reference). Tolerance: the dequantized weights
+are exact on both sides, but the fused kernel and ExecuTorch's attention sum the
+K <= 96 products of each dot product in another order than eager torch: ~1e-6
+relative per layer; through 2 decoder layers, softmax and the lm_head the logits
+(|logit| ~ 3) agree to ~3e-6 in practice, so 1e-4 absolute + relative leaves a
+wide margin while still catching a wrong precision (neighbouring precisions
+differ by > 1e-2).
 """
 
-import copy
 import json
 import mmap
 import os
@@ -23,18 +25,19 @@ import pytest
 import torch
 
 from otaro_export import process_memory as memory
-from otaro_export.convert import convert_model, dequantized_copy
 from otaro_export.errors import ArtifactError, InvalidBitsError, KernelLibraryError
+from otaro_export.export.executorch_reference import reference_decoder
+from otaro_export.export.onnx_reference import reference_logits
 from otaro_export.runtime import load
 from otaro_export.runtime.executorch_session import ExecuTorchSession, ensure_kernel_library, release_locked_pages
 from otaro_export.sefp import SUPPORTED_BITS
-from otaro_export.testing import tiny_executorch_artifact
+from otaro_export.testing import tiny_causal_lm, tiny_executorch_artifact
 
 TOL = dict(rtol=1e-4, atol=1e-4)
 IDS = np.array([[5, 17, 100, 3, 250, 9, 42, 77]], dtype=np.int64)
 
 # fused: Llama, 2 layers (multi-layer KV cache); portable: Qwen2 (q/k/v biases through the
-# decomposed op), 1 layer (its lowering is ~2x slower per layer). The export tests reuse both.
+# decomposed op), 1 layer (its lowering is slower per layer). The export tests reuse both.
 CONFIGS = {
     "fused": dict(model_type="llama", kernels="fused", num_layers=2),
     "portable": dict(model_type="qwen2", kernels="portable", num_layers=1),
@@ -49,15 +52,17 @@ def et_root(tmp_path_factory):
 
 @pytest.fixture(scope="module", params=list(CONFIGS))
 def artifact(request, et_root):
-    directory, loaded = tiny_executorch_artifact(et_root, **CONFIGS[request.param])
-    converted = copy.deepcopy(loaded.model)
-    convert_model(converted)
-    return types.SimpleNamespace(kind=request.param, dir=directory, model=converted, session=load(directory))
+    config = CONFIGS[request.param]
+    directory, _ = tiny_executorch_artifact(et_root, **config)
+    fresh = tiny_causal_lm(config["model_type"], num_hidden_layers=config["num_layers"])
+    return types.SimpleNamespace(
+        kind=request.param, dir=directory, model=fresh.model, tokenizer=fresh.tokenizer, session=load(directory)
+    )
 
 
-def _reference(model, ids: np.ndarray, bits: int) -> np.ndarray:
-    with torch.no_grad():
-        return dequantized_copy(model, bits)(torch.from_numpy(ids)).logits.numpy()
+def _reference(artifact, ids: np.ndarray, bits: int) -> np.ndarray:
+    decoder = reference_decoder(artifact.dir, artifact.model, bits, artifact.tokenizer)
+    return reference_logits(decoder, torch.from_numpy(ids)).numpy()
 
 
 def test_every_precision_from_one_loaded_method(artifact):
@@ -67,7 +72,7 @@ def test_every_precision_from_one_loaded_method(artifact):
     results = {}
     for bits in SUPPORTED_BITS:
         results[bits] = session.forward(IDS, bits)
-        np.testing.assert_allclose(results[bits], _reference(artifact.model, IDS, bits), **TOL)
+        np.testing.assert_allclose(results[bits], _reference(artifact, IDS, bits), **TOL)
     assert session._method is method  # nothing was reloaded
     # bits really reaches the layers: neighbouring precisions give different logits
     for lo, hi in zip(SUPPORTED_BITS, SUPPORTED_BITS[1:]):
@@ -83,7 +88,7 @@ def test_kv_cache_decode_equals_full_forward(artifact):
     for pos in range(5, IDS.shape[1]):
         parts.append(session._step(IDS[:, pos : pos + 1], pos, bits))
     decoded = np.concatenate(parts, axis=1)
-    np.testing.assert_allclose(decoded, _reference(artifact.model, IDS, bits), **TOL)
+    np.testing.assert_allclose(decoded, _reference(artifact, IDS, bits), **TOL)
     np.testing.assert_allclose(decoded, session.forward(IDS, bits), **TOL)
 
 
@@ -95,20 +100,19 @@ def test_reset_gives_fresh_results_after_a_longer_sequence(artifact):
     session.forward(long_ids, 8)
     # stale cache slots 3..28 must be invisible to the new sequence
     np.testing.assert_array_equal(session.forward(short, 8), first)
-    np.testing.assert_allclose(first, _reference(artifact.model, short, 8), **TOL)
+    np.testing.assert_allclose(first, _reference(artifact, short, 8), **TOL)
 
 
 def test_greedy_generation_matches_torch_reference(artifact):
     session, bits, prompt = artifact.session, 4, [3, 60, 61, 62]
     got = session.generate_ids(prompt, bits, 6, stop_at_eos=False)
-    ref = dequantized_copy(artifact.model, bits)
+    ref = reference_decoder(artifact.dir, artifact.model, bits, artifact.tokenizer)
     ids = torch.tensor([prompt])
     want = []
-    with torch.no_grad():
-        for _ in range(6):
-            token = int(ref(ids).logits[0, -1].argmax())
-            want.append(token)
-            ids = torch.cat([ids, torch.tensor([[token]])], dim=1)
+    for _ in range(6):
+        token = int(reference_logits(ref, ids)[0, -1].argmax())
+        want.append(token)
+        ids = torch.cat([ids, torch.tensor([[token]])], dim=1)
     assert got == want
 
 
@@ -214,7 +218,7 @@ def test_cli_run_generates_at_a_chosen_precision(artifact):
 def test_manifest_names_the_kernel_library(artifact):
     manifest = json.loads((artifact.dir / "manifest.json").read_text())
     assert manifest["target"] == "executorch" and manifest["artifact"] == "model.pte"
-    assert manifest["inputs"] == ["input_ids", "cache_position", "bits"]
+    assert manifest["inputs"] == ["input_ids", "input_pos", "bits", "logits_positions"]
     assert manifest["kernel_library"] == ("executorch" if artifact.kind == "fused" else None)
 
 
@@ -233,3 +237,70 @@ def test_release_locked_pages_drops_the_mapping_until_touched_again(tmp_path):
             assert 0 < memory.mapped_file_rss_mib(path) <= 64 * page / 2**20
         finally:
             mm.close()
+
+
+def test_last_only_step_gives_the_last_row(artifact):
+    session = artifact.session
+    full = session.forward(IDS, 6)
+    session._reset()
+    last = session._step(IDS, 0, 6, last_only=True)
+    assert last.shape == (1, 1, full.shape[-1])
+    np.testing.assert_allclose(last[0, 0], full[0, -1], rtol=1e-5, atol=1e-5)
+
+
+def test_a_pte_from_an_older_export_is_refused_with_the_fix(et_root, tmp_path):
+    directory, _ = tiny_executorch_artifact(et_root, **CONFIGS["fused"])
+    manifest = json.loads((directory / "manifest.json").read_text())
+    manifest["inputs"] = ["input_ids", "cache_position", "bits"]
+    old = tmp_path / "old"
+    old.mkdir()
+    (old / "manifest.json").write_text(json.dumps(manifest))
+    (old / "model.pte").write_bytes((directory / "model.pte").read_bytes())
+    with pytest.raises(ArtifactError, match="re-export"):
+        load(old, verify=False)
+
+
+@pytest.fixture(scope="module")
+def medium_fused(tmp_path_factory):
+    """A fused export whose planes span many pages (a 256-wide, 1024-token model): memory tests."""
+    from otaro_export.export.pipeline import ExportOptions, export_model
+
+    loaded = tiny_causal_lm("llama", hidden_size=256, intermediate_size=768, vocab_size=1024)
+    out = tmp_path_factory.mktemp("medium-et") / "fused"
+    export_model(ExportOptions(target="executorch", output=out, max_seq_len=32), log=lambda _m: None, loaded=loaded)
+    return out
+
+
+def test_resident_weights_follow_the_precision(medium_fused):
+    """Default load: mmap, no mlock; E5M3 pages in p0 + exponents (one prefix of the file), E5M8 the rest."""
+    from otaro_export.export.executorch_reference import stored_layers
+
+    layers = stored_layers(medium_fused)
+    planes = {k: sum(t[k].numel() * t[k].element_size() for t in layers.values()) for k in ("p0", "p1", "p2", "p3")}
+    small = sum(t["exponents"].numel() + t["levels"].numel() * 4 for t in layers.values())
+    pte = medium_fused / "model.pte"
+    code = f"""
+import os, numpy as np
+from otaro_export import process_memory as memory
+from otaro_export.runtime import load
+path = {str(pte)!r}
+fd = os.open(path, os.O_RDONLY); os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED); os.close(fd)
+s = load({str(medium_fused)!r}, verify=False)
+print('LOAD', memory.mapped_file_rss_mib(path) * 2**20)
+s.forward(np.array([[1, 2, 3]]), 3)
+print('E5M3', memory.mapped_file_rss_mib(path) * 2**20)
+s.forward(np.array([[1, 2, 3]]), 8)
+print('E5M8', memory.mapped_file_rss_mib(path) * 2**20)
+print([l for l in open('/proc/self/status') if l.startswith('VmLck')][0])
+"""
+    proc = _run_python(code)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    rss = {k: float(v) for k, v in re.findall(r"^(LOAD|E5M3|E5M8) ([\d.]+)$", proc.stdout, re.M)}
+    assert re.search(r"VmLck:\s+0 kB", proc.stdout), proc.stdout
+    total = sum(planes.values()) + small
+    e5m3 = planes["p0"] + small
+    assert rss["LOAD"] < 0.1 * total, (rss, total)
+    # E5M3: its planes plus the other constants (norms, rotary tables: < 64 KiB) and one page window per edge
+    assert rss["E5M3"] <= e5m3 + 256 * 1024, (rss, e5m3)
+    assert rss["E5M3"] >= 0.9 * e5m3, (rss, e5m3)
+    assert rss["E5M8"] >= 0.95 * total, (rss, total)
