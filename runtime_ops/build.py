@@ -207,10 +207,15 @@ def _target(kind: str) -> _Target:
             str(et_c10),
             "-DC10_USING_CUSTOM_GENERATED_MACROS",
         ]
+        link = [f"-L{et_lib}", "-lexecutorch"]
+        if (et_lib / "libexecutorch_threadpool.so").is_file():
+            # the wrapper then splits rows over ExecuTorch's thread pool (the one XNNPACK uses)
+            et_flags.append("-DET_USE_THREADPOOL")
+            link.append("-lexecutorch_threadpool")
         return _Target(
             "libotaro_sefp_executorch.so",
             core + [_Unit(s, et_flags) for s in wrappers],
-            link_flags=[f"-L{et_lib}", "-lexecutorch", f"-Wl,-rpath,{et_lib}"],
+            link_flags=[*link, f"-Wl,-rpath,{et_lib}"],
             extra_hash=[f"executorch={et_version}", str(et_lib)],
         )
     raise ValueError(f"unknown kernel library kind {kind!r}; expected one of {list(KINDS)}")

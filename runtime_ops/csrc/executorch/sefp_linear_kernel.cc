@@ -10,7 +10,9 @@
 #include <executorch/extension/kernel_util/make_boxed_from_unboxed_functor.h>
 #include <executorch/runtime/core/exec_aten/util/tensor_util.h>
 #include <executorch/runtime/kernel/kernel_includes.h>
+#include <executorch/runtime/kernel/thread_parallel_interface.h>
 
+#include <algorithm>
 #include <array>
 #include <optional>
 
@@ -83,6 +85,35 @@ int bits_of(const Tensor& bits) {
   return (v < kMinBits || v > kMaxBits) ? 0 : static_cast<int>(v);
 }
 
+#ifdef ET_USE_THREADPOOL
+// Output rows split over ExecuTorch's own thread pool, the one XNNPACK and the LLM custom ops use and
+// the session sizes (Python: _unsafe_reset_threadpool): a second pool of spinning workers next to it
+// would compete with it for the same cores (executorch helper, issue 14).
+constexpr int64_t kRowBlock = 16;  // the core's row blocking (kRowAlign)
+constexpr int64_t kTasksPerThread = 4;
+
+Status run_linear(const float* x, int64_t rows, const SEFPWeightView& w, const float* bias, int bits, float* y) {
+  LinearPlan plan;
+  const Status status = plan_linear(x, rows, w, bias, bits, y, w.out_features, Isa::kAuto, &plan);
+  if (status != Status::kOk || rows == 0 || w.out_features == 0) return status;
+  const int64_t threads = linear_threads(plan, static_cast<int>(executorch::extension::get_thread_count()));
+  if (threads <= 1) {
+    run_linear_range(plan, 0, w.out_features);
+    return Status::kOk;
+  }
+  const int64_t blocks = (w.out_features + kRowBlock - 1) / kRowBlock;
+  const int64_t grain = std::max<int64_t>(1, blocks / (threads * kTasksPerThread));
+  executorch::extension::parallel_for(0, blocks, grain, [&](int64_t begin, int64_t end) {
+    run_linear_range(plan, begin * kRowBlock, std::min(w.out_features, end * kRowBlock));
+  });
+  return Status::kOk;
+}
+#else
+Status run_linear(const float* x, int64_t rows, const SEFPWeightView& w, const float* bias, int bits, float* y) {
+  return sefp_linear(x, rows, w, bias, bits, y);
+}
+#endif
+
 }  // namespace
 
 Tensor& sefp_linear_out(KernelRuntimeContext& ctx, const Tensor& x, const Tensor& p0, const Tensor& p1,
@@ -117,8 +148,8 @@ Tensor& sefp_linear_out(KernelRuntimeContext& ctx, const Tensor& x, const Tensor
       InvalidArgument, out, "otaro::sefp_linear: cannot resize out to [..., %lld]", static_cast<long long>(n));
 
   const SEFPWeightView w = weight(p0, p1, p2, p3, exponents, x.size(x.dim() - 1), opt(levels));
-  const Status status = sefp_linear(x.const_data_ptr<float>(), rows, w, bias ? bias->const_data_ptr<float>() : nullptr,
-                                    bits_of(bits), out.mutable_data_ptr<float>());
+  const Status status = run_linear(x.const_data_ptr<float>(), rows, w, bias ? bias->const_data_ptr<float>() : nullptr,
+                                   bits_of(bits), out.mutable_data_ptr<float>());
   ET_KERNEL_CHECK_MSG(ctx, status == Status::kOk, InvalidArgument, out, "otaro::sefp_linear: %s, got bits=%lld",
                       status_message(status), static_cast<long long>(bits.const_data_ptr<int64_t>()[0]));
   return out;
