@@ -72,7 +72,19 @@ def artifact_dir(spec: ArtifactSpec, model: str, max_seq_len: int, root: Path | 
 
 
 def is_complete(directory: Path) -> bool:
-    return (directory / MANIFEST_NAME).is_file()
+    return (directory / MANIFEST_NAME).is_file() and not _stale_executorch(directory / MANIFEST_NAME)
+
+
+def _stale_executorch(manifest: Path) -> bool:
+    """A cached .pte from before the ExportDecoder-based ExecuTorch decoder (its method took
+    cache_position, not input_pos): the session refuses it, so it is exported again."""
+    import json
+
+    try:
+        data = json.loads(manifest.read_text())
+    except (OSError, ValueError):
+        return False
+    return data.get("target") == "executorch" and list(data.get("inputs") or [])[:2] != ["input_ids", "input_pos"]
 
 
 def _export_into(spec: ArtifactSpec, model: str, max_seq_len: int, out: Path, loaded, log) -> None:
