@@ -284,12 +284,14 @@ def layer_sensitivities(
     rule: str = DEFAULT_RULE,
     exponent_rule: str = DEFAULT_EXPONENT_RULE,
     progress: bool = False,
+    encoder=None,
 ) -> tuple[dict[str, tuple[int, int]], dict[str, dict[int, float]]]:
     """(packed sizes, Fisher-predicted KL per precision) of each exported layer under ``rule`` / ``exponent_rule``.
 
     ``units``: default every exported layer (lm_head included); ``samples``: calibration samples,
     generated from ``tokenizer`` when not given; ``input_stats``: by HF member name, collected when
-    the rules need them and none are given.
+    the rules need them and none are given. ``encoder(unit name, w, importance) -> (q, levels)``
+    replaces :func:`quantize_layer` (the exporter passes a memo so each layer is encoded once).
     """
     from otaro_export.calibration import FISHER_SAMPLES, calibration_samples, collect_input_stats, fisher_diagonal
 
@@ -311,7 +313,10 @@ def layer_sensitivities(
     for unit in iterator:
         w = unit_weight(model, unit)
         importance = None if input_stats is None else input_stats[unit.members[0]].importance()
-        q, levels = quantize_layer(w, rule, exponent_rule, importance, unit.name)
+        if encoder is None:
+            q, levels = quantize_layer(w, rule, exponent_rule, importance, unit.name)
+        else:
+            q, levels = encoder(unit.name, w, importance)
         sizes[unit.name] = tuple(w.shape)
         sensitivity[unit.name] = predicted_kl(w, q, levels, torch.cat([fisher[m] for m in unit.members]))
     return sizes, sensitivity
@@ -328,6 +333,7 @@ def floor_plan(
     exponent_rule: str = DEFAULT_EXPONENT_RULE,
     budget_bits: float = DEFAULT_FLOOR_BUDGET_BITS,
     progress: bool = False,
+    encoder=None,
 ) -> FloorPlan:
     """Per-layer floors for ``model`` under the export's rules, with the bytes and predicted KL they give.
 
@@ -346,6 +352,7 @@ def floor_plan(
         rule=rule,
         exponent_rule=exponent_rule,
         progress=progress,
+        encoder=encoder,
     )
     return plan_floors(sizes, sensitivity, budget_bits)
 

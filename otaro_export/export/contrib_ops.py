@@ -188,6 +188,10 @@ def translation_table() -> dict:
         gate, up = op.Split(gate_up, axis=-1, num_outputs=2)
         return op.Mul(op.Mul(gate, op.Sigmoid(gate)), up)
 
+    def clamp_min(x, minimum: int):
+        # precision floors (docs/FORMAT.md §6): one Max on the int64 bits scalar per distinct floor
+        return op.Max(x, op.Constant(value_int=int(minimum)))
+
     def index_select(x, dim: int, index):
         return op.Gather(x, index, axis=dim)  # the exporter's default adds a Reshape and a Cast
 
@@ -197,4 +201,5 @@ def translation_table() -> dict:
         group_query_attention: gqa,
         swiglu: swiglu_standard,
         torch.ops.aten.index_select.default: index_select,
+        torch.ops.aten.clamp_min.default: clamp_min,
     }

@@ -83,13 +83,34 @@ def default_recipe(**overrides) -> SEFPRecipe:
     return recipe
 
 
-def _encoder(recipe: SEFPRecipe, importance) -> Callable:
-    from otaro_export.reconstruction import quantize_layer
+class _EncodingMemo:
+    """Each exported layer encoded once: the floor plan and the lowering both ask for it."""
 
-    def encode(weight, name):
-        return quantize_layer(weight, recipe.reconstruction, recipe.exponent_rule, importance, name=name)
+    def __init__(self, recipe: SEFPRecipe):
+        self.recipe = recipe
+        self.done: dict[str, tuple] = {}
 
-    return encode
+    def __call__(self, unit: str, weight, importance):
+        from otaro_export.reconstruction import quantize_layer
+
+        hit = self.done.get(unit)
+        if hit is None or tuple(weight.shape) != (hit[0].out_features, hit[0].in_features):
+            hit = quantize_layer(
+                weight, self.recipe.reconstruction, self.recipe.exponent_rule, importance, name=f"{unit}.weight"
+            )
+            self.done[unit] = hit
+        return hit
+
+    def encoder(self, unit: str, importance) -> Callable:
+        def encode(weight, _name):
+            return self.pop(unit, weight, importance)
+
+        return encode
+
+    def pop(self, unit: str, weight, importance):
+        result = self(unit, weight, importance)
+        del self.done[unit]  # the lowering packs it; the memo need not hold every layer until the end
+        return result
 
 
 def layer_specs(
@@ -122,6 +143,7 @@ def layer_specs(
         stats = collect_input_stats(hf_model, samples, inputs)
         tokens = sum(len(s.ids) for s in samples)
         log(f"calibration: input statistics of {len(inputs)} layers over {tokens} tokens of built-in text")
+    memo = _EncodingMemo(recipe)
     floors = {}
     if recipe.layer_floors == "auto":
         floors = reconstruction.recommend_floors(
@@ -132,6 +154,8 @@ def layer_specs(
             samples=samples,
             rule=recipe.reconstruction,
             exponent_rule=recipe.exponent_rule,
+            encoder=memo,
+            progress=True,
         )
         log(f"precision floors: {_floor_summary(floors)}")
     specs = {}
@@ -140,7 +164,7 @@ def layer_specs(
         floor = floors.get(name, SUPPORTED_BITS[0])
         if name == "lm_head":
             floor = max(floor, recipe.lm_head_min_bits)
-        specs[name] = SEFPLayerSpec(encode=_encoder(recipe, importance), min_bits=floor)
+        specs[name] = SEFPLayerSpec(encode=memo.encoder(name, importance), min_bits=floor)
     return specs
 
 

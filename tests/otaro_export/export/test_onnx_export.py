@@ -113,8 +113,11 @@ def test_artifact_structure_and_manifest(tiny_onnx):
     ops = Counter(n.op_type for n in model.graph.node)
     assert ops["SEFPLinear"] == 4 * num_layers + 1 and ops["SEFPEmbedding"] == 1
     assert ops["GroupQueryAttention"] == num_layers and ops["SkipSimplifiedLayerNormalization"] == 2 * num_layers
-    # a decoder layer is 11 nodes; the rest is the first norm, the embedding, the final norm and the logits
-    assert len(model.graph.node) <= 11 * num_layers + 12, ops
+    # a decoder layer is 11 nodes; the rest is the first norm, the embedding, the final norm and the
+    # logits, plus a Max (and its constant) per distinct precision floor
+    floors = len(set(manifest.extra["precision_floors"].values()))
+    assert len(model.graph.node) <= 11 * num_layers + 12 + 2 * floors, ops
+    assert ops["Max"] == floors
     opset = {o.domain: o.version for o in model.opset_import}
     for function in model.functions:
         assert function.domain == DOMAIN and {o.domain: o.version for o in function.opset_import}[""] == opset[""]
