@@ -18,10 +18,15 @@ tensor); only the runtime-specific ops differ:
   grouped-query, reads the cache up to the last new position). Both ops ship in
   the executorch wheel (``executorch.extension.llm.custom_ops``), which
   registers their ``.out`` kernels in the Python runtime when imported;
-* RMSNorm and SwiGLU (``silu(gate) * up``) in plain ops. With
-  ``norm_as_linear`` (programs whose linears XNNPACK runs) the mean of squares
-  is a ``linear`` with a constant ``1/D`` row, so the whole norm is one XNNPACK
-  partition (XNNPACK has no last-dim mean of a 3-d tensor).
+* RMSNorm and SwiGLU (``silu(gate) * up``).
+
+``fused_ops=True`` (the fused program) runs RMSNorm, the rotary heads and
+SwiGLU as one kernel call each (:mod:`otaro_export.export.executorch_ops`,
+kernels in the project's library): 16 calls per decoder layer instead of ~41.
+Otherwise (portable and fp32 programs, stock runtime) they are plain torch
+ops; ``norm_as_linear`` (programs whose linears XNNPACK runs) then computes
+the mean of squares as a ``linear`` with a constant ``1/D`` row, so the whole
+norm is one XNNPACK partition (XNNPACK has no last-dim mean of a 3-d tensor).
 
 ``bits`` is unused by the float module: the SEFP lowering threads it into
 every SEFP node (as for ONNX).
@@ -32,6 +37,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from otaro_export.export import executorch_ops
 from otaro_export.export.llm_decoder import ExportDecoder, check_window
 
 INPUT_NAMES = ["input_ids", "input_pos", "bits", "logits_positions"]
@@ -49,17 +55,10 @@ def load_llm_custom_ops() -> None:
     import executorch.extension.llm.custom_ops.custom_ops  # noqa: F401
 
 
-def rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """Non-interleaved rotary embedding of ``x [1, S, heads, D]`` with ``cos``/``sin`` ``[S, 1, D/2]``."""
-    half = x.shape[-1] // 2
-    x1, x2 = x[..., :half], x[..., half:]
-    return torch.cat([x1 * cos - x2 * sin, x2 * cos + x1 * sin], dim=-1)
-
-
 class ExecuTorchDecoder(ExportDecoder):
     """:class:`ExportDecoder` whose KV caches are buffers and whose attention is ExecuTorch's custom ops."""
 
-    def __init__(self, hf_model: nn.Module, max_seq_len: int, *, norm_as_linear: bool = False):
+    def __init__(self, hf_model: nn.Module, max_seq_len: int, *, fused_ops: bool = False, norm_as_linear: bool = False):
         load_llm_custom_ops()
         super().__init__(hf_model, max_seq_len)
         shape = (1, self.max_seq_len, self.kv_heads, self.head_dim)
@@ -67,13 +66,16 @@ class ExecuTorchDecoder(ExportDecoder):
             # persistent=False: mutable state, zeros at load, never part of the weights
             self.register_buffer(f"k_cache_{i}", torch.zeros(shape), persistent=False)
             self.register_buffer(f"v_cache_{i}", torch.zeros(shape), persistent=False)
-        self.norm_as_linear = bool(norm_as_linear)
+        self.fused_ops = bool(fused_ops)
+        self.norm_as_linear = bool(norm_as_linear) and not self.fused_ops
         if self.norm_as_linear:
             d = self.model.embed_tokens.weight.shape[1]
             self.register_buffer("mean_row", torch.full((1, d), 1.0 / d), persistent=False)
 
-    # -- the ops XNNPACK (or the portable kernels) run -------------------------
+    # -- the hooks of ExportDecoder: one kernel call each (fused_ops) or plain ops --
     def rms_norm(self, x, weight):
+        if self.fused_ops:
+            return executorch_ops.rms_norm(x, weight, self.eps)
         if self.norm_as_linear:
             mean_sq = torch.nn.functional.linear(x * x, self.mean_row)  # [1, S, 1]
         else:
@@ -85,8 +87,18 @@ class ExecuTorchDecoder(ExportDecoder):
         return self.rms_norm(total, weight), total
 
     def swiglu(self, gate_up):
+        if self.fused_ops:
+            return executorch_ops.swiglu(gate_up)
         gate, up = gate_up.split(gate_up.shape[-1] // 2, dim=-1)
         return torch.nn.functional.silu(gate) * up
+
+    def heads(self, qkv, cos, sin, offset: int, count: int, rotate: bool):
+        """Heads ``offset .. offset + count - 1`` of the packed projection, ``[1, S, count, D]``, rotated or not."""
+        if self.fused_ops:
+            return executorch_ops.rotary_heads(qkv, cos, sin, offset, count, self.head_dim, rotate)
+        d = self.head_dim
+        x = qkv[..., offset * d : (offset + count) * d].reshape(1, qkv.shape[1], count, d)
+        return executorch_ops.rotate(x, cos, sin) if rotate else x
 
     def io_names(self) -> tuple[list[str], list[str]]:
         return list(INPUT_NAMES), list(OUTPUT_NAMES)
@@ -96,19 +108,19 @@ class ExecuTorchDecoder(ExportDecoder):
         start = input_pos[0].item()
         torch._check_is_size(start)
         torch._check(start + seq <= self.max_seq_len)
-        cos = self.cos_cache.narrow(0, start, seq).unsqueeze(1)  # [S, 1, D/2]
-        sin = self.sin_cache.narrow(0, start, seq).unsqueeze(1)
-        heads, kv, d = self.num_heads, self.kv_heads, self.head_dim
+        cos = self.cos_cache.narrow(0, start, seq)  # [S, D/2]
+        sin = self.sin_cache.narrow(0, start, seq)
+        heads, kv = self.num_heads, self.kv_heads
 
         def attend(i, qkv):
-            qk = rotary(qkv[..., : (heads + kv) * d].reshape(1, seq, heads + kv, d), cos, sin)
-            q, k = qk[:, :, :heads], qk[:, :, heads:]
-            v = qkv[..., (heads + kv) * d :].reshape(1, seq, kv, d)
+            q = self.heads(qkv, cos, sin, 0, heads, True)
+            k = self.heads(qkv, cos, sin, heads, kv, True)
+            v = self.heads(qkv, cos, sin, heads + kv, kv, False)
             k_cache, v_cache = getattr(self, f"k_cache_{i}"), getattr(self, f"v_cache_{i}")
             torch.ops.llama.update_cache(k, k_cache, start)
             torch.ops.llama.update_cache(v, v_cache, start)
             out = torch.ops.llama.custom_sdpa(q, k_cache, v_cache, start, None, 0.0, True, self.scale)
-            return out.reshape(1, seq, heads * d)
+            return out.reshape(1, seq, heads * self.head_dim)
 
         return self.decode(input_ids, logits_positions, attend)
 

@@ -80,18 +80,19 @@ def _decompose(ep: torch.export.ExportedProgram) -> torch.export.ExportedProgram
 
 def lower_to_executorch(ep: torch.export.ExportedProgram, kernels: str, *, external_weights: bool = False):
     """Edge (+ XNNPACK) + ExecuTorch lowering of a program; ``kernels``: fused, portable or fp32."""
-    from executorch.exir import EdgeCompileConfig, ExecutorchBackendConfig, to_edge_transform_and_lower
+    from executorch.exir import EdgeCompileConfig, ExecutorchBackendConfig, to_edge, to_edge_transform_and_lower
 
     if kernels not in ("fused", "portable", "fp32"):
         raise ValueError(f"unknown kernels mode {kernels!r}")
     if kernels == "portable":
         ep = _decompose(ep)
-    edge = to_edge_transform_and_lower(
-        ep,
-        partitioner=_partitioners(kernels),
-        # the custom ops (otaro::, llama::) are not Core ATen
-        compile_config=EdgeCompileConfig(_check_ir_validity=False),
-    )
+    # the custom ops (otaro::, otaro_llm::, llama::) are not Core ATen
+    compile_config = EdgeCompileConfig(_check_ir_validity=False)
+    partitioners = _partitioners(kernels)
+    if partitioners:
+        edge = to_edge_transform_and_lower(ep, partitioner=partitioners, compile_config=compile_config)
+    else:  # one decomposition pass over the graph instead of to_edge_transform_and_lower's two
+        edge = to_edge(ep, compile_config=compile_config)
     config = ExecutorchBackendConfig(
         external_constants=(lambda node: EXTERNAL_DATA_STEM) if external_weights else False,
     )
@@ -231,7 +232,8 @@ def _write_program(loaded, options, out_dir: Path, log: Callable[[str], None], l
     recipe = options.recipe
     kernels = options.kernels if lower else "fp32"
     external = bool(getattr(options, "external_weights", False))
-    decoder = ExecuTorchDecoder(model, options.max_seq_len, norm_as_linear=kernels != "fused")
+    fused = kernels == "fused"
+    decoder = ExecuTorchDecoder(model, options.max_seq_len, fused_ops=fused, norm_as_linear=not fused)
     layers = decoder.sefp_linear_names(include_lm_head=recipe.lm_head == "sefp") if lower else []
     input_names, output_names = decoder.io_names()
 

@@ -98,7 +98,7 @@ def test_mistral_fused_with_external_weights(et_root, tmp_path):
 
 def test_lm_head_floor_and_float_lm_head(tmp_path):
     loaded = tiny_causal_lm("llama", num_hidden_layers=1)
-    recipe = default_recipe(lm_head_min_bits=6)
+    recipe = default_recipe(lm_head_min_bits=6, layer_floors="none")
     export_model(
         ExportOptions(target="executorch", output=tmp_path / "floor", recipe=recipe, max_seq_len=16),
         log=lambda _m: None,
@@ -160,3 +160,14 @@ def test_smollm2_greedy_32_tokens_at_e5m8_equal_torch_reference(tmp_path):
     )
     size = (tmp_path / "smol" / "model.pte").stat().st_size
     assert planes <= size <= planes + 2 * 2**20, (size, planes)
+
+
+def test_otaro_bench_re_exports_a_cached_pte_of_the_previous_decoder(tmp_path):
+    from otaro_export.bench.artifacts import is_complete
+
+    manifest = {"target": "executorch", "inputs": ["input_ids", "cache_position", "bits"]}
+    (tmp_path / "manifest.json").write_text(json.dumps(manifest))
+    assert not is_complete(tmp_path)
+    manifest["inputs"] = ["input_ids", "input_pos", "bits", "logits_positions"]
+    (tmp_path / "manifest.json").write_text(json.dumps(manifest))
+    assert is_complete(tmp_path)
