@@ -127,7 +127,9 @@ def test_no_tokenizer_directory_is_none(tmp_path):
 
 # A few seconds per test; OTARO_FUZZ_EXAMPLES=500 for a deeper campaign.
 FUZZ = settings(
-    max_examples=int(os.environ.get("OTARO_FUZZ_EXAMPLES", "20")), deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow]
+    max_examples=int(os.environ.get("OTARO_FUZZ_EXAMPLES", "20")),
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
 )
 IDS = np.array([[5, 17, 100, 3, 250, 9]], dtype=np.int64)
 PROMPT = [5, 17, 100]
