@@ -8,6 +8,17 @@ FP model's sampled answers to the disjoint ``EVAL_PROMPTS`` at E5M3..E5M8 + FP
 
     python benchmarks/tune_experiment.py --out results/tune --steps 60
 
+Every row trains and is evaluated through one quantization rule, named as in
+``otaro export``: ``--reconstruction``, ``--exponents``, ``--layer-floors`` and
+``--lm-head`` (default: the paper's ``floor`` / ``floor``, no floors, float
+lm_head, which reproduces docs/TUNING.md's first table; the export's default is
+``fitted`` / ``search`` / ``auto`` / ``sefp``). With ``--layer-floors auto`` the
+floor plan is made once on the untuned model and every row trains and is
+evaluated with those floors. Training computes the rule's statistics on its
+own samples, as ``otaro tune`` does; evaluation re-encodes the final weights
+with statistics of the calibration text on those weights, as ``otaro eval``
+and the export do.
+
 Results are written after every configuration (``results.json``,
 ``results.md``, ``results.png`` under ``--out``, or ``$OUT`` on the device
 machine), so a run cut short keeps what it finished. ``--samples-cache DIR``
@@ -24,6 +35,7 @@ import copy
 import json
 import os
 import time
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
@@ -31,8 +43,14 @@ import torch
 from otaro_export import sefp
 from otaro_export.models import LoadedModel, load_model
 from otaro_export.train import fake_quant
-from otaro_export.train.evaluation import evaluate_precisions, format_table, plot_png, rows_to_json
-from otaro_export.train.fake_quant import attach_fake_quant
+from otaro_export.train.evaluation import (
+    attach_export_rule,
+    evaluate_precisions,
+    format_table,
+    plot_png,
+    rows_to_json,
+)
+from otaro_export.train.fake_quant import attach_fake_quant, fake_quant_layers, set_floors
 from otaro_export.train.teacher import FPTeacher
 from otaro_export.train.trainer import Tuner
 from otaro_export.train.tune_config import TuneConfig
@@ -89,6 +107,112 @@ CONFIGS = {
     "BPS AdamW + E5M8 anchor": dict(method="bps", optimizer="adamw", anchor_bits=8),
     "BPS+LAA AdamW + E5M8 anchor": dict(method="otaro", optimizer="adamw", anchor_bits=8),
 }
+
+
+@dataclass(frozen=True)
+class Rule:
+    """The quantization every row trains and is evaluated through (``otaro export``'s option names)."""
+
+    reconstruction: str = "floor"
+    exponents: str = "floor"
+    layer_floors: str = "none"
+    lm_head: str = "float"
+    floor_budget: float | None = None
+
+    @property
+    def quantize_lm_head(self) -> bool:
+        return self.lm_head == "sefp"
+
+    @property
+    def paper(self) -> bool:
+        return (self.reconstruction, self.exponents, self.layer_floors) == ("floor", "floor", "none")
+
+    def attach(self, model, tokenizer, plan=None):
+        """Fake-quant ``model`` as the export would run its current weights (``plan``: floors to keep)."""
+        return attach_export_rule(
+            model,
+            tokenizer,
+            quantize_lm_head=self.quantize_lm_head,
+            reconstruction=self.reconstruction,
+            exponent_rule=self.exponents,
+            layer_floors=self.layer_floors,
+            floor_budget_bits=self.floor_budget,
+            plan=plan,
+        )
+
+
+def plan_once(original, tokenizer, rule: Rule):
+    """The floor plan of the untuned model (None without ``--layer-floors auto``); ``original`` is untouched."""
+    if rule.layer_floors != "auto":
+        return None
+    return rule.attach(copy.deepcopy(original), tokenizer)
+
+
+def run_config(
+    name: str,
+    cfg: TuneConfig,
+    original,
+    loaded: LoadedModel,
+    train: list,
+    evals: list,
+    teacher: FPTeacher,
+    rule: Rule,
+    plan=None,
+) -> tuple[dict, list]:
+    """Train one row (PTQ: none) through ``rule`` with ``plan``'s floors and evaluate it the same way."""
+    if name == RTN_REFERENCE and not rule.paper:
+        raise ValueError(f"{RTN_REFERENCE!r} rounds the paper's grid: run it with the default rule")
+    t = time.time()
+    student = copy.deepcopy(original)
+    for p in student.parameters():
+        p.requires_grad_(False)
+    floors = {} if plan is None else plan.floors
+    if cfg.method == "ptq":
+        tuned, visits, history = student, {}, []
+    else:
+        # Place the fake-quant layers and their floors first: the Tuner attaches its rule to the
+        # same layers (statistics from its own samples, as `otaro tune`) and keeps the floors.
+        attach_fake_quant(student, rule.quantize_lm_head)
+        set_floors(student, floors)
+        result = Tuner(
+            cfg,
+            LoadedModel(student, loaded.tokenizer, loaded.source),
+            samples=train,
+            teacher=teacher,
+            progress=True,
+        ).run()
+        tuned, visits, history = result.model, result.visits(), result.history
+        kept = {n for n, m in fake_quant_layers(tuned).items() if m.min_bits is not None}
+        if kept != {m for members in _members(tuned, floors) for m in members}:
+            raise RuntimeError("training lost the precision floors")
+    train_s = time.time() - t
+    rule.attach(tuned, loaded.tokenizer, plan)
+    quantizer = round_to_nearest_quantizer() if name == RTN_REFERENCE else contextlib.nullcontext()
+    with quantizer:
+        metrics = evaluate_precisions(tuned, original, evals, batch_size=4)
+    if plan is not None:
+        for row in metrics:
+            if row.bits is not None:
+                row.bits_per_weight = plan.bits_per_weight[row.bits]
+    record = {
+        "config": cfg.to_dict(),
+        "train_s": round(train_s, 1),
+        "eval_s": round(time.time() - t - train_s, 1),
+        "visits": {f"E5M{k}": v for k, v in visits.items()},
+        "bit_path": [h["bits"] for h in history],
+        "losses": [round(h["loss"], 5) for h in history],
+        "metrics": rows_to_json(metrics),
+    }
+    print(format_table(metrics, f"== {name} (train {train_s:.0f}s, visits {visits})"), flush=True)
+    return record, metrics
+
+
+def _members(model, floors: dict) -> list[tuple[str, ...]]:
+    """The HF linears each floored (exported) layer name stands for."""
+    from otaro_export.reconstruction import export_units
+
+    units = {u.name: u.members for u in export_units(model)}
+    return [units.get(n, (n,)) for n in floors]
 
 
 def markdown_table(results: dict, key: str, fmt: str) -> str:
@@ -183,6 +307,28 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     ap.add_argument("--merge", nargs="+", default=None, help="results directories to combine into --out")
     ap.add_argument("--tag", default="", help="suffix for the run names in the results (e.g. ' lr2e-5')")
+    ap.add_argument(
+        "--reconstruction",
+        default="floor",
+        choices=sefp.RECONSTRUCTION_RULES,
+        help="rule every row trains and is evaluated through (export default: fitted)",
+    )
+    ap.add_argument(
+        "--exponents", default="floor", choices=sefp.EXPONENT_RULES, help="group exponent rule (export default: search)"
+    )
+    ap.add_argument(
+        "--layer-floors",
+        default="none",
+        choices=("none", "auto"),
+        help="auto: the export's per-layer precision floors, planned once on the untuned model (export default)",
+    )
+    ap.add_argument("--floor-budget", type=float, default=None, help="with --layer-floors auto: bits E5M3 may read")
+    ap.add_argument(
+        "--lm-head",
+        default="float",
+        choices=("float", "sefp"),
+        help="sefp: the tied embedding / lm_head quantized too, trained and evaluated (export default)",
+    )
     args = ap.parse_args()
     if args.merge:
         merge(args.merge, Path(args.out))
@@ -194,6 +340,9 @@ def main() -> None:
     unknown = [n for n in names if n not in CONFIGS]
     if unknown:
         raise SystemExit(f"unknown configs {unknown}; choose from {list(CONFIGS)}")
+    rule = Rule(args.reconstruction, args.exponents, args.layer_floors, args.lm_head, args.floor_budget)
+    if RTN_REFERENCE in names and not rule.paper:
+        raise SystemExit(f"{RTN_REFERENCE!r} rounds the paper's grid: run it without --reconstruction/--exponents")
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.time()
@@ -231,12 +380,16 @@ def main() -> None:
         "train_scored_tokens": sum(len(s.ids) - s.target_start for s in train),
         "eval_samples": len(evals),
         "eval_scored_tokens": sum(len(s.ids) - s.target_start for s in evals),
-        "data_prep_s": round(time.time() - t0, 1),
+        "rule": {k: v for k, v in asdict(rule).items() if v is not None},
     }
+    plan = plan_once(original, loaded.tokenizer, rule)
+    if plan is not None:
+        setup["floors"] = plan.floors
+        setup["bits_per_weight"] = {f"E5M{b}": round(v, 4) for b, v in plan.bits_per_weight.items()}
+    setup["data_prep_s"] = round(time.time() - t0, 1)
     print(json.dumps(setup, indent=2), flush=True)
     results: dict = {}
     for name in names:
-        t = time.time()
         overrides = dict(CONFIGS[name])
         if overrides.get("optimizer") == "sgd":
             overrides.setdefault("lr", args.sgd_lr)
@@ -251,39 +404,13 @@ def main() -> None:
             warmup_steps=args.warmup_steps,
             seed=args.seed,
             device=args.device,
+            quantize_lm_head=rule.quantize_lm_head,
+            reconstruction=rule.reconstruction,
+            exponent_rule=rule.exponents,
             **overrides,
         )
-        student = copy.deepcopy(original)
-        for p in student.parameters():
-            p.requires_grad_(False)
-        if cfg.method == "ptq":
-            attach_fake_quant(student)
-            tuned, visits, history = student, {}, []
-        else:
-            result = Tuner(
-                cfg,
-                LoadedModel(student, loaded.tokenizer, loaded.source),
-                samples=train,
-                teacher=teacher,
-                progress=True,
-            ).run()
-            tuned, visits, history = result.model, result.visits(), result.history
-        train_s = time.time() - t
-        quantizer = round_to_nearest_quantizer() if name == RTN_REFERENCE else contextlib.nullcontext()
-        with quantizer:
-            metrics = evaluate_precisions(tuned, original, evals, batch_size=4)
-        results[name + args.tag] = {
-            "config": cfg.to_dict(),
-            "train_s": round(train_s, 1),
-            "eval_s": round(time.time() - t - train_s, 1),
-            "visits": {f"E5M{k}": v for k, v in visits.items()},
-            "bit_path": [h["bits"] for h in history],
-            "losses": [round(h["loss"], 5) for h in history],
-            "metrics": rows_to_json(metrics),
-        }
-        print(format_table(metrics, f"== {name} (train {train_s:.0f}s, visits {visits})"), flush=True)
+        results[name + args.tag], _ = run_config(name, cfg, original, loaded, train, evals, teacher, rule, plan)
         write_results(out, results, setup)
-        del tuned, student
     print(f"done in {time.time() - t0:.0f}s; results in {out}")
 
 

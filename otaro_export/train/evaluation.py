@@ -182,6 +182,64 @@ def evaluate_baselines(
     return rows
 
 
+def attach_export_rule(
+    student: torch.nn.Module,
+    tokenizer,
+    *,
+    quantize_lm_head: bool = False,
+    reconstruction: str = "floor",
+    exponent_rule: str = "floor",
+    layer_floors: str = "none",
+    floor_budget_bits: float | None = None,
+    plan=None,
+    progress: bool = False,
+    log=None,
+):
+    """Attach fake-quant layers that run ``student`` as the export would run its current weights; in place.
+
+    The SEFP linears (and a tied SEFP lm_head's embedding) go through ``reconstruction`` /
+    ``exponent_rule``, whose input statistics come from ``calibration`` on the student's own
+    calibration text. ``layer_floors="auto"``: per-layer precision floors from
+    ``reconstruction.floor_plan`` (budget ``floor_budget_bits``, default the export's), or the given
+    ``plan`` (e.g. the floors a model was tuned with). Returns the floor plan applied (None without floors).
+    """
+    from otaro_export.convert import select_sefp_linears
+    from otaro_export.train.fake_quant import attach_fake_quant, fake_quant_layers, set_floors, set_precision
+
+    log = log or (lambda msg: None)
+    if layer_floors not in ("none", "auto"):
+        raise ValueError(f"layer_floors must be 'none' or 'auto', got {layer_floors!r}")
+    if layer_floors == "none":
+        plan = None
+    if fake_quant_layers(student):
+        set_precision(student, None)  # statistics of the float weights, as export collects them
+    layer_names = select_sefp_linears(student, quantize_lm_head)
+    stats = None
+    if reconstruction == "fitted" or exponent_rule == "search" or (layer_floors == "auto" and plan is None):
+        from otaro_export.calibration import calibration_samples, collect_input_stats
+
+        calib = calibration_samples(student, tokenizer, progress=progress)
+        stats = collect_input_stats(student, calib, layer_names, progress=progress)
+        if layer_floors == "auto" and plan is None:
+            from otaro_export.reconstruction import DEFAULT_FLOOR_BUDGET_BITS, export_units, floor_plan
+
+            units = export_units(student, include_lm_head=quantize_lm_head)
+            budget = DEFAULT_FLOOR_BUDGET_BITS if floor_budget_bits is None else floor_budget_bits
+            plan = floor_plan(
+                student,
+                units,
+                stats,
+                samples=calib,
+                rule=reconstruction,
+                exponent_rule=exponent_rule,
+                budget_bits=budget,
+            )
+            log(f"precision floors: {len(plan.floors)} layers at E5M{max(plan.floors.values(), default=3)}")
+    attach_fake_quant(student, quantize_lm_head, reconstruction, exponent_rule, stats)
+    set_floors(student, {} if plan is None else plan.floors)
+    return plan
+
+
 def evaluate_model(
     teacher: torch.nn.Module,
     tokenizer,
@@ -213,7 +271,7 @@ def evaluate_model(
     import copy
 
     from otaro_export.convert import select_sefp_linears
-    from otaro_export.train.fake_quant import attach_fake_quant, detach_fake_quant
+    from otaro_export.train.fake_quant import detach_fake_quant
 
     log = log or (lambda msg: None)
     student = copy.deepcopy(teacher)
@@ -227,34 +285,17 @@ def evaluate_model(
         log(f"loaded {len(names)} tuned tensors from {checkpoint}")
     quantize_lm_head = bool(quantize_lm_head)
     layer_names = select_sefp_linears(student, quantize_lm_head)
-    if layer_floors not in ("none", "auto"):
-        raise ValueError(f"layer_floors must be 'none' or 'auto', got {layer_floors!r}")
-    stats = plan = None
-    if reconstruction == "fitted" or exponent_rule == "search" or layer_floors == "auto":
-        from otaro_export.calibration import calibration_samples, collect_input_stats
-
-        calib = calibration_samples(student, tokenizer, progress=progress)
-        stats = collect_input_stats(student, calib, layer_names, progress=progress)
-        if layer_floors == "auto":
-            from otaro_export.reconstruction import DEFAULT_FLOOR_BUDGET_BITS, export_units, floor_plan
-
-            units = export_units(student, include_lm_head=quantize_lm_head)
-            budget = DEFAULT_FLOOR_BUDGET_BITS if floor_budget_bits is None else floor_budget_bits
-            plan = floor_plan(
-                student,
-                units,
-                stats,
-                samples=calib,
-                rule=reconstruction,
-                exponent_rule=exponent_rule,
-                budget_bits=budget,
-            )
-            log(f"precision floors: {len(plan.floors)} layers at E5M{max(plan.floors.values(), default=3)}")
-    attach_fake_quant(student, quantize_lm_head, reconstruction, exponent_rule, stats)
-    if plan is not None:
-        from otaro_export.train.fake_quant import set_floors
-
-        set_floors(student, plan.floors)
+    plan = attach_export_rule(
+        student,
+        tokenizer,
+        quantize_lm_head=quantize_lm_head,
+        reconstruction=reconstruction,
+        exponent_rule=exponent_rule,
+        layer_floors=layer_floors,
+        floor_budget_bits=floor_budget_bits,
+        progress=progress,
+        log=log,
+    )
     rows = evaluate_precisions(student, teacher, samples, tuple(bits), batch_size=batch_size, progress=progress)
     if plan is not None:
         for row in rows:

@@ -14,6 +14,11 @@ encoding (per-group exponents and the ``levels`` table, from
 attached and again on :func:`refresh_encodings`; between refreshes the forward
 pass re-truncates the current weights with those exponents and levels, which is
 exactly what export computes from the same weights.
+
+With ``quantize_lm_head`` and an lm_head tied to the input embedding, the
+embedding gathers rows of the same fake-quantized weight
+(:class:`FakeQuantEmbedding`), as the exported tied SEFP embedding reads the
+lm_head's planes (docs/FORMAT.md §5).
 """
 
 from __future__ import annotations
@@ -110,12 +115,16 @@ class FakeQuantLinear(nn.Linear):
         linear.bias = self.bias
         return linear
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    @property
+    def effective_bits(self) -> int | None:
+        """The precision this layer runs at: max(bits, min_bits), or None (full precision)."""
         if self.bits is None:
-            weight = self.weight
-        else:
-            bits = self.bits if self.min_bits is None else max(self.bits, self.min_bits)
-            weight = ste_fake_quantize(self.weight, bits, self.levels, self.exponents)
+            return None
+        return self.bits if self.min_bits is None else max(self.bits, self.min_bits)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        bits = self.effective_bits
+        weight = self.weight if bits is None else ste_fake_quantize(self.weight, bits, self.levels, self.exponents)
         return F.linear(x, weight, self.bias)
 
     def extra_repr(self) -> str:
@@ -123,6 +132,77 @@ class FakeQuantLinear(nn.Linear):
         rule = "" if self.reconstruction == "floor" else f", reconstruction={self.reconstruction}"
         rule += "" if self.exponent_rule == "floor" else f", exponents={self.exponent_rule}"
         return f"{super().extra_repr()}, precision={precision}{rule}"
+
+
+class FakeQuantEmbedding(nn.Embedding):
+    """The input embedding tied to a fake-quant lm_head: looks up rows of the same quantized weight.
+
+    The export stores a tied embedding / lm_head once in SEFP and the embedding op reads the
+    lm_head's planes at the lm_head's precision, floor, table and exponents (docs/FORMAT.md §5, §6),
+    so this module follows ``head`` in all of them. It shares the weight Parameter (state-dict keys
+    do not change). Only the rows looked up are quantized: groups run along a row, so a row's
+    values do not depend on the others.
+    """
+
+    @classmethod
+    def tied_to(cls, embedding: nn.Embedding, head: FakeQuantLinear) -> FakeQuantEmbedding:
+        if embedding.weight is not head.weight:
+            raise ValueError("the embedding is not tied to this lm_head")
+        if embedding.max_norm is not None:
+            raise ValueError("an embedding with max_norm cannot be fake-quantized (it renormalises rows)")
+        module = cls.__new__(cls)
+        nn.Module.__init__(module)
+        for attr in ("num_embeddings", "embedding_dim", "padding_idx", "max_norm", "norm_type"):
+            setattr(module, attr, getattr(embedding, attr))
+        module.scale_grad_by_freq, module.sparse = embedding.scale_grad_by_freq, embedding.sparse
+        module.weight = embedding.weight
+        module.follow(head)
+        return module
+
+    def follow(self, head: FakeQuantLinear) -> None:
+        # a plain attribute (a tuple), not a submodule: the head is registered once, as lm_head
+        self._head = (head,)
+
+    @property
+    def head(self) -> FakeQuantLinear:
+        return self._head[0]
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        head = self.head
+        bits = head.effective_bits
+        if bits is None:
+            return super().forward(ids)
+        rows, inverse = torch.unique(ids.reshape(-1), return_inverse=True)
+        exponents = None if head.exponents is None else head.exponents[rows.to(head.exponents.device)]
+        table = ste_fake_quantize(self.weight[rows], bits, head.levels, exponents)
+        return F.embedding(inverse.reshape(ids.shape), table)
+
+    def to_embedding(self) -> nn.Embedding:
+        embedding = nn.Embedding.__new__(nn.Embedding)
+        nn.Module.__init__(embedding)
+        for attr in ("num_embeddings", "embedding_dim", "padding_idx", "max_norm", "norm_type"):
+            setattr(embedding, attr, getattr(self, attr))
+        embedding.scale_grad_by_freq, embedding.sparse = self.scale_grad_by_freq, self.sparse
+        embedding.weight = self.weight
+        return embedding
+
+    def extra_repr(self) -> str:
+        return f"{super().extra_repr()}, tied to the fake-quant lm_head"
+
+
+def _tie_embedding(model: nn.Module) -> None:
+    """Make a tied input embedding follow the fake-quant lm_head (no-op when untied or lm_head is float)."""
+    head = getattr(model, "lm_head", None)
+    get = getattr(model, "get_input_embeddings", None)
+    embedding = get() if callable(get) else None
+    if not isinstance(head, FakeQuantLinear) or not isinstance(embedding, nn.Embedding):
+        return
+    if embedding.weight is not head.weight:
+        return
+    if isinstance(embedding, FakeQuantEmbedding):
+        embedding.follow(head)
+    else:
+        model.set_input_embeddings(FakeQuantEmbedding.tied_to(embedding, head))
 
 
 def _replace(model: nn.Module, name: str, new: nn.Module) -> None:
@@ -145,7 +225,9 @@ def attach_fake_quant(
     ``reconstruction`` / ``exponent_rule``: the rules each layer trains through
     (default: the paper's); ``input_stats`` (``calibration.collect_input_stats``,
     by layer name) weights the ``fitted`` levels and the exponent ``search``.
-    Linears that export packs together (q/k/v, gate/up) share one table, as at export.
+    Linears that export packs together (q/k/v, gate/up) share one table, as at export. A fake-quant
+    lm_head tied to the input embedding quantizes the embedding's lookups too (:class:`FakeQuantEmbedding`).
+    Attaching again changes the rules but keeps the layers' precision floors (:func:`set_floors`).
     """
     names = select_sefp_linears(model, quantize_lm_head)
     for name in names:
@@ -155,6 +237,7 @@ def attach_fake_quant(
             _replace(model, name, module)
         stats = None if input_stats is None else input_stats.get(name)
         module.set_rule(reconstruction, exponent_rule, None if stats is None else stats.importance())
+    _tie_embedding(model)
     refresh_encodings(model)
     return names
 
@@ -223,7 +306,11 @@ def refresh_encodings(model: nn.Module) -> None:
 
 
 def detach_fake_quant(model: nn.Module) -> None:
-    """Put plain ``nn.Linear`` modules (same Parameters) back, in place."""
+    """Put plain ``nn.Linear`` (and ``nn.Embedding``) modules (same Parameters) back, in place."""
+    get = getattr(model, "get_input_embeddings", None)
+    embedding = get() if callable(get) else None
+    if isinstance(embedding, FakeQuantEmbedding):
+        model.set_input_embeddings(embedding.to_embedding())
     for name, module in list(fake_quant_layers(model).items()):
         _replace(model, name, module.to_linear())
 

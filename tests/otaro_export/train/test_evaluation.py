@@ -84,3 +84,33 @@ def test_evaluate_model_applies_automatic_floors(tiny, chat_samples):
     assert by["E5M3"].kl == by["E5M5"].kl and by["E5M3"].bits_per_weight == 6.125
     with pytest.raises(ValueError, match="layer_floors"):
         evaluate_model(tiny.model, tiny.tokenizer, chat_samples, (3,), layer_floors="some")
+
+
+def test_attach_export_rule_keeps_a_given_plan_and_measures_float_weights(tiny, chat_samples):
+    import copy
+
+    from otaro_export.train.evaluation import attach_export_rule
+    from otaro_export.train.fake_quant import fake_quant_layers, set_precision
+
+    kwargs = dict(quantize_lm_head=True, reconstruction="fitted", exponent_rule="search", layer_floors="auto")
+    planned = copy.deepcopy(tiny.model)
+    plan = attach_export_rule(planned, tiny.tokenizer, floor_budget_bits=4.6, **kwargs)
+    assert plan.floors and len(plan.floors) < len(fake_quant_layers(planned))  # some layers, not all
+    other = copy.deepcopy(tiny.model)
+    with torch.no_grad():
+        other.model.layers[0].mlp.down_proj.weight.mul_(3.0)  # a different model would plan differently
+    assert attach_export_rule(other, tiny.tokenizer, **kwargs).floors != plan.floors
+    set_precision(other, 3)  # as a model is left mid-training
+    assert attach_export_rule(other, tiny.tokenizer, plan=plan, **kwargs) is plan
+    floored = {n for n, m in fake_quant_layers(other).items() if m.min_bits is not None}
+    assert floored == {n for n, m in fake_quant_layers(planned).items() if m.min_bits is not None}
+    # statistics came from the float weights (precision reset), so the tables are those of a fresh attach
+    fresh = copy.deepcopy(other)
+    from otaro_export.train.fake_quant import detach_fake_quant
+
+    detach_fake_quant(fresh)
+    attach_export_rule(fresh, tiny.tokenizer, plan=plan, **kwargs)
+    for name, layer in fake_quant_layers(other).items():
+        assert torch.equal(layer.levels, fake_quant_layers(fresh)[name].levels), name
+    assert attach_export_rule(other, tiny.tokenizer, **{**kwargs, "layer_floors": "none"}, plan=plan) is None
+    assert all(m.min_bits is None for m in fake_quant_layers(other).values())

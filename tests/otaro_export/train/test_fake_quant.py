@@ -147,3 +147,49 @@ def test_floors_on_a_packed_layer_raise_all_its_members(tiny):
     assert torch.equal(q(x), torch.nn.functional.linear(x, fake_quantize(q.weight, 5), q.bias))
     with pytest.raises(ValueError, match="no fake-quant layer"):
         set_floors(model, {"lm_head": 5})
+
+
+def test_a_tied_embedding_reads_the_fake_quant_lm_head(tiny):
+    import copy
+
+    from otaro_export.train.fake_quant import FakeQuantEmbedding, set_floors
+
+    model = tiny.model
+    keys = list(model.state_dict())
+    ids = torch.tensor([[5, 17, 42, 5], [7, 7, 200, 3]])
+    float_rows = model.get_input_embeddings()(ids)
+    attach_fake_quant(model, quantize_lm_head=True, reconstruction="fitted", exponent_rule="search")
+    head, embedding = model.lm_head, model.get_input_embeddings()
+    assert isinstance(embedding, FakeQuantEmbedding) and embedding.weight is head.weight
+    assert list(model.state_dict()) == keys
+    assert torch.equal(embedding(ids), float_rows)  # full precision: the float rows
+    set_precision(model, 3)
+    set_floors(model, {"lm_head": 4})  # the embedding runs at the lm_head's max(bits, floor), table and exponents
+    assert head.exponents is not None and head.levels is not None
+    expected = ste_fake_quantize(head.weight, 4, head.levels, head.exponents)[ids]
+    assert torch.equal(embedding(ids), expected)
+    assert not torch.equal(expected, float_rows)
+    # STE: each looked-up row gets the output gradient once per occurrence
+    head.weight.requires_grad_(True)
+    embedding(ids).sum().backward()
+    counts = torch.bincount(ids.reshape(-1), minlength=head.weight.shape[0]).to(torch.float32)
+    assert torch.equal(head.weight.grad, counts[:, None].expand_as(head.weight))
+    # a copy follows its own lm_head; attaching again keeps the floor and the tie
+    clone = copy.deepcopy(model)
+    assert clone.get_input_embeddings().head is clone.lm_head
+    attach_fake_quant(model, quantize_lm_head=True, reconstruction="fitted", exponent_rule="search")
+    assert model.lm_head.min_bits == 4 and model.get_input_embeddings() is embedding and embedding.head is head
+    detach_fake_quant(model)
+    restored = model.get_input_embeddings()
+    assert type(restored) is nn.Embedding and restored.weight is model.lm_head.weight
+
+
+def test_a_float_or_untied_lm_head_leaves_the_embedding_float():
+    from otaro_export.testing import tiny_causal_lm
+
+    tied = tiny_causal_lm(seed=0).model
+    attach_fake_quant(tied)  # lm_head float
+    assert type(tied.get_input_embeddings()) is nn.Embedding
+    untied = tiny_causal_lm(seed=0, tie_word_embeddings=False).model
+    attach_fake_quant(untied, quantize_lm_head=True)
+    assert type(untied.get_input_embeddings()) is nn.Embedding
