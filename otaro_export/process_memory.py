@@ -49,7 +49,24 @@ def rss_bytes() -> int:
     return int(psutil.Process().memory_info().rss)
 
 
+def _proc_status_kib(field: str) -> int | None:
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith(field + ":"):
+                    return int(line.split()[1])
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
+
+
 def peak_rss_bytes() -> int | None:
+    # Linux: VmHWM of this process's own memory. Not ru_maxrss: across fork + exec the kernel carries the
+    # high-water mark of the forked copy of the parent (its whole RSS) into the child's ru_maxrss, so every
+    # child of a big parent would report the parent's peak.
+    hwm = _proc_status_kib("VmHWM")
+    if hwm is not None:
+        return max(hwm * 1024, rss_bytes())
     try:
         import resource  # Unix: ru_maxrss is VmHWM, in KiB on Linux and bytes on macOS
 

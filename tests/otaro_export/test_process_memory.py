@@ -45,3 +45,21 @@ def test_peak_is_a_high_water_mark():
 def test_format_mib():
     assert pm.format_mib(None) == "n/a"
     assert pm.format_mib(3 * 2**20 + 2**19) == "3.5"
+
+
+def test_a_child_process_peak_is_its_own_not_its_parents():
+    """The bench measures each configuration's peak in a fresh child: the parent's memory must not leak into it
+    (Linux carries the parent's high-water mark into ru_maxrss across fork + exec)."""
+    import subprocess
+    import sys
+
+    block = bytearray(256 * 2**20)
+    block[:: mmap.PAGESIZE] = b"\x01" * len(block[:: mmap.PAGESIZE])  # the parent holds 256 MiB resident
+    child = subprocess.run(
+        [sys.executable, "-c", "from otaro_export import process_memory as p; print(p.peak_rss_bytes())"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    assert int(child.stdout) < 200 * 2**20  # a bare interpreter + psutil: tens of MiB
+    del block
