@@ -75,26 +75,35 @@ def _log_softmax(logits: np.ndarray) -> np.ndarray:
     return shifted - np.log(np.exp(shifted).sum(axis=-1, keepdims=True))
 
 
-def _option_ids(session, option: str) -> list[int]:
-    # Tokenized on its own: the option is what the assistant's reply would start with.
-    return list(session.tokenizer(option, add_special_tokens=False)["input_ids"])
+def choice_ids(session, task: Task) -> tuple[list[int], list[list[int]]]:
+    """``(context ids, ids of each option)`` of a ``choose`` task: the chat-formatted prompt plus the
+    answer prefix, then each option as the reply's continuation (after a prefix, with the space that
+    separates it from the prefix's last word). The mobile bundle ships exactly these ids."""
+    tokenize = session.tokenizer
+    context = session.encode_prompt(task.prompt, chat=True)
+    lead = ""
+    if task.answer_prefix:
+        context = context + list(tokenize(task.answer_prefix, add_special_tokens=False)["input_ids"])
+        lead = " "
+    options = [list(tokenize(lead + o, add_special_tokens=False)["input_ids"]) for o in task.options]
+    return context, options
 
 
 def score_options(session, task: Task, bits: int) -> tuple[str, dict[str, float], int]:
-    """Mean log-likelihood of each option after the chat-formatted prompt, one forward per option.
+    """Mean log-likelihood of each option after the chat-formatted prompt and answer prefix, one
+    forward per option.
 
     Mean rather than sum so that longer options are not penalised for their length.
     Returns (best option, scores, tokens run through the model).
     """
-    prompt_ids = session.encode_prompt(task.prompt, chat=True)
+    context, options = choice_ids(session, task)
     scores: dict[str, float] = {}
     tokens = 0
-    for option in task.options:
-        ids = prompt_ids + _option_ids(session, option)
+    for option, option_ids in zip(task.options, options):
+        ids = context + option_ids
         logits = session.forward(np.asarray([ids], dtype=np.int64), bits)
-        # logits at position i predict token i+1: the option's tokens start at len(prompt_ids).
-        logp = _log_softmax(logits[0, len(prompt_ids) - 1 : len(ids) - 1].astype(np.float64))
-        option_ids = ids[len(prompt_ids) :]
+        # logits at position i predict token i+1: the option's tokens start at len(context).
+        logp = _log_softmax(logits[0, len(context) - 1 : len(ids) - 1].astype(np.float64))
         scores[option] = float(logp[np.arange(len(option_ids)), option_ids].mean())
         tokens += len(ids)
     best = max(task.options, key=lambda o: scores[o])  # ties: the first listed option wins
@@ -105,8 +114,11 @@ def check_fits(session, tasks: list[Task]) -> None:
     """Every task must fit the artifact's context window: fail before running anything."""
     limit = session.max_seq_len
     for task in tasks:
-        prompt_len = len(session.encode_prompt(task.prompt, chat=True))
-        need = prompt_len + (max(len(_option_ids(session, o)) for o in task.options) if task.kind == "choose" else 1)
+        if task.kind == "choose":
+            context, options = choice_ids(session, task)
+            need = len(context) + max(len(o) for o in options)
+        else:
+            need = len(session.encode_prompt(task.prompt, chat=True)) + 1
         if need > limit:
             raise DemoConfigError(
                 f"task '{task.name}' needs {need} positions but this artifact's max_seq_len is {limit}: "

@@ -20,6 +20,7 @@ Bundle format (``format_version`` 2)::
             "cache": [{"input": "past_key_0", "output": "present_key_0", "shape": [1, 2, 256, 16]}, ...]},
      "tasks": [{"name", "kind": "choose"|"generate", "bits", "prompt", "prompt_ids",
                 "options": [{"text", "ids"}] | "max_new_tokens"}],
+     (a choice's prompt_ids end with its answer prefix's tokens; score each option's ids after them)
      "token_bytes": ["<base64>", ...]}
 
 A step of S new tokens after ``total - S`` cached ones feeds ``seqlens_k = [total - 1]`` (int32),
@@ -40,7 +41,7 @@ import json
 import shutil
 from pathlib import Path
 
-from otaro_export.demo.harness import check_fits
+from otaro_export.demo.harness import check_fits, choice_ids
 from otaro_export.demo.policy import Policy
 from otaro_export.demo.tasks import Task
 from otaro_export.demo.token_bytes import token_bytes_table
@@ -107,10 +108,9 @@ def _task_entry(session, task: Task, bits: int) -> dict:
         "prompt_ids": session.encode_prompt(task.prompt, chat=True),
     }
     if task.kind == "choose":
-        tok = session.tokenizer
-        entry["options"] = [
-            {"text": o, "ids": list(tok(o, add_special_tokens=False)["input_ids"])} for o in task.options
-        ]
+        # prompt_ids of a choice end with its answer prefix: the app scores exactly what score_options does
+        entry["prompt_ids"], options = choice_ids(session, task)
+        entry["options"] = [{"text": o, "ids": ids} for o, ids in zip(task.options, options)]
     else:
         entry["max_new_tokens"] = task.max_new_tokens
     return entry

@@ -4,7 +4,10 @@ Two kinds of task, matching the two kinds of work an on-device LLM does:
 
 * ``choose`` (understanding): pick one of fixed ``options`` (a sentiment label,
   a quiz answer) by the model's mean log-likelihood of each option after the
-  prompt. Only forward passes: the cheap, low-precision case.
+  prompt and the optional ``answer_prefix``, the words the reply starts with (a chat
+  model answers "The review is positive.", not "positive": without the prefix the
+  option's first token competes with the reply's usual opening, and the pick is
+  noise, even for the float model). Only forward passes: the cheap, low-precision case.
 * ``generate`` (writing): greedy text generation of up to ``max_new_tokens``.
 
 TOML layout (see examples/tasks.toml)::
@@ -14,6 +17,7 @@ TOML layout (see examples/tasks.toml)::
     kind = "choose"
     prompt = "Is this review positive or negative? ..."
     options = ["positive", "negative"]
+    answer_prefix = "The review is"   # optional: the reply is scored as "The review is positive"
 """
 
 from __future__ import annotations
@@ -32,7 +36,7 @@ DEFAULT_MAX_NEW_TOKENS = 32
 _MAX_NEW_TOKENS_LIMIT = 4096
 
 _KEYS = {
-    "choose": {"name", "kind", "prompt", "options"},
+    "choose": {"name", "kind", "prompt", "options", "answer_prefix"},
     "generate": {"name", "kind", "prompt", "max_new_tokens"},
 }
 
@@ -44,6 +48,7 @@ class Task:
     prompt: str
     options: tuple[str, ...] = field(default=())
     max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS
+    answer_prefix: str = ""
 
 
 def _string(table: dict, key: str, where: str) -> str:
@@ -76,7 +81,10 @@ def _parse_task(table: object, index: int, source: str) -> Task:
             raise DemoConfigError(f"{where}: 'options' must be a list of at least 2 non-empty strings")
         if len(set(options)) != len(options):
             raise DemoConfigError(f"{where}: 'options' has duplicates")
-        return Task(name, kind, prompt, options=tuple(options))
+        prefix = table.get("answer_prefix", "")
+        if not isinstance(prefix, str):
+            raise DemoConfigError(f"{where}: 'answer_prefix' must be a string")
+        return Task(name, kind, prompt, options=tuple(options), answer_prefix=prefix.strip())
     budget = table.get("max_new_tokens", DEFAULT_MAX_NEW_TOKENS)
     if isinstance(budget, bool) or not isinstance(budget, int) or not 1 <= budget <= _MAX_NEW_TOKENS_LIMIT:
         raise DemoConfigError(f"{where}: 'max_new_tokens' must be an integer in 1..{_MAX_NEW_TOKENS_LIMIT}")

@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from otaro_export.demo.harness import run_demo, score_options
+from otaro_export.demo.harness import choice_ids, run_demo, score_options
 from otaro_export.demo.policy import parse_policy
 from otaro_export.demo.tasks import Task
 from otaro_export.demo.toml_io import DemoConfigError
@@ -23,6 +23,24 @@ def test_score_options_matches_a_direct_log_softmax(fake_session):
     assert scores["a"] == pytest.approx(-z)
     assert tokens == 3 * (len(session.encode_prompt("which?")) + 1)
     assert set(session.bits_seen) == {3}
+
+
+def test_options_are_scored_after_the_answer_prefix(fake_session):
+    session = fake_session(favourite="b")
+    task = Task("pick", "choose", "which?", options=("a", "b"), answer_prefix="it is")
+    context, options = choice_ids(session, task)
+    prefix = session.tokenizer("it is", add_special_tokens=False)["input_ids"]
+    assert context == session.encode_prompt("which?", chat=True) + prefix
+    # the option continues the prefix: tokenized with the separating space
+    assert options == [session.tokenizer(" " + o, add_special_tokens=False)["input_ids"] for o in ("a", "b")]
+    best, scores, tokens = score_options(session, task, 4)
+    # every position favours "b" (logit 5 of 259): an option's mean log-prob averages over its own tokens
+    z = np.log(np.exp(5.0) + 258)
+    favourite = session.favourite_id
+    for option, ids in zip(task.options, options):
+        assert scores[option] == pytest.approx(np.mean([(5.0 if i == favourite else 0.0) - z for i in ids]))
+    assert best == max(task.options, key=scores.get)
+    assert tokens == sum(len(context) + len(ids) for ids in options)
 
 
 def test_every_task_runs_at_its_policy_precision_with_one_load(fake_session):

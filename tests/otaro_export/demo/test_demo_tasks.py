@@ -15,6 +15,16 @@ def test_parses_both_kinds(tmp_path):
     assert (g.kind, g.max_new_tokens) == ("generate", DEFAULT_MAX_NEW_TOKENS)
 
 
+def test_a_choice_can_name_the_words_its_answer_starts_with():
+    data = '[[task]]\nname = "s"\nkind = "choose"\nprompt = "p?"\noptions = ["yes", "no"]\nanswer_prefix = " It is "\n'
+    (task,) = parse_tasks(parse_toml(data, "t.toml"), "t.toml")
+    assert task.answer_prefix == "It is"
+    (plain,) = parse_tasks(parse_toml(data.replace('answer_prefix = " It is "\n', ""), "t.toml"), "t.toml")
+    assert plain.answer_prefix == ""
+    # the built-in script scores its choices after a prefix: without one even the float model picks noise
+    assert all(t.answer_prefix for t in load_tasks() if t.kind == "choose")
+
+
 @pytest.mark.parametrize(
     "toml, message",
     [
@@ -29,6 +39,14 @@ def test_parses_both_kinds(tmp_path):
             r"unknown key\(s\) \['options'\]",
         ),
         ('[[task]]\nname = "a b"\nkind = "generate"\nprompt = "p"', "letters, digits"),
+        (
+            '[[task]]\nname = "a"\nkind = "choose"\nprompt = "p"\noptions = ["x", "y"]\nanswer_prefix = 3',
+            "answer_prefix",
+        ),
+        (
+            '[[task]]\nname = "a"\nkind = "generate"\nprompt = "p"\nanswer_prefix = "It"',
+            r"unknown key\(s\) \['answer_prefix'\]",
+        ),
         (
             '[[task]]\nname = "a"\nkind = "generate"\nprompt = "p"\n[[task]]\nname = "a"\nkind = "generate"\nprompt = "q"',
             "used twice",
