@@ -139,4 +139,52 @@ inline OrtStatus* get_inputs(const OrtApi* api, OrtKernelContext* context, const
   return nullptr;
 }
 
+// What distinguishes one custom op of the library from another; the rest of its OrtCustomOp (CPU, one
+// float output, inputs from num_required on optional, V2 kernel callbacks) is the same for all.
+struct OpSpec {
+  const char* name;
+  size_t num_inputs;
+  size_t num_required;
+  const ONNXTensorElementDataType* input_types;
+  void (*destroy_kernel)(void*);
+  decltype(OrtCustomOp::CreateKernelV2) create_kernel;
+  decltype(OrtCustomOp::KernelComputeV2) compute;
+};
+
+// The OrtCustomOp ORT registers, with its spec beside it: ORT passes the registered pointer back to
+// every callback, so the callbacks read the spec from it.
+struct CustomOp : OrtCustomOp {
+  OpSpec spec;
+};
+
+inline const OpSpec& spec_of(const OrtCustomOp* op) { return static_cast<const CustomOp*>(op)->spec; }
+
+inline CustomOp make_custom_op(const OpSpec& spec) {
+  CustomOp op{};  // unset callbacks stay nullptr: ORT skips them for this version
+  op.spec = spec;
+  op.version = kOtaroOrtApiVersion;
+  op.GetName = [](const OrtCustomOp* self) -> const char* { return spec_of(self).name; };
+  op.GetExecutionProviderType = [](const OrtCustomOp*) -> const char* { return nullptr; };  // CPU
+  op.GetInputTypeCount = [](const OrtCustomOp* self) -> size_t { return spec_of(self).num_inputs; };
+  op.GetInputType = [](const OrtCustomOp* self, size_t index) -> ONNXTensorElementDataType {
+    const OpSpec& s = spec_of(self);
+    return index < s.num_inputs ? s.input_types[index] : ONNX_TENSOR_ELEMENT_DATA_TYPE_UNDEFINED;
+  };
+  op.GetInputCharacteristic = [](const OrtCustomOp* self, size_t index) -> OrtCustomOpInputOutputCharacteristic {
+    return index >= spec_of(self).num_required ? INPUT_OUTPUT_OPTIONAL : INPUT_OUTPUT_REQUIRED;
+  };
+  op.GetInputMemoryType = [](const OrtCustomOp*, size_t) -> OrtMemType { return OrtMemTypeDefault; };
+  op.GetOutputTypeCount = [](const OrtCustomOp*) -> size_t { return 1; };
+  op.GetOutputType = [](const OrtCustomOp*, size_t) -> ONNXTensorElementDataType {
+    return ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT;
+  };
+  op.GetOutputCharacteristic = [](const OrtCustomOp*, size_t) -> OrtCustomOpInputOutputCharacteristic {
+    return INPUT_OUTPUT_REQUIRED;
+  };
+  op.KernelDestroy = spec.destroy_kernel;
+  op.CreateKernelV2 = spec.create_kernel;
+  op.KernelComputeV2 = spec.compute;
+  return op;
+}
+
 }  // namespace otaro_ort

@@ -126,42 +126,11 @@ OrtStatus* kernel_compute(void* kernel, OrtKernelContext* context) {
 
 void destroy_kernel(void* kernel) { delete static_cast<Kernel*>(kernel); }
 
-const char* get_name(const OrtCustomOp*) { return kOpName; }
-const char* get_execution_provider(const OrtCustomOp*) { return nullptr; }  // CPU
-size_t input_count(const OrtCustomOp*) { return kNumInputs; }
-ONNXTensorElementDataType input_type(const OrtCustomOp*, size_t index) {
-  return index < kNumInputs ? kInputTypes[index] : ONNX_TENSOR_ELEMENT_DATA_TYPE_UNDEFINED;
-}
-OrtCustomOpInputOutputCharacteristic input_characteristic(const OrtCustomOp*, size_t index) {
-  return index >= kNumRequired ? INPUT_OUTPUT_OPTIONAL : INPUT_OUTPUT_REQUIRED;
-}
-OrtMemType input_memory_type(const OrtCustomOp*, size_t) { return OrtMemTypeDefault; }
-size_t output_count(const OrtCustomOp*) { return 1; }
-ONNXTensorElementDataType output_type(const OrtCustomOp*, size_t) { return ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT; }
-OrtCustomOpInputOutputCharacteristic output_characteristic(const OrtCustomOp*, size_t) { return INPUT_OUTPUT_REQUIRED; }
-
-OrtCustomOp make_op() {
-  OrtCustomOp op{};  // unset callbacks stay nullptr: ORT skips them for this version
-  op.version = kOtaroOrtApiVersion;
-  op.GetName = get_name;
-  op.GetExecutionProviderType = get_execution_provider;
-  op.GetInputType = input_type;
-  op.GetInputTypeCount = input_count;
-  op.GetOutputType = output_type;
-  op.GetOutputTypeCount = output_count;
-  op.KernelDestroy = destroy_kernel;
-  op.GetInputCharacteristic = input_characteristic;
-  op.GetOutputCharacteristic = output_characteristic;
-  op.GetInputMemoryType = input_memory_type;
-  op.CreateKernelV2 = create_kernel;
-  op.KernelComputeV2 = kernel_compute;
-  return op;
-}
-
 }  // namespace
 
 const OrtCustomOp* sefp_embedding_custom_op() {
-  static const OrtCustomOp op = make_op();
+  static const CustomOp op =
+      make_custom_op({kOpName, kNumInputs, kNumRequired, kInputTypes, destroy_kernel, create_kernel, kernel_compute});
   return &op;
 }
 
