@@ -223,9 +223,7 @@ def _float32(model: torch.nn.Module) -> torch.nn.Module:
 
 
 def _write_program(loaded, options, out_dir: Path, log: Callable[[str], None], lower: bool) -> Manifest:
-    from otaro_export.export.sefp_recipe import layer_specs
-    from otaro_export.passes.drop_unused_inputs import drop_unused_inputs
-    from otaro_export.passes.lowering import lower_to_sefp
+    from otaro_export.export.sefp_recipe import lower_exported_decoder
 
     model = _float32(loaded.model)
     check_supported(model)
@@ -240,12 +238,7 @@ def _write_program(loaded, options, out_dir: Path, log: Callable[[str], None], l
     t0 = time.perf_counter()
     ep = decoder.export()
     log(f"torch.export of the decoder (max_seq_len {options.max_seq_len}): {time.perf_counter() - t0:.1f}s")
-    report = None
-    if lower:
-        specs = layer_specs(model, loaded.tokenizer, layers, recipe, log)
-        ep, report = lower_to_sefp(ep, specs, bits_input="bits", progress=True)
-        log(report.summary())
-    ep, _ = drop_unused_inputs(ep)  # e.g. the second name of a tied embedding
+    ep, report = lower_exported_decoder(ep, model, loaded.tokenizer, layers, recipe, log)
     t1 = time.perf_counter()
     program = lower_to_executorch(ep, kernels, external_weights=external)
     t_lower = time.perf_counter() - t1

@@ -119,9 +119,7 @@ def kernel_fields(kernels: str, lowered: bool = True) -> tuple[str, str | None]:
 
 
 def _write(loaded, options, out_dir: Path, log: Callable[[str], None], lower: bool) -> Manifest:
-    from otaro_export.export.sefp_recipe import layer_specs
-    from otaro_export.passes import lower_to_sefp
-    from otaro_export.passes.drop_unused_inputs import drop_unused_inputs
+    from otaro_export.export.sefp_recipe import lower_exported_decoder
 
     model = loaded.model
     check_supported(model)
@@ -136,12 +134,7 @@ def _write(loaded, options, out_dir: Path, log: Callable[[str], None], lower: bo
     t0 = time.perf_counter()
     ep = decoder.export()
     log(f"torch.export: {time.perf_counter() - t0:.1f}s")
-    report = None
-    if lower:
-        specs = layer_specs(model, loaded.tokenizer, layers, recipe, log)
-        ep, report = lower_to_sefp(ep, specs, bits_input="bits", progress=True)
-        log(report.summary())
-    ep, _ = drop_unused_inputs(ep)  # e.g. the second name of a tied embedding
+    ep, report = lower_exported_decoder(ep, model, loaded.tokenizer, layers, recipe, log)
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)

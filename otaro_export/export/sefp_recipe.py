@@ -168,6 +168,22 @@ def layer_specs(
     return specs
 
 
+def lower_exported_decoder(ep, hf_model, tokenizer, names: list[str], recipe: SEFPRecipe, log=print):
+    """The lowering both exporters run on their ``torch.export`` program: the SEFP layers ``names`` (none:
+    a float baseline) with the recipe's per-layer specs and one ``bits`` input, then the inputs left unused
+    dropped (e.g. the second name of a tied embedding). Returns ``(program, LoweringReport or None)``."""
+    from otaro_export.passes.drop_unused_inputs import drop_unused_inputs
+    from otaro_export.passes.lowering import lower_to_sefp
+
+    report = None
+    if names:
+        specs = layer_specs(hf_model, tokenizer, names, recipe, log)
+        ep, report = lower_to_sefp(ep, specs, bits_input="bits", progress=True)
+        log(report.summary())
+    ep, _ = drop_unused_inputs(ep)
+    return ep, report
+
+
 #: built-in calibration text: chat-formatted requests with answers in the register a small assistant uses
 _CALIBRATION_ANSWERS = (
     "The sky looks blue because air molecules scatter short blue wavelengths of sunlight far more than long red "
