@@ -62,8 +62,8 @@ def export(work: Path, kernels: str) -> dict:
 
     dirs = {"sefp": work / f"sefp-{kernels}", "fp32": work / "fp32"}
     if not (dirs["sefp"] / "manifest.json").exists():
-        # floor rule and exponents: the random model has no tokenizer for calibration text
-        recipe = default_recipe(reconstruction="floor", exponent_rule="floor")
+        # floor rule, exponents and no floors: the random model has no tokenizer for calibration text
+        recipe = default_recipe(reconstruction="floor", exponent_rule="floor", layer_floors="none")
         options = ExportOptions(
             target="executorch", output=dirs["sefp"], kernels=kernels, recipe=recipe, max_seq_len=MAX_SEQ_LEN
         )
