@@ -72,7 +72,9 @@ def tune(
         Scope.linears, "--train-scope", help="linears: the SEFP linears only; all: every parameter"
     ),
     quantize_lm_head: bool = typer.Option(
-        False, "--quantize-lm-head", help="also fake-quantize lm_head (export with the same flag)"
+        False,
+        "--quantize-lm-head",
+        help="also fake-quantize the tied embedding + lm_head, as the export stores them by default (--lm-head sefp)",
     ),
     reconstruction: str = typer.Option(
         None,
