@@ -222,22 +222,30 @@ def _float32(model: torch.nn.Module) -> torch.nn.Module:
     return model
 
 
-def _write_program(loaded, options, out_dir: Path, log: Callable[[str], None], lower: bool) -> Manifest:
+def _write_program(
+    loaded,
+    out_dir: Path,
+    log: Callable[[str], None],
+    *,
+    kernels: str,
+    max_seq_len: int,
+    recipe=None,
+    external: bool = False,
+) -> Manifest:
+    """``kernels`` "fused" / "portable" (SEFP layers by ``recipe``) or "fp32" (the float baseline)."""
     from otaro_export.export.sefp_recipe import lower_exported_decoder
 
     model = _float32(loaded.model)
     check_supported(model)
-    recipe = options.recipe
-    kernels = options.kernels if lower else "fp32"
-    external = bool(getattr(options, "external_weights", False))
+    lower = kernels != "fp32"
     fused = kernels == "fused"
-    decoder = ExecuTorchDecoder(model, options.max_seq_len, fused_ops=fused, norm_as_linear=not fused)
+    decoder = ExecuTorchDecoder(model, max_seq_len, fused_ops=fused, norm_as_linear=not fused)
     layers = decoder.sefp_linear_names(include_lm_head=recipe.lm_head == "sefp") if lower else []
     input_names, output_names = decoder.io_names()
 
     t0 = time.perf_counter()
     ep = decoder.export()
-    log(f"torch.export of the decoder (max_seq_len {options.max_seq_len}): {time.perf_counter() - t0:.1f}s")
+    log(f"torch.export of the decoder (max_seq_len {max_seq_len}): {time.perf_counter() - t0:.1f}s")
     ep, report = lower_exported_decoder(ep, model, loaded.tokenizer, layers, recipe, log)
     t1 = time.perf_counter()
     program = lower_to_executorch(ep, kernels, external_weights=external)
@@ -277,14 +285,22 @@ def _write_program(loaded, options, out_dir: Path, log: Callable[[str], None], l
         quantized_layers=layers,
         inputs=input_names,
         outputs=output_names,
-        model=model_info(model, loaded.source, options.max_seq_len),
+        model=model_info(model, loaded.source, max_seq_len),
         extra=extra,
     )
 
 
 def export_executorch(loaded, options, out_dir: Path, log: Callable[[str], None] = print) -> Manifest:
     """Write ``out_dir/model.pte`` (one method, every precision); returns its manifest (not yet saved)."""
-    return _write_program(loaded, options, out_dir, log, lower=True)
+    return _write_program(
+        loaded,
+        out_dir,
+        log,
+        kernels=options.kernels,
+        max_seq_len=options.max_seq_len,
+        recipe=options.recipe,
+        external=bool(getattr(options, "external_weights", False)),
+    )
 
 
 def export_executorch_fp32(
@@ -295,12 +311,9 @@ def export_executorch_fp32(
     Writes ``model.pte``, the tokenizer and ``manifest.json`` (``extra.baseline =
     "fp32"``); ``otaro_export.runtime.load`` runs it like any artifact.
     """
-    from otaro_export.export.pipeline import ExportOptions
-
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    options = ExportOptions(target="executorch", output=out, max_seq_len=max_seq_len)
-    manifest = _write_program(loaded, options, out, log, lower=False)
+    manifest = _write_program(loaded, out, log, kernels="fp32", max_seq_len=max_seq_len)
     if loaded.tokenizer is not None:
         loaded.tokenizer.save_pretrained(str(out / manifest.tokenizer))
     manifest.save(out)
