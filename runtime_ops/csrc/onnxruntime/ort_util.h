@@ -111,14 +111,22 @@ struct ConstantInputs {
     return nullptr;
   }
 
-  // *out = the description of input i: the cached one, or `value` described into `scratch`.
+  // *out = the description of input i: the cached one, or `value` described into `scratch` (nullptr, an
+  // omitted optional input, is described as absent even if the node lists it as a constant).
   OrtStatus* get(const OrtApi* api, size_t i, const OrtValue* value, InputDesc* scratch, const InputDesc** out) const {
-    if (constant[i]) {
+    if (constant[i] && value != nullptr) {
       *out = &desc[i];
       return nullptr;
     }
     OTARO_RETURN_IF_ERROR(describe(api, value, scratch));
     *out = scratch;
+    return nullptr;
+  }
+
+  // d[i] = the description of every input of one call (get_inputs' array), scratch holding the non-constant ones.
+  OrtStatus* get_all(const OrtApi* api, const OrtValue* const (&inputs)[N], InputDesc (&scratch)[N],
+                     const InputDesc* (&d)[N]) const {
+    for (size_t i = 0; i < N; ++i) OTARO_RETURN_IF_ERROR(get(api, i, inputs[i], &scratch[i], &d[i]));
     return nullptr;
   }
 };

@@ -36,15 +36,7 @@ OrtStatus* compute(const Kernel& kernel, OrtKernelContext* context) {
   OTARO_RETURN_IF_ERROR(get_inputs(api, context, kOpName, kNumRequired, kNumInputs, kInputNames, inputs));
   InputDesc scratch[kNumInputs];
   const InputDesc* d[kNumInputs];
-  for (size_t i = 0; i < kNumInputs; ++i) {
-    if (inputs[i] == nullptr) {
-      scratch[i].info = otaro::TensorInfo{};
-      scratch[i].data = nullptr;
-      d[i] = &scratch[i];
-      continue;
-    }
-    OTARO_RETURN_IF_ERROR(kernel.constants.get(api, i, inputs[i], &scratch[i], &d[i]));
-  }
+  OTARO_RETURN_IF_ERROR(kernel.constants.get_all(api, inputs, scratch, d));
   const otaro::EmbeddingArgsInfo info{d[kIds]->info,    {d[kP0]->info, d[kP1]->info, d[kP2]->info, d[kP3]->info},
                                       d[kE]->info,      d[kBits]->info,
                                       d[kLevels]->info, kernel.in_features};
