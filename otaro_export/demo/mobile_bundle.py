@@ -100,18 +100,13 @@ def describe_io(session, manifest) -> dict:
 
 
 def _task_entry(session, task: Task, bits: int) -> dict:
-    entry = {
-        "name": task.name,
-        "kind": task.kind,
-        "bits": bits,
-        "prompt": task.prompt,
-        "prompt_ids": session.encode_prompt(task.prompt, chat=True),
-    }
+    entry = {"name": task.name, "kind": task.kind, "bits": bits, "prompt": task.prompt}
     if task.kind == "choose":
         # prompt_ids of a choice end with its answer prefix: the app scores exactly what score_options does
         entry["prompt_ids"], options = choice_ids(session, task)
         entry["options"] = [{"text": o, "ids": ids} for o, ids in zip(task.options, options)]
     else:
+        entry["prompt_ids"] = session.encode_prompt(task.prompt, chat=True)
         entry["max_new_tokens"] = task.max_new_tokens
     return entry
 
