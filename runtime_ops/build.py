@@ -54,6 +54,9 @@ _CORE_FLAGS = ["-fvisibility=hidden", "-fvisibility-inlines-hidden"]
 _X86_ISA_FLAGS = {
     "sefp_kernel_avx2.cc": ["-mavx2", "-mfma", "-mf16c"],
     "sefp_kernel_avx512.cc": ["-mavx2", "-mfma", "-mf16c", "-mavx512f", "-mavx512bw", "-mavx512vl", "-mavx512dq"],
+    "sefp_kernel_avx512_vnni.cc": [
+        *("-mavx2", "-mfma", "-mf16c", "-mavx512f", "-mavx512bw", "-mavx512vl", "-mavx512dq", "-mavx512vnni"),
+    ],
 }
 _X86_ONLY = set(_X86_ISA_FLAGS)
 _ARM_ONLY = {"sefp_kernel_neon.cc"}

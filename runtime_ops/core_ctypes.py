@@ -59,11 +59,11 @@ class CoreKernels:
             raise KernelLibraryError(f"cannot load the SEFP kernel core {path}: {exc}") from exc
         lib.otaro_sefp_linear.restype = _INT
         lib.otaro_sefp_linear.argtypes = [
-            _P, _I64, _P, _P, _P, _P, _P, _I64, _I64, _I64, _P, _P, _INT, _P, _INT, _INT,
+            _P, _I64, _P, _P, _P, _P, _P, _I64, _I64, _I64, _P, _P, _INT, _P, _INT, _INT, _INT,
         ]  # fmt: skip
         lib.otaro_sefp_linear_range.restype = _INT
         lib.otaro_sefp_linear_range.argtypes = [
-            _P, _I64, _P, _P, _P, _P, _P, _I64, _I64, _I64, _P, _P, _INT, _P, _I64, _I64, _I64, _INT,
+            _P, _I64, _P, _P, _P, _P, _P, _I64, _I64, _I64, _P, _P, _INT, _P, _I64, _I64, _I64, _INT, _INT,
         ]  # fmt: skip
         lib.otaro_sefp_embedding.restype = _INT
         lib.otaro_sefp_embedding.argtypes = [
@@ -71,8 +71,9 @@ class CoreKernels:
         ]  # fmt: skip
         lib.otaro_time_linear_stream.restype = _INT
         lib.otaro_time_linear_stream.argtypes = [
-            _P, _I64, ctypes.POINTER(WeightView), _I64, _INT, _P, _INT, _INT, _I64, _P,
+            _P, _I64, ctypes.POINTER(WeightView), _I64, _INT, _P, _INT, _INT, _I64, _P, _INT,
         ]  # fmt: skip
+        lib.otaro_int8_kernel_available.restype = _INT
         lib.otaro_time_read.restype = ctypes.c_uint64
         lib.otaro_time_read.argtypes = [_P, _I64, _I64, _P]
         lib.otaro_status_message.restype = ctypes.c_char_p
@@ -105,6 +106,10 @@ class CoreKernels:
     def default_num_threads(self) -> int:
         return int(self._lib.otaro_default_num_threads())
 
+    def int8_kernel_available(self) -> bool:
+        """Whether int8-activation calls at E5M3/E5M4 run the integer kernel here (AVX-512 VNNI)."""
+        return bool(self._lib.otaro_int8_kernel_available())
+
     def _raise_for(self, status: int, bits: int, isa: str, op: str = "sefp_linear") -> None:
         if status != 0:
             message = self._lib.otaro_status_message(status).decode()
@@ -132,8 +137,12 @@ class CoreKernels:
         *,
         levels: torch.Tensor | None = None,
         isa: str = "auto",
+        act_int8_max_bits: int = 0,
     ) -> torch.Tensor:
-        """Columns ``n_begin:n_end`` of ``x @ W_bits^T + bias`` into ``out [rows, ldy]`` (single thread)."""
+        """Columns ``n_begin:n_end`` of ``x @ W_bits^T + bias`` into ``out [rows, ldy]`` (single thread).
+
+        ``act_int8_max_bits``: int8 activations at ``bits <= act_int8_max_bits`` (0: never; docs/FORMAT.md §9).
+        """
         x2 = x.reshape(-1, x.shape[-1]).contiguous()
         if out.dtype != torch.float32 or out.dim() != 2 or not out.is_contiguous() or out.shape[0] != x2.shape[0]:
             raise ValueError(f"out must be a contiguous float32 [{x2.shape[0]}, ldy] tensor")
@@ -147,7 +156,7 @@ class CoreKernels:
         status = self._lib.otaro_sefp_linear_range(
             _ptr(x2), x2.shape[0], *(_ptr(p) for p in planes), packed.out_features, x.shape[-1],
             packed.num_groups, _ptr(bias), _ptr(table), int(bits), _ptr(out), out.shape[1], n_begin, n_end,
-            ISAS[isa],
+            ISAS[isa], int(act_int8_max_bits),
         )  # fmt: skip
         self._raise_for(status, bits, isa)
         return out
@@ -163,8 +172,12 @@ class CoreKernels:
         isa: str = "auto",
         num_threads: int = 0,
         out: torch.Tensor | None = None,
+        act_int8_max_bits: int = 0,
     ) -> torch.Tensor:
-        """``x @ W_bits^T + bias`` for float32 ``x [..., K]`` via the fused kernel (``levels``: docs/FORMAT.md §3)."""
+        """``x @ W_bits^T + bias`` for float32 ``x [..., K]`` via the fused kernel (``levels``: docs/FORMAT.md §3).
+
+        ``act_int8_max_bits``: int8 activations at ``bits <= act_int8_max_bits`` (0: never; docs/FORMAT.md §9).
+        """
         if isa not in ISAS:
             raise ValueError(f"unknown isa {isa!r}; expected one of {list(ISAS)}")
         if x.dtype != torch.float32:
@@ -182,7 +195,7 @@ class CoreKernels:
         table = self._levels(levels)
         status = self._lib.otaro_sefp_linear(
             _ptr(x2), x2.shape[0], *(_ptr(p) for p in planes), n, x.shape[-1], packed.num_groups, _ptr(bias_c),
-            _ptr(table), int(bits), _ptr(out), int(num_threads), ISAS[isa],
+            _ptr(table), int(bits), _ptr(out), int(num_threads), ISAS[isa], int(act_int8_max_bits),
         )  # fmt: skip
         self._raise_for(status, bits, isa)
         return out.reshape(*x.shape[:-1], n)
@@ -230,6 +243,7 @@ class CoreKernels:
         levels: torch.Tensor | None = None,
         isa: str = "auto",
         num_threads: int = 0,
+        act_int8_max_bits: int = 0,
     ) -> torch.Tensor:
         """Seconds of each call (float64 ``[repeats * len(weights)]``): ``repeats`` passes of one call per
         weight in ``weights`` (same shape), timed in C++.
@@ -253,7 +267,7 @@ class CoreKernels:
         seconds = torch.empty(int(repeats) * len(weights), dtype=torch.float64)
         status = self._lib.otaro_time_linear_stream(
             _ptr(x2), x2.shape[0], views, len(weights), int(bits), _ptr(y), int(num_threads), ISAS[isa],
-            int(repeats), _ptr(seconds),
+            int(repeats), _ptr(seconds), int(act_int8_max_bits),
         )  # fmt: skip
         self._raise_for(-status, bits, isa)
         return seconds

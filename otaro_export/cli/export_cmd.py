@@ -50,6 +50,14 @@ def export(
     layer_floors: str = typer.Option(
         None, "--layer-floors", help="auto: per-layer precision floors from measured sensitivity; none: off"
     ),
+    int8_activations: int = typer.Option(
+        None,
+        "--int8-activations",
+        metavar="BITS",
+        help="run precisions up to E5M<BITS> with int8 activations (per-64-block dynamic quantization; integer "
+        "dot-product kernels, docs/FORMAT.md §9); 0: float activations everywhere; default: 4 for onnx, 0 for "
+        "executorch (no int8 kernel there yet)",
+    ),
     max_seq_len: int = typer.Option(512, "--max-seq-len", help="KV-cache capacity (prompt + generated tokens)"),
     external_weights: bool = typer.Option(
         False, "--external-weights", help="executorch: write the weights to model.ptd beside model.pte"
@@ -77,6 +85,7 @@ def export(
             lm_head=lm_head,
             lm_head_min_bits=lm_head_min_bits,
             layer_floors=layer_floors,
+            int8_activations=int8_activations,
         ),
         max_seq_len=max_seq_len,
         external_weights=external_weights,

@@ -30,7 +30,7 @@ from otaro_export.errors import ArtifactError
 from otaro_export.export import contrib_ops
 from otaro_export.export.llm_decoder import ExportDecoder
 from otaro_export.export.model_info import model_info
-from otaro_export.export.onnx_sefp_function import DOMAIN, attach_function, register_schema
+from otaro_export.export.onnx_sefp_function import DOMAIN, attach_function, register_schema, set_int8_activations
 from otaro_export.manifest import Manifest
 
 ARTIFACT_NAME = "model.onnx"
@@ -60,8 +60,12 @@ def _translate_sefp_embedding(ids, p0, p1, p2, p3, exponents, bits, in_features:
     return otaro.SEFPEmbedding(*inputs, in_features=in_features)
 
 
-def _to_onnx(ep: torch.export.ExportedProgram, path: Path, input_names, output_names) -> None:
+def _to_onnx(
+    ep: torch.export.ExportedProgram, path: Path, input_names, output_names, int8_activations: int = 0
+) -> None:
     """torch.onnx.export ``ep`` to ``path`` (+ ``path.data``), then attach the ``ai.otaro`` functions.
+
+    ``int8_activations``: the ``act_int8_max_bits`` of every SEFPLinear node (docs/FORMAT.md §9).
 
     ``optimize=False``: the graph is already what onnxruntime should run (fused
     ops chosen by the decoder module), and onnxruntime applies its own graph
@@ -88,6 +92,7 @@ def _to_onnx(ep: torch.export.ExportedProgram, path: Path, input_names, output_n
         del node.metadata_props[:]
         node.doc_string = ""
     if any(n.domain == DOMAIN for n in model.graph.node):
+        set_int8_activations(model, int8_activations)
         attach_function(model)
     onnx.save(model, str(path))
 
@@ -142,7 +147,7 @@ def _write(loaded, options, out_dir: Path, log: Callable[[str], None], lower: bo
     for stale in [path, out_dir / f"{ARTIFACT_NAME}.data"]:
         stale.unlink(missing_ok=True)
     t1 = time.perf_counter()
-    _to_onnx(ep, path, input_names, output_names)
+    _to_onnx(ep, path, input_names, output_names, recipe.int8_activations if lower else 0)
     try:
         onnx.checker.check_model(str(path), full_check=False)
     except onnx.checker.ValidationError as exc:

@@ -3,7 +3,8 @@
 :func:`reference_decoder` reads the SEFP planes, exponents and reconstruction
 tables out of ``model.onnx`` (+ data file), dequantizes each layer at
 ``max(bits, its precision floor)`` with :mod:`otaro_export.sefp` (docs/FORMAT.md
-§2-§3, §6) and loads the float weights into an
+§2-§3, §6), quantizes the inputs of the layers that run with int8 activations at
+that precision (§9, :mod:`otaro_export.activation_quant`), and loads the float weights into an
 :class:`~otaro_export.export.llm_decoder.ExportDecoder` built from the source
 model, whose attention and norms run their torch references. Parity tests
 compare every runtime and precision against it: any difference is the
@@ -19,6 +20,7 @@ import onnx
 import torch
 from onnx import numpy_helper
 
+from otaro_export import activation_quant
 from otaro_export.export.llm_decoder import ExportDecoder
 from otaro_export.manifest import Manifest
 from otaro_export.packing import PLANE_NAMES, unpack
@@ -47,13 +49,21 @@ def reference_decoder(directory: str | Path, hf_model: torch.nn.Module, bits: in
     bits = check_bits(bits)
     manifest = Manifest.load(directory)
     floors = manifest.extra.get("precision_floors", {})
+    int8_max_bits = int(manifest.extra.get("sefp_recipe", {}).get("int8_activations", 0))
     decoder = ExportDecoder(hf_model, int(manifest.model["max_seq_len"]))
     with torch.no_grad():
         for layer, t in stored_layers(directory).items():
             linear = decoder.get_submodule(layer)
             weight = unpack(t["p0"], t["p1"], t["p2"], t["p3"], t["exponents"], linear.in_features)
-            linear.weight.copy_(weight.dequantize(max(bits, floors.get(layer, bits)), t.get("levels")))
+            effective = max(bits, floors.get(layer, bits))
+            linear.weight.copy_(weight.dequantize(effective, t.get("levels")))
+            if int8_max_bits and activation_quant.applies(effective, int8_max_bits):
+                linear.register_forward_pre_hook(_quantize_input)
     return decoder  # a tied lm_head shares its Parameter with the embedding: both now read the SEFP weight
+
+
+def _quantize_input(_module, args):
+    return (activation_quant.fake_quantize(args[0]), *args[1:])
 
 
 def reference_logits(decoder: ExportDecoder, ids: torch.Tensor) -> torch.Tensor:

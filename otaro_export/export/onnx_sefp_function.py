@@ -8,7 +8,11 @@ Nodes (domain ``ai.otaro``, version 1; docs/FORMAT.md §5):
   attribute ``in_features``, as :func:`otaro_export.ops.sefp_embedding`.
 
 ``L`` is a reconstruction table, float32 ``[6, 256]`` (docs/FORMAT.md §3);
-without it the paper's ``floor`` rule applies.
+without it the paper's ``floor`` rule applies. ``SEFPLinear``'s int attribute
+``act_int8_max_bits`` (default 0: never) turns on int8 activations
+(docs/FORMAT.md §9): a call at ``bits <= act_int8_max_bits`` computes
+``fq(X) @ W_k^T + B`` (:mod:`otaro_export.activation_quant`); the function bodies
+do the same in float ops.
 
 The model carries model-local ``FunctionProto``\\ s of the same domain and names
 whose bodies use only standard ONNX ops, so stock onnxruntime runs the file
@@ -64,6 +68,8 @@ LEVELS_OVERLOAD = "levels"
 RANGE_CHECK_NODE = "SEFPLinear_bits_must_be_3_to_8"
 EMBEDDING_RANGE_CHECK_NODE = "SEFPEmbedding_bits_must_be_3_to_8"
 IDS_CHECK_NODE = "SEFPEmbedding_ids_out_of_range"
+#: SEFPLinear's attribute: 0, or int8 activations at bits <= it (docs/FORMAT.md §9)
+INT8_ATTRIBUTE = "act_int8_max_bits"
 #: ONNX IR version that has function overloads
 _OVERLOAD_IR_VERSION = 10
 
@@ -97,6 +103,13 @@ def register_schema() -> None:
                     levels,
                 ],
                 outputs=[P("Y", "tensor(float)", "[..., N]")],
+                attributes=[
+                    defs.OpSchema.Attribute(
+                        INT8_ATTRIBUTE,
+                        helper.make_attribute(INT8_ATTRIBUTE, 0),
+                        "0, or int8 activations (per-64-block dynamic quantization) at bits <= this",
+                    )
+                ],
             )
         )
     if not defs.has(EMBEDDING_OP_TYPE, DOMAIN):
@@ -205,6 +218,25 @@ class _Body:
         node("Reshape", ["mask_raw", "mask_shape"], ["mask"], name=check_node, allowzero=1)
         node("BitwiseAnd", ["q", "mask"], ["qk"])
 
+    def int8_activations(self, x: str, k: str, out: str) -> None:
+        """``out`` = fq(x) when ``bits <= act_int8_max_bits`` (the attribute, default 0), else ``x``."""
+        node = self.node
+        amb = helper.make_node("Constant", [], ["int8_max_bits"], name="const_act_int8_max_bits")
+        amb.attribute.append(helper.make_attribute_ref("value_int", AttributeProto.INT))
+        amb.attribute[0].ref_attr_name = INT8_ATTRIBUTE
+        self.nodes.append(amb)
+        self.const("zero_bits", np.array(0, np.int64))
+        node("Greater", ["int8_max_bits", "zero_bits"], ["int8_on"])
+        node("LessOrEqual", ["bits", "int8_max_bits"], ["int8_low"])
+        node("And", ["int8_on", "int8_low"], ["int8_now"])
+        keep = helper.make_graph(
+            [helper.make_node("Identity", [x], ["x_float"], name="Identity_x_float")],
+            f"{self.op}_float_activations",
+            [],
+            [helper.make_tensor_value_info("x_float", TensorProto.FLOAT, [None, None])],
+        )
+        node("If", ["int8_now"], [out], then_branch=_int8_branch(x, k, self.op), else_branch=keep)
+
     def values(self, levels: bool, out: str) -> None:
         """``out`` = float [R, G, 64] weights at ``bits``: floor, or the rule of table ``L``."""
         node = self.node
@@ -259,6 +291,53 @@ class _Body:
         node("If", ["is_affine"], [out], then_branch=then_branch, else_branch=else_branch)
 
 
+def _int8_branch(x: str, k: str, op: str) -> onnx.GraphProto:
+    """fq(x) of docs/FORMAT.md §9 for ``x`` [M, K] (float ops; outer names: ``G``, ``i0``/``i1``/``i64``/``im1``)."""
+    f32 = np.float32
+    consts = {"a8_q_max": np.array(127.0, f32), "a8_q_min": np.array(-127.0, f32), "a8_f_zero": np.array(0.0, f32),
+              "a8_f_one": np.array(1.0, f32), "a8_axis_last": np.array([-1], np.int64)}  # fmt: skip
+    nodes = [
+        helper.make_node("Constant", [], [n], name=f"const_{n}", value=numpy_helper.from_array(v, n))
+        for n, v in consts.items()
+    ]
+
+    def add(op_type, inputs, outputs, **attrs):
+        nodes.append(helper.make_node(op_type, inputs, outputs, name=f"{op_type}_{outputs[0]}", **attrs))
+
+    # zero-pad K to the groups (G * 64), then blocks [M, G, 64]
+    add("Mul", ["G", "i64"], ["a8_k_pad"])
+    add("Sub", ["a8_k_pad", k], ["a8_pad_k"])
+    add("Concat", ["i0", "i0", "i0", "a8_pad_k"], ["a8_pads"], axis=0)
+    add("Pad", [x, "a8_pads"], ["a8_x_pad"])
+    add("Concat", ["im1", "G", "i64"], ["a8_block_shape"], axis=0)
+    add("Reshape", ["a8_x_pad", "a8_block_shape"], ["a8_blocks"])
+    add("Abs", ["a8_blocks"], ["a8_abs_b"])
+    add("ReduceMax", ["a8_abs_b", "a8_axis_last"], ["a8_amax"], keepdims=1)
+    # a block holding Inf / NaN, or all zeros, is kept as it is
+    add("IsInf", ["a8_blocks"], ["a8_is_inf"])
+    add("IsNaN", ["a8_blocks"], ["a8_is_nan"])
+    add("Or", ["a8_is_inf", "a8_is_nan"], ["a8_bad"])
+    add("Cast", ["a8_bad"], ["a8_bad_f"], to=TensorProto.FLOAT)
+    add("ReduceMax", ["a8_bad_f", "a8_axis_last"], ["a8_bad_block"], keepdims=1)
+    add("Greater", ["a8_bad_block", "a8_f_zero"], ["a8_non_finite"])
+    add("Equal", ["a8_amax", "a8_f_zero"], ["a8_all_zero"])
+    add("Or", ["a8_non_finite", "a8_all_zero"], ["a8_keep"])
+    add("Where", ["a8_keep", "a8_f_one", "a8_amax"], ["a8_safe"])
+    add("Div", ["a8_q_max", "a8_safe"], ["a8_inv"])
+    add("Mul", ["a8_blocks", "a8_inv"], ["a8_scaled"])
+    add("Round", ["a8_scaled"], ["a8_rounded"])  # half to even
+    add("Clip", ["a8_rounded", "a8_q_min", "a8_q_max"], ["a8_q"])
+    add("Div", ["a8_safe", "a8_q_max"], ["a8_step"])
+    add("Mul", ["a8_q", "a8_step"], ["a8_deq"])
+    add("Where", ["a8_keep", "a8_blocks", "a8_deq"], ["a8_fq_blocks"])
+    add("Concat", ["im1", "a8_k_pad"], ["a8_flat_shape"], axis=0)
+    add("Reshape", ["a8_fq_blocks", "a8_flat_shape"], ["a8_fq_pad"])
+    add("Slice", ["a8_fq_pad", "i0", k, "i1"], ["a8_x_fq"])
+    return helper.make_graph(
+        nodes, f"{op}_int8_activations", [], [helper.make_tensor_value_info("a8_x_fq", TensorProto.FLOAT, [None, None])]
+    )
+
+
 def _opsets(opset: int) -> list:
     if opset < 18:
         raise ValueError(f"the SEFP function bodies need ONNX opset >= 18 (BitwiseAnd), got {opset}")
@@ -284,12 +363,21 @@ def function_proto(opset: int, levels: bool = False) -> onnx.FunctionProto:
     node("Slice", ["w_pad", "i0", "K", "i1"], ["W"])  # drop the zero padding of the last group
     node("Concat", ["im1", "K"], ["shapeMK"], axis=0)
     node("Reshape", ["X", "shapeMK"], ["X2"])
-    node("Gemm", ["X2", "W", "B"], ["Y2"], transB=1)
+    b.int8_activations("X2", "K", "X2q")
+    node("Gemm", ["X2q", "W", "B"], ["Y2"], transB=1)
     node("Shape", ["X"], ["lead"], end=-1)
     node("Concat", ["lead", "R"], ["shapeY"], axis=0)
     node("Reshape", ["Y2", "shapeY"], ["Y"])
     inputs = INPUTS if levels else INPUTS[:-1]
-    fn = helper.make_function(DOMAIN, OP_TYPE, inputs, ["Y"], b.nodes, opset_imports=opsets)
+    fn = helper.make_function(
+        DOMAIN,
+        OP_TYPE,
+        inputs,
+        ["Y"],
+        b.nodes,
+        opset_imports=opsets,
+        attribute_protos=[helper.make_attribute(INT8_ATTRIBUTE, 0)],
+    )
     if levels:
         fn.overload = LEVELS_OVERLOAD
     return fn
@@ -354,6 +442,24 @@ def _sefp_nodes(graph: onnx.GraphProto):
         for attr in node.attribute:  # nodes inside If / Loop bodies
             for sub in [attr.g, *attr.graphs] if attr.type in (AttributeProto.GRAPH, AttributeProto.GRAPHS) else []:
                 yield from _sefp_nodes(sub)
+
+
+def set_int8_activations(model: onnx.ModelProto, max_bits: int) -> int:
+    """Give every ``SEFPLinear`` node ``act_int8_max_bits = max_bits`` (0 removes it); returns the node count."""
+    from otaro_export.activation_quant import check_max_bits
+
+    check_max_bits(max_bits)
+    count = 0
+    for node in _sefp_nodes(model.graph):
+        if node.op_type != OP_TYPE:
+            continue
+        kept = [a for a in node.attribute if a.name != INT8_ATTRIBUTE]
+        del node.attribute[:]
+        node.attribute.extend(kept)
+        if max_bits:
+            node.attribute.append(helper.make_attribute(INT8_ATTRIBUTE, max_bits))
+        count += 1
+    return count
 
 
 def attach_function(model: onnx.ModelProto) -> onnx.ModelProto:

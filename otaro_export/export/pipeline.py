@@ -53,6 +53,9 @@ def export_model(options: ExportOptions, log: Callable[[str], None] = print, loa
     tests and for callers that already hold the model.
     """
     options.validate()
+    from dataclasses import replace
+
+    options = replace(options, recipe=options.recipe.for_target(options.target))  # target defaults resolved
     from otaro_export.export.output_dir import Staging
     from otaro_export.models import load_model
 

@@ -25,6 +25,9 @@ FLOOR_POLICIES = ("auto", "none")
 #: measured defaults (docs/QUALITY.md, docs/BENCHMARKS.md)
 DEFAULT_LM_HEAD_MIN_BITS = 3
 DEFAULT_LAYER_FLOORS = "auto"
+#: int8 activations (docs/FORMAT.md §9) up to this precision, per target, unless told otherwise: ONNX E5M3/E5M4
+#: (the integer kernel's precisions; measured cost and speed in docs/BENCHMARKS.md), ExecuTorch none (no kernel yet)
+DEFAULT_INT8_ACTIVATIONS = {"onnx": 4, "executorch": 0}
 
 
 @dataclass
@@ -36,6 +39,8 @@ class SEFPRecipe:
     lm_head: str = "sefp"
     lm_head_min_bits: int = SUPPORTED_BITS[0]
     layer_floors: str = "none"
+    #: int8 activations at bits <= this (0: never; docs/FORMAT.md §9); None: the target's default
+    int8_activations: int | None = 0
 
     def validate(self) -> None:
         from otaro_export import reconstruction, sefp
@@ -53,6 +58,28 @@ class SEFPRecipe:
             self.lm_head_min_bits = check_bits(self.lm_head_min_bits)
         except ValueError as exc:
             raise OtaroError(f"--lm-head-min-bits: {exc}") from exc
+        if self.int8_activations is not None:
+            from otaro_export.activation_quant import check_max_bits
+
+            try:
+                check_max_bits(self.int8_activations)
+            except ValueError as exc:
+                raise OtaroError(f"--int8-activations: {exc}") from exc
+
+    def for_target(self, target: str) -> SEFPRecipe:
+        """A copy with ``int8_activations`` resolved for ``target`` (an explicit value the target cannot run
+        is an error)."""
+        from dataclasses import replace
+
+        value = self.int8_activations
+        if value is None:
+            value = DEFAULT_INT8_ACTIVATIONS.get(target, 0)
+        elif value and target != "onnx":
+            raise OtaroError(
+                f"--int8-activations {value}: the {target} export has no int8-activation kernel yet; "
+                "use --int8-activations 0 (float activations) or --target onnx"
+            )
+        return replace(self, int8_activations=value)
 
     @property
     def needs_statistics(self) -> bool:
@@ -63,6 +90,7 @@ class SEFPRecipe:
             "reconstruction": self.reconstruction,
             "exponent_rule": self.exponent_rule,
             "lm_head": self.lm_head,
+            "int8_activations": self.int8_activations or 0,
         }
 
 
@@ -76,6 +104,7 @@ def default_recipe(**overrides) -> SEFPRecipe:
         lm_head="sefp",
         lm_head_min_bits=DEFAULT_LM_HEAD_MIN_BITS,
         layer_floors=DEFAULT_LAYER_FLOORS,
+        int8_activations=None,  # the target's default
     )
     for key, value in overrides.items():
         if value is not None:
@@ -98,6 +127,12 @@ class _EncodingMemo:
             hit = quantize_layer(
                 weight, self.recipe.reconstruction, self.recipe.exponent_rule, importance, name=f"{unit}.weight"
             )
+            q, levels = hit
+            if self.recipe.int8_activations and levels is not None:
+                from otaro_export.activation_quant import round_levels_to_integers
+
+                # integer levels at the int8 precisions, so that the integer kernel runs (docs/FORMAT.md §9)
+                hit = (q, round_levels_to_integers(levels, self.recipe.int8_activations))
             self.done[unit] = hit
         return hit
 

@@ -15,6 +15,7 @@ from sefp_kernel_cases import (
     BITS,
     RULES,
     SHAPES,
+    U,
     embedding_reference,
     exact_problem,
     float_problem,
@@ -23,6 +24,7 @@ from sefp_kernel_cases import (
     summation_tolerance,
 )
 
+from otaro_export import activation_quant as aq
 from otaro_export import sefp
 from otaro_export.errors import InvalidBitsError
 from otaro_export.runtime_ops.core_ctypes import CoreKernels
@@ -225,3 +227,87 @@ def test_concurrent_callers_share_the_pool_safely(kernels, exact_cases):
     with ThreadPoolExecutor(max_workers=4) as pool:
         failures = [r for r in pool.map(run, picked * 2) if r is not None]
     assert not failures
+
+
+# ---- int8 activations (docs/FORMAT.md §9) ----
+
+
+def _int8_tables():
+    """floor (integers), fitted (not: the float kernels on fq(x)) and fitted rounded to integers."""
+    tables = level_tables(seed=1)
+    return {
+        "floor": tables["floor"],
+        "fitted": tables["fitted"],
+        "fitted-integer": aq.round_levels_to_integers(tables["fitted"], 8),
+    }
+
+
+@pytest.mark.parametrize("isa", X86_ISAS)
+def test_int8_activations_equal_reference_within_summation_bound(kernels, isa):
+    """fq(x) @ W_k^T at bits <= 4, x @ W_k^T above, for integer and other levels at every shape.
+
+    On an AVX-512 VNNI machine the avx512 cases with integer levels (floor, center, fitted-integer)
+    and at most 3 rows run the integer kernel; the others the float kernels on fq(x). Tolerance:
+    the reference rounds each fq(x)_i = q_i * step once more than the kernel (which sums q_i * |L|
+    exactly), so both lie within gamma_{K+2} sum |fq(x)_i w_i| of the exact value.
+    """
+    _require(kernels, isa)
+    tables = _int8_tables()
+    for i, (n, k, rows) in enumerate(SHAPES):
+        x, packed, bias = float_problem(n, k, rows, seed=200 + i)
+        x[0, 0] = 9.0  # one large activation: its block's scale only
+        weight = packed.unpack()  # once per shape (unpacking is the slow part of the reference)
+        for rule, levels in tables.items():
+            for bits in (3, 4, 5):  # 5: above max_bits, plain x
+                b = bias if bits % 2 else None
+                xq = aq.fake_quantize(x) if bits <= 4 else x
+                w = weight.dequantize(bits, levels)
+                want = torch.nn.functional.linear(xq, w, b)
+                mag = xq.abs().double() @ w.abs().double().T + (b.abs().double() if b is not None else 0)
+                tol = 2 * (k + 2) * U / (1 - (k + 2) * U) * mag  # 2 gamma_{K+2}, as summation_tolerance
+                got = kernels.linear(x, packed, bits, b, levels=levels, isa=isa, num_threads=2, act_int8_max_bits=4)
+                err = (got.double() - want.double()).abs()
+                assert bool((err <= tol).all()), f"{isa} {rule} N={n} K={k} rows={rows} bits={bits}: {err.max():.3g}"
+
+
+def test_int8_activations_change_the_result_only_where_they_apply(kernels):
+    x, packed, bias = float_problem(64, 300, 1, seed=5)
+    for bits in BITS:
+        plain = kernels.linear(x, packed, bits, bias)
+        for max_bits in (3, 5, 8):
+            got = kernels.linear(x, packed, bits, bias, act_int8_max_bits=max_bits)
+            assert torch.equal(got, plain) == (bits > max_bits), (bits, max_bits)
+
+
+def test_int8_range_call_equals_the_whole_call(kernels):
+    x, packed, bias = float_problem(70, 200, 2, seed=12)
+    want = kernels.linear(x, packed, 3, bias, act_int8_max_bits=4)
+    out = torch.full((2, 70), -7.0)
+    kernels.linear_range(x, packed, 3, out, 16, 48, bias, act_int8_max_bits=4)
+    assert torch.equal(out[:, 16:48], want[:, 16:48]) and bool((out[:, :16] == -7).all())
+
+
+def test_int8_non_finite_activations_propagate_like_the_reference(kernels):
+    x, packed, _ = float_problem(16, 256, 1, seed=6)
+    x[0, 3] = float("inf")  # block 0 kept as is; the integer kernel cannot carry it, so the float path runs
+    x[0, 200] = float("nan")
+    want = reference(aq.fake_quantize(x), packed, 3, None)
+    got = kernels.linear(x, packed, 3, act_int8_max_bits=4)
+    assert torch.equal(got.isnan(), want.isnan()) and torch.equal(got.isinf(), want.isinf())
+
+
+@pytest.mark.parametrize("bad", [-1, 1, 2, 9])
+def test_int8_max_bits_outside_0_and_3_to_8_is_an_error(kernels, bad):
+    x, packed, _ = exact_problem(8, 64, 1, seed=0)
+    with pytest.raises(ValueError, match="act_int8_max_bits must be 0"):
+        kernels.linear(x, packed, 4, act_int8_max_bits=bad)
+
+
+def test_int8_kernel_is_used_where_the_cpu_has_it(kernels):
+    """The integer kernel is not silently off on a CPU with AVX-512 VNNI (nor claimed on one without)."""
+    try:
+        flags = next(line for line in open("/proc/cpuinfo") if line.startswith("flags")).split()
+    except (OSError, StopIteration):
+        pytest.skip("no /proc/cpuinfo flags")
+    wanted = {"avx512f", "avx512bw", "avx512vl", "avx512dq", "avx512_vnni"}
+    assert kernels.int8_kernel_available() == wanted.issubset(flags)

@@ -32,7 +32,9 @@ def make_layer(n: int, k: int, bias: bool, seed: int = 0):
     return packing.pack(sefp.quantize(w)), b
 
 
-def make_model(packed, bias, *, overrides=None, bits_shape=(), empty_bias_name=False, levels=None) -> bytes:
+def make_model(
+    packed, bias, *, overrides=None, bits_shape=(), empty_bias_name=False, levels=None, act_int8_max_bits=None
+) -> bytes:
     """SEFPLinear with the planes (bias, levels) as initializers; X (any rank) and bits are graph inputs.
 
     Without a bias the node has 7 inputs, or 8 with "" as the omitted B if ``empty_bias_name``
@@ -48,7 +50,8 @@ def make_model(packed, bias, *, overrides=None, bits_shape=(), empty_bias_name=F
     inputs = ["X", "P0", "P1", "P2", "P3", "E", "bits"]
     inputs += ["B"] if "B" in arrays else ([""] if empty_bias_name or "L" in arrays else [])
     inputs += ["L"] if "L" in arrays else []
-    node = helper.make_node(ort_library.OP_TYPE, inputs, ["Y"], domain=ort_library.DOMAIN)
+    attrs = {} if act_int8_max_bits is None else {"act_int8_max_bits": act_int8_max_bits}
+    node = helper.make_node(ort_library.OP_TYPE, inputs, ["Y"], domain=ort_library.DOMAIN, **attrs)
     graph = helper.make_graph(
         [node],
         "one_sefp_linear",
@@ -125,6 +128,35 @@ def test_bad_levels_are_clean_errors():
     wrong_shape = session(make_model(packed, bias, levels=torch.zeros(6, 16)))
     with pytest.raises(Exception, match=r"L \(reconstruction levels\) must be float32 \[6, 256\]"):
         run(wrong_shape, x, 4)
+
+
+@pytest.mark.parametrize("rule", ["floor", "fitted"])
+def test_int8_activations_attribute(rule):
+    """act_int8_max_bits = 4: fq(x) @ W_k^T at E5M3/E5M4 (docs/FORMAT.md §9), x @ W_k^T above; decode and prefill rows."""
+    from otaro_export import activation_quant as aq
+
+    levels = level_tables()[rule]
+    if levels is not None:
+        levels = aq.round_levels_to_integers(levels, 4)  # as the exporter stores them: the integer kernel runs
+    packed, bias = make_layer(96, 200, bias=True, seed=5)
+    sess = session(make_model(packed, bias, levels=levels, act_int8_max_bits=4), num_threads=2)
+    for rows in (1, 6):
+        x = np.random.default_rng(rows).standard_normal((rows, 200)).astype(np.float32)
+        for bits in sefp.SUPPORTED_BITS:
+            xq = aq.fake_quantize(torch.from_numpy(x)).numpy() if bits <= 4 else x
+            assert_matches_reference(run(sess, x, bits), xq, packed, bias, bits, levels)
+    plain = session(make_model(packed, bias, levels=levels))
+    assert not np.array_equal(run(plain, x, 3), run(sess, x, 3))
+    assert np.array_equal(run(plain, x, 5), run(sess, x, 5))
+
+
+@pytest.mark.parametrize("bad", [1, 9, -4])
+def test_int8_activations_attribute_out_of_range_is_a_clean_error(bad):
+    packed, bias = make_layer(8, 64, bias=False)
+    with pytest.raises(Exception, match="act_int8_max_bits must be 0 \\(off\\) or 3..8"):
+        session(make_model(packed, None, act_int8_max_bits=bad)).run(
+            None, {"X": np.zeros((1, 64), np.float32), "bits": np.array(4, np.int64)}
+        )
 
 
 def test_omitted_bias_written_as_an_empty_input_name():

@@ -13,14 +13,19 @@ bool bad_isa(int isa) { return isa < 0 || isa > static_cast<int>(otaro::Isa::kNe
 }  // namespace
 
 // Returns an otaro::Status value (0 = ok). isa: an otaro::Isa value. levels: float32 [6, 256] or nullptr (floor).
+// act_int8_max_bits: 0, or int8 activations at bits <= it (docs/FORMAT.md §9).
 OTARO_CAPI int otaro_sefp_linear(const float* x, int64_t rows, const uint8_t* p0, const uint8_t* p1, const uint8_t* p2,
                                  const uint8_t* p3, const int8_t* exponents, int64_t out_features, int64_t in_features,
                                  int64_t num_groups, const float* bias, const float* levels, int bits, float* y,
-                                 int num_threads, int isa) {
+                                 int num_threads, int isa, int act_int8_max_bits) {
   const otaro::SEFPWeightView w{p0, p1, p2, p3, exponents, out_features, in_features, num_groups, levels};
   if (bad_isa(isa)) return static_cast<int>(otaro::Status::kUnavailableIsa);
-  return static_cast<int>(otaro::sefp_linear(x, rows, w, bias, bits, y, num_threads, static_cast<otaro::Isa>(isa)));
+  return static_cast<int>(
+      otaro::sefp_linear(x, rows, w, bias, bits, y, num_threads, static_cast<otaro::Isa>(isa), act_int8_max_bits));
 }
+
+// 1 if a call at `bits` with int8 activations would run the integer kernel on this CPU (AVX-512 VNNI, E5M3/E5M4).
+OTARO_CAPI int otaro_int8_kernel_available() { return otaro::int8_kernel_available() ? 1 : 0; }
 
 OTARO_CAPI const char* otaro_status_message(int status) {
   return otaro::status_message(static_cast<otaro::Status>(status));
@@ -40,11 +45,11 @@ OTARO_CAPI int otaro_sefp_linear_range(const float* x, int64_t rows, const uint8
                                        const uint8_t* p2, const uint8_t* p3, const int8_t* exponents,
                                        int64_t out_features, int64_t in_features, int64_t num_groups, const float* bias,
                                        const float* levels, int bits, float* y, int64_t ldy, int64_t n_begin,
-                                       int64_t n_end, int isa) {
+                                       int64_t n_end, int isa, int act_int8_max_bits) {
   const otaro::SEFPWeightView w{p0, p1, p2, p3, exponents, out_features, in_features, num_groups, levels};
   if (bad_isa(isa)) return static_cast<int>(otaro::Status::kUnavailableIsa);
-  return static_cast<int>(
-      otaro::sefp_linear_range(x, rows, w, bias, bits, y, ldy, n_begin, n_end, static_cast<otaro::Isa>(isa)));
+  return static_cast<int>(otaro::sefp_linear_range(x, rows, w, bias, bits, y, ldy, n_begin, n_end,
+                                                   static_cast<otaro::Isa>(isa), act_int8_max_bits));
 }
 
 // Rows ids[0..count) of the weight at `bits` into out [count, in_features]; *bad_id gets the
@@ -65,14 +70,14 @@ OTARO_CAPI int otaro_sefp_embedding(const int64_t* ids, int64_t count, const uin
 // a negative Status value. Timing in C++ keeps the Python call overhead out of per-call figures of a
 // few microseconds, and per-call times let a loaded machine's preempted calls be told apart.
 OTARO_CAPI int otaro_time_linear_stream(const float* x, int64_t rows, const otaro::SEFPWeightView* views, int64_t count,
-                                        int bits, float* y, int num_threads, int isa, int64_t repeats,
-                                        double* seconds) {
+                                        int bits, float* y, int num_threads, int isa, int64_t repeats, double* seconds,
+                                        int act_int8_max_bits) {
   if (bad_isa(isa)) return -static_cast<int>(otaro::Status::kUnavailableIsa);
   for (int64_t r = 0; r < repeats; ++r) {
     for (int64_t i = 0; i < count; ++i) {
       const auto start = std::chrono::steady_clock::now();
-      const otaro::Status s =
-          otaro::sefp_linear(x, rows, views[i], nullptr, bits, y, num_threads, static_cast<otaro::Isa>(isa));
+      const otaro::Status s = otaro::sefp_linear(x, rows, views[i], nullptr, bits, y, num_threads,
+                                                 static_cast<otaro::Isa>(isa), act_int8_max_bits);
       seconds[r * count + i] = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
       if (s != otaro::Status::kOk) return -static_cast<int>(s);
     }

@@ -2,6 +2,7 @@
 #include "core/sefp_kernel.h"
 
 #include <algorithm>
+#include <cfloat>
 #include <cmath>
 #include <cstdio>
 #include <cstdlib>
@@ -29,6 +30,7 @@ const char* status_message(Status status) {
     case Status::kInvalidLevels:
       return "reconstruction levels must be finite and >= 0 (the row of the precision used has a bad entry)";
     case Status::kInvalidIndex: return "an id is outside [0, out_features) of the embedding table";
+    case Status::kInvalidActivationBits: return "act_int8_max_bits must be 0 (off) or 3..8";
   }
   return "unknown status";
 }
@@ -76,6 +78,15 @@ Isa best_isa() {
     return Isa::kScalar;
   }();
   return best;
+}
+
+bool int8_kernel_available() {
+#if defined(__x86_64__) || defined(_M_X64)
+  static const bool available = isa_available(Isa::kAvx512) && __builtin_cpu_supports("avx512vnni");
+  return available;
+#else
+  return false;
+#endif
 }
 
 int default_num_threads() {
@@ -287,6 +298,66 @@ Status resolve_levels(const float* levels, int bits, LinearPlan* plan) {
   return Status::kOk;
 }
 
+// Whether the integer kernel computes this call: the CPU has it, k <= 4 (its table decode),
+// few rows (decode; prefill-sized calls run the float GEMM on fq(x)), and the levels of
+// precision k are integers in [0, 255]. Otherwise the float kernels run on fq(x): the same result.
+bool int8_kernel_applies(const LinearPlan& plan) {
+  if (plan.isa != Isa::kAvx512 || !int8_kernel_available() || plan.bits > 4 || plan.rows > 3) return false;
+  for (int j = 0; j < (1 << plan.bits); ++j) {
+    const float v = plan.row[j];
+    if (!(v >= 0.0f && v <= 255.0f) || v != std::nearbyint(v)) return false;
+  }
+  return true;
+}
+
+// Replaces the zero-padded copy of x in plan->padded by fq(x) (docs/FORMAT.md §9), block by
+// block of 64, and keeps q and the block scales for the integer kernel when it applies.
+Status quantize_activations(LinearPlan* plan) {
+  const int64_t groups = plan->w.num_groups, blocks = plan->rows * groups;
+  bool integer = int8_kernel_applies(*plan);
+  if (integer) {
+    try {
+      plan->xq_buf.assign(static_cast<size_t>(plan->rows * plan->ldx), 0);
+      plan->xscale_buf.assign(static_cast<size_t>(blocks), 0.0f);
+    } catch (const std::bad_alloc&) {
+      return Status::kOutOfMemory;
+    }
+  }
+  constexpr float kQmax = 127.0f;
+  for (int64_t b = 0; b < blocks; ++b) {
+    float* v = plan->padded.data() + b * kGroupSize;
+    float amax = 0.0f;
+    bool finite = true;
+    for (int64_t i = 0; i < kGroupSize; ++i) {
+      const float a = std::fabs(v[i]);
+      if (a <= FLT_MAX)
+        amax = std::max(amax, a);
+      else
+        finite = false;  // Inf or NaN
+    }
+    if (!finite) integer = false;  // the block is kept as is, which the integer kernel cannot carry
+    if (!finite || amax == 0.0f) continue;
+    const float inv = kQmax / amax, step = amax / kQmax;
+    int8_t* q = integer ? plan->xq_buf.data() + b * kGroupSize : nullptr;
+    for (int64_t i = 0; i < kGroupSize; ++i) {
+      const float r = std::min(kQmax, std::max(-kQmax, std::nearbyint(v[i] * inv)));
+      if (q) q[i] = static_cast<int8_t>(r);
+      v[i] = r * step;
+    }
+    if (integer) plan->xscale_buf[b] = step;
+  }
+  plan->int8_kernel = integer;
+  if (integer) {
+    plan->xq = plan->xq_buf.data();
+    plan->xscale = plan->xscale_buf.data();
+    for (int i = 0; i < 16; ++i) {
+      const int j = plan->bits == 3 ? (i & 7) : (((i & 7) << 1) | (i >> 3));
+      plan->lut_u8[i] = static_cast<uint8_t>(plan->row[j]);
+    }
+  }
+  return Status::kOk;
+}
+
 }  // namespace
 
 Status validate(const float* x, int64_t rows, const SEFPWeightView& w, int bits, const float* y) {
@@ -302,8 +373,10 @@ Status validate(const float* x, int64_t rows, const SEFPWeightView& w, int bits,
 }
 
 Status plan_linear(const float* x, int64_t rows, const SEFPWeightView& w, const float* bias, int bits, float* y,
-                   int64_t ldy, Isa isa, LinearPlan* plan) {
+                   int64_t ldy, Isa isa, LinearPlan* plan, int act_int8_max_bits) {
   if (Status status = validate(x, rows, w, bits, y); status != Status::kOk) return status;
+  if (act_int8_max_bits != 0 && (act_int8_max_bits < kMinBits || act_int8_max_bits > kMaxBits))
+    return Status::kInvalidActivationBits;
   if (ldy < w.out_features) return Status::kInvalidShape;
   if (isa == Isa::kAuto) isa = best_isa();
   if (!isa_available(isa)) return Status::kUnavailableIsa;
@@ -318,7 +391,8 @@ Status plan_linear(const float* x, int64_t rows, const SEFPWeightView& w, const 
   plan->isa = isa;
   const int64_t k_pad = w.num_groups * kGroupSize;
   plan->ldx = k_pad;
-  if (k_pad != w.in_features && rows > 0) {
+  plan->int8_act = act_int8_max_bits != 0 && bits <= act_int8_max_bits;
+  if ((k_pad != w.in_features || plan->int8_act) && rows > 0) {
     try {
       plan->padded.assign(static_cast<size_t>(rows * k_pad), 0.0f);
     } catch (const std::bad_alloc&) {
@@ -327,6 +401,7 @@ Status plan_linear(const float* x, int64_t rows, const SEFPWeightView& w, const 
     for (int64_t r = 0; r < rows; ++r)
       std::copy(x + r * w.in_features, x + (r + 1) * w.in_features, plan->padded.begin() + r * k_pad);
     plan->x = plan->padded.data();
+    if (plan->int8_act) return quantize_activations(plan);
   }
   return Status::kOk;
 }
@@ -338,6 +413,9 @@ void run_linear_range(const LinearPlan& plan, int64_t n_begin, int64_t n_end) {
       for (int64_t n = n_begin; n < n_end; ++n) plan.y[r * plan.ldy + n] = plan.bias ? plan.bias[n] : 0.0f;
     return;
   }
+#if defined(__x86_64__) || defined(_M_X64)
+  if (plan.int8_kernel) return detail::linear_range_avx512_vnni(plan, n_begin, n_end);
+#endif
   kernel_for(plan.isa)(plan, n_begin, n_end);
 }
 
@@ -349,10 +427,10 @@ int64_t linear_threads(const LinearPlan& plan, int num_threads) {
 }
 
 Status sefp_linear_range(const float* x, int64_t rows, const SEFPWeightView& w, const float* bias, int bits, float* y,
-                         int64_t ldy, int64_t n_begin, int64_t n_end, Isa isa) {
+                         int64_t ldy, int64_t n_begin, int64_t n_end, Isa isa, int act_int8_max_bits) {
   if (n_begin < 0 || n_end > w.out_features || n_begin > n_end) return Status::kInvalidShape;
   LinearPlan plan;
-  const Status status = plan_linear(x, rows, w, bias, bits, y, ldy, isa, &plan);
+  const Status status = plan_linear(x, rows, w, bias, bits, y, ldy, isa, &plan, act_int8_max_bits);
   if (status != Status::kOk) return status;
   run_linear_range(plan, n_begin, n_end);
   return Status::kOk;
@@ -378,9 +456,9 @@ static void parallel_blocks(int64_t total, int64_t align, int64_t threads, const
 }
 
 Status sefp_linear(const float* x, int64_t rows, const SEFPWeightView& w, const float* bias, int bits, float* y,
-                   int num_threads, Isa isa) {
+                   int num_threads, Isa isa, int act_int8_max_bits) {
   LinearPlan plan;
-  const Status status = plan_linear(x, rows, w, bias, bits, y, w.out_features, isa, &plan);
+  const Status status = plan_linear(x, rows, w, bias, bits, y, w.out_features, isa, &plan, act_int8_max_bits);
   if (status != Status::kOk || rows == 0 || w.out_features == 0) return status;
   parallel_blocks(w.out_features, kRowAlign, linear_threads(plan, num_threads),
                   [&](int64_t begin, int64_t end) { run_linear_range(plan, begin, end); });

@@ -32,12 +32,13 @@ struct SEFPWeightView {
 
 enum class Status : int {
   kOk = 0,
-  kInvalidBits = 1,     // bits outside 3..8
-  kInvalidShape = 2,    // in_features inconsistent with num_groups, or null pointers
-  kUnavailableIsa = 3,  // an explicit Isa that is not compiled in / not supported by this CPU
-  kOutOfMemory = 4,     // the scratch copy of x (in_features not a multiple of 64) could not be allocated
-  kInvalidLevels = 5,   // a reconstruction level of the precision used is negative, NaN or Inf
-  kInvalidIndex = 6,    // an embedding id outside [0, out_features)
+  kInvalidBits = 1,            // bits outside 3..8
+  kInvalidShape = 2,           // in_features inconsistent with num_groups, or null pointers
+  kUnavailableIsa = 3,         // an explicit Isa that is not compiled in / not supported by this CPU
+  kOutOfMemory = 4,            // the scratch copy of x (in_features not a multiple of 64) could not be allocated
+  kInvalidLevels = 5,          // a reconstruction level of the precision used is negative, NaN or Inf
+  kInvalidIndex = 6,           // an embedding id outside [0, out_features)
+  kInvalidActivationBits = 7,  // act_int8_max_bits other than 0 (off) or 3..8
 };
 
 const char* status_message(Status status);
@@ -114,7 +115,17 @@ struct LinearPlan {
   // q[7:5]); lut[code | q[4] << 4] for k = 4. lut_bytes[b][j] = byte b of the magnitude of level j.
   alignas(64) float lut[32];
   alignas(16) uint8_t lut_bytes[4][16];
-  std::vector<float> padded;  // the zero-padded copy of x, when in_features % 64 != 0
+  std::vector<float> padded;  // the zero-padded copy of x (in_features % 64 != 0), or fq(x)
+  // Int8 activations (docs/FORMAT.md §9): x above is fq(x). With int8_kernel, the integer kernel
+  // runs instead of the float one, from xq (q, [rows, ldx]) and xscale (a / 127, [rows, num_groups])
+  // and the magnitudes lut_u8 (k = 3: [code & 7], k = 4: [(code & 7) | q[4] << 3]) of integer levels.
+  bool int8_act = false;
+  bool int8_kernel = false;
+  const int8_t* xq = nullptr;
+  const float* xscale = nullptr;
+  alignas(16) uint8_t lut_u8[16];
+  std::vector<int8_t> xq_buf;
+  std::vector<float> xscale_buf;
 
   LinearPlan() = default;
   LinearPlan(const LinearPlan&) = delete;  // x may point into padded
@@ -125,8 +136,12 @@ struct LinearPlan {
 Status validate(const float* x, int64_t rows, const SEFPWeightView& w, int bits, const float* y);
 
 // Validates and prepares one call into *plan (y[r * ldy + n], ldy >= out_features).
+// act_int8_max_bits: 0, or a call at bits <= act_int8_max_bits computes fq(x) @ W_k^T (int8
+// activations, docs/FORMAT.md §9; an integer kernel where the CPU and the levels allow).
 Status plan_linear(const float* x, int64_t rows, const SEFPWeightView& w, const float* bias, int bits, float* y,
-                   int64_t ldy, Isa isa, LinearPlan* plan);
+                   int64_t ldy, Isa isa, LinearPlan* plan, int act_int8_max_bits = 0);
+// True if the int8-activation integer kernel can run on this CPU (AVX-512 VNNI).
+bool int8_kernel_available();
 // Computes y[r, n] for every r < rows and n in [n_begin, n_end) of a planned call,
 // single-threaded (0 <= n_begin <= n_end <= out_features; not checked).
 void run_linear_range(const LinearPlan& plan, int64_t n_begin, int64_t n_end);
@@ -142,7 +157,7 @@ int64_t linear_threads(const LinearPlan& plan, int num_threads);
 // from "dequantize then matmul" only by summation order.
 // Never throws; any Status other than kOk means y was not written.
 Status sefp_linear(const float* x, int64_t rows, const SEFPWeightView& w, const float* bias, int bits, float* y,
-                   int num_threads = 0, Isa isa = Isa::kAuto);
+                   int num_threads = 0, Isa isa = Isa::kAuto, int act_int8_max_bits = 0);
 
 // Single-threaded slice for callers that bring their own threads (e.g. an
 // inference engine's intra-op pool): computes y[r * ldy + n] for r < rows and
@@ -150,7 +165,7 @@ Status sefp_linear(const float* x, int64_t rows, const SEFPWeightView& w, const 
 // (Validates and plans on every call: wrappers that split one call into many
 // slices use plan_linear + run_linear_range instead.)
 Status sefp_linear_range(const float* x, int64_t rows, const SEFPWeightView& w, const float* bias, int bits, float* y,
-                         int64_t ldy, int64_t n_begin, int64_t n_end, Isa isa = Isa::kAuto);
+                         int64_t ldy, int64_t n_begin, int64_t n_end, Isa isa = Isa::kAuto, int act_int8_max_bits = 0);
 
 // ---- sefp_embedding ----
 

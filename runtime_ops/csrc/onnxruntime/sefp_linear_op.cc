@@ -53,6 +53,7 @@ void run_task(void* data, size_t index) {
 struct Kernel {
   const OrtApi* api;
   ConstantInputs<kNumInputs> constants;
+  int act_int8_max_bits;  // attribute: 0, or int8 activations at bits <= it (docs/FORMAT.md §9)
 };
 
 OrtStatus* compute(const Kernel& kernel, OrtKernelContext* context) {
@@ -102,9 +103,9 @@ OrtStatus* compute(const Kernel& kernel, OrtKernelContext* context) {
   // Values (bits, levels) are checked here, before anything is computed.
   otaro::LinearPlan plan;
   const int bits_value = (bits < otaro::kMinBits || bits > otaro::kMaxBits) ? 0 : static_cast<int>(bits);
-  const otaro::Status status = otaro::plan_linear(rows > 0 ? static_cast<const float*>(d[kX]->data) : nullptr, rows, w,
-                                                  static_cast<const float*>(d[kBias]->data), bits_value,
-                                                  static_cast<float*>(y), n, otaro::Isa::kAuto, &plan);
+  const otaro::Status status = otaro::plan_linear(
+      rows > 0 ? static_cast<const float*>(d[kX]->data) : nullptr, rows, w, static_cast<const float*>(d[kBias]->data),
+      bits_value, static_cast<float*>(y), n, otaro::Isa::kAuto, &plan, kernel.act_int8_max_bits);
   if (status == otaro::Status::kInvalidBits) {
     return op_error(api, kOpName, "bits must be in 3..8 (E5M3..E5M8), got %lld", static_cast<long long>(bits));
   }
@@ -123,7 +124,16 @@ OrtStatus* compute(const Kernel& kernel, OrtKernelContext* context) {
 // ---- OrtCustomOp callbacks ----
 
 OrtStatus* create_kernel(const OrtCustomOp*, const OrtApi* api, const OrtKernelInfo* info, void** kernel) {
-  Kernel* k = new (std::nothrow) Kernel{api, {}};
+  int64_t act_int8_max_bits = 0;  // an absent attribute means float activations
+  if (OrtStatus* status = api->KernelInfoGetAttribute_int64(info, "act_int8_max_bits", &act_int8_max_bits)) {
+    api->ReleaseStatus(status);
+    act_int8_max_bits = 0;
+  }
+  if (act_int8_max_bits != 0 && (act_int8_max_bits < otaro::kMinBits || act_int8_max_bits > otaro::kMaxBits)) {
+    return api->CreateStatus(ORT_INVALID_ARGUMENT,
+                             "ai.otaro::SEFPLinear: attribute act_int8_max_bits must be 0 (off) or 3..8");
+  }
+  Kernel* k = new (std::nothrow) Kernel{api, {}, static_cast<int>(act_int8_max_bits)};
   if (k == nullptr) return api->CreateStatus(ORT_FAIL, "ai.otaro::SEFPLinear: out of memory");
   if (OrtStatus* status = k->constants.load(api, info)) {
     delete k;

@@ -44,7 +44,7 @@ def _tables():
 RULES = list(_tables())
 
 
-def _session(packed, *, bias=None, levels=None, embedding=False, in_features=K):
+def _session(packed, *, bias=None, levels=None, embedding=False, in_features=K, act_int8_max_bits=None):
     register_schema()
     inits = [numpy_helper.from_array(t.numpy(), n) for n, t in zip(PLANES, (*packed.planes(), packed.exponents))]
     if embedding:
@@ -56,7 +56,7 @@ def _session(packed, *, bias=None, levels=None, embedding=False, in_features=K):
         inputs = ["X", *PLANES, "bits", "B" if bias is not None else ""]
         first = helper.make_tensor_value_info("X", TensorProto.FLOAT, [1, "S", K])
         out = helper.make_tensor_value_info("Y", TensorProto.FLOAT, [1, "S", N])
-        attrs = {}
+        attrs = {} if act_int8_max_bits is None else {"act_int8_max_bits": act_int8_max_bits}
         if bias is not None:
             inits.append(numpy_helper.from_array(bias.numpy(), "B"))
     if levels is not None:
@@ -92,6 +92,30 @@ def test_linear_body_matches_reference_at_every_precision(rule, with_bias):
         y = session.run(None, {"X": x.numpy(), "bits": np.array(k, np.int64)})[0]
         # exact weights on both sides; Gemm vs torch matmul summation order: ~1e-6 on outputs ~10
         np.testing.assert_allclose(y, ref.numpy(), rtol=0, atol=1e-4, err_msg=f"{rule} E5M{k}")
+
+
+@pytest.mark.parametrize("rule", ["floor", "fitted"])
+def test_linear_body_int8_activations(rule):
+    """With act_int8_max_bits = 4 the body quantizes X (docs/FORMAT.md §9) at E5M3/E5M4 only; zero and
+    non-finite blocks are kept as they are."""
+    from otaro_export import activation_quant as aq
+
+    packed, bias = _packed()
+    levels = _tables()[rule]
+    session = _session(packed, bias=bias, levels=levels, act_int8_max_bits=4)
+    x = torch.randn(1, 5, K, generator=torch.Generator().manual_seed(2)) * 2
+    x[0, 1, :64] = 0.0
+    x[0, 2, 70] = float("inf")
+    x[0, 3, 5] = float("nan")
+    for k in SUPPORTED_BITS:
+        xq = aq.fake_quantize(x) if k <= 4 else x
+        ref = ops.reference_sefp_linear(xq, *packed.planes(), packed.exponents, ops.bits_tensor(k), bias, levels)
+        y = session.run(None, {"X": x.numpy(), "bits": np.array(k, np.int64)})[0]
+        np.testing.assert_allclose(y, ref.numpy(), rtol=0, atol=1e-4, err_msg=f"{rule} E5M{k}")  # NaN == NaN here
+    assert not np.allclose(
+        session.run(None, {"X": x.numpy(), "bits": np.array(3, np.int64)})[0][0, 0],
+        _session(packed, bias=bias, levels=levels).run(None, {"X": x.numpy(), "bits": np.array(3, np.int64)})[0][0, 0],
+    )
 
 
 @pytest.mark.parametrize("rule", RULES)

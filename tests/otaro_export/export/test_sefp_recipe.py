@@ -33,12 +33,37 @@ def test_default_recipe_is_the_measured_choice_and_takes_overrides():
         ("lm_head", "int8", "--lm-head"),
         ("layer_floors", "some", "--layer-floors"),
         ("lm_head_min_bits", 9, "--lm-head-min-bits"),
+        ("int8_activations", 2, "--int8-activations"),
+        ("int8_activations", 9, "--int8-activations"),
     ],
 )
 def test_a_bad_choice_is_one_clear_error(field, value, message):
     recipe = SEFPRecipe(**{field: value})
     with pytest.raises(OtaroError, match=message):
         recipe.validate()
+
+
+def test_int8_activations_resolve_per_target():
+    recipe = default_recipe()
+    assert recipe.int8_activations is None  # the target's default
+    assert recipe.for_target("onnx").int8_activations == 4
+    assert recipe.for_target("executorch").int8_activations == 0
+    assert default_recipe(int8_activations=3).for_target("onnx").int8_activations == 3
+    assert default_recipe(int8_activations=0).for_target("executorch").int8_activations == 0
+    with pytest.raises(OtaroError, match="executorch export has no int8-activation kernel"):
+        default_recipe(int8_activations=4).for_target("executorch")
+    assert recipe.for_target("onnx").manifest_fields()["int8_activations"] == 4
+    assert SEFPRecipe().int8_activations == 0  # the paper's recipe: float activations
+
+
+def test_the_memo_rounds_fitted_levels_to_integers_only_with_int8_activations():
+    from otaro_export import activation_quant
+
+    weight = torch.randn(16, 128)
+    for value, integer in ((4, True), (0, False)):
+        _, levels = _EncodingMemo(SEFPRecipe(reconstruction="fitted", int8_activations=value))("l", weight, None)
+        assert activation_quant.integer_levels(levels, 3) == integer
+        assert activation_quant.integer_levels(levels, 4) == integer
 
 
 def test_the_memo_encodes_a_layer_once_for_the_floor_plan_and_the_lowering(monkeypatch):
