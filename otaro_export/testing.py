@@ -108,12 +108,17 @@ def tiny_executorch_artifact(
     kernels: str = "fused",
     num_layers: int = 2,
     external_weights: bool = False,
+    attention: str | None = None,
 ) -> tuple[Path, LoadedModel]:
-    """A tiny ``.pte`` export under ``root``, exported on first use; the model returned is the float one."""
+    """A tiny ``.pte`` export under ``root``, exported on first use; the model returned is the float one.
+
+    ``attention``: the exporter's ``--attention`` (None: its default, ExecuTorch's LLM custom ops).
+    """
     from otaro_export.export.pipeline import ExportOptions, export_model
 
     loaded = tiny_causal_lm(model_type, num_hidden_layers=num_layers)
     name = f"{model_type}-{num_layers}l-{kernels}{'-ptd' if external_weights else ''}"
+    name += f"-{attention}-attention" if attention else ""
     out = Path(root) / name
     if not (out / MANIFEST_NAME).is_file():
         options = ExportOptions(
@@ -122,6 +127,7 @@ def tiny_executorch_artifact(
             kernels=kernels,
             max_seq_len=TINY_EXECUTORCH_MAX_SEQ_LEN,
             external_weights=external_weights,
+            attention=attention,
         )
         export_model(options, log=lambda _msg: None, loaded=loaded)
         loaded = tiny_causal_lm(model_type, num_hidden_layers=num_layers)  # export may have touched the config

@@ -274,7 +274,9 @@ def _raise_if_llm_ops_missing(output: str) -> None:
             f"this .pte needs ExecuTorch's LLM custom-op kernels ({', '.join(missing)}), which no aarch64 build "
             "here provides: the executorch wheel has them only in extension/llm/custom_ops/libcustom_ops_aot_lib.so, "
             "which links libtorch and torch's Python extension, and ExecuTorch publishes no source distribution "
-            "on PyPI to cross-build them from (an app links them from ExecuTorch's own source build)"
+            "on PyPI to cross-build them from (an app links them from ExecuTorch's own source build). Re-export "
+            "with `otaro-export --target executorch --attention portable` for a .pte whose attention uses "
+            "standard ops only"
         )
 
 

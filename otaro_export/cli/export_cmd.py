@@ -18,6 +18,11 @@ class Kernels(str, Enum):
     portable = "portable"
 
 
+class Attention(str, Enum):
+    llm_ops = "llm-ops"
+    portable = "portable"
+
+
 def export(
     target: Target = typer.Option(..., "--target", help="onnx or executorch"),
     model: str = typer.Option(
@@ -62,6 +67,12 @@ def export(
     external_weights: bool = typer.Option(
         False, "--external-weights", help="executorch: write the weights to model.ptd beside model.pte"
     ),
+    attention: Attention = typer.Option(
+        None,
+        "--attention",
+        help="executorch: llm-ops (ExecuTorch's llama:: custom ops; default) or portable (standard ops only: "
+        "runs on any ExecuTorch runtime, e.g. the aarch64 one)",
+    ),
     force: bool = typer.Option(
         False,
         "--force",
@@ -89,6 +100,7 @@ def export(
         ),
         max_seq_len=max_seq_len,
         external_weights=external_weights,
+        attention=attention.value if attention is not None else None,
         force=force,
     )
     manifest_path = export_model(options, log=typer.echo)

@@ -1,4 +1,4 @@
-"""The ExecuTorch decoder: :class:`ExportDecoder` with ExecuTorch's LLM custom ops for attention.
+"""The ExecuTorch decoder: :class:`ExportDecoder` with ExecuTorch's LLM custom ops or standard ops for attention.
 
 ``forward(input_ids [1, S] int64, input_pos [1] int64, bits [] int64,
 logits_positions [P] int64) -> logits [1, P, V]``: the S new tokens sit at
@@ -11,13 +11,23 @@ Same weights, module names and SEFP lowering as the ONNX graph (packed
 tensor); only the runtime-specific ops differ:
 
 * attention per layer: rotary embedding on the packed q|k heads in plain
-  torch ops (XNNPACK takes them), then ``llama::update_cache`` x2 (writes the
-  new K/V rows in place into caches ``[1, max_seq_len, kv_heads, head_dim]``
-  that are mutable buffers of the method: state kept between ``execute``
-  calls, not stored in the file) and one ``llama::custom_sdpa`` (causal,
-  grouped-query, reads the cache up to the last new position). Both ops ship in
-  the executorch wheel (``executorch.extension.llm.custom_ops``), which
-  registers their ``.out`` kernels in the Python runtime when imported;
+  torch ops (XNNPACK takes them), then, by ``attention``:
+
+  - ``"llm-ops"`` (default): ``llama::update_cache`` x2 (writes the new K/V
+    rows in place into caches ``[1, max_seq_len, kv_heads, head_dim]`` that
+    are mutable buffers of the method: state kept between ``execute`` calls,
+    not stored in the file) and one ``llama::custom_sdpa`` (causal,
+    grouped-query, reads the cache up to the last new position). Both ops ship
+    in the executorch wheel (``executorch.extension.llm.custom_ops``), which
+    registers their ``.out`` kernels in the Python runtime when imported, but
+    in no aarch64 build on PyPI;
+  - ``"portable"``: only standard ops, so any ExecuTorch runtime with the
+    portable kernels runs it (examples/arm64). The caches are mutable buffers
+    ``[max_seq_len, kv_heads, head_dim]``; the new rows are written with
+    ``index_put_`` at positions ``start .. start + S - 1`` (ExecuTorch's
+    reinplace pass keeps it in place: no copy of the cache per step), and
+    attention is grouped-query matmul / softmax / matmul over the cache's
+    first ``start + S`` rows with a causal mask over the S new rows;
 * RMSNorm and SwiGLU (``silu(gate) * up``).
 
 ``fused_ops=True`` (the fused program) runs RMSNorm, the rotary heads and
@@ -42,6 +52,17 @@ from otaro_export.export.llm_decoder import ExportDecoder, check_window
 
 INPUT_NAMES = ["input_ids", "input_pos", "bits", "logits_positions"]
 OUTPUT_NAMES = ["logits"]
+#: how attention runs: ExecuTorch's LLM custom ops, or standard ops any ExecuTorch runtime has
+ATTENTION_MODES = ("llm-ops", "portable")
+
+
+def check_attention(attention: str) -> str:
+    if attention not in ATTENTION_MODES:
+        raise ValueError(
+            f"unknown ExecuTorch attention {attention!r}; choose llm-ops (ExecuTorch's llama:: custom ops, "
+            "the faster on x86) or portable (standard ops only: any ExecuTorch runtime, e.g. aarch64)"
+        )
+    return attention
 
 
 def load_llm_custom_ops() -> None:
@@ -56,12 +77,23 @@ def load_llm_custom_ops() -> None:
 
 
 class ExecuTorchDecoder(ExportDecoder):
-    """:class:`ExportDecoder` whose KV caches are buffers and whose attention is ExecuTorch's custom ops."""
+    """:class:`ExportDecoder` whose KV caches are buffers; attention by ExecuTorch's custom ops or standard ops."""
 
-    def __init__(self, hf_model: nn.Module, max_seq_len: int, *, fused_ops: bool = False, norm_as_linear: bool = False):
-        load_llm_custom_ops()
+    def __init__(
+        self,
+        hf_model: nn.Module,
+        max_seq_len: int,
+        *,
+        fused_ops: bool = False,
+        norm_as_linear: bool = False,
+        attention: str = "llm-ops",
+    ):
+        check_attention(attention)
+        if attention == "llm-ops":
+            load_llm_custom_ops()
         super().__init__(hf_model, max_seq_len)
-        shape = (1, self.max_seq_len, self.kv_heads, self.head_dim)
+        self.attention = attention
+        shape = self.buffer_shape()
         for i in range(self.num_layers):
             # persistent=False: mutable state, zeros at load, never part of the weights
             self.register_buffer(f"k_cache_{i}", torch.zeros(shape), persistent=False)
@@ -103,6 +135,30 @@ class ExecuTorchDecoder(ExportDecoder):
     def io_names(self) -> tuple[list[str], list[str]]:
         return list(INPUT_NAMES), list(OUTPUT_NAMES)
 
+    def buffer_shape(self) -> tuple[int, ...]:
+        """Shape of each K/V cache buffer (the base class's ``cache_shape`` is the ONNX graph's)."""
+        if self.attention == "portable":  # rows indexed by position: one index_put per update
+            return (self.max_seq_len, self.kv_heads, self.head_dim)
+        return (1, self.max_seq_len, self.kv_heads, self.head_dim)
+
+    def portable_attention(self, q, k_cache, v_cache, end: int, mask):
+        """Causal grouped-query attention of q ``[1, S, H, D]`` over cache rows ``0 .. end - 1``: ``[1, S, H * D]``.
+
+        q head ``h`` reads kv head ``h // (H / KV)`` (the repeat-interleave
+        grouping of HF's Llama); ``mask [S, end]`` is 0 where a new token may
+        look and -inf where it may not.
+        """
+        seq, kv, d = q.shape[1], self.kv_heads, self.head_dim
+        group = self.num_heads // kv
+        # [KV, group * S, D]: each kv head's query rows in one batch of the matmul, not repeated K/V
+        qg = q.reshape(seq, kv, group, d).permute(1, 2, 0, 3).reshape(kv, group * seq, d)
+        keys = k_cache.narrow(0, 0, end).permute(1, 2, 0)  # [KV, D, end]
+        values = v_cache.narrow(0, 0, end).transpose(0, 1)  # [KV, end, D]
+        scores = torch.bmm(qg * self.scale, keys).reshape(kv, group, seq, end) + mask
+        probs = torch.softmax(scores, dim=-1).reshape(kv, group * seq, end)
+        out = torch.bmm(probs, values).reshape(kv, group, seq, d).permute(2, 0, 1, 3)  # [S, KV, group, D]
+        return out.reshape(1, seq, self.num_heads * d)
+
     def forward(self, input_ids, input_pos, bits, logits_positions):
         seq = input_ids.shape[1]
         start = input_pos[0].item()
@@ -111,12 +167,23 @@ class ExecuTorchDecoder(ExportDecoder):
         cos = self.cos_cache.narrow(0, start, seq)  # [S, D/2]
         sin = self.sin_cache.narrow(0, start, seq)
         heads, kv = self.num_heads, self.kv_heads
+        portable = self.attention == "portable"
+        if portable:
+            end = start + seq
+            rows = torch.arange(seq, dtype=torch.int64) + start  # the new tokens' cache rows
+            # a new token at position p sees rows 0 .. p: the mask is shared by every layer
+            visible = torch.arange(end, dtype=torch.int64).unsqueeze(0) <= rows.unsqueeze(1)  # [S, end]
+            mask = torch.where(visible, 0.0, float("-inf"))
 
         def attend(i, qkv):
             q = self.heads(qkv, cos, sin, 0, heads, True)
             k = self.heads(qkv, cos, sin, heads, kv, True)
             v = self.heads(qkv, cos, sin, heads + kv, kv, False)
             k_cache, v_cache = getattr(self, f"k_cache_{i}"), getattr(self, f"v_cache_{i}")
+            if portable:
+                k_cache.index_put_((rows,), k[0])
+                v_cache.index_put_((rows,), v[0])
+                return self.portable_attention(q, k_cache, v_cache, end, mask)
             torch.ops.llama.update_cache(k, k_cache, start)
             torch.ops.llama.update_cache(v, v_cache, start)
             out = torch.ops.llama.custom_sdpa(q, k_cache, v_cache, start, None, 0.0, True, self.scale)

@@ -3,9 +3,9 @@
 Steps (the artifact: docs/FORMAT.md §8):
 
 1. :class:`~otaro_export.export.executorch_decoder.ExecuTorchDecoder` (the ONNX
-   exporter's :class:`~otaro_export.export.llm_decoder.ExportDecoder` with
-   ExecuTorch's LLM custom ops for attention and the KV caches as mutable
-   buffers) -> ``torch.export``;
+   exporter's :class:`~otaro_export.export.llm_decoder.ExportDecoder` with the
+   KV caches as mutable buffers and, by ``--attention``, ExecuTorch's LLM
+   custom ops for attention or standard ops only) -> ``torch.export``;
 2. the shared lowering ``lower_to_sefp`` with the recipe's per-layer specs
    (same as ONNX): the packed linears become ``otaro::sefp_linear`` nodes, the
    tied embedding an ``otaro::sefp_embedding`` gather on ``lm_head``'s planes
@@ -35,7 +35,7 @@ import torch
 
 from otaro_export.convert import check_supported
 from otaro_export.errors import OtaroError
-from otaro_export.export.executorch_decoder import ExecuTorchDecoder
+from otaro_export.export.executorch_decoder import ExecuTorchDecoder, check_attention
 from otaro_export.export.model_info import model_info
 from otaro_export.manifest import Manifest
 
@@ -46,6 +46,13 @@ METHOD_NAME = "forward"
 KERNEL_LIBRARY = "executorch"
 #: ExecuTorch kernel libraries a session registers before loading the method (manifest extra.runtime_ops)
 LLM_CUSTOM_OPS = "executorch.extension.llm.custom_ops"
+DEFAULT_ATTENTION = "llm-ops"
+_KV_CACHE = {
+    "llm-ops": "mutable buffers k_cache_i/v_cache_i [1, max_seq_len, kv_heads, head_dim] inside the method; "
+    "a call writes positions input_pos[0] .. input_pos[0] + S - 1 (llama::update_cache)",
+    "portable": "mutable buffers k_cache_i/v_cache_i [max_seq_len, kv_heads, head_dim] inside the method; "
+    "a call writes rows input_pos[0] .. input_pos[0] + S - 1 (index_put_, in place)",
+}
 
 
 def _partitioners(kernels: str) -> list:
@@ -78,8 +85,15 @@ def _decompose(ep: torch.export.ExportedProgram) -> torch.export.ExportedProgram
     return decompose_sefp_embedding(decompose_sefp_linear(ep))
 
 
-def lower_to_executorch(ep: torch.export.ExportedProgram, kernels: str, *, external_weights: bool = False):
-    """Edge (+ XNNPACK) + ExecuTorch lowering of a program; ``kernels``: fused, portable or fp32."""
+def lower_to_executorch(
+    ep: torch.export.ExportedProgram, kernels: str, *, external_weights: bool = False, reinplace: bool = False
+):
+    """Edge (+ XNNPACK) + ExecuTorch lowering of a program; ``kernels``: fused, portable or fp32.
+
+    ``reinplace`` (portable attention): functionalization turned each cache
+    update into ``index_put`` + a write-back copy of the whole buffer;
+    ExecuTorch's reinplace pass makes it ``index_put_`` on the buffer again.
+    """
     from executorch.exir import EdgeCompileConfig, ExecutorchBackendConfig, to_edge, to_edge_transform_and_lower
 
     if kernels not in ("fused", "portable", "fp32"):
@@ -95,6 +109,7 @@ def lower_to_executorch(ep: torch.export.ExportedProgram, kernels: str, *, exter
         edge = to_edge(ep, compile_config=compile_config)
     config = ExecutorchBackendConfig(
         external_constants=(lambda node: EXTERNAL_DATA_STEM) if external_weights else False,
+        run_reinplace_pass=reinplace,
     )
     program = edge.to_executorch(config)
     if kernels == "fused" and not external_weights:
@@ -231,6 +246,7 @@ def _write_program(
     max_seq_len: int,
     recipe=None,
     external: bool = False,
+    attention: str = DEFAULT_ATTENTION,
 ) -> Manifest:
     """``kernels`` "fused" / "portable" (SEFP layers by ``recipe``) or "fp32" (the float baseline)."""
     from otaro_export.export.sefp_recipe import lower_exported_decoder
@@ -239,7 +255,7 @@ def _write_program(
     check_supported(model)
     lower = kernels != "fp32"
     fused = kernels == "fused"
-    decoder = ExecuTorchDecoder(model, max_seq_len, fused_ops=fused, norm_as_linear=not fused)
+    decoder = ExecuTorchDecoder(model, max_seq_len, fused_ops=fused, norm_as_linear=not fused, attention=attention)
     layers = decoder.sefp_linear_names(include_lm_head=recipe.lm_head == "sefp") if lower else []
     input_names, output_names = decoder.io_names()
 
@@ -248,7 +264,7 @@ def _write_program(
     log(f"torch.export of the decoder (max_seq_len {max_seq_len}): {time.perf_counter() - t0:.1f}s")
     ep, report = lower_exported_decoder(ep, model, loaded.tokenizer, layers, recipe, log)
     t1 = time.perf_counter()
-    program = lower_to_executorch(ep, kernels, external_weights=external)
+    program = lower_to_executorch(ep, kernels, external_weights=external, reinplace=attention == "portable")
     t_lower = time.perf_counter() - t1
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -256,7 +272,7 @@ def _write_program(
     sizes = _sizes(out_dir, files)
     calls = _summarize_calls(call_counts(program))
     log(
-        f"ExecuTorch lowering ({kernels}): {t_lower:.1f}s; {calls['kernel_calls']} kernel + "
+        f"ExecuTorch lowering ({kernels}, {attention} attention): {t_lower:.1f}s; {calls['kernel_calls']} kernel + "
         f"{calls['delegate_calls']} delegate calls per step; wrote "
         + ", ".join(f"{n} ({s / 2**20:.1f} MiB)" for n, s in sizes.items())
     )
@@ -264,13 +280,14 @@ def _write_program(
         "method": METHOD_NAME,
         "data_files": files[1:],
         "backend": "xnnpack",
-        "runtime_ops": [LLM_CUSTOM_OPS],
+        # the kernels beyond ExecuTorch's portable ones (and the project's library) that the method calls
+        "runtime_ops": [LLM_CUSTOM_OPS] if attention == "llm-ops" else [],
+        "attention": attention,
         "weights": "sefp" if lower else "fp32",
         "file_sizes": sizes,
         "calls_per_step": {k: v for k, v in calls.items() if k != "by_op"},
         "export_seconds": round(time.perf_counter() - t0, 1),
-        "kv_cache": "mutable buffers k_cache_i/v_cache_i [1, max_seq_len, kv_heads, head_dim] inside the method; "
-        "a call writes positions input_pos[0] .. input_pos[0] + S - 1",
+        "kv_cache": _KV_CACHE[attention],
     }
     if lower:
         extra["sefp_recipe"] = recipe.manifest_fields()
@@ -300,11 +317,16 @@ def export_executorch(loaded, options, out_dir: Path, log: Callable[[str], None]
         max_seq_len=options.max_seq_len,
         recipe=options.recipe,
         external=bool(getattr(options, "external_weights", False)),
+        attention=check_attention(getattr(options, "attention", None) or DEFAULT_ATTENTION),
     )
 
 
 def export_executorch_fp32(
-    loaded, out_dir: str | Path, max_seq_len: int = 128, log: Callable[[str], None] = print
+    loaded,
+    out_dir: str | Path,
+    max_seq_len: int = 128,
+    log: Callable[[str], None] = print,
+    attention: str = DEFAULT_ATTENTION,
 ) -> Manifest:
     """The float32 XNNPACK baseline of the same decoder (no SEFP layers; ``bits`` is accepted and ignored).
 
@@ -313,7 +335,9 @@ def export_executorch_fp32(
     """
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    manifest = _write_program(loaded, out, log, kernels="fp32", max_seq_len=max_seq_len)
+    manifest = _write_program(
+        loaded, out, log, kernels="fp32", max_seq_len=max_seq_len, attention=check_attention(attention)
+    )
     if loaded.tokenizer is not None:
         loaded.tokenizer.save_pretrained(str(out / manifest.tokenizer))
     manifest.save(out)

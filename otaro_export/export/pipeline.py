@@ -29,6 +29,9 @@ class ExportOptions:
     max_seq_len: int = 512
     #: ExecuTorch only: keep the weights in model.ptd beside model.pte (program-data separation)
     external_weights: bool = False
+    #: ExecuTorch only: attention by ExecuTorch's LLM custom ops ("llm-ops", the default) or standard ops
+    #: ("portable": any ExecuTorch runtime, e.g. the aarch64 one); None: the default
+    attention: str | None = None
     #: write into a non-empty ``output`` that holds no otaro-export manifest (see export/output_dir.py)
     force: bool = False
 
@@ -42,6 +45,16 @@ class ExportOptions:
             raise OtaroError(f"unknown target {self.target!r}; choose one of {', '.join(TARGETS)}")
         if self.kernels not in KERNEL_MODES:
             raise OtaroError(f"unknown kernels mode {self.kernels!r}; choose one of {', '.join(KERNEL_MODES)}")
+        if self.attention is not None:
+            from otaro_export.export.executorch_decoder import ATTENTION_MODES
+
+            if self.target != "executorch":
+                raise OtaroError("--attention applies to --target executorch only (ONNX has one attention graph)")
+            if self.attention not in ATTENTION_MODES:
+                raise OtaroError(
+                    f"unknown --attention {self.attention!r}; choose llm-ops (ExecuTorch's LLM custom ops) or "
+                    "portable (standard ops only: runs on any ExecuTorch runtime, e.g. aarch64)"
+                )
         if not 2 <= self.max_seq_len <= 32768:
             raise OtaroError(f"--max-seq-len must be in 2..32768, got {self.max_seq_len}")
 

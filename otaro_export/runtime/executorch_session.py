@@ -240,7 +240,9 @@ class ExecuTorchSession(Session):
             raise ArtifactError(
                 f"{directory}: unknown kernel library {manifest.kernel_library!r} for an ExecuTorch artifact"
             )
-        ensure_llm_custom_ops(runtime)
+        # a .pte with portable attention (or one whose manifest predates the key: llm-ops) needs no llama:: kernels
+        if manifest.extra.get("attention", "llm-ops") == "llm-ops":
+            ensure_llm_custom_ops(runtime)
         _set_threads(num_threads)
         path = self.directory / manifest.artifact
         data_files = list(manifest.extra.get("data_files") or [])

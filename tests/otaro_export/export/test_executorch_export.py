@@ -79,6 +79,28 @@ def test_qwen2_portable_with_biases_runs_on_the_stock_runtime(et_root):
     _check_parity(directory, "qwen2", 1, bits_list=(3, 5, 8))
 
 
+def test_portable_attention_needs_no_llm_ops_and_gives_the_same_logits(et_root):
+    """--attention portable: standard ops only, the cache updated in place, the llm-ops program's logits."""
+    from executorch.exir._serialize._program import deserialize_pte_binary
+
+    directory, _ = tiny_executorch_artifact(et_root, "llama", kernels="fused", num_layers=2, attention="portable")
+    extra = Manifest.load(directory).extra
+    assert extra["attention"] == "portable" and extra["runtime_ops"] == []
+    assert extra["kv_cache"].startswith("mutable buffers k_cache_i/v_cache_i [max_seq_len, kv_heads, head_dim]")
+    plan = deserialize_pte_binary((directory / "model.pte").read_bytes()).program.execution_plan[0]
+    ops = {op.name for op in plan.operators}
+    assert not [op for op in ops if op.startswith("llama::")], ops
+    # the reinplace pass left index_put_ on the buffers, with no write-back copy of whole caches
+    assert "aten::index_put_" in ops and "aten::copy_" not in ops and "aten::index_put" not in ops, ops
+    session = _check_parity(directory, "llama", 2, bits_list=(3, 5, 8))
+    llm_ops = load(tiny_executorch_artifact(et_root, "llama", kernels="fused", num_layers=2)[0])
+    for bits in (3, 8):
+        np.testing.assert_allclose(session.forward(IDS, bits), llm_ops.forward(IDS, bits), **TOL)
+    # decoding step by step (S = 1 at growing positions) agrees too
+    steps = [session.generate_ids(IDS[0].tolist(), 8, 12, stop_at_eos=False) for session in (session, llm_ops)]
+    assert steps[0] == steps[1]
+
+
 def test_mistral_fused_with_external_weights(et_root, tmp_path):
     directory, _ = tiny_executorch_artifact(et_root, "mistral", kernels="fused", num_layers=1, external_weights=True)
     manifest = json.loads((directory / "manifest.json").read_text())

@@ -31,7 +31,7 @@ from otaro_export.export.onnx_reference import reference_logits
 from otaro_export.runtime import load
 from otaro_export.runtime.executorch_session import ExecuTorchSession, ensure_kernel_library, release_locked_pages
 from otaro_export.sefp import SUPPORTED_BITS
-from otaro_export.testing import tiny_causal_lm, tiny_executorch_artifact
+from otaro_export.testing import TINY_VOCAB, tiny_causal_lm, tiny_executorch_artifact
 
 TOL = dict(rtol=1e-4, atol=1e-4)
 IDS = np.array([[5, 17, 100, 3, 250, 9, 42, 77]], dtype=np.int64)
@@ -150,6 +150,20 @@ print([l for l in open('/proc/self/status') if l.startswith('VmLck')][0])
     assert expected in proc.stdout
     # the runtime's mlock of the mmapped file was undone: weight pages load on use
     assert re.search(r"VmLck:\s+0 kB", proc.stdout), proc.stdout
+
+
+def test_portable_attention_loads_without_the_llm_custom_ops(et_root, tmp_path):
+    """A --attention portable .pte never loads ExecuTorch's llama:: kernels (libcustom_ops_aot_lib)."""
+    directory, _ = tiny_executorch_artifact(et_root, "llama", kernels="fused", num_layers=2, attention="portable")
+    code = f"""
+import numpy as np
+from otaro_export.runtime import load
+s = load({str(directory)!r})
+assert s.forward(np.array({IDS.tolist()}), 3).shape == (1, {IDS.shape[1]}, {TINY_VOCAB})
+print('LLM_OPS_LOADED' if 'custom_ops_aot_lib' in open('/proc/self/maps').read() else 'NO_LLM_OPS')
+"""
+    proc = _run_python(code)
+    assert proc.returncode == 0 and "NO_LLM_OPS" in proc.stdout, proc.stdout + proc.stderr[-2000:]
 
 
 def test_missing_kernel_library_error_names_the_fix(monkeypatch):
