@@ -72,7 +72,25 @@ def artifact_dir(spec: ArtifactSpec, model: str, max_seq_len: int, root: Path | 
 
 
 def is_complete(directory: Path) -> bool:
-    return (directory / MANIFEST_NAME).is_file() and not _stale_executorch(directory / MANIFEST_NAME)
+    manifest = directory / MANIFEST_NAME
+    return manifest.is_file() and not _stale_executorch(manifest) and not _stale_recipe(manifest)
+
+
+def _stale_recipe(manifest: Path) -> bool:
+    """A cached SEFP artifact whose recorded recipe is not what the export writes by default now (e.g. a
+    default changed since it was exported): the bench would measure something users no longer get."""
+    import json
+
+    from otaro_export.export.sefp_recipe import default_recipe
+
+    try:
+        data = json.loads(manifest.read_text())
+    except (OSError, ValueError):
+        return False
+    recorded = (data.get("extra") or {}).get("sefp_recipe")
+    if recorded is None or data.get("target") not in ("onnx", "executorch"):
+        return False  # an fp32 baseline: nothing to compare
+    return recorded != default_recipe().for_target(data["target"]).manifest_fields()
 
 
 def _stale_executorch(manifest: Path) -> bool:
