@@ -3,9 +3,9 @@
 Same protocol as ``otaro eval`` with no ``--data``: the evaluation samples are
 the FP model's own sampled answers to held-out prompts (``EVAL_PROMPTS``,
 fixed seed), scored at every precision (fake-quant = the exported SEFP math of
-the export's default recipe: reconstruction rule, exponents, SEFP tied lm_head and
-automatic precision floors, so the table describes the artifact `otaro-export`
-writes) against the untuned FP model. ``tuned`` adds a run of the ``--checkpoint``
+the export's default recipe: reconstruction rule, exponents, SEFP tied lm_head,
+automatic precision floors and the ONNX export's int8 activations, so the table
+describes the artifact `otaro-export` writes) against the untuned FP model. ``tuned`` adds a run of the ``--checkpoint``
 model on the SAME samples, so the two runs are directly comparable.
 """
 
@@ -64,6 +64,7 @@ def evaluate_accuracy(
             reconstruction=recipe.reconstruction,
             exponent_rule=recipe.exponent_rule,
             layer_floors=recipe.layer_floors,
+            int8_activations=recipe.for_target("onnx").int8_activations,
             baselines=tuple(baselines or ()) if ckpt is None else (),
             batch_size=batch_size,
             log=log,

@@ -49,6 +49,13 @@ def evaluate(
     floor_budget: float = typer.Option(
         None, "--floor-budget", help="with --layer-floors auto: average weight bits E5M3 may read (default 4.5)"
     ),
+    int8_activations: int = typer.Option(
+        0,
+        "--int8-activations",
+        metavar="BITS",
+        help="score E5M3..E5M<BITS> with int8 activations, as an export with that option runs them (the ONNX "
+        "export's default is 4; docs/FORMAT.md §9); 0: float activations",
+    ),
     output: Path = typer.Option(
         None, "--output", "-o", help="directory for eval.json and eval.png (default: print only)"
     ),
@@ -71,6 +78,12 @@ def evaluate(
     formats = parse_baselines(baselines, BASELINE_FORMATS)
     if layer_floors not in ("none", "auto"):
         raise typer.BadParameter(f"--layer-floors must be none or auto, got {layer_floors!r}")
+    from otaro_export.activation_quant import check_max_bits
+
+    try:
+        check_max_bits(int8_activations)
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc), param_hint="--int8-activations") from exc
     if checkpoint is not None:
         resolve_checkpoint(checkpoint)  # fail on a bad checkpoint before loading anything
     loaded = load_model(model)
@@ -96,10 +109,12 @@ def evaluate(
         batch_size=batch_size,
         progress=True,
         log=typer.echo,
+        int8_activations=int8_activations,
     )
     name = "tuned" if checkpoint is not None else "untuned (PTQ)"
     title = (
         f"{loaded.source}, {name}, reconstruction {reconstruction}, exponents {exponent_rule}, floors {layer_floors}, "
+        f"int8 activations {f'up to E5M{int8_activations}' if int8_activations else 'off'}, "
         f"{rows[0].tokens} scored tokens"
     )
     typer.echo(format_table(rows, title))
@@ -110,6 +125,7 @@ def evaluate(
             "checkpoint": None if checkpoint is None else str(checkpoint),
             "reconstruction": reconstruction,
             "exponent_rule": exponent_rule,
+            "int8_activations": int8_activations,
         }
         save_json({name: rows}, output / "eval.json", extra)
         plot_png({name: rows}, output / "eval.png", title=f"{loaded.source}: {name}")

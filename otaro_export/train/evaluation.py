@@ -194,6 +194,7 @@ def attach_export_rule(
     plan=None,
     progress: bool = False,
     log=None,
+    int8_activations: int = 0,
 ):
     """Attach fake-quant layers that run ``student`` as the export would run its current weights; in place.
 
@@ -201,7 +202,8 @@ def attach_export_rule(
     ``exponent_rule``, whose input statistics come from ``calibration`` on the student's own
     calibration text. ``layer_floors="auto"``: per-layer precision floors from
     ``reconstruction.floor_plan`` (budget ``floor_budget_bits``, default the export's), or the given
-    ``plan`` (e.g. the floors a model was tuned with). Returns the floor plan applied (None without floors).
+    ``plan`` (e.g. the floors a model was tuned with). ``int8_activations``: as the export option (0: off).
+    Returns the floor plan applied (None without floors).
     """
     from otaro_export.convert import select_sefp_linears
     from otaro_export.train.fake_quant import attach_fake_quant, fake_quant_layers, set_floors, set_precision
@@ -235,7 +237,7 @@ def attach_export_rule(
                 budget_bits=budget,
             )
             log(f"precision floors: {len(plan.floors)} layers at E5M{max(plan.floors.values(), default=3)}")
-    attach_fake_quant(student, quantize_lm_head, reconstruction, exponent_rule, stats)
+    attach_fake_quant(student, quantize_lm_head, reconstruction, exponent_rule, stats, int8_activations)
     set_floors(student, {} if plan is None else plan.floors)
     return plan
 
@@ -256,6 +258,7 @@ def evaluate_model(
     batch_size: int = 4,
     progress: bool = False,
     log=None,
+    int8_activations: int = 0,
 ) -> list[PrecisionMetrics]:
     """The evaluation `otaro eval` and `otaro bench` share: one model, every precision, FP, baselines.
 
@@ -266,7 +269,8 @@ def evaluate_model(
     ``baselines``: gguf formats to requantize the student's float weights in (``BASELINE_FORMATS``).
     ``layer_floors="auto"``: per-layer precision floors from ``reconstruction.floor_plan`` (budget
     ``floor_budget_bits``, default the export's), applied as the export applies them; each row's
-    ``bits_per_weight`` is then the plan's average over the SEFP layers.
+    ``bits_per_weight`` is then the plan's average over the SEFP layers. ``int8_activations``: the
+    export option of that name (docs/FORMAT.md §9; 0: float activations).
     """
     import copy
 
@@ -295,6 +299,7 @@ def evaluate_model(
         floor_budget_bits=floor_budget_bits,
         progress=progress,
         log=log,
+        int8_activations=int8_activations,
     )
     rows = evaluate_precisions(student, teacher, samples, tuple(bits), batch_size=batch_size, progress=progress)
     if plan is not None:

@@ -68,6 +68,7 @@ class FakeQuantLinear(nn.Linear):
         self.importance: torch.Tensor | None = None
         self.levels: torch.Tensor | None = None
         self.exponents: torch.Tensor | None = None
+        self.act_int8_max_bits = 0  # int8 activations at bits <= this (docs/FORMAT.md §9); 0: never
 
     @classmethod
     def from_linear(cls, linear: nn.Linear) -> FakeQuantLinear:
@@ -84,6 +85,7 @@ class FakeQuantLinear(nn.Linear):
         module.importance = None
         module.levels = None
         module.exponents = None
+        module.act_int8_max_bits = 0
         return module
 
     def set_rule(
@@ -125,6 +127,12 @@ class FakeQuantLinear(nn.Linear):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         bits = self.effective_bits
         weight = self.weight if bits is None else ste_fake_quantize(self.weight, bits, self.levels, self.exponents)
+        if bits is not None and self.act_int8_max_bits and bits <= self.act_int8_max_bits:
+            from otaro_export.activation_quant import fake_quantize
+
+            with torch.no_grad():  # straight-through: the forward sees fq(x), the gradient flows to x unchanged
+                delta = fake_quantize(x.detach().to(torch.float32)).to(x.dtype) - x.detach()
+            x = x + delta
         return F.linear(x, weight, self.bias)
 
     def extra_repr(self) -> str:
@@ -217,6 +225,7 @@ def attach_fake_quant(
     reconstruction: str = "floor",
     exponent_rule: str = "floor",
     input_stats: dict | None = None,
+    int8_activations: int = 0,
 ) -> list[str]:
     """Swap the SEFP-selected linears of ``model`` for :class:`FakeQuantLinear`, in place.
 
@@ -228,7 +237,12 @@ def attach_fake_quant(
     Linears that export packs together (q/k/v, gate/up) share one table, as at export. A fake-quant
     lm_head tied to the input embedding quantizes the embedding's lookups too (:class:`FakeQuantEmbedding`).
     Attaching again changes the rules but keeps the layers' precision floors (:func:`set_floors`).
+    ``int8_activations``: run E5M3..E5M``int8_activations`` with int8 activations, and their ``fitted``
+    levels rounded to integers, as an export with ``--int8-activations`` does (docs/FORMAT.md §9; 0: off).
     """
+    from otaro_export.activation_quant import check_max_bits
+
+    check_max_bits(int8_activations)
     names = select_sefp_linears(model, quantize_lm_head)
     for name in names:
         module = model.get_submodule(name)
@@ -237,6 +251,7 @@ def attach_fake_quant(
             _replace(model, name, module)
         stats = None if input_stats is None else input_stats.get(name)
         module.set_rule(reconstruction, exponent_rule, None if stats is None else stats.importance())
+        module.act_int8_max_bits = int8_activations
     _tie_embedding(model)
     refresh_encodings(model)
     return names
@@ -294,6 +309,10 @@ def refresh_encodings(model: nn.Module) -> None:
         first = layers[members[0]]
         w = torch.cat([_full(layers[m].weight) for m in members])
         q, levels = quantize_layer(w, first.reconstruction, first.exponent_rule, first.importance, name=members[0])
+        if first.act_int8_max_bits and levels is not None:
+            from otaro_export.activation_quant import round_levels_to_integers
+
+            levels = round_levels_to_integers(levels, first.act_int8_max_bits)  # as export stores them
         rows = 0
         for m in members:
             layer = layers[m]

@@ -193,3 +193,31 @@ def test_a_float_or_untied_lm_head_leaves_the_embedding_float():
     untied = tiny_causal_lm(seed=0, tie_word_embeddings=False).model
     attach_fake_quant(untied, quantize_lm_head=True)
     assert type(untied.get_input_embeddings()) is nn.Embedding
+
+
+def test_int8_activations_in_fake_quant_match_the_export_math():
+    """act_int8_max_bits: the forward is fq(x) @ W_k^T at bits <= it (docs/FORMAT.md §9), x @ W_k^T above;
+    the gradient reaches x straight through; attach_fake_quant rounds fitted levels as export stores them."""
+    from otaro_export import activation_quant
+    from otaro_export.testing import tiny_causal_lm
+    from otaro_export.train.fake_quant import FakeQuantLinear, attach_fake_quant, fake_quant_layers
+
+    torch.manual_seed(0)
+    layer = FakeQuantLinear.from_linear(torch.nn.Linear(96, 8))
+    layer.act_int8_max_bits = 4
+    x = torch.randn(3, 96, requires_grad=True)
+    for bits in (3, 4, 5):
+        layer.bits = bits
+        w = ste_fake_quantize(layer.weight, bits).detach()
+        xin = activation_quant.fake_quantize(x.detach()) if bits <= 4 else x.detach()
+        torch.testing.assert_close(layer(x), torch.nn.functional.linear(xin, w, layer.bias), rtol=0, atol=1e-5)
+    layer.bits = 3
+    layer(x).sum().backward()
+    want = ste_fake_quantize(layer.weight, 3).detach().sum(0).expand(3, 96)
+    torch.testing.assert_close(x.grad, want)  # d/dx of fq is taken as 1
+
+    model = tiny_causal_lm("llama").model
+    attach_fake_quant(model, reconstruction="fitted", int8_activations=4)
+    for module in fake_quant_layers(model).values():
+        assert module.act_int8_max_bits == 4
+        assert activation_quant.integer_levels(module.levels, 3) and activation_quant.integer_levels(module.levels, 4)
