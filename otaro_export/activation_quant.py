@@ -12,21 +12,22 @@ a partial last block counts its missing features as 0) to symmetric int8:
     fq(x) = q * (a / 127)                             float32
 
 Why: with activations on an integer grid, a kernel multiplies the integer levels of
-the weights (E5M3/E5M4 levels are small integers in M8 steps) with ``q`` in integer
-dot-product instructions (x86 VNNI ``vpdpbusd``, ARM ``sdot``) and applies the two
-scales once per group, which is much cheaper than decoding every weight to float.
-The result equals ``fq(x) @ W_k^T`` up to float32 summation order, so this module is
-the reference every runtime is tested against. Such kernels need the levels of
-those precisions to be integers in ``[0, 255]`` (``floor`` and ``center`` rows are;
-the exporter rounds ``fitted`` rows, :func:`round_levels_to_integers`); a kernel
-given other levels computes the same ``fq(x) @ W_k^T`` in float.
+the weights (E5M3/E5M4 levels are multiples of 32/16 M8 steps) with ``q`` in integer
+dot-product instructions (x86 ``vpdpbusd`` / ``pmaddubsw``, ARM ``sdot``) and applies
+the two scales once per group, which is much cheaper than decoding every weight to
+float. The result equals ``fq(x) @ W_k^T`` up to float32 summation order, so this
+module is the reference every runtime is tested against. Such kernels need the levels
+of those precisions on the int8 grid: even integers in ``[0, 254]`` M8 steps, so that
+half a level with its sign fits int8 and a pair of products fits int16 (``floor`` and
+``center`` rows are; the exporter rounds ``fitted`` rows, :func:`round_levels_to_int8_grid`);
+a kernel given other levels computes the same ``fq(x) @ W_k^T`` in float.
 """
 
 from __future__ import annotations
 
 import torch
 
-from otaro_export.sefp import GROUP_SIZE, STORED_MANTISSA_BITS, SUPPORTED_BITS, check_bits
+from otaro_export.sefp import GROUP_SIZE, SUPPORTED_BITS, check_bits, floor_levels
 
 #: the int8 grid: |q| <= 127 (symmetric: -128 is never used, so negating q cannot overflow)
 QMAX = 127
@@ -71,25 +72,30 @@ def fake_quantize(x: torch.Tensor) -> torch.Tensor:
     return out.reshape(*x.shape[:-1], -1)[..., :k]
 
 
-def round_levels_to_integers(levels: torch.Tensor, max_bits: int) -> torch.Tensor:
-    """A copy of ``levels`` whose rows E5M3..E5M``max_bits`` hold integers in [0, 255] (round half even).
+#: the largest level on the int8 grid: 2 * 127 M8 steps
+GRID_MAX = 2 * QMAX
 
-    Rows above ``max_bits`` are unchanged, and so is every ``floor`` row and ``center`` row
-    up to E5M7 (already integers). What the exporter stores when int8 activations are on:
-    then every consumer reads the same (rounded) levels, and integer kernels apply.
+
+def round_levels_to_int8_grid(levels: torch.Tensor, max_bits: int) -> torch.Tensor:
+    """A copy of ``levels`` whose rows E5M3..E5M``max_bits`` hold even integers in [0, 254] (nearest; ties even).
+
+    Rows above ``max_bits`` are unchanged, and so is every ``floor`` row up to E5M7 and
+    ``center`` row up to E5M6 (already on the grid). What the exporter stores when int8
+    activations are on: every consumer reads the same (rounded) levels, and integer kernels
+    apply. The rounding moves a level by at most one M8 step (1/32 of an E5M3 step).
     """
     check_max_bits(max_bits)
     out = levels.clone()
     for row, k in enumerate(SUPPORTED_BITS):
         if k <= max_bits:
             used = out[row, : 1 << k]
-            out[row, : 1 << k] = torch.round(used).clamp_(0, (1 << STORED_MANTISSA_BITS) - 1)
+            out[row, : 1 << k] = (torch.round(used / 2) * 2).clamp_(0, GRID_MAX)
     return out
 
 
-def integer_levels(levels: torch.Tensor | None, bits: int) -> bool:
-    """Whether row E5M``bits`` of ``levels`` (None: ``floor``) holds integers in [0, 255] (integer kernels apply)."""
+def int8_grid_levels(levels: torch.Tensor | None, bits: int) -> bool:
+    """Whether row E5M``bits`` of ``levels`` (None: ``floor``) is on the int8 grid (integer kernels apply)."""
     if levels is None:
-        return True
+        levels = floor_levels()
     row = levels[check_bits(bits) - SUPPORTED_BITS[0], : 1 << bits]
-    return bool(((row == torch.round(row)) & (row >= 0) & (row <= (1 << STORED_MANTISSA_BITS) - 1)).all())
+    return bool(((row == torch.round(row / 2) * 2) & (row >= 0) & (row <= GRID_MAX)).all())

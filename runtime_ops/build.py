@@ -53,6 +53,7 @@ _COMMON_FLAGS = ["-std=c++17", "-O3", "-fPIC", "-pthread", "-Wall", "-Wextra", "
 _CORE_FLAGS = ["-fvisibility=hidden", "-fvisibility-inlines-hidden"]
 _X86_ISA_FLAGS = {
     "sefp_kernel_avx2.cc": ["-mavx2", "-mfma", "-mf16c"],
+    "sefp_kernel_avx2_int8.cc": ["-mavx2", "-mfma", "-mf16c"],
     "sefp_kernel_avx512.cc": ["-mavx2", "-mfma", "-mf16c", "-mavx512f", "-mavx512bw", "-mavx512vl", "-mavx512dq"],
     "sefp_kernel_avx512_vnni.cc": [
         *("-mavx2", "-mfma", "-mf16c", "-mavx512f", "-mavx512bw", "-mavx512vl", "-mavx512dq", "-mavx512vnni"),

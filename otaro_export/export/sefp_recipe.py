@@ -129,10 +129,10 @@ class _EncodingMemo:
             )
             q, levels = hit
             if self.recipe.int8_activations and levels is not None:
-                from otaro_export.activation_quant import round_levels_to_integers
+                from otaro_export.activation_quant import round_levels_to_int8_grid
 
                 # integer levels at the int8 precisions, so that the integer kernel runs (docs/FORMAT.md §9)
-                hit = (q, round_levels_to_integers(levels, self.recipe.int8_activations))
+                hit = (q, round_levels_to_int8_grid(levels, self.recipe.int8_activations))
             self.done[unit] = hit
         return hit
 

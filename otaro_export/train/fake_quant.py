@@ -310,9 +310,9 @@ def refresh_encodings(model: nn.Module) -> None:
         w = torch.cat([_full(layers[m].weight) for m in members])
         q, levels = quantize_layer(w, first.reconstruction, first.exponent_rule, first.importance, name=members[0])
         if first.act_int8_max_bits and levels is not None:
-            from otaro_export.activation_quant import round_levels_to_integers
+            from otaro_export.activation_quant import round_levels_to_int8_grid
 
-            levels = round_levels_to_integers(levels, first.act_int8_max_bits)  # as export stores them
+            levels = round_levels_to_int8_grid(levels, first.act_int8_max_bits)  # as export stores them
         rows = 0
         for m in members:
             layer = layers[m]

@@ -77,16 +77,18 @@ def test_max_bits_and_applies():
             aq.check_max_bits(bad)
 
 
-def test_round_levels_to_integers_touches_only_the_rows_it_must():
+def test_round_levels_to_int8_grid_touches_only_the_rows_it_must():
     fitted = center_levels()
     fitted[0, :8] = torch.tensor([0.4, 21.5, 52.2, 90.7, 131.1, 160.0, 201.49, 255.7])
     fitted[1, :16] = torch.linspace(0.3, 250.6, 16)
     fitted[2, :32] = torch.linspace(0.3, 250.6, 32)
-    out = aq.round_levels_to_integers(fitted, 4)
-    assert out[0, :8].tolist() == [0.0, 22.0, 52.0, 91.0, 131.0, 160.0, 201.0, 255.0]  # half to even; clamp 255
-    assert torch.equal(out[1, :16], fitted[1, :16].round())
+    out = aq.round_levels_to_int8_grid(fitted, 4)
+    assert out[0, :8].tolist() == [0.0, 22.0, 52.0, 90.0, 132.0, 160.0, 202.0, 254.0]  # nearest even; clamp 254
+    assert torch.equal(out[1, :16], (fitted[1, :16] / 2).round() * 2)
     assert torch.equal(out[2:], fitted[2:])  # above max_bits: unchanged
-    assert aq.integer_levels(out, 3) and aq.integer_levels(out, 4) and not aq.integer_levels(out, 5)
-    for table in (floor_levels(), center_levels()):  # already integers up to E5M7
-        assert torch.equal(aq.round_levels_to_integers(table, 7), table)
-    assert all(aq.integer_levels(None, k) for k in SUPPORTED_BITS)
+    assert aq.int8_grid_levels(out, 3) and aq.int8_grid_levels(out, 4) and not aq.int8_grid_levels(out, 5)
+    for table, top in ((floor_levels(), 7), (center_levels(), 6)):  # already on the grid up to there
+        assert torch.equal(aq.round_levels_to_int8_grid(table, top), table)
+        assert all(aq.int8_grid_levels(table, k) for k in range(3, top + 1))
+    assert not aq.int8_grid_levels(center_levels(), 7)  # its offset is one M8 step: odd
+    assert all(aq.int8_grid_levels(None, k) for k in SUPPORTED_BITS if k <= 7)

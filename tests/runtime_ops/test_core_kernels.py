@@ -238,7 +238,7 @@ def _int8_tables():
     return {
         "floor": tables["floor"],
         "fitted": tables["fitted"],
-        "fitted-integer": aq.round_levels_to_integers(tables["fitted"], 8),
+        "fitted-integer": aq.round_levels_to_int8_grid(tables["fitted"], 8),
     }
 
 

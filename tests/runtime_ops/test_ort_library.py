@@ -137,7 +137,7 @@ def test_int8_activations_attribute(rule):
 
     levels = level_tables()[rule]
     if levels is not None:
-        levels = aq.round_levels_to_integers(levels, 4)  # as the exporter stores them: the integer kernel runs
+        levels = aq.round_levels_to_int8_grid(levels, 4)  # as the exporter stores them: the integer kernel runs
     packed, bias = make_layer(96, 200, bias=True, seed=5)
     sess = session(make_model(packed, bias, levels=levels, act_int8_max_bits=4), num_threads=2)
     for rows in (1, 6):

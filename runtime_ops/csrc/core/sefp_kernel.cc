@@ -298,14 +298,16 @@ Status resolve_levels(const float* levels, int bits, LinearPlan* plan) {
   return Status::kOk;
 }
 
-// Whether the integer kernel computes this call: the CPU has it, k <= 4 (its table decode),
-// few rows (decode; prefill-sized calls run the float GEMM on fq(x)), and the levels of
-// precision k are integers in [0, 255]. Otherwise the float kernels run on fq(x): the same result.
+// Whether an integer kernel computes this call: the ISA has one (AVX-512 VNNI, AVX2), k <= 4
+// (their table decode), few rows (decode; prefill-sized calls run the float GEMM on fq(x)), and
+// the levels of precision k are on the int8 grid (even integers in [0, 254], docs/FORMAT.md §9).
+// Otherwise the float kernels run on fq(x): the same result up to summation order.
 bool int8_kernel_applies(const LinearPlan& plan) {
-  if (plan.isa != Isa::kAvx512 || !int8_kernel_available() || plan.bits > 4 || plan.rows > 3) return false;
+  if (plan.bits > 4 || plan.rows > 3) return false;
+  if (plan.isa != Isa::kAvx2 && plan.isa != Isa::kAvx512) return false;
   for (int j = 0; j < (1 << plan.bits); ++j) {
     const float v = plan.row[j];
-    if (!(v >= 0.0f && v <= 255.0f) || v != std::nearbyint(v)) return false;
+    if (!(v >= 0.0f && v <= 254.0f) || v != 2.0f * std::nearbyint(0.5f * v)) return false;
   }
   return true;
 }
@@ -414,7 +416,11 @@ void run_linear_range(const LinearPlan& plan, int64_t n_begin, int64_t n_end) {
     return;
   }
 #if defined(__x86_64__) || defined(_M_X64)
-  if (plan.int8_kernel) return detail::linear_range_avx512_vnni(plan, n_begin, n_end);
+  if (plan.int8_kernel) {
+    if (plan.isa == Isa::kAvx512 && int8_kernel_available())
+      return detail::linear_range_avx512_vnni(plan, n_begin, n_end);
+    return detail::linear_range_avx2_int8(plan, n_begin, n_end);  // AVX-512 implies AVX2
+  }
 #endif
   kernel_for(plan.isa)(plan, n_begin, n_end);
 }

@@ -118,7 +118,7 @@ struct LinearPlan {
   std::vector<float> padded;  // the zero-padded copy of x (in_features % 64 != 0), or fq(x)
   // Int8 activations (docs/FORMAT.md §9): x above is fq(x). With int8_kernel, the integer kernel
   // runs instead of the float one, from xq (q, [rows, ldx]) and xscale (a / 127, [rows, num_groups])
-  // and the magnitudes lut_u8 (k = 3: [code & 7], k = 4: [(code & 7) | q[4] << 3]) of integer levels.
+  // and the level magnitudes lut_u8 (k = 3: [code & 7], k = 4: [(code & 7) | q[4] << 3]) on the int8 grid.
   bool int8_act = false;
   bool int8_kernel = false;
   const int8_t* xq = nullptr;
@@ -140,7 +140,7 @@ Status validate(const float* x, int64_t rows, const SEFPWeightView& w, int bits,
 // activations, docs/FORMAT.md §9; an integer kernel where the CPU and the levels allow).
 Status plan_linear(const float* x, int64_t rows, const SEFPWeightView& w, const float* bias, int bits, float* y,
                    int64_t ldy, Isa isa, LinearPlan* plan, int act_int8_max_bits = 0);
-// True if the int8-activation integer kernel can run on this CPU (AVX-512 VNNI).
+// True if the AVX-512 VNNI int8-activation kernel can run on this CPU (an AVX2 one runs on any AVX2 CPU).
 bool int8_kernel_available();
 // Computes y[r, n] for every r < rows and n in [n_begin, n_end) of a planned call,
 // single-threaded (0 <= n_begin <= n_end <= out_features; not checked).

@@ -40,8 +40,9 @@ void embedding_range_scalar(const EmbeddingPlan& plan, int64_t begin, int64_t en
 void linear_range_avx2(const LinearPlan& plan, int64_t n_begin, int64_t n_end);
 void embedding_range_avx2(const EmbeddingPlan& plan, int64_t begin, int64_t end);
 void linear_range_avx512(const LinearPlan& plan, int64_t n_begin, int64_t n_end);
-// The int8-activation integer kernel (AVX-512 VNNI), for plans with int8_kernel set.
+// The int8-activation integer kernels (AVX-512 VNNI, AVX2), for plans with int8_kernel set.
 void linear_range_avx512_vnni(const LinearPlan& plan, int64_t n_begin, int64_t n_end);
+void linear_range_avx2_int8(const LinearPlan& plan, int64_t n_begin, int64_t n_end);
 void embedding_range_avx512(const EmbeddingPlan& plan, int64_t begin, int64_t end);
 #endif
 #if defined(__aarch64__)

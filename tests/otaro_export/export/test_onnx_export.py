@@ -279,7 +279,7 @@ def test_int8_activations_are_recorded_and_can_be_turned_off(tmp_path):
         assert attrs and set(attrs) == {want}
         for layer in stored_layers(out).values():
             if "levels" in layer and want:
-                assert all(activation_quant.integer_levels(layer["levels"], k) for k in (3, 4))
+                assert all(activation_quant.int8_grid_levels(layer["levels"], k) for k in (3, 4))
         session = _ort_session(out / ARTIFACT_NAME, True)
         for k in (3, 5):
             logits[name, k], _ = _run(session, manifest, ids, k)

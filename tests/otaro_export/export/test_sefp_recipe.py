@@ -62,8 +62,8 @@ def test_the_memo_rounds_fitted_levels_to_integers_only_with_int8_activations():
     weight = torch.randn(16, 128)
     for value, integer in ((4, True), (0, False)):
         _, levels = _EncodingMemo(SEFPRecipe(reconstruction="fitted", int8_activations=value))("l", weight, None)
-        assert activation_quant.integer_levels(levels, 3) == integer
-        assert activation_quant.integer_levels(levels, 4) == integer
+        assert activation_quant.int8_grid_levels(levels, 3) == integer
+        assert activation_quant.int8_grid_levels(levels, 4) == integer
 
 
 def test_the_memo_encodes_a_layer_once_for_the_floor_plan_and_the_lowering(monkeypatch):
