@@ -60,7 +60,9 @@ _X86_ISA_FLAGS = {
     ],
 }
 _X86_ONLY = set(_X86_ISA_FLAGS)
-_ARM_ONLY = {"sefp_kernel_neon.cc"}
+# the SDOT kernel is compiled for ARMv8.2 and only called where the CPU reports the dot-product extension
+_ARM_ISA_FLAGS = {"sefp_kernel_neon_dotprod.cc": ["-march=armv8.2-a+dotprod"]}
+_ARM_ONLY = {"sefp_kernel_neon.cc", *_ARM_ISA_FLAGS}
 _CORE_ONLY_SOURCES = {"sefp_capi.cc"}  # the ctypes C ABI, only in the "core" library
 
 #: onnxruntime's official C API header; distributions install it here (Debian/Ubuntu: libonnxruntime-dev)
@@ -120,7 +122,8 @@ def _core_units(arch: str, with_capi: bool) -> list[_Unit]:
             continue
         if src.name in _ARM_ONLY and arch != "aarch64":
             continue
-        units.append(_Unit(src, [*_CORE_FLAGS, *(_X86_ISA_FLAGS.get(src.name, []) if arch == "x86_64" else [])]))
+        isa_flags = _X86_ISA_FLAGS if arch == "x86_64" else _ARM_ISA_FLAGS
+        units.append(_Unit(src, [*_CORE_FLAGS, *isa_flags.get(src.name, [])]))
     if not units:
         raise KernelLibraryError(f"no kernel core sources found under {CORE_DIR}")
     return units

@@ -100,17 +100,18 @@ def summation_tolerance(x, packed: packing.PackedSEFP, bits: int, bias, levels=N
     return 2 * gamma * mag
 
 
-def write_case(path: Path, x, packed, bits, bias, y_ref, tol, levels=None, ids=None) -> None:
+def write_case(path: Path, x, packed, bits, bias, y_ref, tol, levels=None, ids=None, act_int8_max_bits=0) -> None:
     """The binary case format read by runtime_ops/csrc/tests/sefp_kernel_tests.cc.
 
     A linear case passes ``x``; an embedding case passes ``ids`` (int64) and ``x=None``.
+    ``act_int8_max_bits``: the linear call's int8-activation setting (docs/FORMAT.md §9).
     """
     embedding = ids is not None
     rows = ids.numel() if embedding else x.shape[0]
     k = packed.in_features if embedding else x.shape[1]
     header = struct.pack(
-        "<8s8q", b"SEFPCAS2", packed.out_features, k, packed.num_groups, rows, bits, bias is not None,
-        levels is not None, embedding,
+        "<8s9q", b"SEFPCAS3", packed.out_features, k, packed.num_groups, rows, bits, bias is not None,
+        levels is not None, embedding, act_int8_max_bits,
     )  # fmt: skip
     parts = [header, ids.numpy().astype("<i8").tobytes() if embedding else x.numpy().astype("<f4").tobytes()]
     parts += [p.numpy().tobytes() for p in (*packed.planes(), packed.exponents)]

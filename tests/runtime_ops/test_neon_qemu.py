@@ -72,3 +72,35 @@ def test_neon_and_scalar_match_torch_reference_under_qemu(arm_binary, tmp_path):
         # every case at 1 and 2 threads
         assert sum(line.startswith(f"PASS {isa} ") for line in lines) == 2 * len(files), out[-2000:]
     assert "0 failure(s)" in out
+
+
+def test_int8_activations_under_qemu(arm_binary, tmp_path):
+    """act_int8_max_bits = 4 (docs/FORMAT.md §9) on ARM64: the SDOT kernel (qemu's CPU has the dot product)
+    and the scalar float path on fq(x), for levels on and off the int8 grid; tolerance as on x86
+    (test_core_kernels.test_int8_activations_equal_reference_within_summation_bound)."""
+    from otaro_export import activation_quant as aq
+
+    tables = level_tables()
+    tables = {
+        "floor": None,
+        "fitted-grid": aq.round_levels_to_int8_grid(tables["fitted"], 8),
+        "fitted": tables["fitted"],
+    }
+    files = []
+    for rule, levels in tables.items():
+        for i, (n, k, rows) in enumerate(QEMU_SHAPES):
+            x, packed, bias = float_problem(n, k, rows, seed=70 + i)
+            for bits in (3, 4, 5):
+                xq = aq.fake_quantize(x) if bits <= 4 else x
+                path = tmp_path / f"int8_{rule}_{i}_{bits}.bin"
+                want = reference(xq, packed, bits, bias, levels)
+                tol = summation_tolerance(xq, packed, bits, bias, levels).numpy()
+                write_case(path, x, packed, bits, bias, want, tol, levels, act_int8_max_bits=4)
+                files.append(path)
+    proc = subprocess.run([QEMU, str(arm_binary), *map(str, files)], capture_output=True, text=True, timeout=600)
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 0, out[-4000:]
+    assert "int8 kernel: neon-sdot" in out  # the SDOT kernel ran, not only the float path on fq(x)
+    lines = out.splitlines()
+    for isa in ("scalar", "neon"):
+        assert sum(line.startswith(f"PASS {isa} ") and " int8" in line for line in lines) == 2 * len(files), out[-2000:]

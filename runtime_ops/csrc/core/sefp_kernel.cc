@@ -15,6 +15,13 @@
 #include "core/sefp_kernel_internal.h"
 #include "core/thread_pool.h"
 
+#if defined(__aarch64__) && defined(__linux__)
+#include <sys/auxv.h>
+#ifndef HWCAP_ASIMDDP
+#define HWCAP_ASIMDDP (1 << 20)  // the dot-product instructions (SDOT/UDOT), Linux's arm64 hwcap bit
+#endif
+#endif
+
 namespace otaro {
 
 const char* status_message(Status status) {
@@ -87,6 +94,25 @@ bool int8_kernel_available() {
 #else
   return false;
 #endif
+}
+
+// ARMv8.2 dot product (SDOT), for the NEON int8-activation kernel.
+static bool neon_dotprod_available() {
+#if defined(__aarch64__) && defined(__linux__)
+  static const bool available = (getauxval(AT_HWCAP) & HWCAP_ASIMDDP) != 0;
+  return available;
+#else
+  return false;
+#endif
+}
+
+const char* int8_kernel_name(Isa isa) {
+  if (isa == Isa::kAuto) isa = best_isa();
+  if (!isa_available(isa)) return "none";
+  if (isa == Isa::kAvx512 && int8_kernel_available()) return "avx512-vnni";
+  if (isa == Isa::kAvx512 || isa == Isa::kAvx2) return "avx2";
+  if (isa == Isa::kNeon && neon_dotprod_available()) return "neon-sdot";
+  return "none";
 }
 
 int default_num_threads() {
@@ -298,13 +324,15 @@ Status resolve_levels(const float* levels, int bits, LinearPlan* plan) {
   return Status::kOk;
 }
 
-// Whether an integer kernel computes this call: the ISA has one (AVX-512 VNNI, AVX2), k <= 4
+// Whether an integer kernel computes this call: the ISA has one (AVX-512 VNNI, AVX2, NEON with SDOT), k <= 4
 // (their table decode), few rows (decode; prefill-sized calls run the float GEMM on fq(x)), and
 // the levels of precision k are on the int8 grid (even integers in [0, 254], docs/FORMAT.md §9).
 // Otherwise the float kernels run on fq(x): the same result up to summation order.
 bool int8_kernel_applies(const LinearPlan& plan) {
   if (plan.bits > 4 || plan.rows > 3) return false;
-  if (plan.isa != Isa::kAvx2 && plan.isa != Isa::kAvx512) return false;
+  const bool has_kernel =
+      plan.isa == Isa::kAvx2 || plan.isa == Isa::kAvx512 || (plan.isa == Isa::kNeon && neon_dotprod_available());
+  if (!has_kernel) return false;
   for (int j = 0; j < (1 << plan.bits); ++j) {
     const float v = plan.row[j];
     if (!(v >= 0.0f && v <= 254.0f) || v != 2.0f * std::nearbyint(0.5f * v)) return false;
@@ -421,6 +449,9 @@ void run_linear_range(const LinearPlan& plan, int64_t n_begin, int64_t n_end) {
       return detail::linear_range_avx512_vnni(plan, n_begin, n_end);
     return detail::linear_range_avx2_int8(plan, n_begin, n_end);  // AVX-512 implies AVX2
   }
+#endif
+#if defined(__aarch64__)
+  if (plan.int8_kernel) return detail::linear_range_neon_dotprod(plan, n_begin, n_end);
 #endif
   kernel_for(plan.isa)(plan, n_begin, n_end);
 }

@@ -142,6 +142,9 @@ Status plan_linear(const float* x, int64_t rows, const SEFPWeightView& w, const 
                    int64_t ldy, Isa isa, LinearPlan* plan, int act_int8_max_bits = 0);
 // True if the AVX-512 VNNI int8-activation kernel can run on this CPU (an AVX2 one runs on any AVX2 CPU).
 bool int8_kernel_available();
+// The integer kernel that int8-activation decode calls run with `isa` on this CPU: "avx512-vnni",
+// "avx2", "neon-sdot", or "none" (the float kernels on fq(x)).
+const char* int8_kernel_name(Isa isa);
 // Computes y[r, n] for every r < rows and n in [n_begin, n_end) of a planned call,
 // single-threaded (0 <= n_begin <= n_end <= out_features; not checked).
 void run_linear_range(const LinearPlan& plan, int64_t n_begin, int64_t n_end);

@@ -1,5 +1,5 @@
 // Int8-activation kernel (AVX-512 VNNI), docs/FORMAT.md §9: y = fq(x) @ W_k^T for E5M3 / E5M4
-// with integer levels, few activation rows (decode).
+// with levels on the int8 grid, few activation rows (decode).
 //
 // Per group of 64 weights and weight row: the p0 nibbles (sign << 3 | q[7:5]) become 64 bytes
 // in element order (low nibbles are elements 0..31, high nibbles 32..63); E5M4 puts q[4] in

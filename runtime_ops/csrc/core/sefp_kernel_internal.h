@@ -48,6 +48,8 @@ void embedding_range_avx512(const EmbeddingPlan& plan, int64_t begin, int64_t en
 #if defined(__aarch64__)
 void linear_range_neon(const LinearPlan& plan, int64_t n_begin, int64_t n_end);
 void embedding_range_neon(const EmbeddingPlan& plan, int64_t begin, int64_t end);
+// The int8-activation integer kernel (ARMv8.2 SDOT), for plans with int8_kernel set.
+void linear_range_neon_dotprod(const LinearPlan& plan, int64_t n_begin, int64_t n_end);
 #endif
 
 // Helpers here are `static inline` on purpose: the ISA translation units are

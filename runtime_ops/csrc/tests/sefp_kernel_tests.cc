@@ -21,6 +21,7 @@ namespace {
 
 struct Case {
   int64_t n = 0, k = 0, g = 0, rows = 0, bits = 0, has_bias = 0, has_levels = 0, embedding = 0;
+  int64_t act_int8_max_bits = 0;  // linear cases: int8 activations at bits <= it (docs/FORMAT.md §9)
   std::vector<float> x, bias, levels, y_ref, tol;
   std::vector<int64_t> ids;  // embedding cases: rows ids instead of x
   std::vector<uint8_t> p0, p1, p2, p3;
@@ -38,12 +39,12 @@ bool load_case(const char* path, Case& c) {
   std::ifstream in(path, std::ios::binary);
   char magic[8];
   in.read(magic, 8);
-  if (!in || std::memcmp(magic, "SEFPCAS2", 8) != 0) return false;
-  int64_t header[8];
+  if (!in || std::memcmp(magic, "SEFPCAS3", 8) != 0) return false;
+  int64_t header[9];
   in.read(reinterpret_cast<char*>(header), sizeof header);
   if (!in) return false;
   c.n = header[0], c.k = header[1], c.g = header[2], c.rows = header[3], c.bits = header[4], c.has_bias = header[5];
-  c.has_levels = header[6], c.embedding = header[7];
+  c.has_levels = header[6], c.embedding = header[7], c.act_int8_max_bits = header[8];
   const int64_t out_cols = c.embedding ? c.k : c.n;
   const bool inputs = c.embedding ? read_array(in, c.ids, c.rows) : read_array(in, c.x, c.rows * c.k);
   return inputs && read_array(in, c.p0, c.n * c.g * otaro::kPlaneBytesPerGroup[0]) &&
@@ -76,7 +77,8 @@ void run_case(const char* path) {
   }
   const std::string shape = std::string(c.embedding ? "embedding" : "linear") + " N=" + std::to_string(c.n) +
                             " K=" + std::to_string(c.k) + " rows=" + std::to_string(c.rows) +
-                            " bits=" + std::to_string(c.bits) + (c.has_levels ? " levels" : "");
+                            " bits=" + std::to_string(c.bits) + (c.has_levels ? " levels" : "") +
+                            (c.act_int8_max_bits ? " int8" : "");
   for (otaro::Isa isa : {otaro::Isa::kScalar, otaro::Isa::kAvx2, otaro::Isa::kAvx512, otaro::Isa::kNeon}) {
     if (!otaro::isa_available(isa)) continue;
     for (int threads : {1, 2}) {
@@ -85,7 +87,8 @@ void run_case(const char* path) {
           c.embedding
               ? otaro::sefp_embedding(c.ids.data(), c.rows, view(c), static_cast<int>(c.bits), y.data(), threads, isa)
               : otaro::sefp_linear(c.x.data(), c.rows, view(c), c.has_bias ? c.bias.data() : nullptr,
-                                   static_cast<int>(c.bits), y.data(), threads, isa);
+                                   static_cast<int>(c.bits), y.data(), threads, isa,
+                                   static_cast<int>(c.act_int8_max_bits));
       double worst = 0.0;  // largest |err| / tol (0 tol: exact)
       bool ok = s == otaro::Status::kOk;
       for (size_t i = 0; ok && i < y.size(); ++i) {
@@ -150,6 +153,7 @@ void check_errors() {
 
 int main(int argc, char** argv) {
   std::printf("best isa: %s\n", otaro::isa_name(otaro::best_isa()));
+  std::printf("int8 kernel: %s\n", otaro::int8_kernel_name(otaro::best_isa()));
   for (int i = 1; i < argc; ++i) run_case(argv[i]);
   check_errors();
   std::printf("%d failure(s)\n", failures);
