@@ -74,6 +74,8 @@ class CoreKernels:
             _P, _I64, ctypes.POINTER(WeightView), _I64, _INT, _P, _INT, _INT, _I64, _P, _INT,
         ]  # fmt: skip
         lib.otaro_int8_kernel_available.restype = _INT
+        lib.otaro_int8_kernel_name.restype = ctypes.c_char_p
+        lib.otaro_int8_kernel_name.argtypes = [_INT]
         lib.otaro_time_read.restype = ctypes.c_uint64
         lib.otaro_time_read.argtypes = [_P, _I64, _I64, _P]
         lib.otaro_status_message.restype = ctypes.c_char_p
@@ -107,8 +109,12 @@ class CoreKernels:
         return int(self._lib.otaro_default_num_threads())
 
     def int8_kernel_available(self) -> bool:
-        """Whether int8-activation calls at E5M3/E5M4 run the integer kernel here (AVX-512 VNNI)."""
+        """Whether the AVX-512 VNNI int8-activation kernel can run here."""
         return bool(self._lib.otaro_int8_kernel_available())
+
+    def int8_kernel_name(self, isa: str = "auto") -> str:
+        """The integer kernel of int8-activation decode calls with ``isa`` here: avx512-vnni, avx2, neon-sdot, none."""
+        return self._lib.otaro_int8_kernel_name(ISAS[isa]).decode()
 
     def _raise_for(self, status: int, bits: int, isa: str, op: str = "sefp_linear") -> None:
         if status != 0:

@@ -57,9 +57,18 @@ def machine_info() -> dict:
             versions[module] = __import__(module).__version__
         except Exception:  # not installed or no __version__: leave it out
             pass
+    kernels = {}
+    try:
+        from otaro_export.runtime_ops.core_ctypes import CoreKernels
+
+        core = CoreKernels.load()
+        kernels = {"isa": core.best_isa(), "int8": core.int8_kernel_name()}
+    except Exception as exc:  # no compiler: the rows that need the kernels say so themselves
+        kernels = {"error": str(exc).splitlines()[0]}
     return {
         "cpu": cpu,
         "logical_cpus": os.cpu_count(),
+        "sefp_kernels": kernels,
         "memory_gib": round(mem_gib, 1),
         "platform": platform.platform(),
         "python": platform.python_version(),
@@ -488,12 +497,19 @@ def rerender(out: Path) -> dict:
     return write_report(json.loads(path.read_text(encoding="utf-8")), Path(out))
 
 
+def _kernel_line(kernels: dict) -> str:
+    if "isa" not in kernels:
+        return f"SEFP kernels: {kernels.get('error', 'not recorded')}"
+    return f"SEFP kernels: {kernels['isa']} path; int8-activation decode kernel: {kernels['int8']}"
+
+
 def render_text(payload: dict, accuracy: dict, goals: list) -> str:
     load = payload["load_average_1min"]
     m = payload["machine"]
     parts = [
         f"otaro bench, started {payload['started']}, {payload['wall_s']:.0f}s; {m['cpu']}, {m['logical_cpus']} logical CPUs; "
         f"1-min load average during the run: min {load.get('min')}, median {load.get('median')}, max {load.get('max')}",
+        _kernel_line(m.get("sefp_kernels") or {}),
         f"prompt {payload['prompt_tokens']} tokens; ratios: x anchor = / the fastest anchor row (llama.cpp at "
         "the bench's threads or 1 thread, onnxruntime-genai int4), x fp32 = / fp32 export of the same runtime",
         "",
