@@ -23,11 +23,12 @@ tensor); only the runtime-specific ops differ:
     in no aarch64 build on PyPI;
   - ``"portable"``: only standard ops, so any ExecuTorch runtime with the
     portable kernels runs it (examples/arm64). The caches are mutable buffers
-    ``[max_seq_len, kv_heads, head_dim]``; the new rows are written with
-    ``index_put_`` at positions ``start .. start + S - 1`` (ExecuTorch's
+    ``k_cache_i [kv_heads, head_dim, max_seq_len]`` (keys transposed) and
+    ``v_cache_i [kv_heads, max_seq_len, head_dim]``; the new positions
+    ``start .. start + S - 1`` are written with ``index_put_`` (ExecuTorch's
     reinplace pass keeps it in place: no copy of the cache per step), and
-    attention is grouped-query matmul / softmax / matmul over the cache's
-    first ``start + S`` rows with a causal mask over the S new rows;
+    attention is grouped-query bmm / softmax / bmm over positions
+    ``0 .. start + S - 1`` with a causal mask over the S new ones;
 * RMSNorm and SwiGLU (``silu(gate) * up``).
 
 ``fused_ops=True`` (the fused program) runs RMSNorm, the rotary heads and
@@ -93,11 +94,11 @@ class ExecuTorchDecoder(ExportDecoder):
             load_llm_custom_ops()
         super().__init__(hf_model, max_seq_len)
         self.attention = attention
-        shape = self.buffer_shape()
+        k_shape, v_shape = self.buffer_shapes()
         for i in range(self.num_layers):
             # persistent=False: mutable state, zeros at load, never part of the weights
-            self.register_buffer(f"k_cache_{i}", torch.zeros(shape), persistent=False)
-            self.register_buffer(f"v_cache_{i}", torch.zeros(shape), persistent=False)
+            self.register_buffer(f"k_cache_{i}", torch.zeros(k_shape), persistent=False)
+            self.register_buffer(f"v_cache_{i}", torch.zeros(v_shape), persistent=False)
         self.fused_ops = bool(fused_ops)
         self.norm_as_linear = bool(norm_as_linear) and not self.fused_ops
         if self.norm_as_linear:
@@ -135,11 +136,17 @@ class ExecuTorchDecoder(ExportDecoder):
     def io_names(self) -> tuple[list[str], list[str]]:
         return list(INPUT_NAMES), list(OUTPUT_NAMES)
 
-    def buffer_shape(self) -> tuple[int, ...]:
-        """Shape of each K/V cache buffer (the base class's ``cache_shape`` is the ONNX graph's)."""
-        if self.attention == "portable":  # rows indexed by position: one index_put per update
-            return (self.max_seq_len, self.kv_heads, self.head_dim)
-        return (1, self.max_seq_len, self.kv_heads, self.head_dim)
+    def buffer_shapes(self) -> tuple[tuple[int, ...], tuple[int, ...]]:
+        """Shapes of the K and V cache buffers (the base class's ``cache_shape`` is the ONNX graph's).
+
+        Portable: head-major, keys stored transposed, so that the rows attention
+        reads are one slice of each buffer that ``bmm`` takes as it is (no
+        transposed copy of the cache per layer and step).
+        """
+        kv, d, n = self.kv_heads, self.head_dim, self.max_seq_len
+        if self.attention == "portable":
+            return (kv, d, n), (kv, n, d)
+        return (1, n, kv, d), (1, n, kv, d)
 
     def portable_attention(self, q, k_cache, v_cache, end: int, mask):
         """Causal grouped-query attention of q ``[1, S, H, D]`` over cache rows ``0 .. end - 1``: ``[1, S, H * D]``.
@@ -152,8 +159,8 @@ class ExecuTorchDecoder(ExportDecoder):
         group = self.num_heads // kv
         # [KV, group * S, D]: each kv head's query rows in one batch of the matmul, not repeated K/V
         qg = q.reshape(seq, kv, group, d).permute(1, 2, 0, 3).reshape(kv, group * seq, d)
-        keys = k_cache.narrow(0, 0, end).permute(1, 2, 0)  # [KV, D, end]
-        values = v_cache.narrow(0, 0, end).transpose(0, 1)  # [KV, end, D]
+        keys = k_cache.narrow(2, 0, end)  # [KV, D, end]: positions 0 .. end - 1
+        values = v_cache.narrow(1, 0, end)  # [KV, end, D]
         scores = torch.bmm(qg * self.scale, keys).reshape(kv, group, seq, end) + mask
         probs = torch.softmax(scores, dim=-1).reshape(kv, group * seq, end)
         out = torch.bmm(probs, values).reshape(kv, group, seq, d).permute(2, 0, 1, 3)  # [S, KV, group, D]
@@ -181,8 +188,9 @@ class ExecuTorchDecoder(ExportDecoder):
             v = self.heads(qkv, cos, sin, heads + kv, kv, False)
             k_cache, v_cache = getattr(self, f"k_cache_{i}"), getattr(self, f"v_cache_{i}")
             if portable:
-                k_cache.index_put_((rows,), k[0])
-                v_cache.index_put_((rows,), v[0])
+                # index_put_ at the new positions (the reinplace pass keeps it in place when lowered)
+                k_cache[:, :, rows] = k.reshape(seq, kv, self.head_dim).permute(1, 2, 0)
+                v_cache[:, rows] = v.reshape(seq, kv, self.head_dim).transpose(0, 1)
                 return self.portable_attention(q, k_cache, v_cache, end, mask)
             torch.ops.llama.update_cache(k, k_cache, start)
             torch.ops.llama.update_cache(v, v_cache, start)

@@ -65,9 +65,10 @@ def test_stale_rows_past_the_position_are_never_read():
         np.testing.assert_allclose(a, f, **TOL)
 
 
-def test_portable_buffers_are_row_per_position_and_the_program_has_no_custom_ops():
+def test_portable_buffers_are_head_major_and_the_program_has_no_custom_ops():
     _, portable = _pair()
-    assert portable.get_buffer("k_cache_0").shape == (TINY_EXECUTORCH_MAX_SEQ_LEN, 2, 16)
+    assert portable.get_buffer("k_cache_0").shape == (2, 16, TINY_EXECUTORCH_MAX_SEQ_LEN)  # keys transposed
+    assert portable.get_buffer("v_cache_0").shape == (2, TINY_EXECUTORCH_MAX_SEQ_LEN, 16)
     ep = portable.export()
     targets = {str(n.target) for n in ep.graph.nodes if n.op == "call_function"}
     assert not [t for t in targets if "llama" in t or "otaro" in t], targets

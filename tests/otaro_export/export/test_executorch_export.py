@@ -86,7 +86,7 @@ def test_portable_attention_needs_no_llm_ops_and_gives_the_same_logits(et_root):
     directory, _ = tiny_executorch_artifact(et_root, "llama", kernels="fused", num_layers=2, attention="portable")
     extra = Manifest.load(directory).extra
     assert extra["attention"] == "portable" and extra["runtime_ops"] == []
-    assert extra["kv_cache"].startswith("mutable buffers k_cache_i/v_cache_i [max_seq_len, kv_heads, head_dim]")
+    assert extra["kv_cache"].startswith("mutable buffers k_cache_i [kv_heads, head_dim, max_seq_len]")
     plan = deserialize_pte_binary((directory / "model.pte").read_bytes()).program.execution_plan[0]
     ops = {op.name for op in plan.operators}
     assert not [op for op in ops if op.startswith("llama::")], ops
