@@ -119,13 +119,18 @@ def test_onnx_demo_one_load_each_task_at_its_precision(onnx_artifact, counted_lo
 
     # Same answers as the torch reference at the same precisions. The mean log-probs agree
     # to 1e-3: ONNX Runtime and torch differ by float32 summation order only (~1e-5 on
-    # these logits), and a 1e-3 gap is far below the gaps between options.
+    # these logits), and a 1e-3 gap is far below the gaps between options. Where int8
+    # activations apply (docs/FORMAT.md §9), that order can move an activation on a rounding
+    # boundary of fq to the next grid point (one step, a / 127, on one input): ~2e-3 measured here.
     reference = {r.name: r for r in _reference_report(onnx_artifact).results}
     for r in report["results"]:
         ref = reference[r["name"]]
         assert r["answer"] == ref.answer, r["name"]
         for option, score in r["scores"].items():
-            assert np.isclose(score, ref.scores[option], atol=1e-3), (r["name"], option)
+            assert np.isclose(score, ref.scores[option], atol=_score_atol(onnx_artifact, r["bits"])), (
+                r["name"],
+                option,
+            )
 
 
 def test_mobile_bundle_runs_like_the_runtime(onnx_artifact, tmp_path):
@@ -142,9 +147,18 @@ def test_mobile_bundle_runs_like_the_runtime(onnx_artifact, tmp_path):
     for mine, ref in zip(app_results, report.results):
         assert mine["answer"] == ref.answer, mine["name"]
         # Stock ORT runs SEFPLinear's function body; the runtime may use the fused kernel:
-        # the same exact weights, summed in another order (see the 1e-3 bound above).
+        # the same exact weights, summed in another order (see the bounds above).
         for option, score in mine["scores"].items():
-            assert np.isclose(score, ref.scores[option], atol=1e-3), (mine["name"], option)
+            atol = _score_atol(onnx_artifact, mine["bits"])
+            assert np.isclose(score, ref.scores[option], atol=atol), (mine["name"], option)
+
+
+def _score_atol(directory, bits: int) -> float:
+    """1e-3, or 1e-2 at the precisions that run with int8 activations (see the comment in the test above)."""
+    from otaro_export.manifest import Manifest
+
+    int8_max = int(Manifest.load(directory).extra.get("sefp_recipe", {}).get("int8_activations", 0))
+    return 1e-2 if bits <= int8_max else 1e-3
 
 
 def _json_keys(value) -> set[str]:

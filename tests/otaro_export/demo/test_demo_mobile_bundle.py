@@ -204,8 +204,18 @@ def test_runner_answers_equal_the_runtime(exported, runner, bits, kernels):
         assert result["answer"] == ref.answer, task.name
         assert result["scores"].keys() == ref.scores.keys()
         for option, score in result["scores"].items():
-            # same weights and kernels (stock: the function bodies), summed in another order at most
-            assert score == pytest.approx(ref.scores[option], abs=1e-4), (task.name, option)
+            # same weights and kernels (stock: the function bodies), summed in another order at most; where int8
+            # activations apply (docs/FORMAT.md §9) that order can move an activation on a rounding boundary of
+            # fq to the next grid point: one step (a / 127) on one input, ~2e-3 measured on these prompts
+            tol = 1e-2 if bits <= int8_max_bits(exported.session.directory) else 1e-4
+            assert score == pytest.approx(ref.scores[option], abs=tol), (task.name, option)
+
+
+def int8_max_bits(directory) -> int:
+    """The artifact's int8-activation setting (docs/FORMAT.md §9), 0 if none."""
+    from otaro_export.manifest import Manifest
+
+    return int(Manifest.load(directory).extra.get("sefp_recipe", {}).get("int8_activations", 0))
 
 
 def test_runner_refuses_a_bundle_of_another_version(exported, runner, tmp_path):

@@ -120,8 +120,9 @@ def test_corrupt_or_truncated_artifact_is_an_artifact_error(llama, tmp_path, dam
 @pytest.mark.slow
 def test_smollm2_greedy_text_at_e5m8_matches_torch_reference(tmp_path):
     """The default model end to end with the default recipe (fitted tables, searched exponents, floors,
-    SEFP tied lm_head): export, load with the fused library, 32 greedy tokens at E5M8 equal the torch
-    reference of the artifact's own stored bits; E5M3 logits of the prompt agree too."""
+    SEFP tied lm_head, int8 activations up to E5M4): export, load with the fused library, 32 greedy tokens at
+    E5M8 equal the torch reference of the artifact's own stored bits; E5M3's prompt logits are as close to it
+    as the reference is to itself under float32-sized jitter."""
     from otaro_export.export.pipeline import ExportOptions, export_model
     from otaro_export.models import load_model
 
@@ -139,9 +140,34 @@ def test_smollm2_greedy_text_at_e5m8_matches_torch_reference(tmp_path):
         ids = torch.cat([ids, torch.tensor([[want[-1]]])], dim=1)
     assert session.tokenizer.decode(got) == session.tokenizer.decode(want)
     assert got == want
-    # 30 layers of float32 sums in another order: ~1e-4 on logits of magnitude ~20 (1e-3 leaves margin)
-    e5m3 = reference_logits(reference_decoder(tmp_path, teacher, 3), torch.tensor([prompt])).numpy()
-    np.testing.assert_allclose(session.forward(np.array([prompt]), 3), e5m3, rtol=0, atol=1e-3)
+    # E5M3 runs with int8 activations (docs/FORMAT.md §9): fq rounds to a grid, so a float32 summation-order
+    # difference upstream moves the odd activation to the neighbouring grid point, and 30 layers amplify that
+    # (the runtime's prefill and decode differ from each other as much). Elementwise logits are then no test;
+    # the reference's own spread is: jittering its linears' inputs by 1e-7 (relative, float32 rounding size)
+    # moves it as far (measured: KL 0.006 mean, logits 0.16 median), against 0.55 from E5M3 to float.
+    reference3 = reference_decoder(tmp_path, teacher, 3)
+    ids = torch.tensor([prompt])
+    e5m3 = reference_logits(reference3, ids)
+    got3 = torch.from_numpy(session.forward(np.array([prompt]), 3))
+    torch.manual_seed(0)
+    hooks = [m.register_forward_pre_hook(_jitter) for m in reference3.modules() if isinstance(m, torch.nn.Linear)]
+    jittered = reference_logits(reference3, ids)
+    for h in hooks:
+        h.remove()
+    spread, kl = _kl(e5m3, jittered), _kl(e5m3, got3)
+    assert kl <= 3 * spread + 1e-3, (kl, spread)
+    assert (got3.argmax(-1) == e5m3.argmax(-1)).float().mean() >= 0.9
+
+
+def _jitter(_module, args):
+    x = args[0]
+    return (x * (1 + 1e-7 * torch.randn_like(x)), *args[1:])
+
+
+def _kl(p_logits: torch.Tensor, q_logits: torch.Tensor) -> float:
+    """Mean over positions of KL(softmax p || softmax q)."""
+    lp, lq = torch.log_softmax(p_logits.double(), -1), torch.log_softmax(q_logits.double(), -1)
+    return float((lp.exp() * (lp - lq)).sum(-1).mean())
 
 
 def test_a_manifest_that_disagrees_with_the_graphs_caches_is_refused(llama, tmp_path):
