@@ -30,7 +30,8 @@ struct HalfLevels {
   __m256i q4_down;  // dword shifts right: the same for j = 2, 3
 };
 
-inline HalfLevels half_levels(const LinearPlan& a) {
+template <int BITS>
+inline HalfLevels int8_context(const LinearPlan& a) {
   const __m128i lut = _mm_srli_epi16(_mm_load_si128(reinterpret_cast<const __m128i*>(a.lut_u8)), 1);
   return HalfLevels{
       _mm256_broadcastsi128_si256(_mm_and_si128(lut, _mm_set1_epi8(0x7F))),  // epi16 shift: clear the borrowed bit
@@ -125,30 +126,9 @@ void int8_rows(const LinearPlan& a, const HalfLevels& h, int64_t n) {
     for (int r = 0; r < R; ++r) a.y[m * N + n + r] = hsum8(acc[m][r]) + (a.bias ? a.bias[n + r] : 0.0f);
 }
 
-template <int BITS, int M>
-void int8_matvec(const LinearPlan& a, int64_t n_begin, int64_t n_end) {
-  const HalfLevels h = half_levels(a);
-  int64_t n = n_begin;
-  constexpr int kRows = M == 1 ? 4 : 2;
-  for (; n + kRows <= n_end; n += kRows) int8_rows<BITS, M, kRows>(a, h, n);
-  for (; n < n_end; ++n) int8_rows<BITS, M, 1>(a, h, n);
-}
-
-template <int BITS>
-void int8_bits(const LinearPlan& a, int64_t n_begin, int64_t n_end) {
-  switch (a.rows) {
-    case 1: return int8_matvec<BITS, 1>(a, n_begin, n_end);
-    case 2: return int8_matvec<BITS, 2>(a, n_begin, n_end);
-    default: return int8_matvec<BITS, 3>(a, n_begin, n_end);  // plan: rows <= 3
-  }
-}
-
 }  // namespace
 
-void linear_range_avx2_int8(const LinearPlan& a, int64_t n_begin, int64_t n_end) {
-  if (a.bits == 3) return int8_bits<3>(a, n_begin, n_end);
-  return int8_bits<4>(a, n_begin, n_end);  // plan: bits <= 4
-}
+OTARO_SEFP_DEFINE_INT8_KERNEL(linear_range_avx2_int8)
 
 }  // namespace detail
 }  // namespace otaro

@@ -27,7 +27,8 @@ struct Int8Decode {
   __m512i p1_rotate;  // dword rotate of 128-bit lane j (elements 16j..): bit 2j+1 of p1 (q[4]) to bit 3
 };
 
-inline Int8Decode int8_decode(const LinearPlan& a) {
+template <int BITS>
+inline Int8Decode int8_context(const LinearPlan& a) {
   return Int8Decode{
       _mm512_broadcast_i32x4(_mm_load_si128(reinterpret_cast<const __m128i*>(a.lut_u8))),
       _mm512_set1_epi8(0x0F),
@@ -115,30 +116,9 @@ void int8_rows(const LinearPlan& a, const Int8Decode& d, int64_t n) {
 }
 
 // One activation row: four weight rows at a time; two or three rows: two.
-template <int BITS, int M>
-void int8_matvec(const LinearPlan& a, int64_t n_begin, int64_t n_end) {
-  const Int8Decode d = int8_decode(a);
-  int64_t n = n_begin;
-  constexpr int kRows = M == 1 ? 4 : 2;
-  for (; n + kRows <= n_end; n += kRows) int8_rows<BITS, M, kRows>(a, d, n);
-  for (; n < n_end; ++n) int8_rows<BITS, M, 1>(a, d, n);
-}
-
-template <int BITS>
-void int8_bits(const LinearPlan& a, int64_t n_begin, int64_t n_end) {
-  switch (a.rows) {
-    case 1: return int8_matvec<BITS, 1>(a, n_begin, n_end);
-    case 2: return int8_matvec<BITS, 2>(a, n_begin, n_end);
-    default: return int8_matvec<BITS, 3>(a, n_begin, n_end);  // plan: rows <= 3
-  }
-}
-
 }  // namespace
 
-void linear_range_avx512_vnni(const LinearPlan& a, int64_t n_begin, int64_t n_end) {
-  if (a.bits == 3) return int8_bits<3>(a, n_begin, n_end);
-  return int8_bits<4>(a, n_begin, n_end);  // plan: bits <= 4
-}
+OTARO_SEFP_DEFINE_INT8_KERNEL(linear_range_avx512_vnni)
 
 }  // namespace detail
 }  // namespace otaro

@@ -149,5 +149,34 @@ static inline int decode_element(const uint8_t* p0, const uint8_t* p1, const uin
     }                                                                                        \
   }
 
+// Defines, in one ISA translation unit, the int8-activation entry `void FN(const LinearPlan&,
+// int64_t, int64_t)`: bits 3 / 4 and activation rows 1..3 dispatched to that unit's
+// int8_rows<BITS, M, R>(plan, context, n) (R = 4 weight rows at a time for one activation row,
+// 2 for more, 1 for the tail), with `context` = int8_context<BITS>(plan) made once per range.
+// A macro for the same reason as OTARO_SEFP_DEFINE_KERNELS.
+#define OTARO_SEFP_DEFINE_INT8_KERNEL(FN)                                            \
+  namespace {                                                                        \
+  template <int BITS, int M>                                                         \
+  void int8_matvec(const LinearPlan& a, int64_t n_begin, int64_t n_end) {            \
+    const auto context = int8_context<BITS>(a);                                      \
+    constexpr int kRows = M == 1 ? 4 : 2;                                            \
+    int64_t n = n_begin;                                                             \
+    for (; n + kRows <= n_end; n += kRows) int8_rows<BITS, M, kRows>(a, context, n); \
+    for (; n < n_end; ++n) int8_rows<BITS, M, 1>(a, context, n);                     \
+  }                                                                                  \
+  template <int BITS>                                                                \
+  void int8_bits(const LinearPlan& a, int64_t n_begin, int64_t n_end) {              \
+    switch (a.rows) {                                                                \
+      case 1: return int8_matvec<BITS, 1>(a, n_begin, n_end);                        \
+      case 2: return int8_matvec<BITS, 2>(a, n_begin, n_end);                        \
+      default: return int8_matvec<BITS, 3>(a, n_begin, n_end); /* plan: rows <= 3 */ \
+    }                                                                                \
+  }                                                                                  \
+  }                                                                                  \
+  void FN(const LinearPlan& a, int64_t n_begin, int64_t n_end) {                     \
+    if (a.bits == 3) return int8_bits<3>(a, n_begin, n_end);                         \
+    return int8_bits<4>(a, n_begin, n_end); /* plan: bits <= 4 */                    \
+  }
+
 }  // namespace detail
 }  // namespace otaro

@@ -27,7 +27,7 @@ struct SignedLevels {
 };
 
 template <int BITS>
-inline SignedLevels signed_levels(const LinearPlan& a) {
+inline SignedLevels int8_context(const LinearPlan& a) {
   alignas(16) int8_t t[32];
   for (int i = 0; i < 32; ++i) {
     const int sign_bit = BITS == 3 ? 8 : 16;
@@ -107,30 +107,9 @@ void int8_rows(const LinearPlan& a, const SignedLevels& s, int64_t n) {
     for (int r = 0; r < R; ++r) a.y[m * N + n + r] = vaddvq_f32(acc[m][r]) + (a.bias ? a.bias[n + r] : 0.0f);
 }
 
-template <int BITS, int M>
-void int8_matvec(const LinearPlan& a, int64_t n_begin, int64_t n_end) {
-  const SignedLevels s = signed_levels<BITS>(a);
-  int64_t n = n_begin;
-  constexpr int kRows = M == 1 ? 4 : 2;
-  for (; n + kRows <= n_end; n += kRows) int8_rows<BITS, M, kRows>(a, s, n);
-  for (; n < n_end; ++n) int8_rows<BITS, M, 1>(a, s, n);
-}
-
-template <int BITS>
-void int8_bits(const LinearPlan& a, int64_t n_begin, int64_t n_end) {
-  switch (a.rows) {
-    case 1: return int8_matvec<BITS, 1>(a, n_begin, n_end);
-    case 2: return int8_matvec<BITS, 2>(a, n_begin, n_end);
-    default: return int8_matvec<BITS, 3>(a, n_begin, n_end);  // plan: rows <= 3
-  }
-}
-
 }  // namespace
 
-void linear_range_neon_dotprod(const LinearPlan& a, int64_t n_begin, int64_t n_end) {
-  if (a.bits == 3) return int8_bits<3>(a, n_begin, n_end);
-  return int8_bits<4>(a, n_begin, n_end);  // plan: bits <= 4
-}
+OTARO_SEFP_DEFINE_INT8_KERNEL(linear_range_neon_dotprod)
 
 }  // namespace detail
 }  // namespace otaro
