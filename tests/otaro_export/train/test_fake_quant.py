@@ -220,4 +220,6 @@ def test_int8_activations_in_fake_quant_match_the_export_math():
     attach_fake_quant(model, reconstruction="fitted", int8_activations=4)
     for module in fake_quant_layers(model).values():
         assert module.act_int8_max_bits == 4
-        assert activation_quant.int8_grid_levels(module.levels, 3) and activation_quant.int8_grid_levels(module.levels, 4)
+        assert activation_quant.int8_grid_levels(module.levels, 3) and activation_quant.int8_grid_levels(
+            module.levels, 4
+        )
