@@ -73,7 +73,6 @@ class CoreKernels:
         lib.otaro_time_linear_stream.argtypes = [
             _P, _I64, ctypes.POINTER(WeightView), _I64, _INT, _P, _INT, _INT, _I64, _P, _INT,
         ]  # fmt: skip
-        lib.otaro_int8_kernel_available.restype = _INT
         lib.otaro_int8_kernel_name.restype = ctypes.c_char_p
         lib.otaro_int8_kernel_name.argtypes = [_INT]
         lib.otaro_time_read.restype = ctypes.c_uint64
@@ -107,10 +106,6 @@ class CoreKernels:
 
     def default_num_threads(self) -> int:
         return int(self._lib.otaro_default_num_threads())
-
-    def int8_kernel_available(self) -> bool:
-        """Whether the AVX-512 VNNI int8-activation kernel can run here."""
-        return bool(self._lib.otaro_int8_kernel_available())
 
     def int8_kernel_name(self, isa: str = "auto") -> str:
         """The integer kernel of int8-activation decode calls with ``isa`` here: avx512-vnni, avx2, neon-sdot, none."""

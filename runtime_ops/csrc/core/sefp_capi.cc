@@ -24,9 +24,6 @@ OTARO_CAPI int otaro_sefp_linear(const float* x, int64_t rows, const uint8_t* p0
       otaro::sefp_linear(x, rows, w, bias, bits, y, num_threads, static_cast<otaro::Isa>(isa), act_int8_max_bits));
 }
 
-// 1 if the AVX-512 VNNI int8-activation kernel can run on this CPU.
-OTARO_CAPI int otaro_int8_kernel_available() { return otaro::int8_kernel_available() ? 1 : 0; }
-
 // The integer kernel int8-activation decode calls run with `isa` here ("avx512-vnni", "avx2", "neon-sdot", "none").
 OTARO_CAPI const char* otaro_int8_kernel_name(int isa) {
   return bad_isa(isa) ? "none" : otaro::int8_kernel_name(static_cast<otaro::Isa>(isa));

@@ -87,32 +87,50 @@ Isa best_isa() {
   return best;
 }
 
-bool int8_kernel_available() {
+namespace {
+
 #if defined(__x86_64__) || defined(_M_X64)
+bool avx512_vnni_available() {
   static const bool available = isa_available(Isa::kAvx512) && __builtin_cpu_supports("avx512vnni");
   return available;
-#else
-  return false;
-#endif
 }
+#endif
 
+#if defined(__aarch64__)
 // ARMv8.2 dot product (SDOT), for the NEON int8-activation kernel.
-static bool neon_dotprod_available() {
-#if defined(__aarch64__) && defined(__linux__)
+bool neon_dotprod_available() {
+#if defined(__linux__)
   static const bool available = (getauxval(AT_HWCAP) & HWCAP_ASIMDDP) != 0;
   return available;
 #else
   return false;
 #endif
 }
+#endif
+
+struct Int8Kernel {
+  detail::RangeKernel run;  // nullptr: none (the float kernels run on fq(x))
+  const char* name;
+};
+
+// The one place that picks the integer kernel of int8-activation decode calls with an
+// available `isa` on this CPU.
+Int8Kernel int8_kernel_for(Isa isa) {
+#if defined(__x86_64__) || defined(_M_X64)
+  if (isa == Isa::kAvx512 && avx512_vnni_available()) return {detail::linear_range_avx512_vnni, "avx512-vnni"};
+  if (isa == Isa::kAvx512 || isa == Isa::kAvx2) return {detail::linear_range_avx2_int8, "avx2"};  // AVX-512 has AVX2
+#endif
+#if defined(__aarch64__)
+  if (isa == Isa::kNeon && neon_dotprod_available()) return {detail::linear_range_neon_dotprod, "neon-sdot"};
+#endif
+  return {nullptr, "none"};
+}
+
+}  // namespace
 
 const char* int8_kernel_name(Isa isa) {
   if (isa == Isa::kAuto) isa = best_isa();
-  if (!isa_available(isa)) return "none";
-  if (isa == Isa::kAvx512 && int8_kernel_available()) return "avx512-vnni";
-  if (isa == Isa::kAvx512 || isa == Isa::kAvx2) return "avx2";
-  if (isa == Isa::kNeon && neon_dotprod_available()) return "neon-sdot";
-  return "none";
+  return isa_available(isa) ? int8_kernel_for(isa).name : "none";
 }
 
 int default_num_threads() {
@@ -324,27 +342,25 @@ Status resolve_levels(const float* levels, int bits, LinearPlan* plan) {
   return Status::kOk;
 }
 
-// Whether an integer kernel computes this call: the ISA has one (AVX-512 VNNI, AVX2, NEON with SDOT), k <= 4
+// The integer kernel that computes this call, or nullptr: the ISA has one (int8_kernel_for), k <= 4
 // (their table decode), few rows (decode; prefill-sized calls run the float GEMM on fq(x)), and
 // the levels of precision k are on the int8 grid (even integers in [0, 254], docs/FORMAT.md §9).
 // Otherwise the float kernels run on fq(x): the same result up to summation order.
-bool int8_kernel_applies(const LinearPlan& plan) {
-  if (plan.bits > 4 || plan.rows > 3) return false;
-  const bool has_kernel =
-      plan.isa == Isa::kAvx2 || plan.isa == Isa::kAvx512 || (plan.isa == Isa::kNeon && neon_dotprod_available());
-  if (!has_kernel) return false;
+detail::RangeKernel int8_kernel_of(const LinearPlan& plan) {
+  if (plan.bits > 4 || plan.rows > 3) return nullptr;
   for (int j = 0; j < (1 << plan.bits); ++j) {
     const float v = plan.row[j];
-    if (!(v >= 0.0f && v <= 254.0f) || v != 2.0f * std::nearbyint(0.5f * v)) return false;
+    if (!(v >= 0.0f && v <= 254.0f) || v != 2.0f * std::nearbyint(0.5f * v)) return nullptr;
   }
-  return true;
+  return int8_kernel_for(plan.isa).run;
 }
 
 // Replaces the zero-padded copy of x in plan->padded by fq(x) (docs/FORMAT.md §9), block by
 // block of 64, and keeps q and the block scales for the integer kernel when it applies.
 Status quantize_activations(LinearPlan* plan) {
   const int64_t groups = plan->w.num_groups, blocks = plan->rows * groups;
-  bool integer = int8_kernel_applies(*plan);
+  const detail::RangeKernel kernel = int8_kernel_of(*plan);
+  bool integer = kernel != nullptr;
   if (integer) {
     try {
       plan->xq_buf.assign(static_cast<size_t>(plan->rows * plan->ldx), 0);
@@ -376,7 +392,7 @@ Status quantize_activations(LinearPlan* plan) {
     }
     if (integer) plan->xscale_buf[b] = step;
   }
-  plan->int8_kernel = integer;
+  plan->int8_kernel = integer ? kernel : nullptr;
   if (integer) {
     plan->xq = plan->xq_buf.data();
     plan->xscale = plan->xscale_buf.data();
@@ -421,8 +437,8 @@ Status plan_linear(const float* x, int64_t rows, const SEFPWeightView& w, const 
   plan->isa = isa;
   const int64_t k_pad = w.num_groups * kGroupSize;
   plan->ldx = k_pad;
-  plan->int8_act = act_int8_max_bits != 0 && bits <= act_int8_max_bits;
-  if ((k_pad != w.in_features || plan->int8_act) && rows > 0) {
+  const bool int8_act = act_int8_max_bits != 0 && bits <= act_int8_max_bits;
+  if ((k_pad != w.in_features || int8_act) && rows > 0) {
     try {
       plan->padded.assign(static_cast<size_t>(rows * k_pad), 0.0f);
     } catch (const std::bad_alloc&) {
@@ -431,7 +447,7 @@ Status plan_linear(const float* x, int64_t rows, const SEFPWeightView& w, const 
     for (int64_t r = 0; r < rows; ++r)
       std::copy(x + r * w.in_features, x + (r + 1) * w.in_features, plan->padded.begin() + r * k_pad);
     plan->x = plan->padded.data();
-    if (plan->int8_act) return quantize_activations(plan);
+    if (int8_act) return quantize_activations(plan);
   }
   return Status::kOk;
 }
@@ -443,16 +459,7 @@ void run_linear_range(const LinearPlan& plan, int64_t n_begin, int64_t n_end) {
       for (int64_t n = n_begin; n < n_end; ++n) plan.y[r * plan.ldy + n] = plan.bias ? plan.bias[n] : 0.0f;
     return;
   }
-#if defined(__x86_64__) || defined(_M_X64)
-  if (plan.int8_kernel) {
-    if (plan.isa == Isa::kAvx512 && int8_kernel_available())
-      return detail::linear_range_avx512_vnni(plan, n_begin, n_end);
-    return detail::linear_range_avx2_int8(plan, n_begin, n_end);  // AVX-512 implies AVX2
-  }
-#endif
-#if defined(__aarch64__)
-  if (plan.int8_kernel) return detail::linear_range_neon_dotprod(plan, n_begin, n_end);
-#endif
+  if (plan.int8_kernel) return plan.int8_kernel(plan, n_begin, n_end);
   kernel_for(plan.isa)(plan, n_begin, n_end);
 }
 

@@ -116,11 +116,10 @@ struct LinearPlan {
   alignas(64) float lut[32];
   alignas(16) uint8_t lut_bytes[4][16];
   std::vector<float> padded;  // the zero-padded copy of x (in_features % 64 != 0), or fq(x)
-  // Int8 activations (docs/FORMAT.md §9): x above is fq(x). With int8_kernel, the integer kernel
-  // runs instead of the float one, from xq (q, [rows, ldx]) and xscale (a / 127, [rows, num_groups])
-  // and the level magnitudes lut_u8 (k = 3: [code & 7], k = 4: [(code & 7) | q[4] << 3]) on the int8 grid.
-  bool int8_act = false;
-  bool int8_kernel = false;
+  // Int8 activations (docs/FORMAT.md §9): x above is fq(x). A non-null int8_kernel (an integer
+  // kernel) runs instead of the float one, from xq (q, [rows, ldx]) and xscale (a / 127, [rows,
+  // num_groups]) and the level magnitudes lut_u8 (k = 3: [code & 7], k = 4: [(code & 7) | q[4] << 3]).
+  void (*int8_kernel)(const LinearPlan& plan, int64_t n_begin, int64_t n_end) = nullptr;
   const int8_t* xq = nullptr;
   const float* xscale = nullptr;
   alignas(16) uint8_t lut_u8[16];
@@ -140,8 +139,6 @@ Status validate(const float* x, int64_t rows, const SEFPWeightView& w, int bits,
 // activations, docs/FORMAT.md §9; an integer kernel where the CPU and the levels allow).
 Status plan_linear(const float* x, int64_t rows, const SEFPWeightView& w, const float* bias, int bits, float* y,
                    int64_t ldy, Isa isa, LinearPlan* plan, int act_int8_max_bits = 0);
-// True if the AVX-512 VNNI int8-activation kernel can run on this CPU (an AVX2 one runs on any AVX2 CPU).
-bool int8_kernel_available();
 // The integer kernel that int8-activation decode calls run with `isa` on this CPU: "avx512-vnni",
 // "avx2", "neon-sdot", or "none" (the float kernels on fq(x)).
 const char* int8_kernel_name(Isa isa);

@@ -10,15 +10,12 @@
 // scales, 2 * 2^(e-7) * (a / 127), in one convert + FMA.
 #include <immintrin.h>
 
+#include "core/sefp_kernel_avx2_common.h"
 #include "core/sefp_kernel_internal.h"
 
 namespace otaro {
 namespace detail {
 namespace {
-
-inline int64_t min64(int64_t a, int64_t b) { return a < b ? a : b; }
-
-constexpr int64_t kScaleChunk = 128;  // groups whose scales sit on the stack at once (per weight row)
 
 struct HalfLevels {
   __m256i lut;      // lut_u8 / 2 in both 128-bit lanes
@@ -87,12 +84,6 @@ inline __m256i dot(const HalfLevels& h, const Group<BITS>& g, __m256i q0, __m256
   return _mm256_add_epi32(_mm256_madd_epi16(p0, h.ones16), _mm256_madd_epi16(p1, h.ones16));
 }
 
-inline float hsum8(__m256 v) {
-  const __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
-  const __m128 t = _mm_add_ps(s, _mm_movehl_ps(s, s));
-  return _mm_cvtss_f32(_mm_add_ss(t, _mm_movehdup_ps(t)));
-}
-
 // M activation rows x R weight rows from row n.
 template <int BITS, int M, int R>
 void int8_rows(const LinearPlan& a, const HalfLevels& h, int64_t n) {
@@ -104,8 +95,7 @@ void int8_rows(const LinearPlan& a, const HalfLevels& h, int64_t n) {
   alignas(32) float scales[R][kScaleChunk];
   for (int64_t g0 = 0; g0 < G; g0 += kScaleChunk) {
     const int64_t gc = min64(kScaleChunk, G - g0);
-    for (int r = 0; r < R; ++r)
-      for (int64_t i = 0; i < gc; ++i) scales[r][i] = 2.0f * unit_scale(w.exponents[(n + r) * G + g0 + i]);
+    for (int r = 0; r < R; ++r) group_scales(w.exponents + (n + r) * G + g0, gc, scales[r]);
     for (int64_t gg = 0; gg < gc; ++gg) {
       const int64_t g = g0 + gg;
       Group<BITS> group[R];
@@ -117,13 +107,14 @@ void int8_rows(const LinearPlan& a, const HalfLevels& h, int64_t n) {
         const float step = a.xscale[m * G + g];
         for (int r = 0; r < R; ++r) {
           const __m256 sums = _mm256_cvtepi32_ps(dot<BITS>(h, group[r], q0, q1));
-          acc[m][r] = _mm256_fmadd_ps(sums, _mm256_set1_ps(scales[r][gg] * step), acc[m][r]);
+          // 2 x: the table holds half levels
+          acc[m][r] = _mm256_fmadd_ps(sums, _mm256_set1_ps(2.0f * scales[r][gg] * step), acc[m][r]);
         }
       }
     }
   }
   for (int m = 0; m < M; ++m)
-    for (int r = 0; r < R; ++r) a.y[m * N + n + r] = hsum8(acc[m][r]) + (a.bias ? a.bias[n + r] : 0.0f);
+    for (int r = 0; r < R; ++r) a.y[m * N + n + r] = hsum(acc[m][r]) + (a.bias ? a.bias[n + r] : 0.0f);
 }
 
 }  // namespace

@@ -13,8 +13,6 @@ namespace otaro {
 namespace detail {
 namespace {
 
-inline int64_t min64(int64_t a, int64_t b) { return a < b ? a : b; }
-
 constexpr int64_t kScaleChunk = 128;  // groups whose scales sit on the stack at once (per weight row)
 
 // [a, b, c, d] horizontal sums.

@@ -60,18 +60,20 @@ inline __m512i decode_magnitudes(const Int8Decode& d, const SEFPWeightView& w, i
 // p1 for E5M4), spread over the block's G group steps, plus its exponents.
 constexpr int64_t kPrefetchBlocks = 4;
 
+// Prefetches this group step's share of the `bytes` of one plane of that block.
+inline void prefetch_share(const uint8_t* block, int64_t bytes, int64_t g, int64_t G) {
+  const int64_t lines = (bytes + 63) / 64;
+  for (int64_t line = g * lines / G; line < (g + 1) * lines / G; ++line)
+    _mm_prefetch(reinterpret_cast<const char*>(block) + 64 * line, _MM_HINT_T0);
+}
+
 template <int BITS, int R>
 inline void prefetch_ahead(const SEFPWeightView& w, int64_t n, int64_t g) {
   const int64_t G = w.num_groups, ahead = n + kPrefetchBlocks * R;
   if (ahead + R > w.out_features) return;
-  const int64_t lines = (R * G * kPlaneBytesPerGroup[0] + 63) / 64;  // p0 lines of that block
-  const char* p0 = reinterpret_cast<const char*>(w.p0 + ahead * G * kPlaneBytesPerGroup[0]);
-  for (int64_t line = g * lines / G; line < (g + 1) * lines / G; ++line) _mm_prefetch(p0 + 64 * line, _MM_HINT_T0);
-  if constexpr (BITS == 4) {
-    const char* p1 = reinterpret_cast<const char*>(w.p1 + ahead * G * kPlaneBytesPerGroup[1]);
-    const int64_t lines1 = (R * G * kPlaneBytesPerGroup[1] + 63) / 64;
-    for (int64_t line = g * lines1 / G; line < (g + 1) * lines1 / G; ++line) _mm_prefetch(p1 + 64 * line, _MM_HINT_T0);
-  }
+  prefetch_share(w.p0 + ahead * G * kPlaneBytesPerGroup[0], R * G * kPlaneBytesPerGroup[0], g, G);
+  if constexpr (BITS == 4)
+    prefetch_share(w.p1 + ahead * G * kPlaneBytesPerGroup[1], R * G * kPlaneBytesPerGroup[1], g, G);
   if (g == 0) _mm_prefetch(reinterpret_cast<const char*>(w.exponents + ahead * G), _MM_HINT_T0);
 }
 
@@ -115,7 +117,6 @@ void int8_rows(const LinearPlan& a, const Int8Decode& d, int64_t n) {
   }
 }
 
-// One activation row: four weight rows at a time; two or three rows: two.
 }  // namespace
 
 OTARO_SEFP_DEFINE_INT8_KERNEL(linear_range_avx512_vnni)

@@ -57,6 +57,8 @@ void linear_range_neon_dotprod(const LinearPlan& plan, int64_t n_begin, int64_t 
 // let the linker keep an AVX-512 copy for the scalar path. The SIMD files use
 // no STL templates for the same reason (and never construct a LinearPlan).
 
+static inline int64_t min64(int64_t a, int64_t b) { return a < b ? a : b; }
+
 // Magnitude mask of precision `bits` on the 8-bit stored magnitude.
 static inline uint32_t magnitude_mask(int bits) { return (0xFFu << (8 - bits)) & 0xFFu; }
 

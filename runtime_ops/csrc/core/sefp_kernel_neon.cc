@@ -13,8 +13,6 @@ namespace otaro {
 namespace detail {
 namespace {
 
-inline int64_t min64(int64_t a, int64_t b) { return a < b ? a : b; }
-
 template <int S>
 inline uint8x16_t shift_left(uint8x16_t v) {
   if constexpr (S > 0)

@@ -16,8 +16,6 @@ namespace otaro {
 namespace detail {
 namespace {
 
-inline int64_t min64(int64_t a, int64_t b) { return a < b ? a : b; }
-
 constexpr int64_t kScaleChunk = 128;  // groups whose scales sit on the stack at once (per weight row)
 
 // Signed half levels by code: k = 3, [sign << 3 | q[7:5]] (16 entries); k = 4,
