@@ -99,6 +99,7 @@ def quantize_layer(
     importance: torch.Tensor | None = None,
     name: str = "weight",
     precision_weights: tuple[float, ...] = DEFAULT_PRECISION_WEIGHTS,
+    int8_max_bits: int = 0,
 ) -> tuple[SEFPWeight, torch.Tensor | None]:
     """Encode one float ``[N, K]`` linear weight and its reconstruction table.
 
@@ -109,7 +110,9 @@ def quantize_layer(
     op, no table input) and a float32 ``[6, 256]`` table otherwise. With ``exponent_rule="search"``
     the exponents are chosen under the rule's own decode (for ``fitted``: under center levels, then
     the levels are fitted to those exponents, then the exponents re-chosen under the fitted levels
-    and the levels refitted once more). Deterministic.
+    and the levels refitted once more). Deterministic. ``int8_max_bits`` (int8 activations up to that
+    precision, docs/FORMAT.md §9): the table's rows E5M3..E5M``int8_max_bits`` are stored on the int8 grid
+    (``activation_quant.round_levels_to_int8_grid``), so that integer kernels apply.
     """
     check_rule(rule)
     sefp.check_exponent_rule(exponent_rule)
@@ -118,13 +121,18 @@ def quantize_layer(
     if rule == "floor":
         return q, None
     if rule == "center":
-        return q, center_levels()
-    levels = fit_levels(w, q, importance)
-    if exponent_rule == "search":
-        q = sefp.quantize(
-            w, name, exponent_rule, levels=levels, importance=importance, precision_weights=precision_weights
-        )
+        levels = center_levels()
+    else:
         levels = fit_levels(w, q, importance)
+        if exponent_rule == "search":
+            q = sefp.quantize(
+                w, name, exponent_rule, levels=levels, importance=importance, precision_weights=precision_weights
+            )
+            levels = fit_levels(w, q, importance)
+    if int8_max_bits:
+        from otaro_export.activation_quant import round_levels_to_int8_grid
+
+        levels = round_levels_to_int8_grid(levels, int8_max_bits)
     return q, levels
 
 

@@ -125,14 +125,13 @@ class _EncodingMemo:
         hit = self.done.get(unit)
         if hit is None or tuple(weight.shape) != (hit[0].out_features, hit[0].in_features):
             hit = quantize_layer(
-                weight, self.recipe.reconstruction, self.recipe.exponent_rule, importance, name=f"{unit}.weight"
+                weight,
+                self.recipe.reconstruction,
+                self.recipe.exponent_rule,
+                importance,
+                name=f"{unit}.weight",
+                int8_max_bits=self.recipe.int8_activations or 0,
             )
-            q, levels = hit
-            if self.recipe.int8_activations and levels is not None:
-                from otaro_export.activation_quant import round_levels_to_int8_grid
-
-                # integer levels at the int8 precisions, so that the integer kernel runs (docs/FORMAT.md §9)
-                hit = (q, round_levels_to_int8_grid(levels, self.recipe.int8_activations))
             self.done[unit] = hit
         return hit
 

@@ -27,6 +27,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from otaro_export import activation_quant
 from otaro_export.convert import select_sefp_linears
 from otaro_export.sefp import RECONSTRUCTION_RULES, check_bits, check_exponent_rule, fake_quantize
 
@@ -127,11 +128,9 @@ class FakeQuantLinear(nn.Linear):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         bits = self.effective_bits
         weight = self.weight if bits is None else ste_fake_quantize(self.weight, bits, self.levels, self.exponents)
-        if bits is not None and self.act_int8_max_bits and bits <= self.act_int8_max_bits:
-            from otaro_export.activation_quant import fake_quantize
-
+        if bits is not None and activation_quant.applies(bits, self.act_int8_max_bits):
             with torch.no_grad():  # straight-through: the forward sees fq(x), the gradient flows to x unchanged
-                delta = fake_quantize(x.detach().to(torch.float32)).to(x.dtype) - x.detach()
+                delta = activation_quant.fake_quantize(x.detach().to(torch.float32)).to(x.dtype) - x.detach()
             x = x + delta
         return F.linear(x, weight, self.bias)
 
@@ -237,12 +236,10 @@ def attach_fake_quant(
     Linears that export packs together (q/k/v, gate/up) share one table, as at export. A fake-quant
     lm_head tied to the input embedding quantizes the embedding's lookups too (:class:`FakeQuantEmbedding`).
     Attaching again changes the rules but keeps the layers' precision floors (:func:`set_floors`).
-    ``int8_activations``: run E5M3..E5M``int8_activations`` with int8 activations, and their ``fitted``
-    levels rounded to integers, as an export with ``--int8-activations`` does (docs/FORMAT.md §9; 0: off).
+    ``int8_activations``: run E5M3..E5M``int8_activations`` with int8 activations, and their levels on
+    the int8 grid, as an export with ``--int8-activations`` does (docs/FORMAT.md §9; 0: off).
     """
-    from otaro_export.activation_quant import check_max_bits
-
-    check_max_bits(int8_activations)
+    activation_quant.check_max_bits(int8_activations)
     names = select_sefp_linears(model, quantize_lm_head)
     for name in names:
         module = model.get_submodule(name)
@@ -308,11 +305,14 @@ def refresh_encodings(model: nn.Module) -> None:
     for members in groups:
         first = layers[members[0]]
         w = torch.cat([_full(layers[m].weight) for m in members])
-        q, levels = quantize_layer(w, first.reconstruction, first.exponent_rule, first.importance, name=members[0])
-        if first.act_int8_max_bits and levels is not None:
-            from otaro_export.activation_quant import round_levels_to_int8_grid
-
-            levels = round_levels_to_int8_grid(levels, first.act_int8_max_bits)  # as export stores them
+        q, levels = quantize_layer(
+            w,
+            first.reconstruction,
+            first.exponent_rule,
+            first.importance,
+            name=members[0],
+            int8_max_bits=first.act_int8_max_bits,  # as export stores them
+        )
         rows = 0
         for m in members:
             layer = layers[m]
