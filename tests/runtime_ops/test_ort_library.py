@@ -200,7 +200,7 @@ def test_registered_kernel_wins_over_a_model_local_function():
 @pytest.mark.parametrize("rows", [1, 5])
 def test_work_split_across_intra_op_threads(rows):
     """Large enough that the kernel splits output features into several ORT tasks."""
-    packed, bias = make_layer(n=2000, k=300, bias=True, seed=3)  # >= 3 tasks of >= 256K multiply-adds each
+    packed, bias = make_layer(n=2000, k=300, bias=True, seed=3)  # 4 tasks of 31-32 row blocks (125 in all)
     model = make_model(packed, bias)
     one, two = session(model, num_threads=1), session(model, num_threads=2)
     x = torch.randn(rows, 300, generator=torch.Generator().manual_seed(4)).numpy()

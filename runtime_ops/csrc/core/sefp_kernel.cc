@@ -288,8 +288,6 @@ detail::EmbeddingKernel embedding_kernel_for(Isa isa) {
 // Work below this many weight-row products runs on the caller alone: waking
 // threads costs more than it saves.
 constexpr int64_t kMinWorkPerThread = 64 * 1024;
-// Threads split output rows in multiples of this (the kernels' row blocking).
-constexpr int64_t kRowAlign = 16;
 constexpr int64_t kTasksPerThread = 4;
 
 // The floor rule's rows, for kernels that read a row in every decode mode.
@@ -466,7 +464,7 @@ void run_linear_range(const LinearPlan& plan, int64_t n_begin, int64_t n_end) {
 int64_t linear_threads(const LinearPlan& plan, int num_threads) {
   if (num_threads <= 0) num_threads = default_num_threads();
   const int64_t work = plan.rows * plan.w.out_features * std::max<int64_t>(plan.ldx, 1);
-  const int64_t blocks = (plan.w.out_features + kRowAlign - 1) / kRowAlign;
+  const int64_t blocks = (plan.w.out_features + kRowBlock - 1) / kRowBlock;
   return std::max<int64_t>(1, std::min<int64_t>({num_threads, blocks, work / kMinWorkPerThread}));
 }
 
@@ -504,7 +502,7 @@ Status sefp_linear(const float* x, int64_t rows, const SEFPWeightView& w, const 
   LinearPlan plan;
   const Status status = plan_linear(x, rows, w, bias, bits, y, w.out_features, isa, &plan, act_int8_max_bits);
   if (status != Status::kOk || rows == 0 || w.out_features == 0) return status;
-  parallel_blocks(w.out_features, kRowAlign, linear_threads(plan, num_threads),
+  parallel_blocks(w.out_features, kRowBlock, linear_threads(plan, num_threads),
                   [&](int64_t begin, int64_t end) { run_linear_range(plan, begin, end); });
   return Status::kOk;
 }

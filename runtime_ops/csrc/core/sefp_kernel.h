@@ -96,6 +96,10 @@ enum class Decode : int {
   kTable = 2,   // levels[k-3][q_k >> (8-k)]: a LUT for k <= 4, a generic lookup above
 };
 
+// Callers that split a call over threads cut its output features at multiples of this
+// (the kernels' row blocking), so no SIMD row block is cut in two.
+constexpr int64_t kRowBlock = 16;
+
 // One validated sefp_linear call: bits, shapes and levels checked, ISA and
 // decode resolved, x zero-padded to whole groups. Built once by plan_linear,
 // then run in output-feature slices (from any number of threads).

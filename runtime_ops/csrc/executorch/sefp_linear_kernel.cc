@@ -89,7 +89,6 @@ int bits_of(const Tensor& bits) {
 // Output rows split over ExecuTorch's own thread pool, the one XNNPACK and the LLM custom ops use and
 // the session sizes (Python: _unsafe_reset_threadpool): a second pool of spinning workers next to it
 // would compete with it for the same cores (executorch helper, issue 14).
-constexpr int64_t kRowBlock = 16;  // the core's row blocking (kRowAlign)
 constexpr int64_t kTasksPerThread = 4;
 
 Status run_linear(const float* x, int64_t rows, const SEFPWeightView& w, const float* bias, int bits, float* y) {

@@ -25,28 +25,36 @@ constexpr ONNXTensorElementDataType kInputTypes[kNumInputs] = {
     ONNX_TENSOR_ELEMENT_DATA_TYPE_INT64, ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT, ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT,
 };
 
-// Output features per task: enough work per task to amortize dispatch (at least 256K
-// multiply-adds: smaller tasks measurably slowed decode-sized calls, 1 and 2 threads),
-// at most kMaxTasks tasks (load balance on a few threads), a multiple of 16 so that
-// SIMD row blocks of the core stay whole.
-int64_t features_per_task(int64_t rows, int64_t n, int64_t k) {
-  constexpr int64_t kAlign = 16, kMaxTasks = 16, kMinMacsPerTask = int64_t{1} << 18;
-  auto ceil_div = [](int64_t a, int64_t b) { return (a + b - 1) / b; };
-  int64_t chunk = std::max(ceil_div(n, kMaxTasks), ceil_div(kMinMacsPerTask, std::max<int64_t>(1, rows * k)));
-  chunk = ceil_div(chunk, kAlign) * kAlign;
-  return std::min(chunk, n);
+// The split of a call's output features into tasks. Tasks are whole 16-row blocks (the
+// core's SIMD row blocking), spread evenly: task i runs blocks [i*B/T, (i+1)*B/T). T is a
+// power of two, so 1, 2 and 4 intra-op threads get equal shares (a fixed task size left
+// decode's o_proj at 464 + 112 rows on 2 threads), and each task keeps at least 128K
+// multiply-adds so the thread-pool hand-off stays small next to the work.
+struct Split {
+  int64_t blocks;  // 16-row blocks of the output features
+  int64_t tasks;
+};
+
+Split split_features(int64_t rows, int64_t n, int64_t k) {
+  constexpr int64_t kMaxTasks = 16, kMinMacsPerTask = int64_t{1} << 17;
+  const int64_t blocks = (n + otaro::kRowBlock - 1) / otaro::kRowBlock;
+  const int64_t macs = rows * n * std::max<int64_t>(1, k);
+  int64_t tasks = 1;
+  while (tasks * 2 <= std::min(kMaxTasks, blocks) && macs / (tasks * 2) >= kMinMacsPerTask) tasks *= 2;
+  return {blocks, tasks};
 }
 
-// One ParallelFor job: task i computes output features [i*chunk, (i+1)*chunk) of every row.
+// One ParallelFor job.
 struct Job {
   const otaro::LinearPlan* plan;
-  int64_t chunk;
+  Split split;
 };
 
 void run_task(void* data, size_t index) {
   const Job& job = *static_cast<const Job*>(data);
-  const int64_t begin = static_cast<int64_t>(index) * job.chunk;
-  const int64_t end = std::min(job.plan->w.out_features, begin + job.chunk);
+  const int64_t i = static_cast<int64_t>(index), b = job.split.blocks, t = job.split.tasks;
+  const int64_t begin = i * b / t * otaro::kRowBlock;
+  const int64_t end = std::min(job.plan->w.out_features, (i + 1) * b / t * otaro::kRowBlock);
   otaro::run_linear_range(*job.plan, begin, end);  // single-threaded slice; never throws
 }
 
@@ -112,8 +120,8 @@ OrtStatus* compute(const Kernel& kernel, OrtKernelContext* context) {
   if (status != otaro::Status::kOk) return op_error(api, kOpName, "%s", otaro::status_message(status));
   if (rows == 0 || n == 0) return nullptr;
 
-  Job job{&plan, features_per_task(rows, n, k)};
-  const int64_t tasks = (n + job.chunk - 1) / job.chunk;
+  Job job{&plan, split_features(rows, n, k)};
+  const int64_t tasks = job.split.tasks;
   if (tasks == 1) {  // nothing to split: skip the thread-pool round trip
     otaro::run_linear_range(plan, 0, n);
     return nullptr;
