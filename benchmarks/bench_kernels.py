@@ -1,7 +1,7 @@
 """Fused SEFP kernels: achieved GB/s per precision, cold and warm, for the SmolLM2 shapes.
 
 Usage: python benchmarks/bench_kernels.py [--threads 1 2] [--runs 200] [--rows 1] [--shapes NxK ...]
-       [--bits 3 4 5 6 7 8] [--isa avx2] [--no-ort] [--baselines] [--warm]
+       [--bits 3 4 5 6 7 8] [--isa avx2] [--no-ort] [--baselines] [--warm] [--int8-activations 4]
 
 For each weight shape [N, K] (out x in), activation rows M (1 = a decode step) and
 precision E5Mk, the time of one ``y = x @ W_k^T`` and the bandwidth it achieves:
@@ -18,7 +18,9 @@ Paths: ``core`` = the kernel core through its C ABI, timed per call in C++ (its 
 thread pool); ``ort`` = ``ai.otaro::SEFPLinear`` in onnxruntime with the project's
 custom-op library (one model holding the copies as separate nodes; each node's
 kernel time from onnxruntime's profiler, so the op's own overhead (input checks,
-planning, dispatch to the intra-op threads) is included). The ISA is the core's
+planning, dispatch to the intra-op threads) is included). Both run int8 activations
+(docs/FORMAT.md §9) at precisions <= ``--int8-activations``: by default the ONNX
+export's default, so the table times the path an exported model runs (0: float). The ISA is the core's
 (``--isa`` sets ``$OTARO_ISA`` so that onnxruntime's kernel uses it too). ``read``
 is the plain sequential-read roofline of this machine (one thread, same buffer size).
 ``--baselines`` adds onnxruntime fp32 MatMul and MatMulNBits 4/8-bit (block 64,
@@ -41,6 +43,7 @@ import numpy as np
 import torch
 
 from otaro_export import packing, sefp
+from otaro_export.export.sefp_recipe import DEFAULT_INT8_ACTIVATIONS
 
 #: SmolLM2-135M: q/o (576x576), k/v (192x576), packed q/k/v (960x576), packed gate/up (3072x576),
 #: down (576x1536), tied embedding / lm_head (49152x576)
@@ -110,13 +113,19 @@ def _replicated_model(make_node, inits: dict, copies: int, k: int, n: int, rows:
     return model.SerializeToString()
 
 
-def sefp_stream_model(packed: packing.PackedSEFP, copies: int, rows: int) -> bytes:
+def sefp_stream_model(packed: packing.PackedSEFP, copies: int, rows: int, act_int8_max_bits: int = 0) -> bytes:
     from onnx import TensorProto, helper
 
     inits = dict(zip(["P0", "P1", "P2", "P3", "E"], (t.numpy() for t in (*packed.planes(), packed.exponents))))
 
     def node(names, out):
-        return helper.make_node("SEFPLinear", ["X", *(names[p] for p in inits), "bits"], [out], domain="ai.otaro")
+        return helper.make_node(
+            "SEFPLinear",
+            ["X", *(names[p] for p in inits), "bits"],
+            [out],
+            domain="ai.otaro",
+            act_int8_max_bits=act_int8_max_bits,
+        )
 
     bits = helper.make_tensor_value_info("bits", TensorProto.INT64, [])
     return _replicated_model(node, inits, copies, packed.in_features, packed.out_features, rows, [bits])
@@ -247,11 +256,13 @@ def bench_shape(n: int, k: int, args, core, llc: int, results: list) -> None:
         read = summarize(core.time_read(read_buffer, chunk), chunk)
         row = {"shape": f"{n}x{k}", "threads": threads, "copies": copies, "read": read}
         for bits in args.bits:
-            seconds = core.time_linear_stream(x, weights, bits, repeats=repeats, num_threads=threads, isa=args.isa)
+            seconds = core.time_linear_stream(
+                x, weights, bits, repeats=repeats, num_threads=threads, isa=args.isa, act_int8_max_bits=args.int8
+            )
             row[f"core M{bits}"] = summarize(seconds, weight_bytes_read(packed, bits))
         if not args.no_ort:
             so = session_options(threads, library=True)
-            model = sefp_stream_model(packed, copies, args.rows)
+            model = sefp_stream_model(packed, copies, args.rows, args.int8)
             stream = OrtStream(model, so, x.numpy(), copies, args.rows, n, "SEFPLinear")
             for bits in args.bits:
                 stream.set_bits(bits)
@@ -310,11 +321,20 @@ def main() -> None:
     parser.add_argument("--warm", action="store_true", help="one cache-resident weight instead of a cold stream")
     parser.add_argument("--no-ort", action="store_true", help="leave out the onnxruntime custom-op path")
     parser.add_argument("--baselines", action="store_true", help="add ORT fp32 MatMul and MatMulNBits 4/8")
+    parser.add_argument(
+        "--int8-activations",
+        dest="int8",
+        type=int,
+        default=DEFAULT_INT8_ACTIVATIONS["onnx"],
+        help="int8 activations at precisions <= this (default: the ONNX export's; 0: float activations)",
+    )
     args = parser.parse_args()
     if args.runs < 20:
         parser.error("--runs must be >= 20 (medians of fewer calls are too noisy on a shared machine)")
     if any(b not in BITS for b in args.bits):
         parser.error(f"--bits must be among {list(BITS)}")
+    if args.int8 != 0 and args.int8 not in BITS:
+        parser.error(f"--int8-activations must be 0 or among {list(BITS)}")
     if args.isa != "auto":
         os.environ["OTARO_ISA"] = args.isa  # read once by the kernel libraries, before they are loaded
     torch.set_num_threads(max(args.threads))
@@ -324,12 +344,17 @@ def main() -> None:
 
     core = CoreKernels.load()
     isa = core.best_isa() if args.isa == "auto" else args.isa
+    int8_path = (
+        f"int8 activations at E5M3..E5M{args.int8} ({core.int8_kernel_name(args.isa)} kernel)"
+        if args.int8
+        else "float activations"
+    )
     llc = last_level_cache_bytes()
     import onnxruntime as ort
 
     print(
         f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, last-level cache {llc / 2**20:.0f} MiB, "
-        f"kernel ISA {isa}, onnxruntime {ort.__version__}, load average {os.getloadavg()[0]:.1f}"
+        f"kernel ISA {isa}, {int8_path}, onnxruntime {ort.__version__}, load average {os.getloadavg()[0]:.1f}"
     )
     results: list = []
     for n, k in shapes:
