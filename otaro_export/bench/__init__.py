@@ -4,9 +4,10 @@ Modules, one job each:
 
 * :mod:`.configs`   -- what is measured (artifact variants, precisions, run sizes);
 * :mod:`.artifacts` -- export each artifact variant once into a cache directory;
-* :mod:`.worker`    -- measure ONE configuration in a fresh child process (clean RSS);
+* :mod:`.worker`    -- measure ONE configuration in its own child process (clean RSS);
+* :mod:`.interleave` -- every configuration loaded once, timed in interleaved rounds (drift-robust ratios);
 * :mod:`.switching` -- the cost of changing precision between calls;
 * :mod:`.accuracy`  -- perplexity / KL to FP per precision via ``otaro eval``'s library;
-* :mod:`.report`    -- ratios, the printed table, JSON and PNG plots;
+* :mod:`.report`    -- ratios (paired per round), the printed table, JSON and PNG plots;
 * :mod:`.runner`    -- runs it all in one process tree, on one machine, same threads.
 """

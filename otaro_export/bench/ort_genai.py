@@ -19,6 +19,8 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+from otaro_export import process_memory as memory
+from otaro_export.bench.worker import Engine
 from otaro_export.errors import OtaroError
 
 LABEL = "onnxruntime-genai int4"
@@ -76,48 +78,40 @@ def build_int4(model: str, out: Path, log: Callable[[str], None] = print, timeou
     return out
 
 
-def measure(job: dict) -> dict:
+class OrtGenaiEngine(Engine):
     """Greedy generation of ``new_tokens`` after ``prompt_ids`` (EOS ignored), like the other rows."""
-    import onnxruntime_genai as og
 
-    from otaro_export import process_memory as memory
+    def __init__(self, job: dict) -> None:
+        import onnxruntime_genai as og
 
-    rss_base = memory.rss_mib()
-    threads = int(job["threads"])
-    ids, new = list(job["prompt_ids"]), int(job["new_tokens"])
-    t0 = time.perf_counter()
-    config = og.Config(str(job["directory"]))
-    config.overlay(json.dumps({"model": {"decoder": {"session_options": {"intra_op_num_threads": threads}}}}))
-    model = og.Model(config)
-    load_s = time.perf_counter() - t0
-    rss_load = memory.rss_mib()
+        self.og = og
+        self.rss_base = memory.rss_mib()
+        threads = int(job["threads"])
+        self.ids = list(job["prompt_ids"])
+        t0 = time.perf_counter()
+        config = og.Config(str(job["directory"]))
+        config.overlay(json.dumps({"model": {"decoder": {"session_options": {"intra_op_num_threads": threads}}}}))
+        self.model = og.Model(config)
+        self.load_s = time.perf_counter() - t0
+        self.rss_load = memory.rss_mib()
+        self.mapped_file = Path(job["directory"]) / "model.onnx.data"
 
-    def generate() -> tuple[list[int], float, float]:
-        params = og.GeneratorParams(model)
-        total = len(ids) + new
+    def generate(self, new_tokens: int) -> tuple[list[int], float, float]:
+        og, ids = self.og, self.ids
+        params = og.GeneratorParams(self.model)
+        total = len(ids) + new_tokens
         params.set_search_options(do_sample=False, max_length=total, min_length=total)  # min_length: no early EOS
-        generator = og.Generator(model, params)
+        generator = og.Generator(self.model, params)
         tokens: list[int] = []
         start = time.perf_counter()
         generator.append_tokens(ids)  # the prefill
         first = start
-        while not generator.is_done() and len(tokens) < new:
+        while not generator.is_done() and len(tokens) < new_tokens:
             generator.generate_next_token()
             tokens.append(int(generator.get_next_tokens()[0]))
             if len(tokens) == 1:
                 first = time.perf_counter()
         end = time.perf_counter()
-        if len(tokens) != new:
-            raise RuntimeError(f"onnxruntime-genai generated {len(tokens)} tokens, expected {new}")
+        if len(tokens) != new_tokens:
+            raise RuntimeError(f"onnxruntime-genai generated {len(tokens)} tokens, expected {new_tokens}")
         return tokens, len(ids) / (first - start), (len(tokens) - 1) / (end - first)
-
-    from otaro_export.bench.worker import _measurement
-
-    out, _, _ = generate()  # warm-up
-    prefill, decode = [], []
-    for _ in range(int(job["runs"])):
-        _, p, d = generate()
-        prefill.append(p)
-        decode.append(d)
-    weights = Path(job["directory"]) / "model.onnx.data"
-    return _measurement(prefill, decode, load_s, rss_base, rss_load, weights, out)

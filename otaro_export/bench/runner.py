@@ -1,9 +1,14 @@
-"""Run the whole benchmark: exports (cached), one fresh process per configuration, accuracy, report.
+"""Run the whole benchmark: exports (cached), interleaved speed measurement, accuracy, report.
 
 Everything runs on this machine in one invocation with the same thread count,
 so every ratio compares numbers taken under the same conditions. The machine
-may be shared: the 1-minute load average is sampled around every job and
-reported, and every speed is a median over several runs.
+may be shared and its load drifts over minutes, so the decode-speed
+configurations are not measured one after another: each is loaded once in its
+own process and they are timed in interleaved rounds (:mod:`.interleave`), and
+the goal ratios are computed within each round. The slow portable fallbacks
+(seconds per token, no goal depends on them) and the switching jobs run one
+fresh process each, afterwards. The 1-minute load average is sampled around
+every job and every round, and every speed is a median over several runs.
 """
 
 from __future__ import annotations
@@ -22,7 +27,8 @@ from pathlib import Path
 from otaro_export.bench import report
 from otaro_export.bench.artifacts import artifact_dir, ensure_artifact, is_complete
 from otaro_export.bench.configs import BenchSettings, RunConfig
-from otaro_export.bench.worker import RESULT_PREFIX
+from otaro_export.bench.interleave import DecodeJob, JobFailed, exit_message, measure_interleaved
+from otaro_export.bench.worker import RESULT_PREFIX, REWARM_TOKENS
 from otaro_export.errors import OtaroError
 
 #: llama-cpp-python built natively on a CPU with AMX crashed in ggml's AMX matmul (batch > 1) here
@@ -32,10 +38,6 @@ LLAMA_CPP_AMX_HINT = (
     "-DCMAKE_CXX_FLAGS='-mno-amx-tile -mno-amx-int8 -mno-amx-bf16'\" "
     "pip install --no-cache-dir --force-reinstall --no-deps llama-cpp-python"
 )
-
-
-class JobFailed(OtaroError):
-    """A benchmark child process failed; the message carries its error output."""
 
 
 def machine_info() -> dict:
@@ -95,11 +97,7 @@ def run_worker(job: dict, threads: int, timeout_s: float) -> dict:
         if line.startswith(RESULT_PREFIX):
             return json.loads(line[len(RESULT_PREFIX) :])
     tail = "\n".join((proc.stderr or proc.stdout).strip().splitlines()[-6:])
-    if proc.returncode < 0:
-        import signal
-
-        raise JobFailed(f"killed by signal {signal.Signals(-proc.returncode).name}: {tail}")
-    raise JobFailed(f"exit code {proc.returncode}: {tail}")
+    raise JobFailed(exit_message(proc.returncode, tail))
 
 
 def artifact_mib(directory: Path) -> float:
@@ -185,52 +183,92 @@ def _speed_jobs(settings: BenchSettings, config: RunConfig) -> list[int | None]:
     return list(settings.slow_bits if config.slow else settings.bits)
 
 
-def _measure_ort_genai(settings, ids, results, loads, log, record_failure) -> None:
+def _session_job(settings: BenchSettings, config: RunConfig, directory: Path, bits: int | None, ids) -> dict:
+    return {
+        "kind": "session",
+        "directory": str(directory),
+        "bits": 8 if bits is None else bits,
+        "use_library": config.use_library,
+        "prompt_ids": ids,
+        "new_tokens": settings.slow_new_tokens if config.slow else settings.new_tokens,
+        "runs": settings.slow_runs if config.slow else settings.runs,
+        "threads": settings.threads,
+    }
+
+
+def _ort_genai_job(settings, ids, log, record_failure) -> tuple[DecodeJob, dict] | None:
     """The onnxruntime-genai int4 row: its builder's model of the same float weights, same prompt and threads."""
     from otaro_export.bench import ort_genai
     from otaro_export.bench.artifacts import bench_cache_root, model_key
 
     if not ort_genai.available():
         settings.extra_notes.append("onnxruntime-genai row skipped: the package is not installed")
-        return
+        return None
     root = Path(settings.cache_dir) if settings.cache_dir else bench_cache_root()
+    out = root / f"{model_key(settings.model)}-ort-genai-int4"
+    if not settings.export_missing and not (out / "genai_config.json").is_file():
+        record_failure(ort_genai.LABEL, OtaroError("its int4 model is not built yet and --no-export was given"))
+        return None
     try:
-        directory = ort_genai.build_int4(settings.model, root / f"{model_key(settings.model)}-ort-genai-int4", log)
+        directory = ort_genai.build_int4(settings.model, out, log)
     except OtaroError as exc:
         record_failure("onnxruntime-genai build", exc)
-        return
+        return None
     job = {
         "kind": "ort_genai",
         "directory": str(directory),
         "prompt_ids": ids,
         "new_tokens": settings.new_tokens,
-        "runs": settings.runs,
         "threads": settings.threads,
     }
-    log(f"{ort_genai.LABEL} ...")
-    loads.sample()
-    try:
-        r = run_worker(job, settings.threads, settings.job_timeout_s)
-    except (JobFailed, OSError) as exc:
-        record_failure(ort_genai.LABEL, exc)
-        return
     size = sum(p.stat().st_size for p in directory.glob("model.onnx*")) / 2**20
-    results.append(
-        report.SpeedResult(
-            ort_genai.LABEL,
-            ort_genai.RUNTIME,
-            "int4",
-            None,
-            r["decode_tok_s"],
-            r["prefill_tok_s"],
-            r["peak_rss_mib"],
-            size,
-            settings.new_tokens,
-            settings.runs,
-            r,
-        )  # fmt: skip
+    row = {"config": ort_genai.LABEL, "runtime": ort_genai.RUNTIME, "precision": "int4", "bits": None}
+    return DecodeJob(ort_genai.LABEL, job, settings.threads), {**row, "artifact_mib": size}
+
+
+def _llama_cpp_jobs(settings, ids) -> list[tuple[DecodeJob, dict]]:
+    gguf = llama_cpp_gguf(settings.model) if settings.llama_cpp else None
+    if settings.llama_cpp and gguf is None:
+        settings.extra_notes.append("llama.cpp baseline skipped: --model is neither 'default' nor a .gguf file")
+    if gguf is None:
+        return []
+    quant = gguf_quant_type(gguf)
+    job = {
+        "kind": "llama_cpp",
+        "gguf": str(gguf),
+        "prompt_ids": ids,
+        "new_tokens": settings.new_tokens,
+        "threads": settings.threads,
+        "n_ctx": settings.max_seq_len,
+    }
+    # (label, runtime, threads). The 1-thread row exists because llama.cpp's threads spin at
+    # barriers, which collapses when the cores are shared; the E5M3 goal is judged against the
+    # faster of the two rows (report.evaluate_goals), never against a collapsed baseline.
+    llama_rows = [(report.LLAMA_CPP, report.LLAMA_CPP, settings.threads)]
+    if settings.threads > 1:
+        llama_rows.append(("llama.cpp 1 thread", "llama.cpp-1thread", 1))
+    size = gguf.stat().st_size / 2**20
+    jobs = []
+    for label, runtime, threads in llama_rows:
+        name = f"llama.cpp {quant}" + ("" if threads == settings.threads else f" {threads} thread")
+        row = {"config": label, "runtime": runtime, "precision": quant, "bits": None, "artifact_mib": size}
+        jobs.append((DecodeJob(name, {**job, "threads": threads}, threads), row))
+    return jobs
+
+
+def _speed_result(row: dict, r: dict, new_tokens: int, runs: int) -> report.SpeedResult:
+    return report.SpeedResult(
+        row["config"], row["runtime"], row["precision"], row["bits"], r["decode_tok_s"], r["prefill_tok_s"],
+        r["peak_rss_mib"], row["artifact_mib"], new_tokens, runs, r,
+    )  # fmt: skip
+
+
+def _log_result(log, r: dict) -> None:
+    mapped = r.get("artifact_mapped_rss_mib")
+    log(
+        f"  decode {r['decode_tok_s']:.1f} tok/s, prefill {r['prefill_tok_s']:.1f} tok/s, "
+        f"peak RSS {r['peak_rss_mib']:.0f} MiB" + (f", artifact mapping {mapped:.1f} MiB" if mapped is not None else "")
     )
-    log(f"  decode {r['decode_tok_s']:.1f} tok/s, prefill {r['prefill_tok_s']:.1f} tok/s")
 
 
 def run_bench(settings: BenchSettings, log: Callable[[str], None] = print) -> dict:
@@ -270,108 +308,89 @@ def run_bench(settings: BenchSettings, log: Callable[[str], None] = print) -> di
     results: list[report.SpeedResult] = []
     failures: list[dict] = []
 
-    def record_failure(what: str, exc: Exception) -> None:
-        log(f"  FAILED {what}: {exc}")
+    def record_failure(what: str, exc: Exception, logged: bool = False) -> None:
+        if not logged:
+            log(f"  FAILED {what}: {exc}")
         failures.append({"what": what, "error": str(exc)})
 
-    gguf = llama_cpp_gguf(settings.model) if settings.llama_cpp else None
-    if settings.llama_cpp and gguf is None:
-        settings.extra_notes.append("llama.cpp baseline skipped: --model is neither 'default' nor a .gguf file")
-    if gguf is not None:
-        quant = gguf_quant_type(gguf)
-        job = {
-            "kind": "llama_cpp",
-            "gguf": str(gguf),
-            "prompt_ids": ids,
-            "new_tokens": settings.new_tokens,
-            "runs": settings.runs,
-            "threads": settings.threads,
-            "n_ctx": settings.max_seq_len,
-        }
-        # (label, runtime, threads). The 1-thread row exists because llama.cpp's threads spin at
-        # barriers, which collapses when the cores are shared; the E5M3 goal is judged against the
-        # faster of the two rows (report.evaluate_goals), never against a collapsed baseline.
-        llama_rows = [(report.LLAMA_CPP, report.LLAMA_CPP, settings.threads)]
-        if settings.threads > 1:
-            llama_rows.append(("llama.cpp 1 thread", "llama.cpp-1thread", 1))
-        for label, runtime, threads in llama_rows:
-            what = f"llama.cpp {quant}" + ("" if threads == settings.threads else f" {threads} thread")
-            log(f"{what} ...")
-            loads.sample()
-            try:
-                r = run_worker({**job, "threads": threads}, threads, settings.job_timeout_s)
-                results.append(
-                    report.SpeedResult(
-                        label,
-                        runtime,
-                        quant,
-                        None,
-                        r["decode_tok_s"],
-                        r["prefill_tok_s"],
-                        r["peak_rss_mib"],
-                        gguf.stat().st_size / 2**20,
-                        settings.new_tokens,
-                        settings.runs,
-                        r,
-                    )
-                )
-                log(f"  decode {r['decode_tok_s']:.1f} tok/s, prefill {r['prefill_tok_s']:.1f} tok/s")
-            except (JobFailed, OSError) as exc:
-                if "signal SIGSEGV" in str(exc):
-                    exc = JobFailed(f"{exc}. {LLAMA_CPP_AMX_HINT}")
-                record_failure(what, exc)
-
-    if settings.ort_genai:
-        _measure_ort_genai(settings, ids, results, loads, log, record_failure)
-
+    # The decode-speed rows: llama.cpp, onnxruntime-genai, every fast configuration x precision. Their
+    # exports first (minutes each), so that nothing is exported while workers hold their models.
     configs = settings.run_configs()
-    # the slow portable fallbacks (and their exports) last: everything else is measured first
-    for config in sorted(configs, key=lambda c: c.slow):
+    decode_jobs = _llama_cpp_jobs(settings, ids)
+    if settings.ort_genai:
+        entry = _ort_genai_job(settings, ids, log, record_failure)
+        decode_jobs += [entry] if entry is not None else []
+    for config in (c for c in configs if not c.slow):
         try:
             directory = artifact(config.artifact)
         except OtaroError as exc:
             record_failure(f"export {config.artifact.name}", exc)
             continue
-        new = settings.slow_new_tokens if config.slow else settings.new_tokens
-        runs = settings.slow_runs if config.slow else settings.runs
         for bits in _speed_jobs(settings, config):
             precision = report.FP32 if bits is None else f"E5M{bits}"
-            job = {
-                "kind": "session",
-                "directory": str(directory),
-                "bits": 8 if bits is None else bits,
-                "use_library": config.use_library,
-                "prompt_ids": ids,
-                "new_tokens": new,
-                "runs": runs,
-                "threads": settings.threads,
-            }
-            log(f"{config.label} {precision} ...")
+            row = {"config": config.label, "runtime": config.runtime, "precision": precision, "bits": bits}
+            job = _session_job(settings, config, directory, bits, ids)
+            decode_jobs.append(
+                (
+                    DecodeJob(f"{config.label} {precision}", job, settings.threads),
+                    {**row, "artifact_mib": artifact_mib(directory)},
+                )
+            )
+
+    measured = measure_interleaved(
+        [j for j, _ in decode_jobs],
+        settings.runs,
+        _child_env,
+        settings.job_timeout_s,
+        log=log,
+        on_round=lambda _: loads.sample(),
+    )
+    for name, error in measured.failures:
+        if name.startswith("llama.cpp") and "signal SIGSEGV" in error:
+            error = f"{error}. {LLAMA_CPP_AMX_HINT}"
+        record_failure(name, JobFailed(error), logged=True)
+    for job, row in decode_jobs:
+        r = measured.results.get(job.name)
+        if r is not None:
+            results.append(_speed_result(row, r, settings.new_tokens, settings.runs))
+            log(f"{job.name}:")
+            _log_result(log, r)
+    schedule = {
+        "decode": "interleaved",
+        "rounds": settings.runs,
+        "orders": measured.orders,
+        "workers_resident_total_mib": measured.resident_total_mib,
+        "rewarm_tokens": REWARM_TOKENS,
+        "sequential": [],
+    }
+
+    # the slow portable fallbacks: seconds per token and no goal depends on them, so one fresh
+    # process each, after the interleaved rounds (interleaving them would stretch every round by minutes)
+    for config in (c for c in configs if c.slow):
+        try:
+            directory = artifact(config.artifact)
+        except OtaroError as exc:
+            record_failure(f"export {config.artifact.name}", exc)
+            continue
+        for bits in _speed_jobs(settings, config):
+            precision = report.FP32 if bits is None else f"E5M{bits}"
+            log(f"{config.label} {precision} (sequential) ...")
             loads.sample()
             try:
-                r = run_worker(job, settings.threads, settings.job_timeout_s)
+                r = run_worker(
+                    _session_job(settings, config, directory, bits, ids), settings.threads, settings.job_timeout_s
+                )
             except (JobFailed, OSError) as exc:
                 record_failure(f"{config.label} {precision}", exc)
                 continue
+            row = {"config": config.label, "runtime": config.runtime, "precision": precision, "bits": bits}
             results.append(
-                report.SpeedResult(
-                    config.label,
-                    config.runtime,
-                    precision,
-                    bits,
-                    r["decode_tok_s"],
-                    r["prefill_tok_s"],
-                    r["peak_rss_mib"],
-                    artifact_mib(directory),
-                    new,
-                    runs,
-                    r,
+                _speed_result(
+                    {**row, "artifact_mib": artifact_mib(directory)}, r, settings.slow_new_tokens, settings.slow_runs
                 )
             )
-            log(
-                f"  decode {r['decode_tok_s']:.1f} tok/s, prefill {r['prefill_tok_s']:.1f} tok/s, "
-                f"peak RSS {r['peak_rss_mib']:.0f} MiB, artifact mapping {r['artifact_mapped_rss_mib']:.1f} MiB"
-            )
+            schedule["sequential"].append(f"{config.label} {precision}")
+            _log_result(log, r)
 
     order = {c.label: i for i, c in enumerate(configs)}
     results.sort(key=lambda r: (order.get(r.config, -1), r.bits or 0))  # table order: by runtime, then precision
@@ -444,6 +463,7 @@ def run_bench(settings: BenchSettings, log: Callable[[str], None] = print) -> di
         "settings": {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(settings).items()},
         "machine": machine_info(),
         "load_average_1min": loads.summary(),
+        "schedule": schedule,
         "prompt_tokens": len(ids),
         "speed": [asdict(r) for r in results],
         "switching": switch,
@@ -475,7 +495,8 @@ def write_report(payload: dict, out: Path) -> dict:
         storage["sefp_weights"] if storage else None,
         payload.get("prompt_tokens"),
     )
-    payload = {**payload, "speed": rows, "goals": [asdict(g) for g in goals]}
+    paired = {g.name: g.paired for g in goals if g.paired is not None}
+    payload = {**payload, "speed": rows, "goals": [asdict(g) for g in goals], "paired_ratios": paired}
     payload.pop("text", None)
     report.save_json(out / "bench.json", payload)
     model = payload["settings"]["model"]
@@ -503,6 +524,19 @@ def _kernel_line(kernels: dict) -> str:
     return f"SEFP kernels: {kernels['isa']} path; int8-activation decode kernel: {kernels['int8']}"
 
 
+def schedule_line(schedule: dict | None) -> str:
+    """How the speed rows were timed (a bench.json without ``schedule`` predates interleaving)."""
+    if not schedule or schedule.get("decode") != "interleaved":
+        return "schedule: sequential (each configuration's runs back to back, one configuration after another)"
+    line = (
+        f"schedule: interleaved, {schedule['rounds']} round{'s' if schedule['rounds'] != 1 else ''} (every configuration loaded once in its own process; "
+        "each round times one run of each, the order varied per round; ratios are per round, median over rounds)"
+    )
+    if schedule.get("sequential"):
+        line += f"; sequential after the rounds: {', '.join(schedule['sequential'])}"
+    return line
+
+
 def render_text(payload: dict, accuracy: dict, goals: list) -> str:
     load = payload["load_average_1min"]
     m = payload["machine"]
@@ -510,6 +544,7 @@ def render_text(payload: dict, accuracy: dict, goals: list) -> str:
         f"otaro bench, started {payload['started']}, {payload['wall_s']:.0f}s; {m['cpu']}, {m['logical_cpus']} logical CPUs; "
         f"1-min load average during the run: min {load.get('min')}, median {load.get('median')}, max {load.get('max')}",
         _kernel_line(m.get("sefp_kernels") or {}),
+        schedule_line(payload.get("schedule")),
         f"prompt {payload['prompt_tokens']} tokens; ratios: x anchor = / the fastest anchor row (llama.cpp at "
         "the bench's threads or 1 thread, onnxruntime-genai int4), x fp32 = / fp32 export of the same runtime",
         "",

@@ -1,8 +1,20 @@
 """Measure ONE benchmark configuration; run as a child process by :mod:`.runner`.
 
-``python -m otaro_export.bench.worker '<json job>'`` prints one line
-``BENCH_RESULT <json>`` on stdout. One process per (artifact, precision) so
-peak RSS belongs to that configuration alone. Jobs:
+One process per (artifact, precision) so peak RSS belongs to that
+configuration alone. Two ways to run it:
+
+* ``python -m otaro_export.bench.worker '<json job>'``: load, warm up, time
+  ``runs`` generations back to back, print one line ``BENCH_RESULT <json>`` on
+  stdout and exit (the slow portable fallbacks and the switching jobs);
+* ``python -m otaro_export.bench.worker --serve '<json job>'``: load and warm
+  up, print ``BENCH_READY <json>``, then wait on stdin for one command per line
+  (used by :mod:`.interleave`, which runs one configuration at a time):
+  ``{"cmd": "run"}`` times one generation and answers ``BENCH_RUN <json>``;
+  ``{"cmd": "finish"}`` answers ``BENCH_RESULT <json>`` (every run plus the
+  memory readings) and exits. The protocol lines go to the process's original
+  stdout; anything the engines print is sent to stderr, so it cannot split one.
+
+Jobs:
 
 * ``{"kind": "session", "directory", "bits", "use_library", ...}``: an
   exported artifact through ``otaro_export.runtime.load``. An ExecuTorch session
@@ -11,17 +23,23 @@ peak RSS belongs to that configuration alone. Jobs:
   counts only what this precision touched;
 * ``{"kind": "llama_cpp", "gguf", ...}``: llama.cpp (llama-cpp-python) on a GGUF;
 * ``{"kind": "ort_genai", "directory", ...}``: onnxruntime-genai on its builder's int4 model;
-* ``{"kind": "switch", "directory", ...}``: precision-switching cost (:mod:`.switching`).
+* ``{"kind": "engine", "engine": "module:Class", ...}``: any class with the
+  :class:`Engine` interface (the tests' fake engines);
+* ``{"kind": "switch", "directory", ...}``: precision-switching cost (:mod:`.switching`; one-shot only).
 
 Common fields: ``prompt_ids`` (the same token ids for every configuration),
-``new_tokens``, ``runs`` (timed generations, after one short warm-up), ``threads``.
+``new_tokens``, ``runs`` (timed generations, after one short warm-up; one-shot
+only), ``threads``, ``rewarm_tokens`` (serve only: an untimed generation of
+that many tokens right before every timed one, default 4; see :mod:`.interleave`).
 Decode tokens/s counts the tokens after the first (which comes from prefill),
 exactly as :class:`otaro_export.runtime.GenerationStats` does.
 """
 
 from __future__ import annotations
 
+import importlib
 import json
+import os
 import statistics
 import sys
 import time
@@ -30,8 +48,12 @@ from pathlib import Path
 from otaro_export import process_memory as memory
 
 RESULT_PREFIX = "BENCH_RESULT "
+READY_PREFIX = "BENCH_READY "
+RUN_PREFIX = "BENCH_RUN "
 #: the warm-up generation only has to touch every weight once; its length does not matter
 WARMUP_TOKENS = 16
+#: serve mode: untimed tokens generated right before each timed run (thread pools awake, weights in cache)
+REWARM_TOKENS = 4
 
 
 def _summary(prefill: list[float], decode: list[float]) -> dict:
@@ -43,117 +65,195 @@ def _summary(prefill: list[float], decode: list[float]) -> dict:
     }
 
 
-def _measurement(prefill, decode, load_s, rss_base, rss_load, mapped_file, out) -> dict:
-    """The fields every engine reports: speed summary, load time, memory, first tokens."""
-    return {
-        **_summary(prefill, decode),
-        "load_s": load_s,
-        "rss_base_mib": rss_base,
-        "rss_after_load_mib": rss_load,
-        "rss_mib": memory.rss_mib(),
-        "peak_rss_mib": memory.peak_rss_mib(),
-        "artifact_mapped_rss_mib": memory.mapped_file_rss_mib(mapped_file),
-        "first_tokens": out[:16],
-    }
+class Engine:
+    """A loaded model. Subclasses set ``load_s``, ``rss_base``, ``rss_load``, ``mapped_file`` in ``__init__``."""
+
+    load_s: float = 0.0
+    rss_base: float = float("nan")
+    rss_load: float = float("nan")
+    mapped_file: str | Path | None = None
+
+    def generate(self, new_tokens: int) -> tuple[list[int], float, float]:
+        """Greedy ``new_tokens`` after the job's prompt (EOS ignored): (tokens, prefill tok/s, decode tok/s)."""
+        raise NotImplementedError
+
+    def extra(self) -> dict:
+        return {}
+
+    def result(self, prefill: list[float], decode: list[float], out: list[int]) -> dict:
+        """The fields every engine reports: speed summary, load time, memory, first tokens."""
+        mapped = memory.mapped_file_rss_mib(self.mapped_file) if self.mapped_file is not None else float("nan")
+        return {
+            **(_summary(prefill, decode) if decode else {}),
+            "load_s": self.load_s,
+            "rss_base_mib": self.rss_base,
+            "rss_after_load_mib": self.rss_load,
+            "rss_mib": memory.rss_mib(),
+            "peak_rss_mib": memory.peak_rss_mib(),
+            "artifact_mapped_rss_mib": mapped,
+            "first_tokens": out[:16],
+            **self.extra(),
+        }
 
 
-def measure_session(job: dict) -> dict:
-    from otaro_export.runtime import load
+class SessionEngine(Engine):
+    def __init__(self, job: dict) -> None:
+        from otaro_export.runtime import load
 
-    rss_base = memory.rss_mib()
-    options = {"num_threads": int(job["threads"])}
-    if job.get("use_library") is not None:
-        options["use_library"] = bool(job["use_library"])
-    t0 = time.perf_counter()
-    session = load(job["directory"], **options)
-    load_s = time.perf_counter() - t0
-    rss_load = memory.rss_mib()
-    artifact = Path(job["directory"]) / session.manifest.artifact
-    mapped_after_load = memory.mapped_file_rss_mib(artifact)
-    ids, bits, new = list(job["prompt_ids"]), int(job["bits"]), int(job["new_tokens"])
-    session.generate_ids(ids, bits, min(new, WARMUP_TOKENS), stop_at_eos=False)  # warm-up: every weight paged in
-    prefill, decode = [], []
-    for _ in range(int(job["runs"])):
-        out = session.generate_ids(ids, bits, new, stop_at_eos=False)
-        if len(out) != new:
-            raise RuntimeError(f"generated {len(out)} tokens, expected {new} (max_seq_len too small?)")
-        prefill.append(session.last_stats.prefill_tokens_per_s)
-        decode.append(session.last_stats.decode_tokens_per_s)
-    return {
-        **_measurement(prefill, decode, load_s, rss_base, rss_load, artifact, out),
-        "artifact_mapped_after_load_mib": mapped_after_load,
-        "paged_out_after_load": bool(getattr(session, "lazy_weights", False)),
-    }
+        self.rss_base = memory.rss_mib()
+        options = {"num_threads": int(job["threads"])}
+        if job.get("use_library") is not None:
+            options["use_library"] = bool(job["use_library"])
+        t0 = time.perf_counter()
+        self.session = load(job["directory"], **options)
+        self.load_s = time.perf_counter() - t0
+        self.rss_load = memory.rss_mib()
+        self.mapped_file = Path(job["directory"]) / self.session.manifest.artifact
+        self.mapped_after_load = memory.mapped_file_rss_mib(self.mapped_file)
+        self.ids, self.bits = list(job["prompt_ids"]), int(job["bits"])
+
+    def generate(self, new_tokens: int) -> tuple[list[int], float, float]:
+        out = self.session.generate_ids(self.ids, self.bits, new_tokens, stop_at_eos=False)
+        if len(out) != new_tokens:
+            raise RuntimeError(f"generated {len(out)} tokens, expected {new_tokens} (max_seq_len too small?)")
+        stats = self.session.last_stats
+        return out, stats.prefill_tokens_per_s, stats.decode_tokens_per_s
+
+    def extra(self) -> dict:
+        return {
+            "artifact_mapped_after_load_mib": self.mapped_after_load,
+            "paged_out_after_load": bool(getattr(self.session, "lazy_weights", False)),
+        }
 
 
-def measure_llama_cpp(job: dict) -> dict:
-    from llama_cpp import Llama
+class LlamaCppEngine(Engine):
+    def __init__(self, job: dict) -> None:
+        from llama_cpp import Llama
 
-    rss_base = memory.rss_mib()
-    threads = int(job["threads"])
-    ids, new = list(job["prompt_ids"]), int(job["new_tokens"])
-    t0 = time.perf_counter()
-    llm = Llama(
-        model_path=str(job["gguf"]),
-        n_threads=threads,
-        n_threads_batch=threads,
-        n_ctx=int(job["n_ctx"]),
-        verbose=False,
-    )
-    load_s = time.perf_counter() - t0
-    rss_load = memory.rss_mib()
+        self.rss_base = memory.rss_mib()
+        threads = int(job["threads"])
+        self.ids = list(job["prompt_ids"])
+        t0 = time.perf_counter()
+        self.llm = Llama(
+            model_path=str(job["gguf"]),
+            n_threads=threads,
+            n_threads_batch=threads,
+            n_ctx=int(job["n_ctx"]),
+            verbose=False,
+        )
+        self.load_s = time.perf_counter() - t0
+        self.rss_load = memory.rss_mib()
+        self.mapped_file = job["gguf"]
 
-    def generate() -> tuple[list[int], float, float]:
+    def generate(self, new_tokens: int) -> tuple[list[int], float, float]:
         tokens: list[int] = []
-        llm.reset()
+        self.llm.reset()
         start = time.perf_counter()
         first = start
         # temp=0 is greedy in llama-cpp-python; we stop after `new` tokens (EOS ignored, like stop_at_eos=False)
-        for token in llm.generate(ids, temp=0.0, top_k=1, repeat_penalty=1.0, reset=True):
+        for token in self.llm.generate(self.ids, temp=0.0, top_k=1, repeat_penalty=1.0, reset=True):
             tokens.append(int(token))
             if len(tokens) == 1:
                 first = time.perf_counter()
-            if len(tokens) >= new:
+            if len(tokens) >= new_tokens:
                 break
         end = time.perf_counter()
         prefill_s, decode_s = first - start, end - first
-        return tokens, len(ids) / prefill_s, (len(tokens) - 1) / decode_s if decode_s > 0 else 0.0
-
-    out, _, _ = generate()  # warm-up: one untimed generation
-    prefill, decode = [], []
-    for _ in range(int(job["runs"])):
-        _, p, d = generate()
-        prefill.append(p)
-        decode.append(d)
-    return _measurement(prefill, decode, load_s, rss_base, rss_load, job["gguf"], out)
+        return tokens, len(self.ids) / prefill_s, (len(tokens) - 1) / decode_s if decode_s > 0 else 0.0
 
 
-def run_job(job: dict) -> dict:
+def open_engine(job: dict) -> Engine:
     kind = job.get("kind")
     if kind == "session":
-        return measure_session(job)
+        return SessionEngine(job)
     if kind == "llama_cpp":
-        return measure_llama_cpp(job)
+        return LlamaCppEngine(job)
     if kind == "ort_genai":
-        from otaro_export.bench.ort_genai import measure
+        from otaro_export.bench.ort_genai import OrtGenaiEngine
 
-        return measure(job)
-    if kind == "switch":
-        from otaro_export.bench.switching import measure_switching
-
-        return measure_switching(job)
+        return OrtGenaiEngine(job)
+    if kind == "engine":
+        module, _, name = str(job.get("engine", "")).partition(":")
+        if not module or not name:
+            raise ValueError(f"job kind 'engine' needs 'engine': 'module:Class', got {job.get('engine')!r}")
+        return getattr(importlib.import_module(module), name)(job)
     raise ValueError(f"unknown benchmark job kind {kind!r}")
 
 
+def warm_up(engine: Engine, job: dict) -> list[int]:
+    """One untimed generation: every weight paged in (the session kind only needs a few tokens for that)."""
+    new = int(job["new_tokens"])
+    return engine.generate(min(new, WARMUP_TOKENS) if job.get("kind") == "session" else new)[0]
+
+
+def measure(job: dict) -> dict:
+    """Warm-up, then ``runs`` timed generations back to back."""
+    engine = open_engine(job)
+    out = warm_up(engine, job)
+    prefill, decode = [], []
+    for _ in range(int(job["runs"])):
+        out, p, d = engine.generate(int(job["new_tokens"]))
+        prefill.append(p)
+        decode.append(d)
+    return engine.result(prefill, decode, out)
+
+
+def run_job(job: dict) -> dict:
+    if job.get("kind") == "switch":
+        from otaro_export.bench.switching import measure_switching
+
+        return measure_switching(job)
+    return measure(job)
+
+
+def serve(job: dict) -> int:
+    """Serve mode (see the module docstring). Blocks in a read on stdin between commands: an idle worker sleeps."""
+    channel = os.fdopen(os.dup(sys.stdout.fileno()), "w", buffering=1)  # the protocol's own copy of stdout
+    sys.stdout.flush()
+    os.dup2(sys.stderr.fileno(), sys.stdout.fileno())  # engines' prints (Python or C) go to stderr
+
+    def send(prefix: str, payload: dict) -> None:
+        channel.write(prefix + json.dumps(payload) + "\n")
+        channel.flush()
+
+    engine = open_engine(job)
+    new, rewarm = int(job["new_tokens"]), int(job.get("rewarm_tokens", REWARM_TOKENS))
+    out = warm_up(engine, job)
+    send(READY_PREFIX, {"pid": os.getpid(), "load_s": engine.load_s, "rss_mib": memory.rss_mib()})
+    prefill, decode = [], []
+    while True:
+        line = sys.stdin.readline()
+        if not line:
+            return 0  # the coordinator is gone
+        cmd = json.loads(line).get("cmd")
+        if cmd == "run":
+            if rewarm > 0:
+                engine.generate(min(rewarm, new))
+            out, p, d = engine.generate(new)
+            prefill.append(p)
+            decode.append(d)
+            send(RUN_PREFIX, {"prefill_tok_s": p, "decode_tok_s": d})
+        elif cmd == "finish":
+            send(RESULT_PREFIX, engine.result(prefill, decode, out))
+            return 0
+        else:
+            raise ValueError(f"unknown worker command {cmd!r}")
+
+
 def main(argv: list[str]) -> int:
-    if len(argv) != 1:
-        print("usage: python -m otaro_export.bench.worker '<json job>'", file=sys.stderr)
+    serving = argv[:1] == ["--serve"]
+    args = argv[1:] if serving else argv
+    if len(args) != 1:
+        print("usage: python -m otaro_export.bench.worker [--serve] '<json job>'", file=sys.stderr)
         return 2
     import logging
 
     for name in ("torchao", "torch.utils._pytree"):
         logging.getLogger(name).setLevel(logging.ERROR)
-    result = run_job(json.loads(argv[0]))
+    job = json.loads(args[0])
+    if serving:
+        return serve(job)
+    result = run_job(job)
     print(RESULT_PREFIX + json.dumps(result), flush=True)
     return 0
 

@@ -40,7 +40,8 @@ def bench(
     runs: int = typer.Option(
         None,
         "--runs",
-        help="timed runs per configuration, after one warm-up; the median is reported (default 5; --quick 2)",
+        help="timed runs per configuration, after one warm-up: the rounds of the interleaved schedule (one run of "
+        "every configuration per round); medians and per-round ratios are reported (default 5; --quick 2)",
     ),
     prompt: str = typer.Option(
         None, "--prompt", help="the prompt every configuration decodes after (chat template applied)"

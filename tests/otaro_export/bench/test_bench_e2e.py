@@ -41,7 +41,7 @@ def test_bench_quick_on_a_tiny_model(tmp_path):
         "--new-tokens",
         "4",
         "--runs",
-        "1",
+        "2",
         "--eval-samples",
         "1",
         "--cache-dir",
@@ -58,6 +58,12 @@ def test_bench_quick_on_a_tiny_model(tmp_path):
     for row in data["speed"]:
         assert row["decode_tok_s"] > 0 and row["peak_rss_mib"] > 0
         assert row["decode_x_anchor"] is None  # no anchor row asked for
+        assert row["extra"]["schedule"] == "interleaved" and len(row["extra"]["decode_tok_s_runs"]) == 2
+    assert data["schedule"]["decode"] == "interleaved" and len(data["schedule"]["orders"]) == 2
+    assert sorted(data["schedule"]["orders"][0]) == ["onnx fp32 fp32", "onnx fused E5M3", "onnx fused E5M8"]
+    dial = "onnx E5M3 decode vs E5M8 decode (the precision dial buys speed)"
+    assert data["paired_ratios"][dial]["rounds"] == 2
+    assert "schedule: interleaved, 2 rounds" in result.output
     assert data["switching"]["onnx fused"]["switch_ratio"] > 0
     # tiny llama: 2 layers x 7 linears, hidden 64; 9.125 bits/weight at rest for K = 64 multiples
     assert abs(data["sefp_storage"]["bytes_per_sefp_weight"] - 9.125 / 8) < 1e-9

@@ -134,3 +134,55 @@ def test_anchor_goal_uses_the_fastest_anchor_row(results):
     assert "llama.cpp 20.0 tok/s" in goal.detail
     rows = {(r["config"], r["precision"]): r for r in report.with_ratios(slow_threads)}
     assert rows[("onnx fused", "E5M3")]["decode_x_anchor"] == pytest.approx(0.8)
+
+
+def _rounds(config, runtime, precision, bits, decode_runs, prefill_runs=None):
+    """A row measured in interleaved rounds: its medians plus one value per round."""
+    import statistics
+
+    prefill_runs = prefill_runs or [100.0] * len(decode_runs)
+    extra = {"schedule": "interleaved", "decode_tok_s_runs": decode_runs, "prefill_tok_s_runs": prefill_runs}
+    return SpeedResult(
+        config, runtime, precision, bits, statistics.median(decode_runs), statistics.median(prefill_runs),
+        300.0, 50.0, 128, len(decode_runs), extra,
+    )  # fmt: skip
+
+
+def test_paired_ratio_divides_within_each_round_by_that_rounds_best():
+    e3 = _rounds("onnx fused", "onnx", "E5M3", 3, [100.0, 50.0, 90.0])
+    llama = _rounds("llama.cpp", "llama.cpp", "Q4_1", None, [80.0, 20.0, 100.0])
+    genai = _rounds("onnxruntime-genai int4", "onnxruntime-genai", "int4", None, [50.0, 40.0, 60.0])
+    paired = report.paired_ratio(e3, [llama, genai])
+    assert paired["per_round"] == pytest.approx([1.25, 1.25, 0.9])  # round 2: genai (40) beat the collapsed llama
+    assert (paired["median"], paired["min"], paired["max"], paired["rounds"]) == pytest.approx((1.25, 0.9, 1.25, 3))
+    sequential = SpeedResult("llama.cpp", "llama.cpp", "Q4_1", None, 80.0, 1.0, 1.0, 1.0, 128, 3)
+    assert report.paired_ratio(e3, [sequential]) is None  # not measured in rounds: no pairing
+    assert report.paired_ratio(e3, [_rounds("x", "onnx", "fp32", None, [1.0, 2.0])]) is None  # other rounds
+    assert report.paired_ratio(e3, [_rounds("x", "onnx", "fp32", None, [1.0, 0.0, 2.0])]) is None
+    rows = {r["config"]: r for r in report.with_ratios([llama, genai, e3])}
+    assert rows["onnx fused"]["decode_x_anchor"] == pytest.approx(1.25)  # paired median, not 90 / 80
+    assert rows["llama.cpp"]["decode_x_anchor"] == pytest.approx(1.0)  # rounds 1, 3 itself; round 2 0.5
+
+
+def test_goals_use_the_paired_ratios_when_every_row_has_rounds():
+    # drift: round 2 ran on a loaded machine. Ratio of medians E5M3/E5M8 = 90/60 = 1.5 (< 1.6), but
+    # within every round E5M3 is >= 1.67x E5M8 except round 3
+    e3 = _rounds("onnx fused", "onnx", "E5M3", 3, [100.0, 50.0, 90.0], prefill_runs=[200.0, 100.0, 180.0])
+    e8 = _rounds("onnx fused", "onnx", "E5M8", 8, [60.0, 30.0, 70.0])
+    fp32 = _rounds("onnx fp32", "onnx", "fp32", None, [40.0, 20.0, 50.0])
+    llama = _rounds("llama.cpp", "llama.cpp", "Q4_1", None, [70.0, 35.0, 80.0], prefill_runs=[100.0, 50.0, 200.0])
+    goals = {g.name: g for g in report.evaluate_goals([llama, e3, e8, fp32], {}, {}, None, None, 50)}
+    dial = goals["onnx E5M3 decode vs E5M8 decode (the precision dial buys speed)"]
+    assert dial.met is True and dial.paired["median"] == pytest.approx(100 / 60)
+    assert dial.measured == "1.67x (paired median of 3 rounds, range 1.29-1.67)"
+    anchor = goals["onnx E5M3 decode vs the best anchor (llama.cpp Q4_1 1/N threads, onnxruntime-genai int4)"]
+    assert anchor.paired["per_round"] == pytest.approx([100 / 70, 50 / 35, 90 / 80])
+    assert anchor.measured.startswith("1.43x (paired median of 3 rounds, range 1.12-1.43; medians 90.0 vs llama.cpp")
+    first = goals["onnx E5M3 first-token latency vs llama.cpp"]
+    assert first.paired["per_round"] == pytest.approx([0.5, 0.5, 200 / 180])  # ours / llama.cpp's latency
+    assert first.met is True and "latency ratio 0.50" in first.measured
+    # one row without rounds: that goal falls back to the ratio of medians
+    e8_sequential = SpeedResult("onnx fused", "onnx", "E5M8", 8, 60.0, 100.0, 300.0, 50.0, 128, 3)
+    goals = {g.name: g for g in report.evaluate_goals([llama, e3, e8_sequential], {}, {}, None, None, 50)}
+    dial = goals["onnx E5M3 decode vs E5M8 decode (the precision dial buys speed)"]
+    assert dial.paired is None and dial.measured == "1.50x" and dial.met is False
