@@ -9,10 +9,10 @@ FP model's sampled answers to the disjoint ``EVAL_PROMPTS`` at E5M3..E5M8 + FP
     python benchmarks/tune_experiment.py --out results/tune --steps 60
 
 Every row trains and is evaluated through one quantization rule, named as in
-``otaro export``: ``--reconstruction``, ``--exponents``, ``--layer-floors`` and
-``--lm-head`` (default: the paper's ``floor`` / ``floor``, no floors, float
-lm_head, which reproduces docs/TUNING.md's first table; the export's default is
-``fitted`` / ``search`` / ``auto`` / ``sefp``). With ``--layer-floors auto`` the
+``otaro export``: ``--reconstruction``, ``--exponents``, ``--layer-floors``,
+``--lm-head`` and ``--int8-activations`` (default: the paper's ``floor`` / ``floor``,
+no floors, float lm_head, float activations, which reproduces docs/TUNING.md's first
+table; the ONNX export's default is ``fitted`` / ``search`` / ``auto`` / ``sefp`` / ``4``). With ``--layer-floors auto`` the
 floor plan is made once on the untuned model and every row trains and is
 evaluated with those floors. Training computes the rule's statistics on its
 own samples, as ``otaro tune`` does; evaluation re-encodes the final weights
@@ -32,6 +32,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import copy
+import dataclasses
 import json
 import os
 import time
@@ -50,7 +51,7 @@ from otaro_export.train.evaluation import (
     plot_png,
     rows_to_json,
 )
-from otaro_export.train.fake_quant import attach_fake_quant, fake_quant_layers, set_floors
+from otaro_export.train.fake_quant import fake_quant_layers
 from otaro_export.train.teacher import FPTeacher
 from otaro_export.train.trainer import Tuner
 from otaro_export.train.tune_config import TuneConfig
@@ -118,6 +119,7 @@ class Rule:
     layer_floors: str = "none"
     lm_head: str = "float"
     floor_budget: float | None = None
+    int8_activations: int = 0
 
     @property
     def quantize_lm_head(self) -> bool:
@@ -125,7 +127,8 @@ class Rule:
 
     @property
     def paper(self) -> bool:
-        return (self.reconstruction, self.exponents, self.layer_floors) == ("floor", "floor", "none")
+        rules = (self.reconstruction, self.exponents, self.layer_floors, self.int8_activations)
+        return rules == ("floor", "floor", "none", 0)
 
     def attach(self, model, tokenizer, plan=None):
         """Fake-quant ``model`` as the export would run its current weights (``plan``: floors to keep)."""
@@ -138,6 +141,7 @@ class Rule:
             layer_floors=self.layer_floors,
             floor_budget_bits=self.floor_budget,
             plan=plan,
+            int8_activations=self.int8_activations,
         )
 
 
@@ -170,15 +174,17 @@ def run_config(
     if cfg.method == "ptq":
         tuned, visits, history = student, {}, []
     else:
-        # Place the fake-quant layers and their floors first: the Tuner attaches its rule to the
-        # same layers (statistics from its own samples, as `otaro tune`) and keeps the floors.
-        attach_fake_quant(student, rule.quantize_lm_head)
-        set_floors(student, floors)
+        # The Tuner attaches the rule (statistics from its own samples, as `otaro tune`) and sets the
+        # shared plan's floors, as `otaro tune --layer-floors auto` sets the plan it makes.
+        cfg = dataclasses.replace(
+            cfg, layer_floors="none" if plan is None else "auto", int8_activations=rule.int8_activations
+        )
         result = Tuner(
             cfg,
             LoadedModel(student, loaded.tokenizer, loaded.source),
             samples=train,
             teacher=teacher,
+            floor_plan=plan,
             progress=True,
         ).run()
         tuned, visits, history = result.model, result.visits(), result.history
@@ -324,6 +330,13 @@ def main() -> None:
     )
     ap.add_argument("--floor-budget", type=float, default=None, help="with --layer-floors auto: bits E5M3 may read")
     ap.add_argument(
+        "--int8-activations",
+        type=int,
+        default=0,
+        metavar="BITS",
+        help="train and evaluate E5M3..E5M<BITS> with int8 activations (ONNX export default: 4); 0: float",
+    )
+    ap.add_argument(
         "--lm-head",
         default="float",
         choices=("float", "sefp"),
@@ -340,9 +353,14 @@ def main() -> None:
     unknown = [n for n in names if n not in CONFIGS]
     if unknown:
         raise SystemExit(f"unknown configs {unknown}; choose from {list(CONFIGS)}")
-    rule = Rule(args.reconstruction, args.exponents, args.layer_floors, args.lm_head, args.floor_budget)
+    rule = Rule(
+        args.reconstruction, args.exponents, args.layer_floors, args.lm_head, args.floor_budget, args.int8_activations
+    )
     if RTN_REFERENCE in names and not rule.paper:
-        raise SystemExit(f"{RTN_REFERENCE!r} rounds the paper's grid: run it without --reconstruction/--exponents")
+        raise SystemExit(
+            f"{RTN_REFERENCE!r} rounds the paper's grid: run it without --reconstruction/--exponents/--layer-floors/"
+            "--int8-activations"
+        )
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.time()
@@ -407,6 +425,8 @@ def main() -> None:
             quantize_lm_head=rule.quantize_lm_head,
             reconstruction=rule.reconstruction,
             exponent_rule=rule.exponents,
+            layer_floors=rule.layer_floors,
+            int8_activations=rule.int8_activations,
             **overrides,
         )
         results[name + args.tag], _ = run_config(name, cfg, original, loaded, train, evals, teacher, rule, plan)

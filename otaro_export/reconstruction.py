@@ -204,6 +204,8 @@ def split_unit(unit: ExportUnit, model: nn.Module, packed: torch.Tensor) -> dict
 
 # ----------------------------------------------------------------------------- per-layer precision floors
 
+#: ``--layer-floors`` of export and tune: the automatic plan (:func:`floor_plan`) or no floors
+FLOOR_POLICIES = ("auto", "none")
 #: the floor a sensitive layer gets: E5M5 reads the same planes (bytes) as E5M4 (docs/FORMAT.md §4)
 FLOOR_BITS = 5
 #: default budget: E5M3 with floors reads at most this many weight bits per weight on average (Q4_0's 4.5)
@@ -221,6 +223,24 @@ class FloorPlan:
 
     def effective_bits(self, unit: str, bits: int) -> int:
         return max(check_bits(bits), self.floors.get(unit, SUPPORTED_BITS[0]))
+
+    def to_dict(self) -> dict:
+        """JSON-ready (precision keys as strings); :meth:`from_dict` reads it back."""
+        per_bits = ("bits_per_weight", "bytes_per_token", "predicted_kl")
+        return {"floors": dict(self.floors), **{k: {str(b): v for b, v in getattr(self, k).items()} for k in per_bits}}
+
+    @staticmethod
+    def from_dict(data: dict) -> FloorPlan:
+        """The plan :meth:`to_dict` wrote (e.g. into a tuning checkpoint); ValueError if it is malformed."""
+        try:
+            floors = {str(name): check_bits(int(bits)) for name, bits in data["floors"].items()}
+            per_bits = {
+                key: {check_bits(int(b)): float(v) for b, v in data[key].items()}
+                for key in ("bits_per_weight", "bytes_per_token", "predicted_kl")
+            }
+        except (KeyError, TypeError, AttributeError, ValueError) as exc:
+            raise ValueError(f"not a floor plan ({exc!r})") from exc
+        return FloorPlan(floors, **per_bits)
 
 
 def unit_bytes_read(rows: int, in_features: int, bits: int) -> float:

@@ -344,7 +344,8 @@ def fake_quantize(
     Not differentiable by itself: wrap it with a straight-through estimator.
     """
     bits = check_bits(bits)
-    if not torch.isfinite(w).all():
+    # A sum is finite only if every term is: one read, no temporary; the exact test only when it is not.
+    if not bool(torch.isfinite(w.detach().sum())) and not bool(torch.isfinite(w).all()):
         raise NonFiniteWeightError("fake_quantize: weight contains NaN or Inf")
     if levels is None and exponents is None:
         return _grid_values(w.detach().to(torch.float32), bits, torch.floor).to(w.dtype)
@@ -355,14 +356,18 @@ def fake_quantize(
     if tuple(e.shape) != tuple(groups.shape[:2]):
         raise ValueError(f"exponents must be {list(groups.shape[:2])} for this weight, got {list(e.shape)}")
     e = e.to(torch.int32).unsqueeze(-1)
-    # q >> (8-k) of the stored magnitude, straight from |w| (saturating like the encoder)
-    index = torch.floor(groups.abs() * exact_pow2((bits - 1) - e)).clamp_(max=(1 << bits) - 1)
-    if levels is None:
-        value = index * exact_pow2(e - (bits - 1))
-    else:
-        row = check_levels(levels)[bits - SUPPORTED_BITS[0]].to(groups.device)
-        value = row[index.to(torch.int64)] * exact_pow2(e - (STORED_MANTISSA_BITS - 1))
-    out = torch.where(groups < 0, -value, value)
+    # Levels 0..2**k-1 of the row, then their negatives: a negative weight's index is offset by 2**k, so one
+    # gather gives the signed value (-(l * s) == (-l) * s exactly; -0.0 is not < 0, as the sign bit encodes it).
+    row = (floor_levels() if levels is None else check_levels(levels))[bits - SUPPORTED_BITS[0], : 1 << bits]
+    signed = torch.cat([row, -row]).to(groups.device)
+    # q >> (8-k) of the stored magnitude, straight from |w| (saturating like the encoder): |w| * 2**(k-1-e) is
+    # >= 0, so clamping first and converting to int (truncation) is the floor of the clamped value
+    scaled = groups.abs().mul_(exact_pow2((bits - 1) - e)).clamp_(max=(1 << bits) - 1)
+    index = scaled.to(torch.int32)
+    index.add_((groups < 0).view(torch.uint8), alpha=1 << bits)
+    # index_select is the fastest CPU gather; it writes into the spent float buffer (one allocation fewer)
+    out = torch.index_select(signed, 0, index.view(-1), out=scaled.view(-1)).view(index.shape)
+    out.mul_(exact_pow2(e - (STORED_MANTISSA_BITS - 1)))
     return out.reshape(n, -1)[:, :k].to(w.dtype)
 
 

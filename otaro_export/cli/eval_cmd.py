@@ -44,17 +44,21 @@ def evaluate(
         help="gguf formats to requantize the same float weights in, printed beside the precisions ('none': skip)",
     ),
     layer_floors: str = typer.Option(
-        "none", "--layer-floors", help="none, or auto: per-layer precision floors from measured sensitivity"
+        None,
+        "--layer-floors",
+        help="none, or auto: per-layer precision floors from measured sensitivity; default: as the checkpoint was "
+        "tuned (its floors), else none",
     ),
     floor_budget: float = typer.Option(
         None, "--floor-budget", help="with --layer-floors auto: average weight bits E5M3 may read (default 4.5)"
     ),
     int8_activations: int = typer.Option(
-        0,
+        None,
         "--int8-activations",
         metavar="BITS",
         help="score E5M3..E5M<BITS> with int8 activations, as an export with that option runs them (the ONNX "
-        "export's default is 4; docs/FORMAT.md §9); 0: float activations",
+        "export's default is 4; docs/FORMAT.md §9); 0: float activations; default: as the checkpoint was tuned, "
+        "else 0",
     ),
     output: Path = typer.Option(
         None, "--output", "-o", help="directory for eval.json and eval.png (default: print only)"
@@ -66,7 +70,6 @@ def evaluate(
     from otaro_export.models import load_model
     from otaro_export.reconstruction import DEFAULT_EXPONENT_RULE, DEFAULT_RULE, check_rule
     from otaro_export.sefp import check_bits, check_exponent_rule
-    from otaro_export.train.checkpoint import resolve_checkpoint
     from otaro_export.train.evaluation import BASELINE_FORMATS, evaluate_model, format_table, plot_png, save_json
     from otaro_export.train.trainer import check_device
     from otaro_export.train.tune_data import EVAL_PROMPTS, load_samples, self_distillation_samples
@@ -76,6 +79,16 @@ def evaluate(
     reconstruction = check_rule(reconstruction or DEFAULT_RULE)
     exponent_rule = check_exponent_rule(exponent_rule or DEFAULT_EXPONENT_RULE)
     formats = parse_baselines(baselines, BASELINE_FORMATS)
+    # A tuned run is measured through what it trained with (the floors planned on the untuned model),
+    # as its export runs it; options given here win.
+    recorded = {}
+    if checkpoint is not None:
+        from otaro_export.train.evaluation import tuned_rule
+
+        recorded = tuned_rule(checkpoint)  # fails on a bad checkpoint before loading anything
+    plan = recorded.get("plan") if layer_floors is None else None
+    layer_floors = recorded.get("layer_floors", "none") if layer_floors is None else layer_floors
+    int8_activations = recorded.get("int8_activations", 0) if int8_activations is None else int8_activations
     if layer_floors not in ("none", "auto"):
         raise typer.BadParameter(f"--layer-floors must be none or auto, got {layer_floors!r}")
     from otaro_export.activation_quant import check_max_bits
@@ -84,8 +97,6 @@ def evaluate(
         check_max_bits(int8_activations)
     except ValueError as exc:
         raise typer.BadParameter(str(exc), param_hint="--int8-activations") from exc
-    if checkpoint is not None:
-        resolve_checkpoint(checkpoint)  # fail on a bad checkpoint before loading anything
     loaded = load_model(model)
     teacher = loaded.model.to(device).eval()
     if data is not None:
@@ -110,10 +121,11 @@ def evaluate(
         progress=True,
         log=typer.echo,
         int8_activations=int8_activations,
+        plan=plan,
     )
     name = "tuned" if checkpoint is not None else "untuned (PTQ)"
     title = (
-        f"{loaded.source}, {name}, reconstruction {reconstruction}, exponents {exponent_rule}, floors {layer_floors}, "
+        f"{loaded.source}, {name}, reconstruction {reconstruction}, exponents {exponent_rule}, floors {layer_floors}{' (as tuned)' if plan else ''}, "
         f"int8 activations {f'up to E5M{int8_activations}' if int8_activations else 'off'}, "
         f"{rows[0].tokens} scored tokens"
     )

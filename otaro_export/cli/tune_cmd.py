@@ -13,6 +13,7 @@ import typer
 from otaro_export.cli.options import parse_bits
 from otaro_export.train.tune_config import (
     DEFAULT_STEPS,
+    FloorPolicy,
     Loss,
     LRSchedule,
     Method,
@@ -84,6 +85,19 @@ def tune(
     exponent_rule: str = typer.Option(
         None, "--exponent-rule", help="encoder exponent rule: floor (the paper's) or search; default: the export's"
     ),
+    layer_floors: FloorPolicy = typer.Option(
+        None,
+        "--layer-floors",
+        help="auto: the export's per-layer precision floors, planned once on the untuned model and kept "
+        "(resume, export); none: every layer at the step's precision; default: the export's (auto)",
+    ),
+    int8_activations: int = typer.Option(
+        None,
+        "--int8-activations",
+        metavar="BITS",
+        help="train E5M3..E5M<BITS> with int8 activations, as the ONNX export runs them (docs/FORMAT.md §9); "
+        "0: float activations; default: the ONNX export's (4)",
+    ),
     seed: int = typer.Option(0, "--seed"),
     checkpoint_every: int = typer.Option(50, "--checkpoint-every", help="write a checkpoint every N steps"),
     device: str = typer.Option(
@@ -109,12 +123,15 @@ def tune(
 
     chosen_parallel = None if parallel is None else parallel.value
     if resume:
+        # The run's floors and int8 setting are part of what it trains through: asking to change them is an error.
+        fixed = {"layer_floors": layer_floors, "int8_activations": int8_activations}
         config = resume_config(
             output,
             steps=steps,
             parallel=chosen_parallel,
             device=device,
             activation_checkpointing=activation_checkpointing,
+            **{k: v for k, v in fixed.items() if v is not None},
         )
     else:
         config = TuneConfig(
@@ -144,6 +161,8 @@ def tune(
             quantize_lm_head=quantize_lm_head,
             reconstruction=reconstruction or _export_rules()[0],
             exponent_rule=exponent_rule or _export_rules()[1],
+            layer_floors=_export_floors() if layer_floors is None else layer_floors.value,
+            int8_activations=_export_int8() if int8_activations is None else int8_activations,
             seed=seed,
             checkpoint_every=checkpoint_every,
             device=device or "cpu",
@@ -165,3 +184,15 @@ def _export_rules() -> tuple[str, str]:
     from otaro_export.reconstruction import DEFAULT_EXPONENT_RULE, DEFAULT_RULE
 
     return DEFAULT_RULE, DEFAULT_EXPONENT_RULE
+
+
+def _export_floors() -> str:
+    from otaro_export.export.sefp_recipe import DEFAULT_LAYER_FLOORS
+
+    return DEFAULT_LAYER_FLOORS
+
+
+def _export_int8() -> int:
+    from otaro_export.export.sefp_recipe import DEFAULT_INT8_ACTIVATIONS
+
+    return DEFAULT_INT8_ACTIVATIONS["onnx"]

@@ -68,7 +68,18 @@ def export_model(options: ExportOptions, log: Callable[[str], None] = print, loa
     options.validate()
     from dataclasses import replace
 
+    tuned_run = None
+    if options.checkpoint is not None:
+        # A tuned run's floors and int8 activations are the model's defaults: it was trained through them.
+        from otaro_export.train.checkpoint import read_meta, resolve_checkpoint
+
+        checkpoint = resolve_checkpoint(options.checkpoint)
+        meta = read_meta(checkpoint)
+        recipe, taken = options.recipe.with_tuned_run(meta, options.target, log)
+        options = replace(options, recipe=recipe)
+        tuned_run = {"checkpoint": checkpoint.name, "step": meta.get("step"), "from_run": taken}
     options = replace(options, recipe=options.recipe.for_target(options.target))  # target defaults resolved
+    options.recipe.validate()
     from otaro_export.export.output_dir import Staging
     from otaro_export.models import load_model
 
@@ -82,7 +93,7 @@ def export_model(options: ExportOptions, log: Callable[[str], None] = print, loa
         if options.checkpoint is not None:
             from otaro_export.train.checkpoint import load_tuned_weights
 
-            load_tuned_weights(loaded.model, options.checkpoint)
+            load_tuned_weights(loaded.model, checkpoint)  # the checkpoint whose record the recipe took
             log(f"applied tuned weights from {options.checkpoint}")
 
         if options.target == "onnx":
@@ -91,6 +102,8 @@ def export_model(options: ExportOptions, log: Callable[[str], None] = print, loa
             from otaro_export.export.executorch_export import export_executorch as write
         out = staging.path  # everything is written here and moved into --output at the end
         manifest: Manifest = write(loaded, options, out, log)
+        if tuned_run is not None:
+            manifest.extra["tuned_run"] = tuned_run  # which SEFP settings came from the run, not the defaults
 
         if loaded.tokenizer is not None:
             loaded.tokenizer.save_pretrained(str(out / manifest.tokenizer))

@@ -12,22 +12,27 @@ the float HF model.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 
 from torch import nn
 
 from otaro_export.errors import OtaroError
 from otaro_export.passes import SEFPLayerSpec
+from otaro_export.reconstruction import FLOOR_POLICIES
 from otaro_export.sefp import SUPPORTED_BITS, check_bits
 
 LM_HEAD_MODES = ("sefp", "float")
-FLOOR_POLICIES = ("auto", "none")
 #: measured defaults (docs/QUALITY.md, docs/BENCHMARKS.md)
 DEFAULT_LM_HEAD_MIN_BITS = 3
 DEFAULT_LAYER_FLOORS = "auto"
 #: int8 activations (docs/FORMAT.md §9) up to this precision, per target, unless told otherwise: ONNX E5M3/E5M4
 #: (the integer kernel's precisions; measured cost and speed in docs/BENCHMARKS.md), ExecuTorch none (no kernel yet)
 DEFAULT_INT8_ACTIVATIONS = {"onnx": 4, "executorch": 0}
+
+
+def has_int8_kernel(target: str) -> bool:
+    """Whether ``target``'s export can run int8 activations (docs/FORMAT.md §9)."""
+    return target == "onnx"
 
 
 @dataclass
@@ -41,6 +46,12 @@ class SEFPRecipe:
     layer_floors: str = "none"
     #: int8 activations at bits <= this (0: never; docs/FORMAT.md §9); None: the target's default
     int8_activations: int | None = 0
+    #: per-layer floors given as they are (exported layer name -> min_bits), e.g. the plan a model was tuned
+    #: with (:meth:`with_tuned_run`); None: ``layer_floors`` decides
+    floors: dict[str, int] | None = None
+    #: the settings the user chose (:func:`default_recipe`'s non-None overrides): a tuned run's record
+    #: does not replace them
+    explicit: frozenset = field(default_factory=frozenset, compare=False)
 
     def validate(self) -> None:
         from otaro_export import reconstruction, sefp
@@ -65,25 +76,65 @@ class SEFPRecipe:
                 check_max_bits(self.int8_activations)
             except ValueError as exc:
                 raise OtaroError(f"--int8-activations: {exc}") from exc
+        if self.floors is not None:
+            try:
+                self.floors = {str(name): check_bits(bits) for name, bits in self.floors.items()}
+            except (ValueError, AttributeError) as exc:
+                raise OtaroError(f"precision floors: {exc}") from exc
 
     def for_target(self, target: str) -> SEFPRecipe:
         """A copy with ``int8_activations`` resolved for ``target`` (an explicit value the target cannot run
         is an error)."""
-        from dataclasses import replace
-
         value = self.int8_activations
         if value is None:
             value = DEFAULT_INT8_ACTIVATIONS.get(target, 0)
-        elif value and target != "onnx":
+        elif value and not has_int8_kernel(target):
             raise OtaroError(
                 f"--int8-activations {value}: the {target} export has no int8-activation kernel yet; "
                 "use --int8-activations 0 (float activations) or --target onnx"
             )
         return replace(self, int8_activations=value)
 
+    def with_tuned_run(self, meta: dict, target: str, log: Callable[[str], None] = print) -> tuple[SEFPRecipe, list]:
+        """This recipe with the floors and int8 activations an ``otaro tune`` run trained through.
+
+        ``meta``: the checkpoint's ``meta.json``. Only settings the user did not choose (``explicit``)
+        and the run recorded are taken. Returns ``(recipe, names of the settings taken)``. A run's int8
+        activations that ``target`` cannot run (no int8 kernel) fall back to float activations, with a note.
+        """
+        from otaro_export.reconstruction import FloorPlan
+
+        config = meta.get("config") or {}
+        changes, taken = {}, []
+        if "layer_floors" not in self.explicit and "layer_floors" in config:
+            if config["layer_floors"] == "none":
+                changes.update(layer_floors="none", floors=None)
+            else:
+                try:
+                    plan = FloorPlan.from_dict(meta.get("floor_plan") or {})
+                except ValueError as exc:
+                    raise OtaroError(f"the tuned checkpoint's floor plan is unreadable: {exc}") from exc
+                changes.update(layer_floors=config["layer_floors"], floors=plan.floors)
+            taken.append("layer_floors")
+            floors = changes["floors"] or {}
+            log(f"precision floors: as the run was tuned ({_floor_summary(floors)})")
+        if "int8_activations" not in self.explicit and "int8_activations" in config:
+            value = int(config["int8_activations"])
+            if value and not has_int8_kernel(target):
+                log(
+                    f"note: the run was tuned with int8 activations up to E5M{value}, but the {target} export has "
+                    "no int8-activation kernel: its layers run float activations"
+                )
+                value = 0
+            changes["int8_activations"] = value
+            taken.append("int8_activations")
+            log(f"int8 activations: as the run was tuned ({f'up to E5M{value}' if value else 'off'})")
+        return replace(self, **changes), taken
+
     @property
     def needs_statistics(self) -> bool:
-        return self.reconstruction == "fitted" or self.exponent_rule != "floor" or self.layer_floors == "auto"
+        plans = self.layer_floors == "auto" and self.floors is None
+        return self.reconstruction == "fitted" or self.exponent_rule != "floor" or plans
 
     def manifest_fields(self) -> dict:
         return {
@@ -109,7 +160,63 @@ def default_recipe(**overrides) -> SEFPRecipe:
     for key, value in overrides.items():
         if value is not None:
             setattr(recipe, key, value)
+    recipe.explicit = frozenset(key for key, value in overrides.items() if value is not None)
     return recipe
+
+
+def encode_layer(recipe: SEFPRecipe, unit: str, weight, importance):
+    """One exported layer encoded with ``recipe``: ``(SEFPWeight, levels)``, levels as export stores them."""
+    from otaro_export.reconstruction import quantize_layer
+
+    return quantize_layer(
+        weight,
+        recipe.reconstruction,
+        recipe.exponent_rule,
+        importance,
+        name=f"{unit}.weight",
+        int8_max_bits=recipe.int8_activations or 0,
+    )
+
+
+def plan_layer_floors(
+    hf_model: nn.Module,
+    tokenizer,
+    units,
+    recipe: SEFPRecipe,
+    *,
+    stats: dict | None = None,
+    samples=None,
+    encoder: Callable | None = None,
+    progress: bool = False,
+):
+    """The export's automatic floor plan (``--layer-floors auto``) of ``hf_model``'s current float weights.
+
+    ``units``: the exported layers (``reconstruction.ExportUnit``) to plan over. Sensitivity and input
+    statistics come from the built-in calibration text (``samples``, ``stats``: already collected
+    ones), each layer encoded as the export encodes it (``encoder``: default :func:`encode_layer`).
+    ``otaro tune --layer-floors auto`` calls it on the untuned model, so a tuned run trains with the
+    floors an export of the untuned model picks. Returns a ``reconstruction.FloorPlan``.
+    """
+    from otaro_export import reconstruction
+
+    if tokenizer is None and samples is None:
+        raise OtaroError("--layer-floors auto needs the model's tokenizer for calibration text")
+    samples = calibration_text_samples(tokenizer) if samples is None else samples
+    if encoder is None:
+
+        def encoder(unit, weight, importance):
+            return encode_layer(recipe, unit, weight, importance)
+
+    return reconstruction.floor_plan(
+        hf_model,
+        list(units),
+        stats,
+        samples=samples,
+        rule=recipe.reconstruction,
+        exponent_rule=recipe.exponent_rule,
+        encoder=encoder,
+        progress=progress,
+    )
 
 
 class _EncodingMemo:
@@ -120,18 +227,9 @@ class _EncodingMemo:
         self.done: dict[str, tuple] = {}
 
     def __call__(self, unit: str, weight, importance):
-        from otaro_export.reconstruction import quantize_layer
-
         hit = self.done.get(unit)
         if hit is None or tuple(weight.shape) != (hit[0].out_features, hit[0].in_features):
-            hit = quantize_layer(
-                weight,
-                self.recipe.reconstruction,
-                self.recipe.exponent_rule,
-                importance,
-                name=f"{unit}.weight",
-                int8_max_bits=self.recipe.int8_activations or 0,
-            )
+            hit = encode_layer(self.recipe, unit, weight, importance)
             self.done[unit] = hit
         return hit
 
@@ -179,18 +277,17 @@ def layer_specs(
         log(f"calibration: input statistics of {len(inputs)} layers over {tokens} tokens of built-in text")
     memo = _EncodingMemo(recipe)
     floors = {}
-    if recipe.layer_floors == "auto":
-        floors = reconstruction.recommend_floors(
-            hf_model,
-            [units[n] for n in names],
-            stats,
-            tokenizer=tokenizer,
-            samples=samples,
-            rule=recipe.reconstruction,
-            exponent_rule=recipe.exponent_rule,
-            encoder=memo,
-            progress=True,
-        )
+    if recipe.floors is not None:
+        known = {u.name for u in reconstruction.export_units(hf_model)}
+        unknown = sorted(set(recipe.floors) - known)
+        if unknown:
+            raise OtaroError(f"precision floors name layers this model does not have: {unknown[:3]}")
+        floors = {n: b for n, b in recipe.floors.items() if n in names}  # e.g. a floored lm_head kept float
+    elif recipe.layer_floors == "auto":
+        units_planned = [units[n] for n in names]
+        floors = plan_layer_floors(
+            hf_model, tokenizer, units_planned, recipe, stats=stats, samples=samples, encoder=memo, progress=True
+        ).floors
         log(f"precision floors: {_floor_summary(floors)}")
     specs = {}
     for name in names:

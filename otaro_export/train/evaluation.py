@@ -27,7 +27,7 @@ from torch.nn import functional as F
 
 from otaro_export.sefp import SUPPORTED_BITS
 from otaro_export.train.fake_quant import set_precision
-from otaro_export.train.losses import kl_to_teacher, next_token_nll, top1_agreement
+from otaro_export.train.losses import kl_to_teacher, next_token_nll, scored_logits, top1_agreement
 from otaro_export.train.tune_data import Sample, collate
 
 
@@ -76,13 +76,13 @@ def evaluate_precisions(
     student.eval()
     for start in starts:
         batch = collate(samples, list(range(start, min(start + batch_size, len(samples)))), device)
-        t_logits = teacher(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits
-        t_logprobs = F.log_softmax(t_logits[batch.loss_mask].float(), dim=-1)
+        # logits at the scored positions only ([M, V]): the metrics read nothing else
+        t_logprobs = F.log_softmax(scored_logits(teacher, batch).float(), dim=-1)
         n = int(batch.loss_mask.sum())
         tokens += n
         for p in precisions:
             set_precision(student, p)
-            logits = student(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits
+            logits = scored_logits(student, batch)
             sums[p]["nll"] += float(next_token_nll(logits, batch.input_ids, batch.loss_mask)) * n
             sums[p]["kl"] += float(kl_to_teacher(logits, t_logprobs, batch.loss_mask)) * n
             sums[p]["top1"] += float(top1_agreement(logits, t_logprobs, batch.loss_mask)) * n
@@ -156,9 +156,8 @@ def evaluate_baselines(
             tokens = 0
             for start in range(0, len(samples), batch_size):
                 batch = collate(samples, list(range(start, min(start + batch_size, len(samples)))), device)
-                t_logits = teacher(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits
-                t_logprobs = F.log_softmax(t_logits[batch.loss_mask].float(), dim=-1)
-                logits = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits
+                t_logprobs = F.log_softmax(scored_logits(teacher, batch).float(), dim=-1)
+                logits = scored_logits(model, batch)
                 n = int(batch.loss_mask.sum())
                 tokens += n
                 nll += float(next_token_nll(logits, batch.input_ids, batch.loss_mask)) * n
@@ -259,6 +258,7 @@ def evaluate_model(
     progress: bool = False,
     log=None,
     int8_activations: int = 0,
+    plan=None,
 ) -> list[PrecisionMetrics]:
     """The evaluation `otaro eval` and `otaro bench` share: one model, every precision, FP, baselines.
 
@@ -269,8 +269,9 @@ def evaluate_model(
     ``baselines``: gguf formats to requantize the student's float weights in (``BASELINE_FORMATS``).
     ``layer_floors="auto"``: per-layer precision floors from ``reconstruction.floor_plan`` (budget
     ``floor_budget_bits``, default the export's), applied as the export applies them; each row's
-    ``bits_per_weight`` is then the plan's average over the SEFP layers. ``int8_activations``: the
-    export option of that name (docs/FORMAT.md §9; 0: float activations).
+    ``bits_per_weight`` is then the plan's average over the SEFP layers; ``plan``: those floors given
+    (e.g. :func:`tuned_rule`'s), not planned. ``int8_activations``: the export option of that name
+    (docs/FORMAT.md §9; 0: float activations).
     """
     import copy
 
@@ -300,6 +301,7 @@ def evaluate_model(
         progress=progress,
         log=log,
         int8_activations=int8_activations,
+        plan=plan,
     )
     rows = evaluate_precisions(student, teacher, samples, tuple(bits), batch_size=batch_size, progress=progress)
     if plan is not None:
@@ -311,6 +313,31 @@ def evaluate_model(
         rows += evaluate_baselines(student, teacher, samples, layer_names, baselines, batch_size, progress)
     del student
     return rows
+
+
+def tuned_rule(checkpoint) -> dict:
+    """What an ``otaro tune`` run trained through, as :func:`evaluate_model` keywords.
+
+    ``layer_floors`` and ``plan`` (its floor plan, made on the untuned model) and ``int8_activations``,
+    each only if the run recorded it (runs saved before those options record neither).
+    """
+    from otaro_export.reconstruction import FloorPlan
+    from otaro_export.train.checkpoint import CheckpointError, read_meta, resolve_checkpoint
+
+    checkpoint = resolve_checkpoint(checkpoint)
+    meta = read_meta(checkpoint)
+    config = meta.get("config") or {}
+    out = {}
+    if config.get("layer_floors") == "auto":
+        try:
+            out.update(layer_floors="auto", plan=FloorPlan.from_dict(meta.get("floor_plan") or {}))
+        except ValueError as exc:
+            raise CheckpointError(f"{checkpoint}: its floor plan is unreadable ({exc})") from exc
+    elif config.get("layer_floors") == "none":
+        out.update(layer_floors="none", plan=None)
+    if "int8_activations" in config:
+        out["int8_activations"] = int(config["int8_activations"])
+    return out
 
 
 def format_table(rows: list[PrecisionMetrics], title: str | None = None) -> str:

@@ -260,12 +260,14 @@ def attach_with_rules(
     reconstruction: str = "floor",
     exponent_rule: str = "floor",
     samples=None,
+    int8_activations: int = 0,
 ) -> list[str]:
     """:func:`attach_fake_quant` with the input statistics the rules need, collected on ``samples``.
 
     Call it on the float model (before tuning changes it): ``fitted`` and ``search`` weight
     errors by E[x^2] of each layer's input over (up to 16 of) ``samples``, as export does on its
     calibration text. The paper's rules need no statistics and ignore ``samples``.
+    ``int8_activations``: as in :func:`attach_fake_quant`.
     """
     stats = None
     if (reconstruction == "fitted" or exponent_rule == "search") and samples:
@@ -273,7 +275,7 @@ def attach_with_rules(
 
         names = select_sefp_linears(model, quantize_lm_head)
         stats = collect_input_stats(model, list(samples)[:CALIBRATION_SAMPLES], names)
-    return attach_fake_quant(model, quantize_lm_head, reconstruction, exponent_rule, stats)
+    return attach_fake_quant(model, quantize_lm_head, reconstruction, exponent_rule, stats, int8_activations)
 
 
 def _full(weight: torch.Tensor) -> torch.Tensor:

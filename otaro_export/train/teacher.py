@@ -12,6 +12,7 @@ from __future__ import annotations
 import torch
 from torch.nn import functional as F
 
+from otaro_export.train.losses import scored_logits
 from otaro_export.train.tune_data import Batch, Sample, collate
 
 DEFAULT_CACHE_BYTES = 3 * 2**30
@@ -66,8 +67,8 @@ class FPTeacher:
             self._cache.append(self._compute(batch).to(torch.float16).cpu())
 
     def _compute(self, batch: Batch) -> torch.Tensor:
-        logits = self._teacher(input_ids=batch.input_ids, attention_mask=batch.attention_mask, use_cache=False).logits
-        return F.log_softmax(logits[batch.loss_mask].float(), dim=-1)
+        logits = scored_logits(self._teacher, batch, use_cache=False)  # [M, V]: the scored positions only
+        return F.log_softmax(logits.float(), dim=-1)
 
     @torch.no_grad()
     def logprobs(self, batch: Batch) -> torch.Tensor:

@@ -9,6 +9,7 @@ from enum import Enum
 from pathlib import Path
 
 from otaro_export.errors import OtaroError
+from otaro_export.reconstruction import FLOOR_POLICIES
 from otaro_export.sefp import SUPPORTED_BITS, check_bits
 from otaro_export.train.bps import DEFAULT_LAMBDA
 from otaro_export.train.laa import DEFAULT_INTERVAL, DEFAULT_LOW_BITS
@@ -42,6 +43,7 @@ Loss = _choices("Loss", LOSSES)
 Scope = _choices("Scope", SCOPES)
 LRSchedule = _choices("LRSchedule", SCHEDULES)
 Parallel = _choices("Parallel", PARALLEL)
+FloorPolicy = _choices("FloorPolicy", FLOOR_POLICIES)
 
 #: settings a resumed run may change: they do not shape the data, the model or the optimisation path
 RESUME_OVERRIDES = ("steps", "parallel", "device", "activation_checkpointing")
@@ -81,6 +83,8 @@ class TuneConfig:
     quantize_lm_head: bool = False
     reconstruction: str = "floor"  # the rule fake-quant trains through (docs/QUALITY.md); CLI default: the export's
     exponent_rule: str = "floor"
+    layer_floors: str = "none"  # "auto": the export's floor plan of the untuned model; CLI default: the export's
+    int8_activations: int = 0  # int8 activations at E5M3..E5M<this> (docs/FORMAT.md §9); CLI default: ONNX export's
     seed: int = 0
     checkpoint_every: int = 50
     device: str = "cpu"
@@ -102,6 +106,14 @@ class TuneConfig:
                 f"reconstruction must be one of {list(RECONSTRUCTION_RULES)} and exponent_rule one of "
                 f"{list(EXPONENT_RULES)}, got {self.reconstruction!r} / {self.exponent_rule!r}"
             )
+        from otaro_export.activation_quant import check_max_bits
+
+        try:
+            check_max_bits(self.int8_activations)
+        except ValueError as exc:
+            raise TuneConfigError(
+                f"int8_activations must be 0 (float activations) or a precision 3..8, got {self.int8_activations!r}"
+            ) from exc
         if not self.anchor_weight >= 0:
             raise TuneConfigError(f"anchor_weight must be >= 0, got {self.anchor_weight}")
         for name, value, allowed in (
@@ -111,6 +123,7 @@ class TuneConfig:
             ("train_scope", self.train_scope, SCOPES),
             ("lr_schedule", self.lr_schedule, SCHEDULES),
             ("parallel", self.parallel, PARALLEL),
+            ("layer_floors", self.layer_floors, FLOOR_POLICIES),
         ):
             if value not in allowed:
                 raise TuneConfigError(f"{name} must be one of {list(allowed)}, got {value!r}")

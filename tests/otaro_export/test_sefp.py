@@ -168,3 +168,31 @@ def test_bad_weights_rejected(w, exc):
 def test_half_and_bfloat16_weights_are_computed_in_float32():
     w = torch.randn(3, 64).to(torch.bfloat16)
     assert torch.equal(sefp.quantize(w).magnitudes, sefp.quantize(w.float()).magnitudes)
+
+
+@pytest.mark.parametrize("name,w", adversarial_weights().items())
+def test_fake_quantize_with_a_table_or_exponents_is_the_decode_bit_for_bit(name, w):
+    """The training path (one signed gather per weight) equals quantize + dequantize, -0.0 included."""
+    torch.manual_seed(0)
+    fitted = sefp.center_levels() * torch.rand(sefp.LEVELS_SHAPE).add(0.5)  # an arbitrary table
+    for row, k in enumerate(BITS):
+        fitted[row, 1 << k :] = 0
+    for levels in (None, sefp.center_levels(), fitted):
+        for rule in ("floor", "search"):
+            q = sefp.quantize(w, exponent_rule=rule, levels=levels)
+            for b in BITS:
+                got = sefp.fake_quantize(w, b, levels=levels, exponents=q.exponents)
+                want = q.dequantize(b, levels)
+                np.testing.assert_array_equal(got.numpy().view(np.uint32), want.numpy().view(np.uint32))
+
+
+def test_fake_quantize_refuses_nan_and_inf_but_not_a_sum_that_overflows():
+    big = torch.full((2, 64), 3.0e38)  # every value finite, the sum is not
+    sefp.fake_quantize(big, 3, levels=sefp.center_levels())
+    for bad in (float("nan"), float("inf")):
+        w = torch.randn(2, 64)
+        w[1, 5] = bad
+        with pytest.raises(NonFiniteWeightError):
+            sefp.fake_quantize(w, 3, levels=sefp.center_levels())
+        with pytest.raises(NonFiniteWeightError):
+            sefp.fake_quantize(w, 3)

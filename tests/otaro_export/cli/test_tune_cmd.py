@@ -100,6 +100,8 @@ def test_tune_writes_a_resumable_loadable_run_and_eval_reads_it(cli, tiny_dir, t
     # the SEFP precisions, then gguf requantizations of the same float weights (docs/QUALITY.md)
     assert [r["precision"] for r in rows] == ["E5M3", "E5M8", "FP", "Q4_0", "MXFP4", "Q5_0", "Q8_0"]
     assert "reconstruction fitted" in ev.output and "Q4_0" in ev.output
+    # measured through what the run trained with: its recorded floors and int8 activations (the CLI defaults)
+    assert "floors auto (as tuned), int8 activations up to E5M4" in ev.output
     assert (report / "eval.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert "E5M3" in ev.output and "top-1" in ev.output
 
@@ -131,3 +133,45 @@ def test_eval_rejects_a_corrupt_checkpoint(cli, tiny_dir, tmp_path):
     (tmp_path / "ck" / "ckpt-000001" / "meta.json").write_text('{"format": "otaro-tune/1"}')
     res = cli("eval", "--model", tiny_dir, "--checkpoint", tmp_path / "ck")
     assert res.exit_code == 2 and "not a readable safetensors" in res.output
+
+
+def test_floors_and_int8_activations_reach_the_trainer_with_the_export_defaults(cli, tmp_path, monkeypatch):
+    from otaro_export.train import trainer
+    from otaro_export.train.tune_config import CONFIG_FILE, TuneConfig
+
+    seen = []
+
+    def fake_run(config, output, resume=False, log=print):
+        seen.append(config)
+        return SimpleNamespace(is_main=False)
+
+    monkeypatch.setattr(trainer, "tune_run", fake_run)
+    assert cli("tune", "--output", tmp_path / "a").exit_code == 0
+    # the export's default rule: fitted / search, automatic floors, the ONNX export's int8 activations (E5M3..E5M4)
+    got = seen[-1]
+    assert (got.reconstruction, got.exponent_rule, got.layer_floors, got.int8_activations) == (
+        "fitted",
+        "search",
+        "auto",
+        4,
+    )
+    assert cli("tune", "--output", tmp_path / "a", "--layer-floors", "none", "--int8-activations", "0").exit_code == 0
+    assert (seen[-1].layer_floors, seen[-1].int8_activations) == ("none", 0)
+    assert cli("tune", "--output", tmp_path / "a", "--int8-activations", "3").exit_code == 0
+    assert seen[-1].int8_activations == 3
+
+    res = cli("tune", "--output", tmp_path / "a", "--layer-floors", "some")
+    assert res.exit_code == 2 and "--layer-floors" in res.output and "'some'" in res.output
+    res = cli("tune", "--output", tmp_path / "a", "--int8-activations", "9")
+    assert (
+        res.exit_code == 2 and "int8_activations must be 0 (float activations) or a precision 3..8, got 9" in res.output
+    )
+    assert "Traceback" not in res.output and len(seen) == 3
+
+    # a resumed run keeps what it trained through
+    (tmp_path / "a" / CONFIG_FILE).parent.mkdir(parents=True, exist_ok=True)
+    (tmp_path / "a" / CONFIG_FILE).write_text(json.dumps(TuneConfig(layer_floors="auto", int8_activations=4).to_dict()))
+    assert cli("tune", "--output", tmp_path / "a", "--resume").exit_code == 0
+    assert (seen[-1].layer_floors, seen[-1].int8_activations) == ("auto", 4)
+    res = cli("tune", "--output", tmp_path / "a", "--resume", "--int8-activations", "0")
+    assert res.exit_code == 2 and "keeps its saved settings" in res.output and "int8_activations" in res.output

@@ -100,3 +100,54 @@ def test_the_lowering_of_both_exporters_with_and_without_sefp_layers():
     float_ep, none = lower_exported_decoder(decoder.export(), loaded.model, loaded.tokenizer, [], recipe, print)
     assert none is None
     assert not any("sefp" in str(n.target) for n in float_ep.graph.nodes if n.op == "call_function")
+
+
+def _tuned_meta(layer_floors="auto", int8=3, floors=None):
+    from otaro_export.reconstruction import FloorPlan
+
+    plan = FloorPlan(floors or {"model.layers.0.self_attn.qkv_proj": 5}, {3: 4.4}, {3: 10.0}, {3: 0.1})
+    return {
+        "step": 40,
+        "config": {"layer_floors": layer_floors, "int8_activations": int8},
+        "floor_plan": plan.to_dict() if layer_floors == "auto" else None,
+    }
+
+
+def test_a_tuned_run_gives_its_floors_and_int8_activations_unless_the_user_chose(capsys):
+    notes = []
+    recipe, taken = default_recipe().with_tuned_run(_tuned_meta(), "onnx", notes.append)
+    assert taken == ["layer_floors", "int8_activations"]
+    assert (recipe.floors, recipe.int8_activations) == ({"model.layers.0.self_attn.qkv_proj": 5}, 3)
+    assert "as the run was tuned" in notes[0]
+    none, _ = default_recipe().with_tuned_run(_tuned_meta("none", 0), "onnx", notes.append)
+    assert (none.layer_floors, none.floors, none.for_target("onnx").int8_activations) == ("none", None, 0)
+    # explicit export options win
+    chosen, taken = default_recipe(layer_floors="auto", int8_activations=0).with_tuned_run(_tuned_meta(), "onnx", print)
+    assert (chosen.floors, chosen.int8_activations, taken) == (None, 0, [])
+    # a target without the int8 kernel runs the run's int8 precisions with float activations, and says so
+    et, taken = default_recipe().with_tuned_run(_tuned_meta(), "executorch", notes.append)
+    assert et.for_target("executorch").int8_activations == 0 and "no int8-activation kernel" in " ".join(notes)
+    # a run from before the options existed: the export's own defaults
+    old, taken = default_recipe().with_tuned_run({"config": {"method": "bps"}}, "onnx", print)
+    assert (old.layer_floors, old.floors, old.int8_activations, taken) == ("auto", None, None, [])
+    broken = {**_tuned_meta(), "floor_plan": {"floors": {"x": 2}}}
+    with pytest.raises(OtaroError, match="floor plan is unreadable"):
+        default_recipe().with_tuned_run(broken, "onnx", print)
+
+
+def test_given_floors_replace_the_plan(monkeypatch):
+    from otaro_export.export import sefp_recipe
+
+    def no_plan(*args, **kwargs):
+        raise AssertionError("a recipe with given floors makes no floor plan")
+
+    monkeypatch.setattr(sefp_recipe, "plan_layer_floors", no_plan)
+    loaded = tiny_causal_lm()
+    names = ExportDecoder(loaded.model, 16).sefp_linear_names(include_lm_head=False)
+    floors = {"model.layers.1.mlp.down_proj": 6, "lm_head": 5}  # lm_head not exported here: ignored
+    recipe = SEFPRecipe(layer_floors="auto", floors=floors)
+    assert not recipe.needs_statistics
+    specs = layer_specs(loaded.model, loaded.tokenizer, names, recipe, log=lambda _: None)
+    assert {n: s.min_bits for n, s in specs.items() if s.min_bits > 3} == {"model.layers.1.mlp.down_proj": 6}
+    with pytest.raises(OtaroError, match="layers this model does not have"):
+        layer_specs(loaded.model, None, names, SEFPRecipe(floors={"model.layers.7.mlp.down_proj": 5}), print)

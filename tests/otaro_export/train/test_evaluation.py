@@ -114,3 +114,34 @@ def test_attach_export_rule_keeps_a_given_plan_and_measures_float_weights(tiny, 
         assert torch.equal(layer.levels, fake_quant_layers(fresh)[name].levels), name
     assert attach_export_rule(other, tiny.tokenizer, **{**kwargs, "layer_floors": "none"}, plan=plan) is None
     assert all(m.min_bits is None for m in fake_quant_layers(other).values())
+
+
+def test_a_tuned_runs_record_gives_the_floors_and_int8_activations_it_trained_with(tiny, chat_samples, tmp_path):
+    from otaro_export.reconstruction import FloorPlan, export_units
+    from otaro_export.train.checkpoint import CheckpointError, save_checkpoint
+    from otaro_export.train.evaluation import tuned_rule
+
+    weights = {"lm_head.weight": tiny.model.lm_head.weight.detach().clone()}
+
+    def run(name, meta):
+        save_checkpoint(tmp_path / name, 2, weights, {}, meta)
+        return tmp_path / name
+
+    units = [u.name for u in export_units(tiny.model, include_lm_head=False)]
+    per_bits = {b: 6.125 for b in range(3, 9)}
+    plan = FloorPlan(dict.fromkeys(units, 5), per_bits, per_bits, per_bits)
+    config = {"layer_floors": "auto", "int8_activations": 4}
+    rule = tuned_rule(run("auto", {"config": config, "floor_plan": plan.to_dict()}))
+    assert (rule["layer_floors"], rule["plan"].floors, rule["int8_activations"]) == ("auto", plan.floors, 4)
+    # the recorded floors are applied as they are (no new plan): every layer at least E5M5
+    rows = evaluate_model(tiny.model, tiny.tokenizer, chat_samples, (3, 5), layer_floors="auto", plan=rule["plan"])
+    by = {r.precision: r for r in rows}
+    assert by["E5M3"].kl == by["E5M5"].kl and by["E5M3"].bits_per_weight == 6.125
+    assert tuned_rule(run("none", {"config": {"layer_floors": "none", "int8_activations": 0}})) == {
+        "layer_floors": "none",
+        "plan": None,
+        "int8_activations": 0,
+    }
+    assert tuned_rule(run("old", {"config": {"method": "bps"}})) == {}  # saved before the options existed
+    with pytest.raises(CheckpointError, match="floor plan is unreadable"):
+        tuned_rule(run("broken", {"config": config, "floor_plan": {"floors": {}}}))

@@ -1,3 +1,5 @@
+import contextlib
+
 import pytest
 import torch
 from torch.nn import functional as F
@@ -42,3 +44,31 @@ def test_sum_reduction_is_the_mean_times_the_scored_tokens(rng):
         torch.testing.assert_close(loss("sum"), loss("mean") * n)
     with pytest.raises(ValueError, match="reduction"):
         kl_to_teacher(logits, teacher, mask, "max")
+
+
+def test_logits_at_the_scored_positions_only_give_the_same_losses_and_gradients(tiny, chat_samples):
+    from otaro_export.train.losses import scored_positions_only
+    from otaro_export.train.tune_data import collate
+
+    model = tiny.model
+    batch = collate(chat_samples, [0, 3, 5], "cpu")  # rows of different lengths: prompts and padding skipped
+    mask = batch.loss_mask
+    teacher = F.log_softmax(torch.randn(int(mask.sum()), model.config.vocab_size), -1)
+    results = []
+    for only_scored in (False, True):
+        model.zero_grad(set_to_none=True)
+        context = scored_positions_only(model, mask) if only_scored else contextlib.nullcontext()
+        with context:
+            logits = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits
+        assert logits.dim() == (2 if only_scored else 3)
+        loss = kl_to_teacher(logits, teacher, mask, "sum") + next_token_nll(logits, batch.input_ids, mask, "sum")
+        loss.backward()
+        results.append((loss.detach(), {n: p.grad.clone() for n, p in model.named_parameters()}))
+    (full, full_grads), (scored, scored_grads) = results
+    torch.testing.assert_close(scored, full, rtol=1e-6, atol=0)
+    for name, grad in full_grads.items():
+        torch.testing.assert_close(scored_grads[name], grad, rtol=1e-5, atol=1e-7, msg=name)
+    assert model.get_output_embeddings()._forward_pre_hooks == {}  # the hook is gone after the block
+    with pytest.raises(RuntimeError, match="does not match the mask"), scored_positions_only(model, mask[:, :-1]):
+        model(input_ids=batch.input_ids, attention_mask=batch.attention_mask)
+    model.zero_grad(set_to_none=True)

@@ -268,3 +268,102 @@ def test_activation_checkpointing_recomputes_exactly(tiny, chat_samples):
     assert any("checkpoint" in repr(hook) for hook in checkpointed.model.layers[0]._forward_pre_hooks.values())
     again = _weights(checkpointed)
     assert all(torch.equal(plain[n], again[n]) for n in plain)
+
+
+def test_layer_floors_are_planned_once_on_the_untuned_model_recorded_and_kept_on_resume(
+    tiny, chat_samples, tmp_path, monkeypatch
+):
+    from otaro_export.export import sefp_recipe
+    from otaro_export.reconstruction import export_units
+    from otaro_export.train import checkpoint as ckpt
+    from otaro_export.train.fake_quant import fake_quant_layers
+
+    plans = []
+    real = sefp_recipe.plan_layer_floors
+
+    def counting(model, *args, **kwargs):
+        plans.append(1)
+        return real(model, *args, **kwargs)
+
+    monkeypatch.setattr(sefp_recipe, "plan_layer_floors", counting)
+    # a table rule without the exponent search: the encodings stay cheap
+    rules = dict(reconstruction="center", exponent_rule="floor", int8_activations=4)
+    # the floors an export of the untuned model picks (tied SEFP lm_head included)
+    expected = real(
+        copy.deepcopy(tiny.model), tiny.tokenizer, export_units(tiny.model), sefp_recipe.SEFPRecipe(**rules)
+    ).floors
+    assert expected  # the tiny model has sensitive layers within the default budget
+    cfg = TuneConfig(
+        method="bps", optimizer="adamw", lr=1e-3, steps=4, batch_size=2, checkpoint_every=2, quantize_lm_head=True
+    )
+    cfg = TuneConfig.from_dict({**cfg.to_dict(), **rules, "layer_floors": "auto"})
+
+    def tuner():
+        loaded = LoadedModel(copy.deepcopy(tiny.model), tiny.tokenizer, "tiny")
+        return Tuner(cfg, loaded, samples=chat_samples, progress=False, log=lambda _m: None)
+
+    def floors_of(model):
+        units = {u.name: u.members for u in export_units(model)}
+        layers = fake_quant_layers(model)
+        got = {name: {layers[m].min_bits for m in members} for name, members in units.items()}
+        assert all(len(bits) == 1 for bits in got.values())  # a packed layer's members share its floor
+        return {name: bits.pop() for name, bits in got.items() if bits != {None}}
+
+    class Killed(Exception):
+        pass
+
+    def kill_at_3(step):
+        if step == 3:
+            raise Killed
+
+    run = tmp_path / "run"
+    first = tuner()
+    with pytest.raises(Killed):
+        first.run(run, on_step=kill_at_3)
+    assert len(plans) == 1 and first.floor_plan.floors == expected
+    assert floors_of(first.module) == expected  # training ran with the floors
+    assert {m.act_int8_max_bits for m in fake_quant_layers(first.module).values()} == {4}  # and int8 activations
+    meta_path = ckpt.resolve_checkpoint(run) / ckpt.META_FILE
+    meta = json.loads(meta_path.read_text())
+    assert meta["floor_plan"]["floors"] == expected and meta["config"]["layer_floors"] == "auto"
+
+    # Resume reads the recorded plan (here: altered, to tell it from a new plan) and makes none.
+    recorded = {"model.layers.1.mlp.down_proj": 6}
+    meta["floor_plan"]["floors"] = recorded
+    meta_path.write_text(json.dumps(meta))
+    resumed = tuner()
+    result = resumed.run(run, resume=True)
+    assert len(plans) == 1 and len(result.history) == 4
+    assert floors_of(result.model) == recorded
+    meta_path = ckpt.resolve_checkpoint(run) / ckpt.META_FILE
+    meta = json.loads(meta_path.read_text())
+    assert meta["floor_plan"]["floors"] == recorded  # the later checkpoints record the same plan
+    del meta["floor_plan"]
+    meta_path.write_text(json.dumps(meta))
+    with pytest.raises(TuneError, match="records no floor plan"):
+        tuner().run(run, resume=True)
+
+
+def test_adamw_on_the_cpu_is_the_fused_kernel_and_updates_as_the_default_one():
+    from otaro_export.train.trainer import build_optimizer
+
+    torch.manual_seed(0)
+    start = [torch.randn(64, 96) * 0.02, torch.randn(7)]
+    grads = [[torch.randn_like(t) * 1e-3 for t in start] for _ in range(10)]
+
+    def run(make):
+        params = [torch.nn.Parameter(t.clone()) for t in start]
+        optimizer = make(params)
+        for step in grads:
+            for p, g in zip(params, step):
+                p.grad = g.clone()
+            optimizer.step()
+        return params, optimizer
+
+    cfg = TuneConfig(optimizer="adamw", lr=1e-3, weight_decay=0.01)
+    fused, optimizer = run(lambda ps: build_optimizer(cfg, ps))
+    assert optimizer.param_groups[0]["fused"]
+    default, _ = run(lambda ps: torch.optim.AdamW(ps, lr=1e-3, weight_decay=0.01, foreach=False))
+    for a, b in zip(fused, default):
+        torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-9)  # the same update, up to float rounding
+        assert not torch.equal(a, start[0] if a.dim() == 2 else start[1])

@@ -81,3 +81,26 @@ def test_resume_config_keeps_the_saved_settings_but_steps_parallel_device(tmp_pa
     (tmp_path / CONFIG_FILE).write_text("{cut")
     with pytest.raises(TuneConfigError, match="corrupt"):
         resume_config(tmp_path)
+
+
+def test_floors_and_int8_activations_are_validated_and_fixed_for_a_resumed_run(tmp_path):
+    from otaro_export.train.tune_config import FloorPolicy
+
+    assert [p.value for p in FloorPolicy] == ["auto", "none"]
+    # the library default is the paper's (no floors, float activations); the CLI passes the export's
+    assert (TuneConfig().layer_floors, TuneConfig().int8_activations) == ("none", 0)
+    cfg = TuneConfig(layer_floors="auto", int8_activations=4)
+    assert TuneConfig.from_dict(cfg.to_dict()) == cfg
+    with pytest.raises(TuneConfigError, match="layer_floors must be one of"):
+        TuneConfig(layer_floors="some")
+    for bad in (2, 9, True, "4"):
+        with pytest.raises(TuneConfigError, match="int8_activations must be 0"):
+            TuneConfig(int8_activations=bad)
+    (tmp_path / CONFIG_FILE).write_text(json.dumps(cfg.to_dict()))
+    for change in (dict(layer_floors="none"), dict(int8_activations=0)):
+        with pytest.raises(TuneConfigError, match="keeps its saved settings"):
+            resume_config(tmp_path, **change)
+    old = cfg.to_dict()
+    del old["layer_floors"], old["int8_activations"]  # a run saved before the options existed trained without them
+    (tmp_path / CONFIG_FILE).write_text(json.dumps(old))
+    assert (resume_config(tmp_path).layer_floors, resume_config(tmp_path).int8_activations) == ("none", 0)
