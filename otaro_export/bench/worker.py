@@ -206,8 +206,25 @@ def run_job(job: dict) -> dict:
     return measure(job)
 
 
+def _die_with_parent() -> None:
+    """Linux: have the kernel SIGKILL this worker when the bench process dies.
+
+    An idle worker may be stopped (SIGSTOP) and holds its whole model; if the bench is killed (a
+    SIGTERM, a closed terminal) no cleanup of its own runs, and a stopped worker never reads the
+    closed pipe, so without this it would stay forever. SIGKILL also ends a stopped process.
+    """
+    if not sys.platform.startswith("linux"):
+        return
+    import ctypes
+    import signal
+
+    pr_set_pdeathsig = 1
+    ctypes.CDLL(None).prctl(pr_set_pdeathsig, int(signal.SIGKILL), 0, 0, 0)
+
+
 def serve(job: dict) -> int:
     """Serve mode (see the module docstring). Blocks in a read on stdin between commands: an idle worker sleeps."""
+    _die_with_parent()
     channel = os.fdopen(os.dup(sys.stdout.fileno()), "w", buffering=1)  # the protocol's own copy of stdout
     sys.stdout.flush()
     os.dup2(sys.stderr.fileno(), sys.stdout.fileno())  # engines' prints (Python or C) go to stderr

@@ -144,3 +144,41 @@ def test_duplicate_names_are_refused(tmp_path):
     jobs = _jobs(tmp_path / "log", 1, names=("a", "a"))
     with pytest.raises(ValueError, match="duplicate"):
         measure_interleaved(jobs, 1, _env, 10, log=lambda _: None)
+
+
+_PARENT = r"""
+import json, subprocess, sys, time
+cmd = [sys.executable, "-m", "otaro_export.bench.worker", "--serve", sys.argv[1]]
+worker = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+worker.stdout.readline()  # loaded
+print(worker.pid, flush=True)
+time.sleep(120)
+"""
+
+
+@pytest.mark.skipif(not os.sys.platform.startswith("linux"), reason="parent-death signal is Linux's")
+def test_a_stopped_worker_dies_with_a_killed_bench(tmp_path):
+    """A bench killed outright (no cleanup runs) must not leave stopped workers holding their models."""
+    import subprocess
+    import sys
+    import time
+
+    job = _jobs(tmp_path / "calls.log", 1, names=("a",))[0].job
+    parent = subprocess.Popen(
+        [sys.executable, "-c", _PARENT, __import__("json").dumps(job)], stdout=subprocess.PIPE, env=_env(1)
+    )
+    try:
+        pid = int(parent.stdout.readline())
+        os.kill(pid, signal.SIGSTOP)  # idle workers are stopped between their runs
+        parent.kill()
+        parent.wait()
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            if not psutil.pid_exists(pid) or psutil.Process(pid).status() == psutil.STATUS_ZOMBIE:
+                break
+            time.sleep(0.05)
+        else:
+            os.kill(pid, signal.SIGKILL)
+            pytest.fail("the stopped worker outlived the bench process")
+    finally:
+        parent.kill()
