@@ -73,9 +73,10 @@ def tune(
         Scope.linears, "--train-scope", help="linears: the SEFP linears only; all: every parameter"
     ),
     quantize_lm_head: bool = typer.Option(
-        False,
-        "--quantize-lm-head",
-        help="also fake-quantize the tied embedding + lm_head, as the export stores them by default (--lm-head sefp)",
+        True,
+        "--quantize-lm-head/--no-quantize-lm-head",
+        help="also fake-quantize (and train) the tied embedding + lm_head, as the export stores them by default "
+        "(--lm-head sefp); --no-quantize-lm-head for an export with --lm-head float",
     ),
     reconstruction: str = typer.Option(
         None,

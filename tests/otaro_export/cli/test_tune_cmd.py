@@ -147,16 +147,19 @@ def test_floors_and_int8_activations_reach_the_trainer_with_the_export_defaults(
 
     monkeypatch.setattr(trainer, "tune_run", fake_run)
     assert cli("tune", "--output", tmp_path / "a").exit_code == 0
-    # the export's default rule: fitted / search, automatic floors, the ONNX export's int8 activations (E5M3..E5M4)
+    # the export's default rule: fitted / search, automatic floors, the ONNX export's int8 activations (E5M3..E5M4),
+    # the tied embedding / lm_head in SEFP
     got = seen[-1]
-    assert (got.reconstruction, got.exponent_rule, got.layer_floors, got.int8_activations) == (
+    assert (got.reconstruction, got.exponent_rule, got.layer_floors, got.int8_activations, got.quantize_lm_head) == (
         "fitted",
         "search",
         "auto",
         4,
+        True,
     )
-    assert cli("tune", "--output", tmp_path / "a", "--layer-floors", "none", "--int8-activations", "0").exit_code == 0
-    assert (seen[-1].layer_floors, seen[-1].int8_activations) == ("none", 0)
+    args = ("--layer-floors", "none", "--int8-activations", "0", "--no-quantize-lm-head")
+    assert cli("tune", "--output", tmp_path / "a", *args).exit_code == 0
+    assert (seen[-1].layer_floors, seen[-1].int8_activations, seen[-1].quantize_lm_head) == ("none", 0, False)
     assert cli("tune", "--output", tmp_path / "a", "--int8-activations", "3").exit_code == 0
     assert seen[-1].int8_activations == 3
 
