@@ -161,7 +161,7 @@ inline void decode_group(const Tables& t, const ByteLanes& bl, const SEFPWeightV
 template <int BITS, int RULE, int M, int R>
 void matvec_rows(const LinearPlan& a, const Tables& t, const ByteLanes& bl, int64_t n) {
   const SEFPWeightView& w = a.w;
-  const int64_t G = w.num_groups, N = a.ldy;  // y row stride
+  const int64_t G = w.num_groups;
   __m512 acc[M][R];
   for (int m = 0; m < M; ++m)
     for (int r = 0; r < R; ++r) acc[m][r] = _mm512_setzero_ps();
@@ -187,15 +187,7 @@ void matvec_rows(const LinearPlan& a, const Tables& t, const ByteLanes& bl, int6
       }
     }
   }
-  for (int m = 0; m < M; ++m) {
-    if constexpr (R == 4) {
-      __m128 sums = reduce4(acc[m][0], acc[m][1], acc[m][2], acc[m][3]);
-      if (a.bias) sums = _mm_add_ps(sums, _mm_loadu_ps(a.bias + n));
-      _mm_storeu_ps(a.y + m * N + n, sums);
-    } else {
-      for (int r = 0; r < R; ++r) a.y[m * N + n + r] = hsum(acc[m][r]) + (a.bias ? a.bias[n + r] : 0.0f);
-    }
-  }
+  store_row_block<M, R>(a, n, acc);
 }
 
 // One activation row: four weight rows at a time (short rows such as K = 576 spend a

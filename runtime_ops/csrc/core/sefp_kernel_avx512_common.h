@@ -33,6 +33,22 @@ inline float hsum(__m512 v) {
   return _mm_cvtss_f32(_mm_add_ps(_mm256_castps256_ps128(h), _mm256_extractf128_ps(h, 1)));
 }
 
+// The end of an M x R row block from row n: y[m][n + r] = the horizontal sum of acc[m][r], plus
+// bias[n + r]; four rows at a time in reduce4's order (hsum's for the others).
+template <int M, int R>
+inline void store_row_block(const LinearPlan& a, int64_t n, const __m512 (&acc)[M][R]) {
+  const int64_t N = a.ldy;  // y row stride
+  for (int m = 0; m < M; ++m) {
+    if constexpr (R == 4) {
+      __m128 sums = reduce4(acc[m][0], acc[m][1], acc[m][2], acc[m][3]);
+      if (a.bias) sums = _mm_add_ps(sums, _mm_loadu_ps(a.bias + n));
+      _mm_storeu_ps(a.y + m * N + n, sums);
+    } else {
+      for (int r = 0; r < R; ++r) a.y[m * N + n + r] = hsum(acc[m][r]) + (a.bias ? a.bias[n + r] : 0.0f);
+    }
+  }
+}
+
 // scales[i] = 2^(e[i] - 7 + L) for count groups, 16 at a time from the exponent bits (masked tail).
 template <int L>
 inline void group_scales(const int8_t* e, int64_t count, float* scales) {

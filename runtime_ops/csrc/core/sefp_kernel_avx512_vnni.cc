@@ -127,7 +127,7 @@ inline void prefetch_ahead(const SEFPWeightView& w, int64_t n, int64_t g) {
 template <int BITS, int M, int R>
 void int8_rows(const LinearPlan& a, const Int8Decode& d, int64_t n) {
   const SEFPWeightView& w = a.w;
-  const int64_t G = w.num_groups, N = a.ldy;  // y row stride
+  const int64_t G = w.num_groups;
   __m512 acc[M][R];
   for (int m = 0; m < M; ++m)
     for (int r = 0; r < R; ++r) acc[m][r] = _mm512_setzero_ps();
@@ -152,15 +152,7 @@ void int8_rows(const LinearPlan& a, const Int8Decode& d, int64_t n) {
       }
     }
   }
-  for (int m = 0; m < M; ++m) {
-    if constexpr (R == 4) {
-      __m128 sums = reduce4(acc[m][0], acc[m][1], acc[m][2], acc[m][3]);
-      if (a.bias) sums = _mm_add_ps(sums, _mm_loadu_ps(a.bias + n));
-      _mm_storeu_ps(a.y + m * N + n, sums);
-    } else {
-      for (int r = 0; r < R; ++r) a.y[m * N + n + r] = hsum(acc[m][r]) + (a.bias ? a.bias[n + r] : 0.0f);
-    }
-  }
+  store_row_block<M, R>(a, n, acc);
 }
 
 // E5M3, M activation rows x R weight rows from row n, two groups per step.
@@ -169,7 +161,7 @@ void int8_rows(const LinearPlan& a, const PairedE5M3& d, int64_t n) {
   static_assert(BITS == 3, "the paired path is E5M3's");
   if (!d.paired) return int8_rows<3, M, R>(a, d.base, n);
   const SEFPWeightView& w = a.w;
-  const int64_t G = w.num_groups, N = a.ldy;
+  const int64_t G = w.num_groups;
   const __m512i low4 = d.base.low4;
   // lanes 0-7 take the first group's scale, lanes 8-15 the second's
   const __m512i spread = _mm512_set_epi32(1, 1, 1, 1, 1, 1, 1, 1, 0, 0, 0, 0, 0, 0, 0, 0);
@@ -218,15 +210,7 @@ void int8_rows(const LinearPlan& a, const PairedE5M3& d, int64_t n) {
       }
     }
   }
-  for (int m = 0; m < M; ++m) {
-    if constexpr (R == 4) {
-      __m128 sums = reduce4(acc[m][0], acc[m][1], acc[m][2], acc[m][3]);
-      if (a.bias) sums = _mm_add_ps(sums, _mm_loadu_ps(a.bias + n));
-      _mm_storeu_ps(a.y + m * N + n, sums);
-    } else {
-      for (int r = 0; r < R; ++r) a.y[m * N + n + r] = hsum(acc[m][r]) + (a.bias ? a.bias[n + r] : 0.0f);
-    }
-  }
+  store_row_block<M, R>(a, n, acc);
 }
 
 // The per-task context (OTARO_SEFP_DEFINE_INT8_KERNEL makes one per range): E5M3 takes the paired path.
