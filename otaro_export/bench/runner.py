@@ -320,22 +320,24 @@ def run_bench(settings: BenchSettings, log: Callable[[str], None] = print) -> di
     if settings.ort_genai:
         entry = _ort_genai_job(settings, ids, log, record_failure)
         decode_jobs += [entry] if entry is not None else []
-    for config in (c for c in configs if not c.slow):
-        try:
-            directory = artifact(config.artifact)
-        except OtaroError as exc:
-            record_failure(f"export {config.artifact.name}", exc)
-            continue
-        for bits in _speed_jobs(settings, config):
-            precision = report.FP32 if bits is None else f"E5M{bits}"
-            row = {"config": config.label, "runtime": config.runtime, "precision": precision, "bits": bits}
-            job = _session_job(settings, config, directory, bits, ids)
-            decode_jobs.append(
-                (
-                    DecodeJob(f"{config.label} {precision}", job, settings.threads),
-                    {**row, "artifact_mib": artifact_mib(directory)},
-                )
-            )
+
+    def speed_cells(slow: bool):
+        """(config, artifact directory, bits, precision, table row) of every speed job of the fast or slow
+        configurations; a configuration whose export fails is recorded and skipped."""
+        for config in (c for c in configs if c.slow == slow):
+            try:
+                directory = artifact(config.artifact)
+            except OtaroError as exc:
+                record_failure(f"export {config.artifact.name}", exc)
+                continue
+            for bits in _speed_jobs(settings, config):
+                precision = report.FP32 if bits is None else f"E5M{bits}"
+                row = {"config": config.label, "runtime": config.runtime, "precision": precision, "bits": bits}
+                yield config, directory, bits, precision, {**row, "artifact_mib": artifact_mib(directory)}
+
+    for config, directory, bits, precision, row in speed_cells(slow=False):
+        job = _session_job(settings, config, directory, bits, ids)
+        decode_jobs.append((DecodeJob(f"{config.label} {precision}", job, settings.threads), row))
 
     measured = measure_interleaved(
         [j for j, _ in decode_jobs],
@@ -366,31 +368,19 @@ def run_bench(settings: BenchSettings, log: Callable[[str], None] = print) -> di
 
     # the slow portable fallbacks: seconds per token and no goal depends on them, so one fresh
     # process each, after the interleaved rounds (interleaving them would stretch every round by minutes)
-    for config in (c for c in configs if c.slow):
+    for config, directory, bits, precision, row in speed_cells(slow=True):
+        log(f"{config.label} {precision} (sequential) ...")
+        loads.sample()
         try:
-            directory = artifact(config.artifact)
-        except OtaroError as exc:
-            record_failure(f"export {config.artifact.name}", exc)
-            continue
-        for bits in _speed_jobs(settings, config):
-            precision = report.FP32 if bits is None else f"E5M{bits}"
-            log(f"{config.label} {precision} (sequential) ...")
-            loads.sample()
-            try:
-                r = run_worker(
-                    _session_job(settings, config, directory, bits, ids), settings.threads, settings.job_timeout_s
-                )
-            except (JobFailed, OSError) as exc:
-                record_failure(f"{config.label} {precision}", exc)
-                continue
-            row = {"config": config.label, "runtime": config.runtime, "precision": precision, "bits": bits}
-            results.append(
-                _speed_result(
-                    {**row, "artifact_mib": artifact_mib(directory)}, r, settings.slow_new_tokens, settings.slow_runs
-                )
+            r = run_worker(
+                _session_job(settings, config, directory, bits, ids), settings.threads, settings.job_timeout_s
             )
-            schedule["sequential"].append(f"{config.label} {precision}")
-            _log_result(log, r)
+        except (JobFailed, OSError) as exc:
+            record_failure(f"{config.label} {precision}", exc)
+            continue
+        results.append(_speed_result(row, r, settings.slow_new_tokens, settings.slow_runs))
+        schedule["sequential"].append(f"{config.label} {precision}")
+        _log_result(log, r)
 
     order = {c.label: i for i, c in enumerate(configs)}
     results.sort(key=lambda r: (order.get(r.config, -1), r.bits or 0))  # table order: by runtime, then precision
