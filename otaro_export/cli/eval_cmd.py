@@ -76,16 +76,23 @@ def evaluate(
 
     check_device(device)
     precisions = tuple(check_bits(b) for b in parse_bits(bits, "--bits"))
-    reconstruction = check_rule(reconstruction or DEFAULT_RULE)
-    exponent_rule = check_exponent_rule(exponent_rule or DEFAULT_EXPONENT_RULE)
     formats = parse_baselines(baselines, BASELINE_FORMATS)
-    # A tuned run is measured through what it trained with (the floors planned on the untuned model),
-    # as its export runs it; options given here win.
+    # A tuned run is measured through what it trained with (its rules, the floors planned on the untuned
+    # model, its int8 activations), as its export runs it; options given here win.
     recorded = {}
     if checkpoint is not None:
         from otaro_export.train.evaluation import tuned_rule
 
         recorded = tuned_rule(checkpoint)  # fails on a bad checkpoint before loading anything
+    given = dict(
+        reconstruction=reconstruction,
+        exponent_rule=exponent_rule,
+        layer_floors=layer_floors,
+        int8_activations=int8_activations,
+    )
+    from_run = [key for key, value in given.items() if value is None and key in recorded]
+    reconstruction = check_rule(reconstruction or recorded.get("reconstruction", DEFAULT_RULE))
+    exponent_rule = check_exponent_rule(exponent_rule or recorded.get("exponent_rule", DEFAULT_EXPONENT_RULE))
     plan = recorded.get("plan") if layer_floors is None else None
     layer_floors = recorded.get("layer_floors", "none") if layer_floors is None else layer_floors
     int8_activations = recorded.get("int8_activations", 0) if int8_activations is None else int8_activations
@@ -97,6 +104,14 @@ def evaluate(
         check_max_bits(int8_activations)
     except ValueError as exc:
         raise typer.BadParameter(str(exc), param_hint="--int8-activations") from exc
+    settings = {
+        "reconstruction": f"reconstruction {reconstruction}",
+        "exponent_rule": f"exponents {exponent_rule}",
+        "layer_floors": f"floors {layer_floors}",
+        "int8_activations": f"int8 activations {f'up to E5M{int8_activations}' if int8_activations else 'off'}",
+    }
+    if from_run:
+        typer.echo(f"as the run was tuned: {', '.join(settings[key] for key in from_run)}")
     loaded = load_model(model)
     teacher = loaded.model.to(device).eval()
     if data is not None:
@@ -124,11 +139,8 @@ def evaluate(
         plan=plan,
     )
     name = "tuned" if checkpoint is not None else "untuned (PTQ)"
-    title = (
-        f"{loaded.source}, {name}, reconstruction {reconstruction}, exponents {exponent_rule}, floors {layer_floors}{' (as tuned)' if plan else ''}, "
-        f"int8 activations {f'up to E5M{int8_activations}' if int8_activations else 'off'}, "
-        f"{rows[0].tokens} scored tokens"
-    )
+    described = ", ".join(f"{text}{' (as tuned)' if key in from_run else ''}" for key, text in settings.items())
+    title = f"{loaded.source}, {name}, {described}, {rows[0].tokens} scored tokens"
     typer.echo(format_table(rows, title))
     if output is not None:
         output.mkdir(parents=True, exist_ok=True)
@@ -138,6 +150,8 @@ def evaluate(
             "reconstruction": reconstruction,
             "exponent_rule": exponent_rule,
             "int8_activations": int8_activations,
+            "layer_floors": layer_floors,
+            "from_run": from_run,  # the settings above that came from the checkpoint's run, not the defaults
         }
         save_json({name: rows}, output / "eval.json", extra)
         plot_png({name: rows}, output / "eval.png", title=f"{loaded.source}: {name}")

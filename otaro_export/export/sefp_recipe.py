@@ -96,16 +96,30 @@ class SEFPRecipe:
         return replace(self, int8_activations=value)
 
     def with_tuned_run(self, meta: dict, target: str, log: Callable[[str], None] = print) -> tuple[SEFPRecipe, list]:
-        """This recipe with the floors and int8 activations an ``otaro tune`` run trained through.
+        """This recipe with the rule an ``otaro tune`` run trained through: reconstruction and exponent rules,
+        floors and int8 activations.
 
         ``meta``: the checkpoint's ``meta.json``. Only settings the user did not choose (``explicit``)
         and the run recorded are taken. Returns ``(recipe, names of the settings taken)``. A run's int8
         activations that ``target`` cannot run (no int8 kernel) fall back to float activations, with a note.
         """
+        from otaro_export import reconstruction, sefp
         from otaro_export.reconstruction import FloorPlan
 
         config = meta.get("config") or {}
         changes, taken = {}, []
+        # runs saved before tune recorded its rules have neither key: they keep the export's defaults
+        for key, check, label in (
+            ("reconstruction", reconstruction.check_rule, "reconstruction"),
+            ("exponent_rule", sefp.check_exponent_rule, "exponents"),
+        ):
+            if key not in self.explicit and key in config:
+                try:
+                    changes[key] = check(config[key])
+                except ValueError as exc:
+                    raise OtaroError(f"the tuned checkpoint's {key} is unusable: {exc}") from exc
+                taken.append(key)
+                log(f"{label}: {changes[key]}, as the run was tuned")
         if "layer_floors" not in self.explicit and "layer_floors" in config:
             if config["layer_floors"] == "none":
                 changes.update(layer_floors="none", floors=None)

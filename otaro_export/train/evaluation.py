@@ -318,16 +318,24 @@ def evaluate_model(
 def tuned_rule(checkpoint) -> dict:
     """What an ``otaro tune`` run trained through, as :func:`evaluate_model` keywords.
 
-    ``layer_floors`` and ``plan`` (its floor plan, made on the untuned model) and ``int8_activations``,
-    each only if the run recorded it (runs saved before those options record neither).
+    ``reconstruction``, ``exponent_rule``, ``layer_floors`` and ``plan`` (its floor plan, made on the
+    untuned model) and ``int8_activations``, each only if the run recorded it (runs saved before those
+    options record none of them).
     """
-    from otaro_export.reconstruction import FloorPlan
+    from otaro_export.reconstruction import FloorPlan, check_rule
+    from otaro_export.sefp import check_exponent_rule
     from otaro_export.train.checkpoint import CheckpointError, read_meta, resolve_checkpoint
 
     checkpoint = resolve_checkpoint(checkpoint)
     meta = read_meta(checkpoint)
     config = meta.get("config") or {}
     out = {}
+    for key, check in (("reconstruction", check_rule), ("exponent_rule", check_exponent_rule)):
+        if key in config:
+            try:
+                out[key] = check(config[key])
+            except ValueError as exc:
+                raise CheckpointError(f"{checkpoint}: its {key} is unusable ({exc})") from exc
     if config.get("layer_floors") == "auto":
         try:
             out.update(layer_floors="auto", plan=FloorPlan.from_dict(meta.get("floor_plan") or {}))

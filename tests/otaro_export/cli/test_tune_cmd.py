@@ -101,7 +101,7 @@ def test_tune_writes_a_resumable_loadable_run_and_eval_reads_it(cli, tiny_dir, t
     assert [r["precision"] for r in rows] == ["E5M3", "E5M8", "FP", "Q4_0", "MXFP4", "Q5_0", "Q8_0"]
     assert "reconstruction fitted" in ev.output and "Q4_0" in ev.output
     # measured through what the run trained with: its recorded floors and int8 activations (the CLI defaults)
-    assert "floors auto (as tuned), int8 activations up to E5M4" in ev.output
+    assert "floors auto (as tuned), int8 activations up to E5M4 (as tuned)" in ev.output
     assert (report / "eval.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert "E5M3" in ev.output and "top-1" in ev.output
 
@@ -178,3 +178,82 @@ def test_floors_and_int8_activations_reach_the_trainer_with_the_export_defaults(
     assert (seen[-1].layer_floors, seen[-1].int8_activations) == ("auto", 4)
     res = cli("tune", "--output", tmp_path / "a", "--resume", "--int8-activations", "0")
     assert res.exit_code == 2 and "keeps its saved settings" in res.output and "int8_activations" in res.output
+
+
+def test_export_and_eval_follow_the_reconstruction_and_exponent_rule_the_run_recorded(
+    cli, tiny_dir, tmp_path, monkeypatch
+):
+    """A run tuned through center / floor (not the defaults fitted / search) is exported and measured through them."""
+    import onnx
+
+    from otaro_export.export import onnx_export
+    from otaro_export.export.model_info import model_info
+    from otaro_export.manifest import Manifest
+    from otaro_export.train import evaluation
+    from otaro_export.train.checkpoint import META_FILE, resolve_checkpoint
+
+    run = tmp_path / "run"
+    rules = ("--reconstruction", "center", "--exponent-rule", "floor", "--layer-floors", "none")
+    small = ("--num-samples", 2, "--gen-tokens", 4, "--batch-size", 2, "--steps", 1, "--int8-activations", 0)
+    res = cli("tune", "--model", tiny_dir, "--output", run, *small, *rules)
+    assert res.exit_code == 0, res.output
+    meta_path = resolve_checkpoint(run) / META_FILE
+    config = json.loads(meta_path.read_text())["config"]
+    assert (config["reconstruction"], config["exponent_rule"]) == ("center", "floor")  # tune records them
+
+    seen = []
+
+    def fake_evaluate(*args, **kwargs):
+        seen.append(kwargs)
+        return [evaluation.PrecisionMetrics("E5M3", 3, 2.0, 0.1, 0.9, 8, 4.125)]
+
+    monkeypatch.setattr(evaluation, "evaluate_model", fake_evaluate)
+    evaluate = ("eval", "--model", tiny_dir, "--checkpoint", run, "--num-samples", 1, "--gen-tokens", 2)
+    res = cli(*evaluate, "--bits", 3, "--baselines", "none", "--output", tmp_path / "ev")
+    assert res.exit_code == 0, res.output
+    assert (seen[-1]["reconstruction"], seen[-1]["exponent_rule"]) == ("center", "floor")
+    taken = "as the run was tuned: reconstruction center, exponents floor, floors none, int8 activations off"
+    assert taken in res.output
+    assert "reconstruction center (as tuned), exponents floor (as tuned)" in res.output
+    saved = json.loads((tmp_path / "ev" / "eval.json").read_text())
+    assert (saved["reconstruction"], saved["from_run"][:2]) == ("center", ["reconstruction", "exponent_rule"])
+    # explicit options win
+    res = cli(*evaluate, "--reconstruction", "fitted", "--exponent-rule", "search", "--baselines", "none")
+    assert res.exit_code == 0, res.output
+    assert (seen[-1]["reconstruction"], seen[-1]["exponent_rule"]) == ("fitted", "search")
+    assert "as the run was tuned: floors none, int8 activations off" in res.output
+    assert "reconstruction fitted, exponents search, floors none (as tuned)" in res.output
+
+    recipes = []
+
+    def writer(loaded, options, out, log):
+        recipes.append(options.recipe)
+        onnx.save(onnx.helper.make_model(onnx.helper.make_graph([], "g", [], [])), str(out / "model.onnx"))
+        extra = {"sefp_recipe": options.recipe.manifest_fields()}
+        info = model_info(loaded.model, loaded.source, options.max_seq_len)
+        return Manifest("onnx", "model.onnx", "fused", "onnxruntime", [], [], [], info, extra=extra)
+
+    monkeypatch.setattr(onnx_export, "export_onnx", writer)
+    export = ("export", "--target", "onnx", "--model", tiny_dir, "--checkpoint", run)
+    res = cli(*export, "--output", tmp_path / "a")
+    assert res.exit_code == 0, res.output
+    assert (recipes[-1].reconstruction, recipes[-1].exponent_rule) == ("center", "floor")
+    assert "reconstruction: center, as the run was tuned" in res.output and "exponents: floor, as the run" in res.output
+    assert Manifest.load(tmp_path / "a").extra["tuned_run"]["from_run"][:2] == ["reconstruction", "exponent_rule"]
+    res = cli(*export, "--output", tmp_path / "b", "--reconstruction", "floor", "--exponents", "search")
+    assert res.exit_code == 0, res.output
+    assert (recipes[-1].reconstruction, recipes[-1].exponent_rule) == ("floor", "search")
+
+    # a run saved before tune recorded its rules (nor floors, nor int8 activations): today's defaults
+    meta = json.loads(meta_path.read_text())
+    for key in ("reconstruction", "exponent_rule", "layer_floors", "int8_activations"):
+        del meta["config"][key]
+    meta_path.write_text(json.dumps(meta))
+    res = cli(*evaluate, "--baselines", "none")
+    assert res.exit_code == 0, res.output
+    assert (seen[-1]["reconstruction"], seen[-1]["exponent_rule"]) == ("fitted", "search")
+    assert "as the run was tuned" not in res.output and "(as tuned)" not in res.output
+    res = cli(*export, "--output", tmp_path / "c", "--layer-floors", "none")
+    assert res.exit_code == 0, res.output
+    assert (recipes[-1].reconstruction, recipes[-1].exponent_rule) == ("fitted", "search")
+    assert Manifest.load(tmp_path / "c").extra["tuned_run"]["from_run"] == []

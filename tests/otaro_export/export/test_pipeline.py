@@ -27,7 +27,7 @@ def test_attention_values_that_validate():
     ExportOptions(target="onnx").validate()
 
 
-def test_an_export_of_a_tuned_run_uses_its_floors_and_int8_activations_and_says_so(tmp_path, monkeypatch):
+def test_an_export_of_a_tuned_run_uses_its_rules_floors_and_int8_activations_and_says_so(tmp_path, monkeypatch):
     """The recipe the writer gets (layer_specs turns its floors into min_bits: test_sefp_recipe) and the manifest."""
     import onnx
 
@@ -43,7 +43,8 @@ def test_an_export_of_a_tuned_run_uses_its_floors_and_int8_activations_and_says_
     loaded = tiny_causal_lm()
     floors = {"model.layers.1.mlp.down_proj": 6}
     plan = FloorPlan(floors, {3: 4.4}, {3: 1.0}, {3: 0.1})
-    meta = {"config": {"layer_floors": "auto", "int8_activations": 3}, "floor_plan": plan.to_dict()}
+    config = {"reconstruction": "center", "exponent_rule": "floor", "layer_floors": "auto", "int8_activations": 3}
+    meta = {"config": config, "floor_plan": plan.to_dict()}
     tuned = "model.layers.1.mlp.down_proj.weight"
     weight = loaded.model.get_parameter(tuned).detach() * 2
     save_checkpoint(tmp_path / "run", 40, {tuned: weight}, {"step": 40}, meta)
@@ -63,16 +64,22 @@ def test_an_export_of_a_tuned_run_uses_its_floors_and_int8_activations_and_says_
     )
     export_model(options, log=notes.append, loaded=loaded)
     recipe = seen["recipe"]
+    assert (recipe.reconstruction, recipe.exponent_rule) == ("center", "floor")  # not the defaults fitted / search
     assert (recipe.layer_floors, recipe.floors, recipe.int8_activations) == ("auto", floors, 3)
     assert torch.equal(seen["weight"], weight)
     manifest = Manifest.load(tmp_path / "out")
-    assert manifest.extra["sefp_recipe"]["int8_activations"] == 3
-    want = {"checkpoint": "ckpt-000040", "step": 40, "from_run": ["layer_floors", "int8_activations"]}
+    got = manifest.extra["sefp_recipe"]
+    assert (got["reconstruction"], got["exponent_rule"], got["int8_activations"]) == ("center", "floor", 3)
+    taken = ["reconstruction", "exponent_rule", "layer_floors", "int8_activations"]
+    want = {"checkpoint": "ckpt-000040", "step": 40, "from_run": taken}
     assert manifest.extra["tuned_run"] == want
-    assert sum("as the run was tuned" in n for n in notes) == 2
+    assert sum("as the run was tuned" in n for n in notes) == 4
+    assert "reconstruction: center, as the run was tuned" in notes and "exponents: floor, as the run was tuned" in notes
 
     # explicit options win, and the manifest lists only what came from the run
-    chosen = default_recipe(layer_floors="none", int8_activations=0)
+    chosen = default_recipe(reconstruction="fitted", exponent_rule="search", layer_floors="none", int8_activations=0)
     export_model(replace(options, recipe=chosen, output=tmp_path / "out2"), log=notes.append, loaded=loaded)
-    assert (seen["recipe"].layer_floors, seen["recipe"].floors, seen["recipe"].int8_activations) == ("none", None, 0)
+    recipe = seen["recipe"]
+    assert (recipe.reconstruction, recipe.exponent_rule) == ("fitted", "search")
+    assert (recipe.layer_floors, recipe.floors, recipe.int8_activations) == ("none", None, 0)
     assert Manifest.load(tmp_path / "out2").extra["tuned_run"]["from_run"] == []

@@ -135,6 +135,27 @@ def test_a_tuned_run_gives_its_floors_and_int8_activations_unless_the_user_chose
         default_recipe().with_tuned_run(broken, "onnx", print)
 
 
+def test_a_tuned_runs_reconstruction_and_exponent_rule_are_the_exports_unless_the_user_chose():
+    notes = []
+    rules = {"reconstruction": "center", "exponent_rule": "floor"}
+    meta = {"config": {**rules, "layer_floors": "none", "int8_activations": 0}}
+    recipe, taken = default_recipe().with_tuned_run(meta, "onnx", notes.append)
+    assert (recipe.reconstruction, recipe.exponent_rule) == ("center", "floor")
+    assert taken == ["reconstruction", "exponent_rule", "layer_floors", "int8_activations"]
+    assert notes[:2] == ["reconstruction: center, as the run was tuned", "exponents: floor, as the run was tuned"]
+    assert recipe.manifest_fields()["reconstruction"] == "center"
+    # an explicit option wins over the run, the other setting still follows it
+    chosen, taken = default_recipe(reconstruction="floor").with_tuned_run(meta, "onnx", print)
+    assert (chosen.reconstruction, chosen.exponent_rule) == ("floor", "floor") and "reconstruction" not in taken
+    chosen, taken = default_recipe(exponent_rule="search").with_tuned_run(meta, "onnx", print)
+    assert (chosen.reconstruction, chosen.exponent_rule) == ("center", "search") and "exponent_rule" not in taken
+    # a run saved before tune recorded its rules: the export's defaults
+    old, taken = default_recipe().with_tuned_run({"config": {"layer_floors": "none"}}, "onnx", print)
+    assert (old.reconstruction, old.exponent_rule, taken) == ("fitted", "search", ["layer_floors"])
+    with pytest.raises(OtaroError, match="checkpoint's reconstruction is unusable: unknown reconstruction rule 'odd'"):
+        default_recipe().with_tuned_run({"config": {"reconstruction": "odd"}}, "onnx", print)
+
+
 def test_given_floors_replace_the_plan(monkeypatch):
     from otaro_export.export import sefp_recipe
 

@@ -143,5 +143,9 @@ def test_a_tuned_runs_record_gives_the_floors_and_int8_activations_it_trained_wi
         "int8_activations": 0,
     }
     assert tuned_rule(run("old", {"config": {"method": "bps"}})) == {}  # saved before the options existed
+    rules = {"reconstruction": "center", "exponent_rule": "floor"}
+    assert tuned_rule(run("rules", {"config": {"method": "bps", **rules}})) == rules
+    with pytest.raises(CheckpointError, match="exponent_rule is unusable"):
+        tuned_rule(run("bad_rule", {"config": {"exponent_rule": "nearest"}}))
     with pytest.raises(CheckpointError, match="floor plan is unreadable"):
         tuned_rule(run("broken", {"config": config, "floor_plan": {"floors": {}}}))
