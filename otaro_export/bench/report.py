@@ -353,20 +353,52 @@ def evaluate_goals(
     return goals
 
 
-def format_memory_table(rows: list[dict], resident_mib: dict[int, float], sefp_weights: int | None) -> str:
-    """Per precision: bits the kernel reads per SEFP weight, resident SEFP weights (mmapped .pte), peak RSS."""
+def read_per_token(storage: dict | None) -> dict[int, tuple[float, float]] | None:
+    """``{bits: (weight bits read per SEFP weight, SEFP weight bytes read per token)}`` with the artifact's floors.
+
+    ``storage``: bench.json ``sefp_storage``, whose ``layers`` (name -> packed [rows, K]) and ``precision_floors``
+    (the manifest's, name -> min_bits) a layer at ``max(bits, floor)`` reads from. None for a bench.json that
+    predates them (the table then reads every layer at ``bits``).
+    """
+    if not storage or "layers" not in storage or "precision_floors" not in storage:
+        return None
+    from otaro_export.reconstruction import unit_bytes_read
+    from otaro_export.sefp import SUPPORTED_BITS
+
+    layers, floors = storage["layers"], storage["precision_floors"]
+    total = sum(rows * k for rows, k in layers.values())
+    if not total:
+        return None
+    out = {}
+    for bits in SUPPORTED_BITS:
+        read = sum(unit_bytes_read(rows, k, max(bits, floors.get(name, bits))) for name, (rows, k) in layers.items())
+        out[bits] = (8 * read / total, read)
+    return out
+
+
+def format_memory_table(
+    rows: list[dict], resident_mib: dict[int, float], sefp_weights: int | None, storage: dict | None = None
+) -> str:
+    """Per precision: bits the kernel reads per SEFP weight and SEFP MiB it reads per token (the artifact's
+    floors applied, :func:`read_per_token`), resident SEFP weights (mmapped .pte), peak RSS."""
     from otaro_export.packing import bytes_per_weight_read
 
     configs = [c for c in dict.fromkeys(r["config"] for r in rows if r["bits"] is not None)]
     bits = sorted({r["bits"] for r in rows if r["bits"] is not None})
-    header = f"{'prec':<6}{'bits/w read':>14}{'resident SEFP MiB':>19}{'x fp16':>8}" + "".join(
+    floored = read_per_token(storage)
+    header = f"{'prec':<6}{'bits/w read':>14}{'MiB read/token':>16}{'resident SEFP MiB':>19}{'x fp16':>8}" + "".join(
         f"{'RSS ' + c:>{max(len(c) + 6, 12)}}" for c in configs
     )
     lines = [header, "-" * len(header)]
     fp16_mib = 2 * sefp_weights / 2**20 if sefp_weights else None
     for k in bits:
         res = resident_mib.get(k)
-        line = f"{'E5M' + str(k):<6}{8 * bytes_per_weight_read(k):>14.3f}{_fmt(res, '.1f'):>19}"
+        if floored is not None:
+            bpw, read_mib = floored[k][0], floored[k][1] / 2**20
+        else:  # an older bench.json: no floors recorded, every layer at k
+            bpw = 8 * bytes_per_weight_read(k)
+            read_mib = sefp_weights * bytes_per_weight_read(k) / 2**20 if sefp_weights else None
+        line = f"{'E5M' + str(k):<6}{bpw:>14.3f}{_fmt(read_mib, '.1f'):>16}{_fmt(res, '.1f'):>19}"
         line += f"{_fmt(res / fp16_mib if res is not None and fp16_mib else None, '.3f'):>8}"
         for c in configs:
             peak = next((r["peak_rss_mib"] for r in rows if r["config"] == c and r["bits"] == k), None)
@@ -375,8 +407,10 @@ def format_memory_table(rows: list[dict], resident_mib: dict[int, float], sefp_w
     for r in rows:
         if r["bits"] is None:
             lines.append(
-                f"{r['precision']:<6}{'':>14}{'':>19}{'':>8}  peak RSS {r['config']}: {r['peak_rss_mib']:.0f} MiB"
+                f"{r['precision']:<6}{'':>14}{'':>16}{'':>19}{'':>8}  peak RSS {r['config']}: {r['peak_rss_mib']:.0f} MiB"
             )
+    if floored is None and bits:
+        lines.append("(bits/w and MiB read without precision floors: this bench.json predates their record)")
     return "\n".join(lines)
 
 

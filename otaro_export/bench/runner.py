@@ -106,12 +106,14 @@ def artifact_mib(directory: Path) -> float:
 
 
 def sefp_storage_from_onnx(path: Path) -> dict | None:
-    """Exact SEFP storage of an ONNX artifact: weights (padded K) and bytes of planes + exponents."""
+    """Exact SEFP storage of an ONNX artifact: weights (padded K), bytes of planes + exponents, each layer's
+    packed [rows, K] (``layers``, named as the manifest's floors) and the manifest's ``precision_floors``."""
     import onnx
 
     model = onnx.load(str(path), load_external_data=False)
     inits = {t.name: t for t in model.graph.initializer}
     weights = stored = 0
+    layers = {}
     for node in model.graph.node:
         if node.domain != "ai.otaro" or node.op_type != "SEFPLinear":
             continue
@@ -120,10 +122,20 @@ def sefp_storage_from_onnx(path: Path) -> dict | None:
             return None  # constants folded into other nodes: cannot attribute bytes exactly
         n, half_k = tensors[0].dims
         weights += n * half_k * 2
+        # the planes are named after the exported layer: "<layer>.sefp_p0"
+        layers[node.input[1].removesuffix(".sefp_p0")] = [int(n), int(half_k) * 2]
         stored += sum(int(__import__("math").prod(t.dims)) for t in tensors)  # uint8/int8: one byte each
     if not weights:
         return None
-    return {"sefp_weights": weights, "sefp_stored_bytes": stored, "bytes_per_sefp_weight": stored / weights}
+    manifest = json.loads((Path(path).parent / "manifest.json").read_text(encoding="utf-8"))
+    return {
+        "sefp_weights": weights,
+        "sefp_stored_bytes": stored,
+        "bytes_per_sefp_weight": stored / weights,
+        "layers": layers,
+        # what the memory table's bits read per weight follow (report.read_per_token)
+        "precision_floors": manifest.get("extra", {}).get("precision_floors", {}),
+    }
 
 
 def prompt_ids(directory: Path, prompt: str) -> list[int]:
@@ -553,7 +565,9 @@ def render_text(payload: dict, accuracy: dict, goals: list) -> str:
             "",
             "memory per precision (resident SEFP = weights paged in from the mmapped ExecuTorch .pte; "
             "peak RSS = VmHWM of a fresh process, MiB):",
-            report.format_memory_table(payload["speed"], resident, storage["sefp_weights"] if storage else None),
+            report.format_memory_table(
+                payload["speed"], resident, storage["sefp_weights"] if storage else None, storage
+            ),
         ]
     if payload["resident_note"] and not resident:
         parts.append(f"resident SEFP weights not measured: {payload['resident_note']}")

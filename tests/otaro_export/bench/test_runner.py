@@ -37,3 +37,65 @@ def test_rerender_of_an_interleaved_bench_json(tmp_path):
     assert "paired median of 3 rounds" in next(g["measured"] for g in out["goals"] if g["name"] == dial)
     again = rerender(tmp_path)  # the rewritten bench.json rerenders to the same report
     assert again["goals"] == out["goals"] and again["text"].splitlines()[1:] == out["text"].splitlines()[1:]
+
+
+def _memory_line(text: str, prec: str) -> list[str]:
+    table = text.split("memory per precision", 1)[1]
+    return next(line for line in table.splitlines() if line.startswith(prec)).split()
+
+
+def test_the_memory_table_reads_each_layer_at_its_recorded_floor(tmp_path):
+    payload = json.loads((DATA / "bench_sequential.json").read_text())
+    # two equal layers, one floored at E5M5: E5M3 reads (4.125 + 6.125) / 2 bits per weight, as the accuracy
+    # table's floor plan counts them
+    floors = {"model.layers.0.mlp.down_proj": 5}
+    layers = {"model.layers.0.mlp.down_proj": [1024, 4096], "model.layers.0.mlp.gate_up_proj": [1024, 4096]}
+    payload["sefp_storage"].update(layers=layers, precision_floors=floors)
+    (tmp_path / "bench.json").write_text(json.dumps(payload))
+    text = rerender(tmp_path)["text"]
+    assert _memory_line(text, "E5M3")[1:3] == ["5.125", "5.1"]  # bits/w read, MiB read per token
+    assert _memory_line(text, "E5M8")[1:3] == ["9.125", "9.1"]
+    assert "predates" not in text
+    # a bench.json from before the floors were recorded still renders, and says what its numbers leave out
+    shutil.copy(DATA / "bench_sequential.json", tmp_path / "bench.json")
+    text = rerender(tmp_path)["text"]
+    assert _memory_line(text, "E5M3")[1:3] == ["4.125", "66.1"]  # 134,479,872 weights at 4.125 bits
+    assert "without precision floors: this bench.json predates their record" in text
+
+
+def test_sefp_storage_records_each_layers_size_and_the_manifests_floors(tmp_path):
+    import numpy as np
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    from otaro_export.bench.runner import sefp_storage_from_onnx
+
+    def planes(name, rows, k):
+        groups = k // 64
+        shapes = {"p0": 32, "p1": 16, "p2": 16, "p3": 8, "exponents": 1}
+        return [
+            numpy_helper.from_array(np.zeros((rows, groups * w), np.uint8), f"{name}.sefp_{p}")
+            for p, w in shapes.items()
+        ]
+
+    names = {"model.layers.0.mlp.down_proj": (64, 128), "lm_head": (32, 64)}
+    inits, nodes = [], []
+    for i, (name, (rows, k)) in enumerate(names.items()):
+        inits += planes(name, rows, k)
+        inputs = ["x", *(t.name for t in inits[-5:]), "bits"]
+        nodes.append(helper.make_node("SEFPLinear", inputs, [f"y{i}"], domain="ai.otaro"))
+    graph = helper.make_graph(
+        nodes,
+        "g",
+        [helper.make_tensor_value_info(n, TensorProto.FLOAT, None) for n in ("x", "bits")],
+        [helper.make_tensor_value_info(f"y{i}", TensorProto.FLOAT, None) for i in range(2)],
+        inits,
+    )
+    onnx.save(helper.make_model(graph), str(tmp_path / "model.onnx"))
+    floors = {"lm_head": 6}
+    (tmp_path / "manifest.json").write_text(json.dumps({"extra": {"precision_floors": floors}}))
+    storage = sefp_storage_from_onnx(tmp_path / "model.onnx")
+    assert storage["layers"] == {"model.layers.0.mlp.down_proj": [64, 128], "lm_head": [32, 64]}
+    assert storage["precision_floors"] == floors and storage["sefp_weights"] == 64 * 128 + 32 * 64
+    (tmp_path / "manifest.json").write_text(json.dumps({"extra": {}}))  # an export without floors
+    assert sefp_storage_from_onnx(tmp_path / "model.onnx")["precision_floors"] == {}
