@@ -3,7 +3,8 @@
 Schemas (functional and ``.out``; docs/FORMAT.md §5)::
 
     otaro::sefp_linear(Tensor x, Tensor p0, Tensor p1, Tensor p2, Tensor p3, Tensor exponents,
-                       Tensor bits, Tensor? bias=None, Tensor? levels=None) -> Tensor
+                       Tensor bits, Tensor? bias=None, Tensor? levels=None,
+                       int act_int8_max_bits=0) -> Tensor
     otaro::sefp_embedding(Tensor ids, Tensor p0, Tensor p1, Tensor p2, Tensor p3, Tensor exponents,
                           Tensor bits, int in_features, Tensor? levels=None) -> Tensor
 
@@ -15,7 +16,13 @@ table, float32 ``[6, 256]`` (docs/FORMAT.md §3; ``None`` is the paper's
 
 * ``sefp_linear``: ``x`` float32 ``[..., K]``, ``bias`` optional float32 ``[N]``.
   Returns ``x @ W_k^T + bias`` as float32 ``[..., N]`` where ``W_k`` is the
-  weight at precision E5M``bits``.
+  weight at precision E5M``bits``. ``act_int8_max_bits`` (0: never; else 3..8)
+  turns on int8 activations (docs/FORMAT.md §9): a call whose ``bits`` (the
+  effective precision: the lowering feeds ``clamp_min(bits, floor)``) is
+  ``<= act_int8_max_bits`` returns ``fq(x) @ W_k^T + bias``
+  (:func:`otaro_export.activation_quant.fake_quantize`). It is an export-time
+  constant of each node, the ONNX node's attribute of the same name; it is last
+  with a default so graphs and ``.pte`` files made before it existed stay valid.
 * ``sefp_embedding``: ``ids`` int64, any shape, each in ``[0, N)``. Returns
   rows ``ids`` of ``W_k`` as float32 ``[*ids.shape, in_features]`` (the
   planes' padded K cannot tell ``in_features``, hence the argument). The tied
@@ -43,7 +50,7 @@ OP_NAME = "sefp_linear"
 EMBEDDING_OP_NAME = "sefp_embedding"
 
 _PLANES = "Tensor p0, Tensor p1, Tensor p2, Tensor p3, Tensor exponents, Tensor bits"
-_ARGS = f"Tensor x, {_PLANES}, Tensor? bias=None, Tensor? levels=None"
+_ARGS = f"Tensor x, {_PLANES}, Tensor? bias=None, Tensor? levels=None, int act_int8_max_bits=0"
 _EMBEDDING_ARGS = f"Tensor ids, {_PLANES}, int in_features, Tensor? levels=None"
 
 _lib = torch.library.Library(NAMESPACE, "FRAGMENT")
@@ -76,8 +83,21 @@ def _check_features(k: int, g: int, what: str, op: str) -> None:
         )
 
 
-def _check_inputs(x, p0, p1, p2, p3, exponents, bits, bias, levels) -> None:
+def check_act_int8_max_bits(value) -> int:
+    """``act_int8_max_bits`` of a call: 0 (off) or 3..8 (ValueError otherwise)."""
+    from otaro_export.activation_quant import check_max_bits
+
+    try:
+        return check_max_bits(value)
+    except ValueError:
+        raise ValueError(
+            f"otaro::{OP_NAME}: act_int8_max_bits must be 0 (off) or one of {list(SUPPORTED_BITS)}, got {value!r}"
+        ) from None
+
+
+def _check_inputs(x, p0, p1, p2, p3, exponents, bits, bias, levels, act_int8_max_bits=0) -> None:
     check_bits_tensor(bits)
+    check_act_int8_max_bits(act_int8_max_bits)
     if x.dtype != torch.float32:
         raise TypeError(f"otaro::sefp_linear: x must be float32, got {x.dtype}")
     check_planes(p0, p1, p2, p3, exponents)
@@ -104,11 +124,18 @@ def _precision(bits: torch.Tensor, op: str) -> int:
     return k_bits
 
 
-def reference_sefp_linear(x, p0, p1, p2, p3, exponents, bits, bias=None, levels=None) -> torch.Tensor:
-    """Torch reference: exact dequantization at ``bits`` (rule ``levels``), then ``x @ W.T + bias``."""
-    _check_inputs(x, p0, p1, p2, p3, exponents, bits, bias, levels)
+def reference_sefp_linear(
+    x, p0, p1, p2, p3, exponents, bits, bias=None, levels=None, act_int8_max_bits=0
+) -> torch.Tensor:
+    """Torch reference: exact dequantization at ``bits`` (rule ``levels``), then ``x @ W.T + bias``
+    (``fq(x)`` instead of ``x`` when ``bits <= act_int8_max_bits``, docs/FORMAT.md §9)."""
+    from otaro_export import activation_quant
+
+    _check_inputs(x, p0, p1, p2, p3, exponents, bits, bias, levels, act_int8_max_bits)
     k_bits = _precision(bits, OP_NAME)
     w = unpack(p0, p1, p2, p3, exponents, x.shape[-1]).dequantize(k_bits, levels)
+    if activation_quant.applies(k_bits, act_int8_max_bits):
+        x = activation_quant.fake_quantize(x)
     return torch.nn.functional.linear(x, w, bias)
 
 
@@ -143,19 +170,19 @@ def _output_shape(x: torch.Tensor, exponents: torch.Tensor) -> list:
     return [*x.shape[:-1], exponents.shape[0]]
 
 
-def _sefp_linear_out(x, p0, p1, p2, p3, exponents, bits, bias=None, levels=None, *, out):
-    result = reference_sefp_linear(x, p0, p1, p2, p3, exponents, bits, bias, levels)
+def _sefp_linear_out(x, p0, p1, p2, p3, exponents, bits, bias=None, levels=None, act_int8_max_bits=0, *, out):
+    result = reference_sefp_linear(x, p0, p1, p2, p3, exponents, bits, bias, levels, act_int8_max_bits)
     out.resize_(result.shape).copy_(result)
     return out
 
 
-def _sefp_linear_fake(x, p0, p1, p2, p3, exponents, bits, bias=None, levels=None):
-    _check_inputs(x, p0, p1, p2, p3, exponents, bits, bias, levels)
+def _sefp_linear_fake(x, p0, p1, p2, p3, exponents, bits, bias=None, levels=None, act_int8_max_bits=0):
+    _check_inputs(x, p0, p1, p2, p3, exponents, bits, bias, levels, act_int8_max_bits)
     return x.new_empty(_output_shape(x, exponents))
 
 
-def _sefp_linear_out_fake(x, p0, p1, p2, p3, exponents, bits, bias=None, levels=None, *, out):
-    _check_inputs(x, p0, p1, p2, p3, exponents, bits, bias, levels)
+def _sefp_linear_out_fake(x, p0, p1, p2, p3, exponents, bits, bias=None, levels=None, act_int8_max_bits=0, *, out):
+    _check_inputs(x, p0, p1, p2, p3, exponents, bits, bias, levels, act_int8_max_bits)
     return out
 
 

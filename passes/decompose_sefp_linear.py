@@ -20,7 +20,13 @@ subgraph built only from ops the portable runtime has (docs/FORMAT.md §5):
   ``index_select`` at ``q_k // 2**(8 - bits)`` (exact); without one, the
   floor rule uses ``q_k`` itself;
 * the matmul is ``aten.linear`` on the dequantized weight (XNNPACK takes it
-  when partitioned with ``force_non_static_weights_for_f32_linear=True``).
+  when partitioned with ``force_non_static_weights_for_f32_linear=True``);
+* int8 activations (a node's ``act_int8_max_bits > 0``, docs/FORMAT.md §9):
+  ``fq(x)`` of :mod:`otaro_export.activation_quant` built from the same
+  float32 operations (``amax`` of ``abs`` per 64-feature block, ``127 / a`` as a
+  division, ``round`` half to even, ``clamp``, ``a / 127``), and the linear reads
+  ``where(bits <= act_int8_max_bits, fq(x), x)``: ``bits`` is a run-time input,
+  so both are computed (the float matmul of ``fq(x)``, not an integer kernel).
 
 The packed planes stay the program's only weight constants (ExecuTorch's
 default lowering does not constant-fold the unpacking; the export tests check
@@ -35,10 +41,17 @@ import torch
 from torch.export import ExportedProgram
 
 from otaro_export import ops
+from otaro_export.activation_quant import QMAX
 from otaro_export.packing import PLANE_BYTES_PER_GROUP
 from otaro_export.sefp import EXPONENT_MIN, GROUP_SIZE, STORED_MANTISSA_BITS, SUPPORTED_BITS
 
-__all__ = ["decompose_sefp_linear", "sefp_linear_decomposition", "dequantize_planes", "count_sefp_nodes"]
+__all__ = [
+    "decompose_sefp_linear",
+    "sefp_linear_decomposition",
+    "dequantize_planes",
+    "count_sefp_nodes",
+    "fake_quantize_activations",
+]
 
 _SEFP_OVERLOADS = (ops.sefp_linear, ops.sefp_linear_out)
 
@@ -107,17 +120,43 @@ def dequantize_planes(p0, p1, p2, p3, exponents, bits, levels=None) -> torch.Ten
     return (signed * _scale(exponents).reshape(n, g, 1)).reshape(n, g * GROUP_SIZE)
 
 
-def sefp_linear_decomposition(x, p0, p1, p2, p3, exponents, bits, bias=None, levels=None):
+def fake_quantize_activations(x: torch.Tensor) -> torch.Tensor:
+    """``activation_quant.fake_quantize(x)`` from Core ATen ops, the same float32 operations in the same order.
+
+    No tensor literals (``run_decompositions`` cannot lift them): ``127 / a`` divides a ``full_like``
+    (``127.0 / a`` would trace as ``reciprocal(a) * 127``, one more rounding).
+    """
+    k = x.shape[-1]
+    pad = -k % GROUP_SIZE
+    padded = torch.nn.functional.pad(x, (0, pad)) if pad else x
+    blocks = padded.reshape(*x.shape[:-1], -1, GROUP_SIZE)
+    a = torch.amax(torch.abs(blocks), dim=-1, keepdim=True)
+    keep = torch.logical_or(torch.logical_or(a == 0, a != a), a == float("inf"))  # a >= 0 or NaN
+    safe = torch.where(keep, torch.ones_like(a), a)
+    inv = torch.div(torch.full_like(safe, float(QMAX)), safe)
+    q = torch.clamp(torch.round(blocks * inv), -QMAX, QMAX)
+    out = torch.where(keep, blocks, q * torch.div(safe, float(QMAX)))
+    out = out.reshape(*x.shape[:-1], k + pad)
+    return out[..., :k] if pad else out
+
+
+def sefp_linear_decomposition(x, p0, p1, p2, p3, exponents, bits, bias=None, levels=None, act_int8_max_bits=0):
     """Core-ATen equivalent of ``otaro::sefp_linear`` (same result, bit-exact weights)."""
+    ops.check_act_int8_max_bits(act_int8_max_bits)
     k = x.shape[-1]
     weight = dequantize_planes(p0, p1, p2, p3, exponents, bits, levels)
     if k != weight.shape[1]:
         weight = weight[:, :k]
+    if act_int8_max_bits:
+        x = torch.where(torch.le(bits, act_int8_max_bits), fake_quantize_activations(x), x)
     return torch.nn.functional.linear(x, weight, bias)
 
 
-def _sefp_linear_out_decomposition(x, p0, p1, p2, p3, exponents, bits, bias=None, levels=None, *, out):
-    return out.copy_(sefp_linear_decomposition(x, p0, p1, p2, p3, exponents, bits, bias, levels))
+def _sefp_linear_out_decomposition(
+    x, p0, p1, p2, p3, exponents, bits, bias=None, levels=None, act_int8_max_bits=0, *, out
+):
+    result = sefp_linear_decomposition(x, p0, p1, p2, p3, exponents, bits, bias, levels, act_int8_max_bits)
+    return out.copy_(result)
 
 
 def count_sefp_nodes(ep: ExportedProgram) -> int:

@@ -4,7 +4,7 @@ Same protocol as ``otaro eval`` with no ``--data``: the evaluation samples are
 the FP model's own sampled answers to held-out prompts (``EVAL_PROMPTS``,
 fixed seed), scored at every precision (fake-quant = the exported SEFP math of
 the export's default recipe: reconstruction rule, exponents, SEFP tied lm_head,
-automatic precision floors and the ONNX export's int8 activations, so the table
+automatic precision floors and the export's int8 activations, so the table
 describes the artifact `otaro-export` writes) against the untuned FP model. ``tuned`` adds a run of the ``--checkpoint``
 model on the SAME samples, so the two runs are directly comparable.
 """

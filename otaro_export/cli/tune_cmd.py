@@ -96,8 +96,8 @@ def tune(
         None,
         "--int8-activations",
         metavar="BITS",
-        help="train E5M3..E5M<BITS> with int8 activations, as the ONNX export runs them (docs/FORMAT.md §9); "
-        "0: float activations; default: the ONNX export's (4)",
+        help="train E5M3..E5M<BITS> with int8 activations, as the export runs them (docs/FORMAT.md §9); "
+        "0: float activations; default: the export's (4, ONNX and ExecuTorch)",
     ),
     seed: int = typer.Option(0, "--seed"),
     checkpoint_every: int = typer.Option(50, "--checkpoint-every", help="write a checkpoint every N steps"),
@@ -194,6 +194,11 @@ def _export_floors() -> str:
 
 
 def _export_int8() -> int:
+    """The export's default int8-activation setting (the same for every target)."""
+    from otaro_export.errors import OtaroError
     from otaro_export.export.sefp_recipe import DEFAULT_INT8_ACTIVATIONS
 
-    return DEFAULT_INT8_ACTIVATIONS["onnx"]
+    values = set(DEFAULT_INT8_ACTIVATIONS.values())
+    if len(values) != 1:  # a run trains through one rule: targets that disagree need a choice here
+        raise OtaroError(f"the export targets' default --int8-activations differ: {DEFAULT_INT8_ACTIVATIONS}")
+    return values.pop()

@@ -10,6 +10,8 @@ Steps (the artifact: docs/FORMAT.md §8):
    (same as ONNX): the packed linears become ``otaro::sefp_linear`` nodes, the
    tied embedding an ``otaro::sefp_embedding`` gather on ``lm_head``'s planes
    (the matrix is stored once), floored layers read ``clamp_min(bits, floor)``;
+   every linear gets the recipe's int8-activation setting ``act_int8_max_bits``
+   (docs/FORMAT.md §9, ``passes/set_int8_activations``);
 3. ``--kernels portable`` only: the SEFP nodes are rewritten into Core ATen ops
    (``passes/decompose_sefp_*``), so the stock runtime needs no library;
 4. ``to_edge_transform_and_lower`` with XNNPACK (norms, rotary, SwiGLU, and in
@@ -264,6 +266,10 @@ def _write_program(
     ep = decoder.export()
     log(f"torch.export of the decoder (max_seq_len {max_seq_len}): {time.perf_counter() - t0:.1f}s")
     ep, report = lower_exported_decoder(ep, model, loaded.tokenizer, layers, recipe, log)
+    if lower:
+        from otaro_export.passes.set_int8_activations import set_int8_activations
+
+        ep, _ = set_int8_activations(ep, recipe.int8_activations or 0)
     t1 = time.perf_counter()
     program = lower_to_executorch(ep, kernels, external_weights=external, reinplace=attention == "portable")
     t_lower = time.perf_counter() - t1

@@ -6,7 +6,9 @@ tables that the fused program's ``otaro::sefp_linear`` / ``sefp_embedding``
 calls read, straight out of ``model.pte`` (or its ``model.ptd``), and names
 them by the manifest's ``quantized_layers``. :func:`reference_decoder`
 dequantizes each layer at ``max(bits, its precision floor)`` with
-:mod:`otaro_export.sefp` (docs/FORMAT.md §2-§3, §6) into an
+:mod:`otaro_export.sefp` (docs/FORMAT.md §2-§3, §6), quantizes the inputs of the
+layers that run with int8 activations at that precision (§9, the manifest's
+``extra.sefp_recipe.int8_activations``; :mod:`otaro_export.activation_quant`), into an
 :class:`~otaro_export.export.llm_decoder.ExportDecoder` of the source model,
 whose attention and norms run their torch references: any difference from a
 runtime is the runtime's (kernels, graph), not the encoder's.
@@ -25,6 +27,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from otaro_export import activation_quant
 from otaro_export.errors import ArtifactError
 from otaro_export.export.llm_decoder import ExportDecoder
 from otaro_export.manifest import Manifest
@@ -135,6 +138,7 @@ def reference_decoder(directory: str | Path, hf_model, bits: int, tokenizer=None
     bits = check_bits(bits)
     manifest = Manifest.load(directory)
     floors = manifest.extra.get("precision_floors", {})
+    int8_max_bits = int(manifest.extra.get("sefp_recipe", {}).get("int8_activations", 0))
     if manifest.kernels == "fused":
         layers = stored_layers(directory)
     else:
@@ -144,5 +148,12 @@ def reference_decoder(directory: str | Path, hf_model, bits: int, tokenizer=None
         for layer, t in layers.items():
             linear = decoder.get_submodule(layer)
             weight = unpack(t["p0"], t["p1"], t["p2"], t["p3"], t["exponents"], linear.in_features)
-            linear.weight.copy_(weight.dequantize(max(bits, floors.get(layer, bits)), t.get("levels")))
+            effective = max(bits, floors.get(layer, bits))
+            linear.weight.copy_(weight.dequantize(effective, t.get("levels")))
+            if int8_max_bits and activation_quant.applies(effective, int8_max_bits):
+                linear.register_forward_pre_hook(_quantize_input)
     return decoder  # a tied lm_head shares its Parameter with the embedding: both now read the SEFP weight
+
+
+def _quantize_input(_module, args):
+    return (activation_quant.fake_quantize(args[0]), *args[1:])

@@ -38,8 +38,12 @@ ARTIFACT_NAME = "model.onnx"
 OPSET = 18
 
 
-def _translate_sefp_linear(x, p0, p1, p2, p3, exponents, bits, bias=None, levels=None):
-    """torch.onnx translation of ``otaro.sefp_linear`` into one ``ai.otaro::SEFPLinear`` node."""
+def _translate_sefp_linear(x, p0, p1, p2, p3, exponents, bits, bias=None, levels=None, act_int8_max_bits: int = 0):
+    """torch.onnx translation of ``otaro.sefp_linear`` into one ``ai.otaro::SEFPLinear`` node.
+
+    ``act_int8_max_bits`` (set on a program's nodes by ``passes/set_int8_activations``) becomes the node
+    attribute of that name; the exporter then sets every node's attribute from the recipe anyway.
+    """
     import onnxscript
 
     otaro = onnxscript.values.Opset(DOMAIN, 1)
@@ -48,6 +52,8 @@ def _translate_sefp_linear(x, p0, p1, p2, p3, exponents, bits, bias=None, levels
         inputs += [bias, levels]  # an absent bias stays an empty input name
     elif bias is not None:
         inputs.append(bias)
+    if act_int8_max_bits:
+        return otaro.SEFPLinear(*inputs, act_int8_max_bits=act_int8_max_bits)
     return otaro.SEFPLinear(*inputs)
 
 

@@ -25,14 +25,10 @@ LM_HEAD_MODES = ("sefp", "float")
 #: measured defaults (docs/QUALITY.md, docs/BENCHMARKS.md)
 DEFAULT_LM_HEAD_MIN_BITS = 3
 DEFAULT_LAYER_FLOORS = "auto"
-#: int8 activations (docs/FORMAT.md §9) up to this precision, per target, unless told otherwise: ONNX E5M3/E5M4
-#: (the integer kernel's precisions; measured cost and speed in docs/BENCHMARKS.md), ExecuTorch none (no kernel yet)
-DEFAULT_INT8_ACTIVATIONS = {"onnx": 4, "executorch": 0}
-
-
-def has_int8_kernel(target: str) -> bool:
-    """Whether ``target``'s export can run int8 activations (docs/FORMAT.md §9)."""
-    return target == "onnx"
+#: int8 activations (docs/FORMAT.md §9) up to this precision, per target, unless told otherwise: E5M3/E5M4
+#: (the integer kernel's precisions; measured cost and speed in docs/BENCHMARKS.md). Both targets run them in
+#: both kernel modes (ONNX: the node attribute; ExecuTorch: the op argument, decomposed in portable mode).
+DEFAULT_INT8_ACTIVATIONS = {"onnx": 4, "executorch": 4}
 
 
 @dataclass
@@ -83,16 +79,10 @@ class SEFPRecipe:
                 raise OtaroError(f"precision floors: {exc}") from exc
 
     def for_target(self, target: str) -> SEFPRecipe:
-        """A copy with ``int8_activations`` resolved for ``target`` (an explicit value the target cannot run
-        is an error)."""
+        """A copy with ``int8_activations`` resolved for ``target`` (None: the target's default)."""
         value = self.int8_activations
         if value is None:
             value = DEFAULT_INT8_ACTIVATIONS.get(target, 0)
-        elif value and not has_int8_kernel(target):
-            raise OtaroError(
-                f"--int8-activations {value}: the {target} export has no int8-activation kernel yet; "
-                "use --int8-activations 0 (float activations) or --target onnx"
-            )
         return replace(self, int8_activations=value)
 
     def with_tuned_run(self, meta: dict, target: str, log: Callable[[str], None] = print) -> tuple[SEFPRecipe, list]:
@@ -100,8 +90,8 @@ class SEFPRecipe:
         floors and int8 activations.
 
         ``meta``: the checkpoint's ``meta.json``. Only settings the user did not choose (``explicit``)
-        and the run recorded are taken. Returns ``(recipe, names of the settings taken)``. A run's int8
-        activations that ``target`` cannot run (no int8 kernel) fall back to float activations, with a note.
+        and the run recorded are taken. Returns ``(recipe, names of the settings taken)``. ``target``: the
+        export's (both run a run's int8 activations as it was tuned).
         """
         from otaro_export import reconstruction, sefp
         from otaro_export.reconstruction import FloorPlan
@@ -134,12 +124,6 @@ class SEFPRecipe:
             log(f"precision floors: as the run was tuned ({_floor_summary(floors)})")
         if "int8_activations" not in self.explicit and "int8_activations" in config:
             value = int(config["int8_activations"])
-            if value and not has_int8_kernel(target):
-                log(
-                    f"note: the run was tuned with int8 activations up to E5M{value}, but the {target} export has "
-                    "no int8-activation kernel: its layers run float activations"
-                )
-                value = 0
             changes["int8_activations"] = value
             taken.append("int8_activations")
             log(f"int8 activations: as the run was tuned ({f'up to E5M{value}' if value else 'off'})")

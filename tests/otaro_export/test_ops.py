@@ -195,3 +195,54 @@ def test_torch_export_of_both_ops_keeps_bits_and_levels():
     for bits in sefp.SUPPORTED_BITS:
         wk = q.dequantize(bits, levels)
         torch.testing.assert_close(module(ids, ops.bits_tensor(bits)), wk[ids] @ wk.T, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("bits", sefp.SUPPORTED_BITS)
+def test_int8_activations_quantize_the_input_at_bits_up_to_the_setting(bits):
+    """act_int8_max_bits = 4 (docs/FORMAT.md §9): fq(x) @ W_k^T at E5M3/E5M4, x @ W_k^T above; 0 or omitted
+    (an old-style call): never. The reference is activation_quant.fake_quantize, in the same float32 ops."""
+    from otaro_export import activation_quant
+
+    w, b, p = make(k=150)
+    x = torch.randn(2, 3, 150, generator=torch.Generator().manual_seed(bits)) * 3
+    args = (x, *p.planes(), p.exponents, ops.bits_tensor(bits), b, None)
+    xq = activation_quant.fake_quantize(x) if bits <= 4 else x
+    want = torch.nn.functional.linear(xq, sefp.quantize(w).dequantize(bits), b)
+    assert torch.equal(ops.sefp_linear(*args, 4), want)
+    assert torch.equal(ops.sefp_linear(*args, act_int8_max_bits=4), want)
+    out = torch.empty(0)
+    assert torch.equal(ops.sefp_linear_out(*args, 4, out=out), want)
+    float_y = torch.nn.functional.linear(x, sefp.quantize(w).dequantize(bits), b)
+    assert torch.equal(ops.sefp_linear(*args), float_y) and torch.equal(ops.sefp_linear(*args, 0), float_y)
+    if bits <= 4:  # the setting changes the result (so this test can fail)
+        assert not torch.equal(want, float_y)
+
+
+@pytest.mark.parametrize("bad", [1, 2, 9, -1])
+def test_int8_activations_setting_out_of_range_is_a_clean_error(bad):
+    _, b, p = make()
+    args = (torch.randn(1, 100), *p.planes(), p.exponents, ops.bits_tensor(3), b, None, bad)
+    with pytest.raises(ValueError, match=r"act_int8_max_bits must be 0 \(off\) or one of \[3, 4, 5, 6, 7, 8\]"):
+        ops.sefp_linear(*args)
+    with pytest.raises(ValueError, match="act_int8_max_bits"):
+        torch.export.export(_Int8Linear(p, bad), (torch.randn(1, 100), ops.bits_tensor(3)))
+
+
+class _Int8Linear(torch.nn.Module):
+    def __init__(self, p, act):
+        super().__init__()
+        self.planes, self.exponents, self.act = p.planes(), p.exponents, act
+
+    def forward(self, x, bits):
+        return ops.sefp_linear(x, *self.planes, self.exponents, bits, None, None, self.act)
+
+
+def test_torch_export_keeps_the_int8_setting_a_node_constant():
+    _, _, p = make()
+    ep = torch.export.export(_Int8Linear(p, 4), (torch.randn(1, 100), ops.bits_tensor(8)))
+    (node,) = [n for n in ep.graph.nodes if n.target is ops.sefp_linear]
+    assert node.args[9] == 4
+    x = torch.randn(1, 100)
+    for bits in (3, 5):
+        want = ops.sefp_linear(x, *p.planes(), p.exponents, ops.bits_tensor(bits), None, None, 4)
+        assert torch.equal(ep.module()(x, ops.bits_tensor(bits)), want)

@@ -129,3 +129,81 @@ def test_decomposed_program_is_core_aten_and_runs_on_stock_executorch(decomposed
         torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4)
     with pytest.raises(RuntimeError):  # index_select range check in the portable kernel
         method.execute([x, torch.tensor(9, dtype=torch.int64)])
+
+
+class Int8TwoLayers(TwoLayers):
+    """TwoLayers whose nodes run int8 activations up to E5M4 (docs/FORMAT.md §9), as set_int8_activations sets
+    them; ``b`` reads ``clamp_min(bits, 5)`` as a layer floored at E5M5 does (so its E5M3 call stays float)."""
+
+    def forward(self, x, bits):
+        a, b = self.a, self.b
+        h = ops.sefp_linear(x, a.p0, a.p1, a.p2, a.p3, a.exponents, bits, a.bias, a.levels, 4)
+        floored = torch.clamp_min(bits, 5)
+        return ops.sefp_linear(torch.relu(h), b.p0, b.p1, b.p2, b.p3, b.exponents, floored, None, b.levels, 4)
+
+
+def _int8_reference(module, x, bits, act_int8_max_bits=4):
+    from otaro_export import activation_quant as aq
+
+    a, b = module.a, module.b
+    xa = aq.fake_quantize(x) if aq.applies(bits, act_int8_max_bits) else x
+    h = torch.relu(torch.nn.functional.linear(xa, a.dequantized_weight(bits), a.bias))
+    return torch.nn.functional.linear(h, b.dequantized_weight(max(bits, 5)))  # effective E5M5+: float
+
+
+@pytest.mark.parametrize("rule", RULES)
+@pytest.mark.parametrize("bits", SUPPORTED_BITS)
+def test_int8_decomposition_equals_reference_op_exactly(bits, rule):
+    """fq(x) from the same float32 operations as activation_quant.fake_quantize, the same weights, the same
+    torch linear: identical to the op's reference, with zero, Inf and NaN blocks kept as they are."""
+    layer = _layer(150, 40, bias=True, levels=tables()[rule])
+    x = torch.randn(2, 4, 150, generator=torch.Generator().manual_seed(bits)) * 3
+    x[0, 1, :64] = 0.0
+    x[0, 2, 70] = float("inf")
+    x[1, 3, 5] = float("nan")
+    args = (x, layer.p0, layer.p1, layer.p2, layer.p3, layer.exponents, ops.bits_tensor(bits), layer.bias, layer.levels)
+    want = ops.sefp_linear(*args, 4)
+    got = sefp_linear_decomposition(*args, 4)
+    assert torch.equal(got.nan_to_num(1.0, 2.0, 3.0), want.nan_to_num(1.0, 2.0, 3.0))
+    assert torch.equal(got.isnan(), want.isnan())
+    if bits <= 4:  # the setting changed the result (so this test can fail)
+        assert not torch.equal(got[1, :2], sefp_linear_decomposition(*args)[1, :2])
+
+
+@pytest.fixture(scope="module")
+def int8_decomposed():
+    module = Int8TwoLayers(levels=tables()["fitted"]).eval()
+    x = torch.randn(3, 96) * 2
+    ep = _export(module, x)
+    assert [n.args[9] for n in ep.graph.nodes if n.target is ops.sefp_linear] == [4, 4]
+    return module, x, decompose_sefp_linear(ep)
+
+
+def test_int8_pass_keeps_results_at_every_precision(int8_decomposed):
+    module, x, ep = int8_decomposed
+    assert count_sefp_nodes(ep) == 0
+    for bits in SUPPORTED_BITS:
+        got = ep.module()(x, ops.bits_tensor(bits))
+        assert torch.equal(got, _int8_reference(module, x, bits)), bits
+        assert torch.equal(got, module(x, ops.bits_tensor(bits))), bits
+
+
+def test_int8_decomposed_program_is_core_aten_and_runs_on_stock_executorch(int8_decomposed):
+    """With int8 activations the portable program is still Core ATen and runs on the stock runtime, equal to
+    the reference at every precision and different from float activations at E5M3."""
+    from executorch.exir import EdgeCompileConfig, to_edge
+    from executorch.runtime import Runtime
+
+    module, x, ep = int8_decomposed
+    program = to_edge(ep, compile_config=EdgeCompileConfig(_check_ir_validity=True)).to_executorch()
+    targets = {str(n.target) for n in program.exported_program().graph.nodes if n.op == "call_function"}
+    assert not any("otaro" in t for t in targets)
+    method = Runtime.get().load_program(program.buffer).load_method("forward")
+    for bits in SUPPORTED_BITS:
+        (got,) = method.execute([x, ops.bits_tensor(bits)])
+        # fq(x) is the same IEEE float32 operations on both sides (exact; it reads the program input, so no
+        # upstream difference can move a value across an fq rounding boundary) and the weights are exact: only
+        # the portable mm's summation order differs, the float test's 1e-4 relative above.
+        torch.testing.assert_close(got, _int8_reference(module, x, bits), rtol=1e-4, atol=1e-4)
+    (got3,) = method.execute([x, ops.bits_tensor(3)])
+    assert (got3 - _int8_reference(module, x, 3, act_int8_max_bits=0)).abs().max() > 1e-3

@@ -42,12 +42,12 @@ class TiedEmbedding(torch.nn.Module):
         return rows, ops.sefp_linear(rows, *planes, None, m.levels)
 
 
-def _program(model, example):
+def _program(model, example, dynamic_shapes=None):
     from executorch.exir import to_edge
     from executorch.runtime import Runtime
 
     load_executorch_kernels()
-    program = to_edge(torch.export.export(model, example)).to_executorch()
+    program = to_edge(torch.export.export(model, example, dynamic_shapes=dynamic_shapes)).to_executorch()
     targets = {str(n.target) for n in program.exported_program().graph.nodes if n.op == "call_function"}
     loaded = Runtime.get().load_program(program.buffer)
     # the method borrows the program's buffer: keep both alive as long as it
@@ -138,3 +138,135 @@ def test_embedding_ids_out_of_range_fail_the_call_without_crashing(embedding_met
 
 def test_loading_twice_is_a_no_op():
     assert load_executorch_kernels() == load_executorch_kernels()
+
+
+class Int8Layer(OneLayer):
+    """OneLayer with the int8-activation setting as the node's constant argument (docs/FORMAT.md §9)."""
+
+    def __init__(self, layer: SEFPLinear, act_int8_max_bits: int):
+        super().__init__(layer)
+        self.act = act_int8_max_bits
+
+    def forward(self, x: torch.Tensor, bits: torch.Tensor) -> torch.Tensor:
+        m = self.layer
+        return ops.sefp_linear(x, m.p0, m.p1, m.p2, m.p3, m.exponents, bits, m.bias, m.levels, self.act)
+
+
+def _int8_levels(rule: str):
+    from otaro_export import activation_quant as aq
+
+    levels = level_tables()[rule]
+    # as the exporter stores them with int8 activations on: E5M3/E5M4 rows on the int8 grid, so the integer
+    # kernels run (a table off the grid takes the float path on fq(x), covered by the "generic" rule)
+    return aq.round_levels_to_int8_grid(levels, 4) if rule == "fitted" else levels
+
+
+@pytest.fixture(scope="module")
+def int8_methods():
+    """rule -> (model, forward) of a 48x200 layer (K = 200: a partial last group) with act_int8_max_bits = 4."""
+    _, packed, bias = exact_problem(48, 200, 6, seed=7)
+    out, keep = {}, []
+    for rule in ("floor", "fitted", "generic"):
+        model = Int8Layer(SEFPLinear(packed, bias, levels=_int8_levels(rule)), 4).eval()
+        rows = torch.export.Dim("rows", min=1, max=8)  # decode (1 row) and prefill (6) through one method
+        targets, alive, forward = _program(model, (torch.randn(2, 200), ops.bits_tensor(8)), ({0: rows}, None))
+        assert "otaro.sefp_linear.out" in targets, targets
+        keep.append(alive)
+        out[rule] = (model, forward)
+    yield out
+    del out, keep
+
+
+@pytest.mark.parametrize("rule", ["floor", "fitted", "generic"])
+def test_int8_activations_every_precision_match_the_reference(int8_methods, rule):
+    """The fused kernel with act_int8_max_bits = 4 equals the torch reference (fq(x) @ W_k^T at E5M3/E5M4,
+    x @ W_k^T above) at every precision, decode (1 row: the integer kernels) and prefill (6 rows: the float
+    path on fq(x)). Tolerance as the onnxruntime kernel's int8 test: both sides multiply the same fq(x) by the
+    same exact weights, so they differ by float32 summation order only (2 gamma_{K+2} sum |x w| + |b|)."""
+    from otaro_export import activation_quant as aq
+
+    model, forward = int8_methods[rule]
+    layer = model.layer
+    for rows in (1, 6):
+        x = torch.randn(rows, 200, generator=torch.Generator().manual_seed(rows)) * 2
+        for bits in range(3, 9):
+            (got,) = forward.execute([x, ops.bits_tensor(bits)])
+            want = model(x, ops.bits_tensor(bits))
+            xq = aq.fake_quantize(x) if bits <= 4 else x
+            tol = summation_tolerance(xq, layer.packed(), bits, layer.bias, layer.levels)
+            assert bool(((got.double() - want.double()).abs() <= tol).all()), (rule, rows, bits)
+
+
+def test_int8_setting_changes_e5m3_and_leaves_e5m5(int8_methods):
+    """Against the float program of the same op (the setting omitted): different at E5M3, equal from E5M5."""
+    _, packed, bias = exact_problem(48, 200, 6, seed=7)
+    model, forward = int8_methods["floor"]
+    plain = OneLayer(SEFPLinear(packed, bias)).eval()
+    _, alive, plain_forward = _program(plain, (torch.randn(1, 200), ops.bits_tensor(8)))
+    x = torch.randn(1, 200, generator=torch.Generator().manual_seed(3))
+    (int8_3,), (float_3,) = forward.execute([x, ops.bits_tensor(3)]), plain_forward.execute([x, ops.bits_tensor(3)])
+    assert (int8_3 - float_3).abs().max() > 1e-3
+    (int8_5,), (float_5,) = forward.execute([x, ops.bits_tensor(5)]), plain_forward.execute([x, ops.bits_tensor(5)])
+    assert torch.equal(int8_5, float_5)
+
+
+def _drop_int8_argument(program) -> bytes:
+    """The program as an emitter from before ``act_int8_max_bits`` wrote it: each sefp_linear.out call
+    without that value (x, p0..p3, exponents, bits, bias, levels, out, returned out)."""
+    from executorch.exir._serialize._program import deserialize_pte_binary, serialize_pte_binary
+
+    pte_file = deserialize_pte_binary(program.buffer)
+    plan = pte_file.program.execution_plan[0]
+    names = [op.name + (f".{op.overload}" if op.overload else "") for op in plan.operators]
+    dropped = 0
+    for chain in plan.chains:
+        for instruction in chain.instructions:
+            args = instruction.instr_args
+            if type(args).__name__ == "KernelCall" and names[args.op_index] == "otaro::sefp_linear.out":
+                assert len(args.args) == 12 and type(plan.values[args.args[9]].val).__name__ == "Int"
+                args.args = args.args[:9] + args.args[10:]
+                dropped += 1
+    assert dropped == 1
+    return bytes(serialize_pte_binary(pte_file))
+
+
+def test_a_program_emitted_before_the_setting_existed_still_runs_float_activations():
+    from executorch.exir import to_edge
+    from executorch.runtime import Runtime
+
+    load_executorch_kernels()
+    _, packed, bias = exact_problem(48, 200, 6, seed=7)
+    model = Int8Layer(SEFPLinear(packed, bias), 4).eval()
+    program = to_edge(torch.export.export(model, (torch.randn(1, 200), ops.bits_tensor(8)))).to_executorch()
+    old = _drop_int8_argument(program)
+    loaded = Runtime.get().load_program(old)
+    forward = loaded.load_method("forward")
+    x = torch.randn(1, 200, generator=torch.Generator().manual_seed(4))
+    for bits in (3, 8):
+        (got,) = forward.execute([x, ops.bits_tensor(bits)])
+        want = OneLayer(model.layer)(x, ops.bits_tensor(bits))  # float activations: the op without the setting
+        tol = summation_tolerance(x, packed, bits, bias)
+        assert bool(((got.double() - want.double()).abs() <= tol).all()), bits
+    (int8_3,) = Runtime.get().load_program(program.buffer).load_method("forward").execute([x, ops.bits_tensor(3)])
+    assert (int8_3 - forward.execute([x, ops.bits_tensor(3)])[0]).abs().max() > 1e-3
+
+
+@pytest.mark.parametrize("bad", [1, 9, -4])
+def test_int8_setting_out_of_range_fails_the_call_without_crashing(bad):
+    """A .pte whose call carries a bad act_int8_max_bits (torch refuses to export one; written by hand)."""
+    from executorch.exir import to_edge
+    from executorch.exir._serialize._program import deserialize_pte_binary, serialize_pte_binary
+    from executorch.runtime import Runtime
+
+    load_executorch_kernels()
+    _, packed, bias = exact_problem(16, 64, 1, seed=2)
+    model = Int8Layer(SEFPLinear(packed, bias), 4).eval()
+    program = to_edge(torch.export.export(model, (torch.randn(1, 64), ops.bits_tensor(8)))).to_executorch()
+    pte_file = deserialize_pte_binary(program.buffer)
+    values = pte_file.program.execution_plan[0].values
+    ints = [v.val for v in values if type(v.val).__name__ == "Int" and v.val.int_val == 4]
+    assert len(ints) == 1
+    ints[0].int_val = bad
+    forward = Runtime.get().load_program(bytes(serialize_pte_binary(pte_file))).load_method("forward")
+    with pytest.raises(RuntimeError):
+        forward.execute([torch.randn(1, 64), ops.bits_tensor(3)])

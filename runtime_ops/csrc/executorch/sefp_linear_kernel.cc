@@ -1,12 +1,14 @@
 // ExecuTorch kernels for otaro::sefp_linear.out and otaro::sefp_embedding.out (schemas: otaro_export/ops.py):
 //   sefp_linear.out(Tensor x, Tensor p0, Tensor p1, Tensor p2, Tensor p3, Tensor exponents, Tensor bits,
-//                   Tensor? bias=None, Tensor? levels=None, *, Tensor(a!) out) -> Tensor(a!)
+//                   Tensor? bias=None, Tensor? levels=None, int act_int8_max_bits=0, *, Tensor(a!) out) -> Tensor(a!)
 //   sefp_embedding.out(Tensor ids, Tensor p0, Tensor p1, Tensor p2, Tensor p3, Tensor exponents, Tensor bits,
 //                      int in_features, Tensor? levels=None, *, Tensor(a!) out) -> Tensor(a!)
 // The core checks every input (otaro::check_linear_args / check_embedding_args, then
 // bits, levels and ids when the call runs); problems are reported through ctx.fail
 // (the method's execute() then returns an error): bad bits, shapes or ids never crash
-// the process.
+// the process. act_int8_max_bits (0, or int8 activations at bits <= it: docs/FORMAT.md §9) goes to
+// the core's plan_linear as the onnxruntime kernel's attribute does. Programs emitted before the schema
+// had it pass one value fewer; the boxed entry below runs them with 0 (float activations).
 #include <executorch/extension/kernel_util/make_boxed_from_unboxed_functor.h>
 #include <executorch/runtime/core/exec_aten/util/tensor_util.h>
 #include <executorch/runtime/kernel/kernel_includes.h>
@@ -85,15 +87,20 @@ int bits_of(const Tensor& bits) {
   return (v < kMinBits || v > kMaxBits) ? 0 : static_cast<int>(v);
 }
 
+// act_int8_max_bits as an int for the core: values outside 0..8 map to -1, which the core rejects as
+// kInvalidActivationBits (as it does 1 and 2).
+int act_bits_of(int64_t v) { return (v < 0 || v > kMaxBits) ? -1 : static_cast<int>(v); }
+
 #ifdef ET_USE_THREADPOOL
 // Output rows split over ExecuTorch's own thread pool, the one XNNPACK and the LLM custom ops use and
 // the session sizes (Python: _unsafe_reset_threadpool): a second pool of spinning workers next to it
 // would compete with it for the same cores (executorch helper, issue 14).
 constexpr int64_t kTasksPerThread = 4;
 
-Status run_linear(const float* x, int64_t rows, const SEFPWeightView& w, const float* bias, int bits, float* y) {
+Status run_linear(const float* x, int64_t rows, const SEFPWeightView& w, const float* bias, int bits, float* y,
+                  int act_int8_max_bits) {
   LinearPlan plan;
-  const Status status = plan_linear(x, rows, w, bias, bits, y, w.out_features, Isa::kAuto, &plan);
+  const Status status = plan_linear(x, rows, w, bias, bits, y, w.out_features, Isa::kAuto, &plan, act_int8_max_bits);
   if (status != Status::kOk || rows == 0 || w.out_features == 0) return status;
   const int64_t threads = linear_threads(plan, static_cast<int>(executorch::extension::get_thread_count()));
   if (threads <= 1) {
@@ -108,8 +115,9 @@ Status run_linear(const float* x, int64_t rows, const SEFPWeightView& w, const f
   return Status::kOk;
 }
 #else
-Status run_linear(const float* x, int64_t rows, const SEFPWeightView& w, const float* bias, int bits, float* y) {
-  return sefp_linear(x, rows, w, bias, bits, y);
+Status run_linear(const float* x, int64_t rows, const SEFPWeightView& w, const float* bias, int bits, float* y,
+                  int act_int8_max_bits) {
+  return sefp_linear(x, rows, w, bias, bits, y, 0, Isa::kAuto, act_int8_max_bits);
 }
 #endif
 
@@ -117,7 +125,8 @@ Status run_linear(const float* x, int64_t rows, const SEFPWeightView& w, const f
 
 Tensor& sefp_linear_out(KernelRuntimeContext& ctx, const Tensor& x, const Tensor& p0, const Tensor& p1,
                         const Tensor& p2, const Tensor& p3, const Tensor& exponents, const Tensor& bits,
-                        const std::optional<Tensor>& bias, const std::optional<Tensor>& levels, Tensor& out) {
+                        const std::optional<Tensor>& bias, const std::optional<Tensor>& levels,
+                        int64_t act_int8_max_bits, Tensor& out) {
   Arg a[9];
   const Tensor* args[9] = {&x, &p0, &p1, &p2, &p3, &exponents, &bits, opt(bias), opt(levels)};
   for (int i = 0; i < 9; ++i) describe(args[i], &a[i]);
@@ -148,7 +157,10 @@ Tensor& sefp_linear_out(KernelRuntimeContext& ctx, const Tensor& x, const Tensor
 
   const SEFPWeightView w = weight(p0, p1, p2, p3, exponents, x.size(x.dim() - 1), opt(levels));
   const Status status = run_linear(x.const_data_ptr<float>(), rows, w, bias ? bias->const_data_ptr<float>() : nullptr,
-                                   bits_of(bits), out.mutable_data_ptr<float>());
+                                   bits_of(bits), out.mutable_data_ptr<float>(), act_bits_of(act_int8_max_bits));
+  ET_KERNEL_CHECK_MSG(ctx, status != Status::kInvalidActivationBits, InvalidArgument, out,
+                      "otaro::sefp_linear: %s, got %lld", status_message(status),
+                      static_cast<long long>(act_int8_max_bits));
   ET_KERNEL_CHECK_MSG(ctx, status == Status::kOk, InvalidArgument, out, "otaro::sefp_linear: %s, got bits=%lld",
                       status_message(status), static_cast<long long>(bits.const_data_ptr<int64_t>()[0]));
   return out;
@@ -194,8 +206,32 @@ Tensor& sefp_embedding_out(KernelRuntimeContext& ctx, const Tensor& ids, const T
   return out;
 }
 
+namespace {
+
+// sefp_linear.out's values: x, p0..p3, exponents, bits, bias, levels[, act_int8_max_bits], out, and the
+// returned out. The unboxing wrapper reads a fixed count, so this entry takes both the current programs (12
+// values) and those emitted before act_int8_max_bits existed (11 values: float activations, as exported).
+constexpr size_t kLinearValues = 12;
+
+void sefp_linear_out_boxed(KernelRuntimeContext& ctx, executorch::runtime::Span<executorch::runtime::EValue*> stack) {
+  const size_t count = stack.size();
+  if (count != kLinearValues && count != kLinearValues - 1) {
+    ET_LOG(Error, "otaro::sefp_linear.out: expected %zu or %zu values, got %zu", kLinearValues - 1, kLinearValues,
+           count);
+    ctx.fail(Error::InvalidArgument);
+    return;
+  }
+  const int64_t act_int8_max_bits = count == kLinearValues ? stack[9]->toInt() : 0;
+  sefp_linear_out(ctx, stack[0]->toTensor(), stack[1]->toTensor(), stack[2]->toTensor(), stack[3]->toTensor(),
+                  stack[4]->toTensor(), stack[5]->toTensor(), stack[6]->toTensor(), stack[7]->toOptional<Tensor>(),
+                  stack[8]->toOptional<Tensor>(), act_int8_max_bits, stack[count - 2]->toTensor());
+}
+
+}  // namespace
+
 }  // namespace et
 }  // namespace otaro
 
-EXECUTORCH_LIBRARY(otaro, "sefp_linear.out", otaro::et::sefp_linear_out);
+static auto otaro_sefp_linear_out_registered = executorch::runtime::register_kernel(
+    executorch::runtime::Kernel("otaro::sefp_linear.out", otaro::et::sefp_linear_out_boxed));
 EXECUTORCH_LIBRARY(otaro, "sefp_embedding.out", otaro::et::sefp_embedding_out);

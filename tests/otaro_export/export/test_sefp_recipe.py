@@ -47,11 +47,10 @@ def test_int8_activations_resolve_per_target():
     recipe = default_recipe()
     assert recipe.int8_activations is None  # the target's default
     assert recipe.for_target("onnx").int8_activations == 4
-    assert recipe.for_target("executorch").int8_activations == 0
+    assert recipe.for_target("executorch").int8_activations == 4  # the same default on both targets
     assert default_recipe(int8_activations=3).for_target("onnx").int8_activations == 3
+    assert default_recipe(int8_activations=3).for_target("executorch").int8_activations == 3
     assert default_recipe(int8_activations=0).for_target("executorch").int8_activations == 0
-    with pytest.raises(OtaroError, match="executorch export has no int8-activation kernel"):
-        default_recipe(int8_activations=4).for_target("executorch")
     assert recipe.for_target("onnx").manifest_fields()["int8_activations"] == 4
     assert SEFPRecipe().int8_activations == 0  # the paper's recipe: float activations
 
@@ -124,9 +123,9 @@ def test_a_tuned_run_gives_its_floors_and_int8_activations_unless_the_user_chose
     # explicit export options win
     chosen, taken = default_recipe(layer_floors="auto", int8_activations=0).with_tuned_run(_tuned_meta(), "onnx", print)
     assert (chosen.floors, chosen.int8_activations, taken) == (None, 0, [])
-    # a target without the int8 kernel runs the run's int8 precisions with float activations, and says so
+    # the ExecuTorch export runs the run's int8 activations too
     et, taken = default_recipe().with_tuned_run(_tuned_meta(), "executorch", notes.append)
-    assert et.for_target("executorch").int8_activations == 0 and "no int8-activation kernel" in " ".join(notes)
+    assert et.for_target("executorch").int8_activations == 3 and "int8_activations" in taken
     # a run from before the options existed: the export's own defaults
     old, taken = default_recipe().with_tuned_run({"config": {"method": "bps"}}, "onnx", print)
     assert (old.layer_floors, old.floors, old.int8_activations, taken) == ("auto", None, None, [])
