@@ -207,3 +207,31 @@ def test_int8_decomposed_program_is_core_aten_and_runs_on_stock_executorch(int8_
         torch.testing.assert_close(got, _int8_reference(module, x, bits), rtol=1e-4, atol=1e-4)
     (got3,) = method.execute([x, ops.bits_tensor(3)])
     assert (got3 - _int8_reference(module, x, 3, act_int8_max_bits=0)).abs().max() > 1e-3
+
+
+def test_int8_ties_round_half_to_even_in_the_portable_program():
+    """fq's round is half to even (activation_quant) in the exported portable program too (XNNPACK + stock
+    kernels, as --kernels portable lowers it): with a = 127 the scale is 1 and x = 0.5, 1.5, 2.5, ... are ties."""
+    from executorch.runtime import Runtime
+
+    from otaro_export.export.executorch_export import lower_to_executorch
+
+    torch.manual_seed(3)
+    layer = SEFPLinear.from_linear(nn.Linear(64, 16, bias=False))  # weights of one magnitude: E5M3 keeps them
+
+    class One(nn.Module):
+        def forward(self, x, bits):
+            return ops.sefp_linear(x, layer.p0, layer.p1, layer.p2, layer.p3, layer.exponents, bits, None, None, 4)
+
+    x = torch.zeros(1, 64)
+    x[0, 0] = 127.0
+    x[0, 1:9] = torch.tensor([0.5, 1.5, 2.5, -0.5, -1.5, -2.5, 3.5, 4.5])
+    program = lower_to_executorch(_export(One(), x), "portable")
+    method = Runtime.get().load_program(program.buffer).load_method("forward")
+    (got,) = method.execute([x, ops.bits_tensor(3)])
+    want = sefp_linear_decomposition(x, *layer.packed().planes(), layer.exponents, ops.bits_tensor(3), None, None, 4)
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+    # rounding the ties away from zero would give another result (so this test can fail)
+    half_away = x.sign() * torch.floor(x.abs() + 0.5)  # x[0] = 127 stays: fq with a = 127 is the rounding itself
+    away = sefp_linear_decomposition(half_away, *layer.packed().planes(), layer.exponents, ops.bits_tensor(3))
+    assert (away - want).abs().max() > 1e-3
