@@ -7,21 +7,30 @@ names the model (path + size + mtime of its source), the target, the weights
 a temporary sibling directory and renamed into place only when complete, so
 an interrupted export never leaves a directory that looks finished, and a
 file lock per variant makes concurrent runs wait for one exporter.
+
+The wall time of each export the bench makes is kept beside the artifact
+(:data:`EXPORT_RECORD_NAME`), so a later run on the cache still reports it,
+marked as taken by an earlier run.
 """
 
 from __future__ import annotations
 
 import fcntl
 import hashlib
+import json
 import os
 import shutil
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from otaro_export.errors import OtaroError
 from otaro_export.manifest import MANIFEST_NAME
+
+#: in a cached artifact's directory, beside manifest.json: the bench's record of that export (not part of the
+#: artifact: the artifact's size leaves it out)
+EXPORT_RECORD_NAME = "bench_export.json"
 
 
 @dataclass(frozen=True)
@@ -43,6 +52,39 @@ class ArtifactSpec:
             raise OtaroError(f"unknown benchmark weights {self.weights!r}")
         if self.kernels not in ("fused", "portable"):
             raise OtaroError(f"unknown benchmark kernels {self.kernels!r}")
+
+
+@dataclass(frozen=True)
+class ExportTime:
+    """How long the bench's export of a cached artifact took (model load + export + writing, wall clock)."""
+
+    wall_s: float | None  # None: cached before the bench recorded export times
+    cached: bool  # True: exported by an earlier run, reused by this one
+    finished: str | None = None  # UTC time the export finished, "YYYY-MM-DD HH:MM:SS UTC"
+    #: 1-minute load average when the export started and when it finished (other work slows an export)
+    load_1min: tuple[float, float] | None = None
+    torch_threads: int | None = None
+
+    def to_json(self) -> dict:
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}
+
+
+def read_export_time(directory: Path) -> ExportTime:
+    """The recorded export of a cached artifact (``cached=True``); ``wall_s`` None if none was recorded."""
+    try:
+        data = json.loads((Path(directory) / EXPORT_RECORD_NAME).read_text(encoding="utf-8"))
+        wall_s = float(data["wall_s"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return ExportTime(None, cached=True)  # an older cache, or an unreadable record: time unknown
+    load = data.get("load_1min")
+    threads = data.get("torch_threads")
+    return ExportTime(
+        wall_s,
+        cached=True,
+        finished=data.get("finished") if isinstance(data.get("finished"), str) else None,
+        load_1min=tuple(float(x) for x in load) if isinstance(load, list) and len(load) == 2 else None,
+        torch_threads=int(threads) if isinstance(threads, int) else None,
+    )
 
 
 def bench_cache_root() -> Path:
@@ -143,20 +185,32 @@ def ensure_artifact(
     ``loaded_factory`` makes a fresh :class:`LoadedModel` (exporters may modify
     the model in place, so each export gets its own copy); default: ``load_model(model)``.
     """
+    return ensure_artifact_timed(spec, model, max_seq_len, root, log, loaded_factory)[0]
+
+
+def ensure_artifact_timed(
+    spec: ArtifactSpec,
+    model: str = "default",
+    max_seq_len: int = 256,
+    root: Path | None = None,
+    log: Callable[[str], None] = print,
+    loaded_factory: Callable[[], object] | None = None,
+) -> tuple[Path, ExportTime]:
+    """:func:`ensure_artifact` and how long its export took: now (``cached=False``) or in an earlier run."""
     directory = artifact_dir(spec, model, max_seq_len, root)
     if is_complete(directory):
-        return directory
+        return directory, read_export_time(directory)
     directory.parent.mkdir(parents=True, exist_ok=True)
     # One exporter per variant: a second bench run waits here, then finds the finished export.
     with open(directory.with_name(directory.name + ".lock"), "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         if is_complete(directory):
-            return directory
-        _export_variant(spec, model, max_seq_len, directory, log, loaded_factory)
-    return directory
+            return directory, read_export_time(directory)  # exported by the run we waited for
+        timed = _export_variant(spec, model, max_seq_len, directory, log, loaded_factory)
+    return directory, timed
 
 
-def _export_variant(spec, model, max_seq_len, directory: Path, log, loaded_factory) -> None:
+def _export_variant(spec, model, max_seq_len, directory: Path, log, loaded_factory) -> ExportTime:
     if loaded_factory is None:
         from otaro_export.models import load_model
 
@@ -166,15 +220,36 @@ def _export_variant(spec, model, max_seq_len, directory: Path, log, loaded_facto
     staging = directory.with_name(f"{directory.name}.partial-{os.getpid()}")
     shutil.rmtree(staging, ignore_errors=True)
     staging.mkdir(parents=True)
-    t0 = time.perf_counter()
+    load_start = os.getloadavg()[0]
+    t0 = time.perf_counter()  # the model's load counts: `otaro-export` loads it too
     log(f"exporting {spec.name} (max_seq_len {max_seq_len}) into {directory} ...")
     try:
         _export_into(spec, model, max_seq_len, staging, loaded_factory(), log)
+        wall_s = time.perf_counter() - t0
         if not is_complete(staging):
             raise OtaroError(f"exporting {spec.name} wrote no {MANIFEST_NAME}")
+        timed = ExportTime(
+            round(wall_s, 1),
+            cached=False,
+            finished=time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime()),
+            load_1min=(round(load_start, 2), round(os.getloadavg()[0], 2)),
+            torch_threads=_torch_threads(),
+        )
+        record = {k: v for k, v in timed.to_json().items() if k != "cached"}
+        (staging / EXPORT_RECORD_NAME).write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
         if directory.exists():  # a half-written directory of an older, different layout
             shutil.rmtree(directory)
         staging.rename(directory)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
-    log(f"exported {spec.name} in {time.perf_counter() - t0:.0f}s")
+    log(f"exported {spec.name} in {timed.wall_s:.0f}s")
+    return timed
+
+
+def _torch_threads() -> int | None:
+    try:
+        import torch
+
+        return torch.get_num_threads()
+    except ImportError:
+        return None

@@ -39,6 +39,8 @@ GOAL_E5M3_RESIDENT_VS_FP16 = 0.31
 #: "costs nothing measurable": alternating precision every call at most 5% (or the measured
 #: run-to-run noise, if larger) slower than fixed precision
 GOAL_SWITCH_TOLERANCE = 0.05
+#: issue 14: wall time of the bench's export of each ExecuTorch artifact (artifact name -> seconds)
+GOAL_EXPORT_S = {"executorch-sefp-fused": 180.0, "executorch-sefp-portable": 600.0}
 
 
 @dataclass
@@ -287,6 +289,51 @@ def _pte_e8_vs_fp32(results) -> Goal:
     return Goal(name, f">= {GOAL_PTE_E5M8_VS_FP32}x", measured, ratio >= GOAL_PTE_E5M8_VS_FP32, "", paired)
 
 
+def _export_when(e: dict) -> str:
+    if not e.get("cached"):
+        return "this run"
+    return f"from the cache, exported {e['finished']}" if e.get("finished") else "from the cache"
+
+
+def _export_goals(exports: dict[str, dict]) -> list[Goal]:
+    """One goal per timed ExecuTorch export this run used (a configuration left out of the run has none)."""
+    goals = []
+    for name, limit in GOAL_EXPORT_S.items():
+        e = exports.get(name)
+        if e is None:
+            continue
+        goal = Goal(f"{name} export time", f"<= {limit / 60:.0f} min", "-", None)
+        if e.get("wall_s") is None:
+            goal.detail = "cached before export times were recorded: delete the cached artifact to time its export"
+        else:
+            goal.measured = f"{e['wall_s']:.0f} s ({_export_when(e)})"
+            goal.met = e["wall_s"] <= limit
+            load = e.get("load_1min")
+            threads = e.get("torch_threads")
+            goal.detail = "model load + export, wall clock" + (f", {threads} torch threads" if threads else "")
+            if load:
+                goal.detail += f"; 1-min load average {load[0]:.2f} at the start, {load[1]:.2f} at the end"
+        goals.append(goal)
+    return goals
+
+
+def format_exports(exports: dict[str, dict]) -> str:
+    """The export time of each artifact the run used: exported by it, or by an earlier run (cache)."""
+    lines = ["export time (model load + export, wall clock; load = 1-min load average at start/end):"]
+    for name, e in exports.items():
+        wall = "-" if e.get("wall_s") is None else f"{e['wall_s']:.0f} s"
+        if e.get("wall_s") is None:
+            when = "from the cache, not recorded (exported before the bench recorded export times)"
+        else:
+            when = _export_when(e)
+            if e.get("load_1min"):
+                when += ", load {:.2f}/{:.2f}".format(*e["load_1min"])
+            if e.get("torch_threads"):
+                when += f", {e['torch_threads']} torch threads"
+        lines.append(f"  {name:<26}{wall:>8}  {when}")
+    return "\n".join(lines)
+
+
 def evaluate_goals(
     results: list[SpeedResult],
     switch: dict[str, dict],
@@ -294,8 +341,13 @@ def evaluate_goals(
     resident_note: str | None,
     sefp_weights: int | None,
     prompt_tokens: int | None = None,
+    exports: dict[str, dict] | None = None,
 ) -> list[Goal]:
-    """The speed issues' goals, each met / not met / not measured, with the numbers."""
+    """The speed issues' goals, each met / not met / not measured, with the numbers.
+
+    ``exports`` (bench.json ``exports``; None in older ones): artifact name -> its export time, for the
+    export-time goals.
+    """
     goals = [
         _vs_anchor(results, "onnx", GOAL_ONNX_E5M3_VS_ANCHOR),
         _e3_vs_e8(results),
@@ -350,7 +402,7 @@ def evaluate_goals(
         goals.append(
             Goal("precision switching cost", f"within 1 +- {GOAL_SWITCH_TOLERANCE}", "-", None, "not measured")
         )
-    return goals
+    return goals + _export_goals(exports or {})
 
 
 def read_per_token(storage: dict | None) -> dict[int, tuple[float, float]] | None:

@@ -25,7 +25,7 @@ from dataclasses import asdict
 from pathlib import Path
 
 from otaro_export.bench import report
-from otaro_export.bench.artifacts import artifact_dir, ensure_artifact, is_complete
+from otaro_export.bench.artifacts import EXPORT_RECORD_NAME, artifact_dir, ensure_artifact_timed, is_complete
 from otaro_export.bench.configs import BenchSettings, RunConfig
 from otaro_export.bench.interleave import DecodeJob, JobFailed, exit_message, measure_interleaved
 from otaro_export.bench.worker import RESULT_PREFIX, REWARM_TOKENS
@@ -101,8 +101,9 @@ def run_worker(job: dict, threads: int, timeout_s: float) -> dict:
 
 
 def artifact_mib(directory: Path) -> float:
-    """Size of the model files (artifact + external data), without tokenizer and manifest."""
-    return sum(p.stat().st_size for p in Path(directory).iterdir() if p.is_file() and p.name != "manifest.json") / 2**20
+    """Size of the model files (artifact + external data), without tokenizer, manifest and the bench's record."""
+    skip = ("manifest.json", EXPORT_RECORD_NAME)
+    return sum(p.stat().st_size for p in Path(directory).iterdir() if p.is_file() and p.name not in skip) / 2**20
 
 
 def sefp_storage_from_onnx(path: Path) -> dict | None:
@@ -294,7 +295,17 @@ def run_bench(settings: BenchSettings, log: Callable[[str], None] = print) -> di
     out.mkdir(parents=True, exist_ok=True)
 
     specs = settings.artifacts()
-    dirs = {specs[0]: ensure_artifact(specs[0], settings.model, settings.max_seq_len, settings.cache_dir, log=log)}
+    exports: dict[str, dict] = {}  # artifact name -> how long its export took (this run or the cached one's)
+
+    def obtain(spec) -> Path:
+        directory, timed = ensure_artifact_timed(
+            spec, settings.model, settings.max_seq_len, settings.cache_dir, log=log
+        )
+        labels = [c.label for c in settings.run_configs() if c.artifact == spec]
+        exports[spec.name] = {"configs": labels, **timed.to_json()}
+        return directory
+
+    dirs = {specs[0]: obtain(specs[0])}
     ids = prompt_ids(dirs[specs[0]], settings.prompt)  # checked before the other (slow) exports
     need = len(ids) + max(settings.new_tokens, settings.switch_steps + 1)
     if need > settings.max_seq_len:
@@ -310,7 +321,7 @@ def run_bench(settings: BenchSettings, log: Callable[[str], None] = print) -> di
                 artifact_dir(spec, settings.model, settings.max_seq_len, settings.cache_dir)
             ):
                 raise OtaroError(f"{spec.name} is not exported yet and --no-export was given")
-            dirs[spec] = ensure_artifact(spec, settings.model, settings.max_seq_len, settings.cache_dir, log=log)
+            dirs[spec] = obtain(spec)
         return dirs[spec]
 
     log(
@@ -470,6 +481,7 @@ def run_bench(settings: BenchSettings, log: Callable[[str], None] = print) -> di
         "speed": [asdict(r) for r in results],
         "switching": switch,
         "sefp_storage": storage,
+        "exports": exports,
         "resident_sefp_weights_mib": {str(k): v for k, v in resident.items()},
         "resident_note": resident_note,
         "accuracy": {name: [asdict(r) for r in rs] for name, rs in accuracy.items()},
@@ -496,6 +508,7 @@ def write_report(payload: dict, out: Path) -> dict:
         payload["resident_note"],
         storage["sefp_weights"] if storage else None,
         payload.get("prompt_tokens"),
+        exports=payload.get("exports"),  # None: a bench.json from before export times were recorded
     )
     paired = {g.name: g.paired for g in goals if g.paired is not None}
     payload = {**payload, "speed": rows, "goals": [asdict(g) for g in goals], "paired_ratios": paired}
@@ -552,6 +565,8 @@ def render_text(payload: dict, accuracy: dict, goals: list) -> str:
         "",
         report.format_speed_table(payload["speed"]),
     ]
+    if payload.get("exports"):
+        parts += ["", report.format_exports(payload["exports"])]
     storage = payload["sefp_storage"]
     if storage:
         parts += [

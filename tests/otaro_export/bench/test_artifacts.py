@@ -1,8 +1,17 @@
 """The bench's artifact cache (otaro_export/bench/artifacts.py)."""
 
 import json
+import time
 
-from otaro_export.bench.artifacts import is_complete
+from otaro_export.bench import artifacts
+from otaro_export.bench.artifacts import (
+    EXPORT_RECORD_NAME,
+    ArtifactSpec,
+    ExportTime,
+    ensure_artifact_timed,
+    is_complete,
+)
+from otaro_export.bench.runner import artifact_mib
 from otaro_export.export.sefp_recipe import default_recipe
 
 
@@ -18,3 +27,35 @@ def test_a_cached_artifact_of_another_recipe_is_exported_again(tmp_path):
     manifest["extra"] = {"weights": "fp32"}  # a float baseline records no recipe: nothing to compare
     (tmp_path / "manifest.json").write_text(json.dumps(manifest))
     assert is_complete(tmp_path)
+
+
+def _fake_export(seconds):
+    def export_into(spec, model, max_seq_len, out, loaded, log):
+        time.sleep(seconds)
+        (out / "model.onnx").write_bytes(b"\0" * 1024)
+        (out / "manifest.json").write_text(json.dumps({"target": spec.target, "inputs": ["input_ids"], "extra": {}}))
+
+    return export_into
+
+
+def test_the_export_time_is_kept_with_the_cached_artifact(tmp_path, monkeypatch):
+    model = tmp_path / "model.gguf"
+    model.write_bytes(b"gguf")
+    monkeypatch.setattr(artifacts, "_export_into", _fake_export(0.2))
+    spec = ArtifactSpec("onnx", "sefp", "fused")
+    kwargs = {"root": tmp_path / "cache", "log": lambda _: None, "loaded_factory": lambda: None}
+    directory, timed = ensure_artifact_timed(spec, str(model), 64, **kwargs)
+    assert timed.cached is False and 0.2 <= timed.wall_s < 30 and timed.finished.endswith("UTC")
+    assert len(timed.load_1min) == 2
+    assert artifact_mib(directory) == 1024 / 2**20  # the record is not part of the artifact's size
+    monkeypatch.setattr(artifacts, "_export_into", _fake_export(0.0))  # not called again: the cache serves it
+    again_dir, again = ensure_artifact_timed(spec, str(model), 64, **kwargs)
+    assert again_dir == directory and again.cached is True
+    assert (again.wall_s, again.finished, again.load_1min) == (timed.wall_s, timed.finished, timed.load_1min)
+    assert again.to_json()["cached"] is True and isinstance(again.to_json()["load_1min"], list)
+    # a cache from before export times were recorded (or an unreadable record): served, time unknown
+    (directory / EXPORT_RECORD_NAME).write_text("{not json")
+    assert ensure_artifact_timed(spec, str(model), 64, **kwargs)[1] == ExportTime(None, cached=True)
+    (directory / EXPORT_RECORD_NAME).unlink()
+    assert ensure_artifact_timed(spec, str(model), 64, **kwargs)[1] == ExportTime(None, cached=True)
+    assert is_complete(directory)

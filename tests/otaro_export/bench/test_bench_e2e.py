@@ -11,7 +11,7 @@ import json
 import pytest
 from typer.testing import CliRunner
 
-from otaro_export.bench.artifacts import ArtifactSpec, ensure_artifact
+from otaro_export.bench.artifacts import ArtifactSpec, ensure_artifact, ensure_artifact_timed
 from otaro_export.bench.configs import BenchSettings
 from otaro_export.bench.runner import run_bench
 from otaro_export.cli.main import app
@@ -73,15 +73,22 @@ def test_bench_quick_on_a_tiny_model(tmp_path):
     assert goals[anchor_goal] is None  # not measured, and said so
     assert (out / "speed.png").is_file() and (out / "accuracy.png").is_file()
     assert "goals:" in result.output
+    # each export's wall time, made by this run; no export-time goal (those are the ExecuTorch exports')
+    assert set(data["exports"]) == {"onnx-sefp-fused", "onnx-fp32"}
+    assert data["exports"]["onnx-sefp-fused"]["configs"] == ["onnx fused"]
+    assert all(e["wall_s"] > 0 and e["cached"] is False for e in data["exports"].values())
+    assert "export time (model load + export" in result.output and not any("export time" in g for g in goals)
     # --rerender derives the same report from bench.json without measuring
     rendered = CliRunner().invoke(app, ["bench", "--rerender", "-o", str(out)])
     assert rendered.exit_code == 0, rendered.output
     assert json.loads((out / "bench.json").read_text())["goals"] == data["goals"]
     assert "goals:" in rendered.output
-    # the exports are cached: asking again exports nothing
+    # the exports are cached: asking again exports nothing, and their recorded times come with them
     logged = []
     for spec in (ArtifactSpec("onnx", "sefp", "fused"), ArtifactSpec("onnx", "fp32")):
         ensure_artifact(spec, str(model_dir), 64, tmp_path / "cache", log=logged.append)
+        timed = ensure_artifact_timed(spec, str(model_dir), 64, tmp_path / "cache", log=logged.append)[1]
+        assert timed.cached is True and timed.wall_s == data["exports"][spec.name]["wall_s"]
     assert logged == []
 
 

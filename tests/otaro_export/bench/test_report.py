@@ -186,3 +186,53 @@ def test_goals_use_the_paired_ratios_when_every_row_has_rounds():
     goals = {g.name: g for g in report.evaluate_goals([llama, e3, e8_sequential], {}, {}, None, None, 50)}
     dial = goals["onnx E5M3 decode vs E5M8 decode (the precision dial buys speed)"]
     assert dial.paired is None and dial.measured == "1.50x" and dial.met is False
+
+
+def test_export_time_goals_only_for_the_executorch_exports_of_the_run(results):
+    exports = {
+        "onnx-sefp-fused": {"configs": ["onnx fused"], "wall_s": 70.0, "cached": False},
+        "executorch-sefp-fused": {
+            "configs": ["executorch fused"],
+            "wall_s": 150.0,
+            "cached": False,
+            "load_1min": [1.5, 2.25],
+            "torch_threads": 2,
+        },
+        "executorch-sefp-portable": {
+            "configs": ["executorch portable"],
+            "wall_s": 601.0,
+            "cached": True,
+            "finished": "2026-12-01 21:00:00 UTC",
+        },
+    }
+    goals = {g.name: g for g in report.evaluate_goals(results, {}, {}, None, None, 47, exports=exports)}
+    fused, portable = goals["executorch-sefp-fused export time"], goals["executorch-sefp-portable export time"]
+    assert fused.met is True and fused.target == "<= 3 min" and fused.measured == "150 s (this run)"
+    assert "2 torch threads" in fused.detail and "1.50 at the start, 2.25 at the end" in fused.detail
+    assert portable.met is False and portable.target == "<= 10 min"
+    assert portable.measured == "601 s (from the cache, exported 2026-12-01 21:00:00 UTC)"
+    assert not any(name.startswith("onnx") and name.endswith("export time") for name in goals)  # no ONNX goal
+    # a run without the portable row has no portable goal; a cache from before export times: not measured
+    older = {"executorch-sefp-fused": {"configs": ["executorch fused"], "wall_s": None, "cached": True}}
+    goals = {g.name: g for g in report.evaluate_goals(results, {}, {}, None, None, 47, exports=older)}
+    assert "executorch-sefp-portable export time" not in goals
+    assert goals["executorch-sefp-fused export time"].met is None
+    assert "delete the cached artifact" in goals["executorch-sefp-fused export time"].detail
+    # a bench.json from before export times were recorded: no export goal at all
+    assert not any(g.name.endswith("export time") for g in report.evaluate_goals(results, {}, {}, None, None, 47))
+    text = report.format_exports({**exports, **{"executorch-fp32": {"wall_s": None, "cached": True}}})
+    lines = text.splitlines()
+    assert lines[2].split() == [
+        "executorch-sefp-fused",
+        "150",
+        "s",
+        "this",
+        "run,",
+        "load",
+        "1.50/2.25,",
+        "2",
+        "torch",
+        "threads",
+    ]
+    assert "601 s  from the cache, exported 2026-12-01 21:00:00 UTC" in lines[3]
+    assert lines[4].split()[:2] == ["executorch-fp32", "-"] and "not recorded" in lines[4]
