@@ -184,17 +184,18 @@ class SEFPWeight:
         paper's ``floor`` rule, ``value = (-1)**s * q_k * 2**(e-7)``.
         """
         bits = check_bits(bits)
-        if levels is None:
-            q = self.truncated_magnitudes(bits).to(torch.float32)
-        else:
-            index = self.truncated_magnitudes(bits).to(torch.int64) >> (STORED_MANTISSA_BITS - bits)
-            q = check_levels(levels)[bits - SUPPORTED_BITS[0]][index]
-        n, k_pad = q.shape
-        scale = exact_pow2(self.exponents.to(torch.int32) - (STORED_MANTISSA_BITS - 1))
-        w = q.reshape(n, k_pad // GROUP_SIZE, GROUP_SIZE) * scale.unsqueeze(-1)
-        w = w.reshape(n, k_pad)
-        w = torch.where(self.signs.bool(), -w, w)
-        return w[:, : self.in_features].contiguous()
+        row = (floor_levels() if levels is None else check_levels(levels))[bits - SUPPORTED_BITS[0], : 1 << bits]
+        # ``floor``'s level j is j * 2**(8-k) M8 steps, i.e. q_k itself: one table serves both cases. Levels
+        # 0..2**k-1 then their negatives, a negative weight's index offset by 2**k: one gather gives the signed
+        # level (-(l * s) == (-l) * s exactly, -0.0 included), then one exact power-of-two scaling.
+        signed = torch.cat([row, -row])
+        index = (self.magnitudes >> (STORED_MANTISSA_BITS - bits)).to(torch.int32)
+        index.add_(self.signs, alpha=1 << bits)
+        n, k_pad = index.shape
+        w = torch.index_select(signed, 0, index.view(-1)).view(n, k_pad // GROUP_SIZE, GROUP_SIZE)
+        w.mul_(exact_pow2(self.exponents.to(torch.int32) - (STORED_MANTISSA_BITS - 1)).unsqueeze(-1))
+        w = w.view(n, k_pad)
+        return w if k_pad == self.in_features else w[:, : self.in_features].contiguous()
 
     def nbytes_at_rest(self) -> float:
         """Storage of the M8 model in bytes: 9.125 bits per (padded) weight."""
@@ -276,10 +277,14 @@ def _group_errors(groups: torch.Tensor, e: torch.Tensor, table: torch.Tensor, im
     ``table`` ``[256, 6]``: the value of every stored q at each precision, in M8 steps
     (``levels[k-3, q >> (8-k)]``): one gather serves all six precisions.
     """
-    q = _magnitudes(groups, e).to(torch.int64)
     scale = exact_pow2((STORED_MANTISSA_BITS - 1) - e.to(torch.int32)).unsqueeze(-1)
-    residual = (groups.abs() * scale).unsqueeze(-1) - table[q]  # [N, G, 64, 6] in M8 steps
-    err = (residual.square_() * importance.unsqueeze(-1)).sum(-2)  # [N, G, 6]
+    scaled = groups.abs().mul_(scale)  # |w| * 2**(7-e) in M8 steps, exact (as _magnitudes computes it)
+    q = torch.floor(scaled).clamp_(max=255).to(torch.int32)  # _magnitudes(groups, e)
+    # [N, G, 64, 6] in M8 steps: the value of q at every precision, then its residual, squared and weighted in
+    # place (the same float32 operations on the same values as scaled - table[q], one buffer instead of three)
+    residual = torch.index_select(table, 0, q.view(-1)).view(*q.shape, table.shape[1])
+    torch.sub(scaled.unsqueeze(-1), residual, out=residual)
+    err = residual.square_().mul_(importance.unsqueeze(-1)).sum(-2)  # [N, G, 6]
     step2 = exact_pow2(2 * (e.to(torch.int32) - (STORED_MANTISSA_BITS - 1))).unsqueeze(-1)
     return (err.to(torch.float64) * step2.to(torch.float64)).permute(2, 0, 1)
 
