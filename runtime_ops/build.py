@@ -58,6 +58,10 @@ _X86_ISA_FLAGS = {
     "sefp_kernel_avx512_vnni.cc": [
         *("-mavx2", "-mfma", "-mf16c", "-mavx512f", "-mavx512bw", "-mavx512vl", "-mavx512dq", "-mavx512vnni"),
     ],
+    "sefp_kernel_avx512_vbmi.cc": [
+        *("-mavx2", "-mfma", "-mf16c", "-mavx512f", "-mavx512bw", "-mavx512vl", "-mavx512dq", "-mavx512vnni"),
+        "-mavx512vbmi",
+    ],
 }
 _X86_ONLY = set(_X86_ISA_FLAGS)
 # the SDOT kernel is compiled for ARMv8.2 and only called where the CPU reports the dot-product extension

@@ -75,6 +75,8 @@ class CoreKernels:
         ]  # fmt: skip
         lib.otaro_int8_kernel_name.restype = ctypes.c_char_p
         lib.otaro_int8_kernel_name.argtypes = [_INT]
+        lib.otaro_int8_kernel_max_bits.restype = _INT
+        lib.otaro_int8_kernel_max_bits.argtypes = [_INT]
         lib.otaro_time_read.restype = ctypes.c_uint64
         lib.otaro_time_read.argtypes = [_P, _I64, _I64, _P]
         lib.otaro_status_message.restype = ctypes.c_char_p
@@ -110,6 +112,10 @@ class CoreKernels:
     def int8_kernel_name(self, isa: str = "auto") -> str:
         """The integer kernel of int8-activation decode calls with ``isa`` here: avx512-vnni, avx2, neon-sdot, none."""
         return self._lib.otaro_int8_kernel_name(ISAS[isa]).decode()
+
+    def int8_kernel_max_bits(self, isa: str = "auto") -> int:
+        """The highest precision E5Mk that kernel computes (6 with AVX-512 VBMI, else 4; 0: none)."""
+        return int(self._lib.otaro_int8_kernel_max_bits(ISAS[isa]))
 
     def _raise_for(self, status: int, bits: int, isa: str, op: str = "sefp_linear") -> None:
         if status != 0:

@@ -233,40 +233,44 @@ def test_concurrent_callers_share_the_pool_safely(kernels, exact_cases):
 
 
 def _int8_tables():
-    """floor (integers), fitted (not: the float kernels on fq(x)) and fitted rounded to integers."""
+    """floor (integers), fitted (k <= 4 not: the float kernels on fq(x); k >= 5 center, integers),
+    fitted and generic (every row random) rounded to integers."""
     tables = level_tables(seed=1)
     return {
         "floor": tables["floor"],
         "fitted": tables["fitted"],
         "fitted-integer": aq.round_levels_to_int8_grid(tables["fitted"], 8),
+        "generic-integer": aq.round_levels_to_int8_grid(tables["generic"], 8),
     }
 
 
 @pytest.mark.parametrize("isa", X86_ISAS)
 def test_int8_activations_equal_reference_within_summation_bound(kernels, isa):
-    """fq(x) @ W_k^T at bits <= 4, x @ W_k^T above, for integer and other levels at every shape.
+    """fq(x) @ W_k^T at bits <= 6, x @ W_k^T above, for integer and other levels at every shape.
 
-    On an AVX-512 VNNI machine the avx512 cases with integer levels (floor, center, fitted-integer)
-    and at most 3 rows run the integer kernel; the others the float kernels on fq(x). Tolerance:
+    On an AVX-512 VNNI machine the avx512 cases with integer levels (floor, center, *-integer) and
+    at most 3 rows run the integer kernel at E5M3/E5M4, and with VBMI at E5M5/E5M6 too (K <= 4096;
+    K 4200 runs the float kernel on fq(x) there); the others the float kernels on fq(x). Tolerance:
     the reference rounds each fq(x)_i = q_i * step once more than the kernel (which sums q_i * |L|
     exactly), so both lie within gamma_{K+2} sum |fq(x)_i w_i| of the exact value.
     """
     _require(kernels, isa)
     tables = _int8_tables()
-    # + the longest rows whose E5M3 groups the VNNI kernel takes in pairs (K 4096), and longer ones
-    for i, (n, k, rows) in enumerate([*SHAPES, (24, 4096, 2), (20, 4200, 1)]):
+    # + the longest rows whose groups the VNNI kernel takes in pairs (K 4096), longer ones, and odd
+    # group counts (7, 5) at 1 and 2 rows
+    for i, (n, k, rows) in enumerate([*SHAPES, (24, 4096, 2), (20, 4200, 1), (41, 420, 1), (22, 300, 2)]):
         x, packed, bias = float_problem(n, k, rows, seed=200 + i)
         x[0, 0] = 9.0  # one large activation: its block's scale only
         weight = packed.unpack()  # once per shape (unpacking is the slow part of the reference)
         for rule, levels in tables.items():
-            for bits in (3, 4, 5):  # 5: above max_bits, plain x
+            for bits in (3, 4, 5, 6, 7):  # 7: above max_bits, plain x
                 b = bias if bits % 2 else None
-                xq = aq.fake_quantize(x) if bits <= 4 else x
+                xq = aq.fake_quantize(x) if bits <= 6 else x
                 w = weight.dequantize(bits, levels)
                 want = torch.nn.functional.linear(xq, w, b)
                 mag = xq.abs().double() @ w.abs().double().T + (b.abs().double() if b is not None else 0)
                 tol = 2 * (k + 2) * U / (1 - (k + 2) * U) * mag  # 2 gamma_{K+2}, as summation_tolerance
-                got = kernels.linear(x, packed, bits, b, levels=levels, isa=isa, num_threads=2, act_int8_max_bits=4)
+                got = kernels.linear(x, packed, bits, b, levels=levels, isa=isa, num_threads=2, act_int8_max_bits=6)
                 err = (got.double() - want.double()).abs()
                 assert bool((err <= tol).all()), f"{isa} {rule} N={n} K={k} rows={rows} bits={bits}: {err.max():.3g}"
 
@@ -280,11 +284,12 @@ def test_int8_activations_change_the_result_only_where_they_apply(kernels):
             assert torch.equal(got, plain) == (bits > max_bits), (bits, max_bits)
 
 
-def test_int8_range_call_equals_the_whole_call(kernels):
+@pytest.mark.parametrize("bits", [3, 5, 6])
+def test_int8_range_call_equals_the_whole_call(kernels, bits):
     x, packed, bias = float_problem(70, 200, 2, seed=12)
-    want = kernels.linear(x, packed, 3, bias, act_int8_max_bits=4)
+    want = kernels.linear(x, packed, bits, bias, act_int8_max_bits=6)
     out = torch.full((2, 70), -7.0)
-    kernels.linear_range(x, packed, 3, out, 16, 48, bias, act_int8_max_bits=4)
+    kernels.linear_range(x, packed, bits, out, 16, 48, bias, act_int8_max_bits=6)
     assert torch.equal(out[:, 16:48], want[:, 16:48]) and bool((out[:, :16] == -7).all())
 
 
@@ -312,9 +317,13 @@ def test_int8_kernel_is_used_where_the_cpu_has_it(kernels):
         pytest.skip("no /proc/cpuinfo flags")
     wanted = {"avx512f", "avx512bw", "avx512vl", "avx512dq", "avx512_vnni"}
     has_vnni = wanted.issubset(flags)
+    has_vbmi = has_vnni and "avx512vbmi" in flags  # + the E5M5 / E5M6 integer path
     assert (kernels.int8_kernel_name("avx512") == "avx512-vnni") == has_vnni
     assert kernels.int8_kernel_name("scalar") == "none"
+    assert kernels.int8_kernel_max_bits("scalar") == 0
     if kernels.isa_available("avx2"):
         assert kernels.int8_kernel_name("avx2") == "avx2"
+        assert kernels.int8_kernel_max_bits("avx2") == 4
     if kernels.isa_available("avx512"):
         assert kernels.int8_kernel_name("avx512") == ("avx512-vnni" if has_vnni else "avx2")
+        assert kernels.int8_kernel_max_bits("avx512") == (6 if has_vbmi else 4)

@@ -29,6 +29,11 @@ OTARO_CAPI const char* otaro_int8_kernel_name(int isa) {
   return bad_isa(isa) ? "none" : otaro::int8_kernel_name(static_cast<otaro::Isa>(isa));
 }
 
+// The highest precision that kernel computes (0: none).
+OTARO_CAPI int otaro_int8_kernel_max_bits(int isa) {
+  return bad_isa(isa) ? 0 : otaro::int8_kernel_max_bits(static_cast<otaro::Isa>(isa));
+}
+
 OTARO_CAPI const char* otaro_status_message(int status) {
   return otaro::status_message(static_cast<otaro::Status>(status));
 }

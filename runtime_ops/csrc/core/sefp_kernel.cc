@@ -94,6 +94,12 @@ bool avx512_vnni_available() {
   static const bool available = isa_available(Isa::kAvx512) && __builtin_cpu_supports("avx512vnni");
   return available;
 }
+
+// VBMI's byte permutes (vpermb, vpermi2b) on top: the E5M5 / E5M6 integer path.
+bool avx512_vbmi_available() {
+  static const bool available = avx512_vnni_available() && __builtin_cpu_supports("avx512vbmi");
+  return available;
+}
 #endif
 
 #if defined(__aarch64__)
@@ -111,19 +117,21 @@ bool neon_dotprod_available() {
 struct Int8Kernel {
   detail::RangeKernel run;  // nullptr: none (the float kernels run on fq(x))
   const char* name;
+  int max_bits;  // the highest precision it computes (E5M3..E5M<max_bits>)
 };
 
 // The one place that picks the integer kernel of int8-activation decode calls with an
 // available `isa` on this CPU.
 Int8Kernel int8_kernel_for(Isa isa) {
 #if defined(__x86_64__) || defined(_M_X64)
-  if (isa == Isa::kAvx512 && avx512_vnni_available()) return {detail::linear_range_avx512_vnni, "avx512-vnni"};
-  if (isa == Isa::kAvx512 || isa == Isa::kAvx2) return {detail::linear_range_avx2_int8, "avx2"};  // AVX-512 has AVX2
+  if (isa == Isa::kAvx512 && avx512_vbmi_available()) return {detail::linear_range_avx512_vbmi, "avx512-vnni", 6};
+  if (isa == Isa::kAvx512 && avx512_vnni_available()) return {detail::linear_range_avx512_vnni, "avx512-vnni", 4};
+  if (isa == Isa::kAvx512 || isa == Isa::kAvx2) return {detail::linear_range_avx2_int8, "avx2", 4};  // AVX-512 has AVX2
 #endif
 #if defined(__aarch64__)
-  if (isa == Isa::kNeon && neon_dotprod_available()) return {detail::linear_range_neon_dotprod, "neon-sdot"};
+  if (isa == Isa::kNeon && neon_dotprod_available()) return {detail::linear_range_neon_dotprod, "neon-sdot", 4};
 #endif
-  return {nullptr, "none"};
+  return {nullptr, "none", 0};
 }
 
 }  // namespace
@@ -131,6 +139,11 @@ Int8Kernel int8_kernel_for(Isa isa) {
 const char* int8_kernel_name(Isa isa) {
   if (isa == Isa::kAuto) isa = best_isa();
   return isa_available(isa) ? int8_kernel_for(isa).name : "none";
+}
+
+int int8_kernel_max_bits(Isa isa) {
+  if (isa == Isa::kAuto) isa = best_isa();
+  return isa_available(isa) ? int8_kernel_for(isa).max_bits : 0;
 }
 
 int default_num_threads() {
@@ -340,17 +353,19 @@ Status resolve_levels(const float* levels, int bits, LinearPlan* plan) {
   return Status::kOk;
 }
 
-// The integer kernel that computes this call, or nullptr: the ISA has one (int8_kernel_for), k <= 4
-// (their table decode), few rows (decode; prefill-sized calls run the float GEMM on fq(x)), and
-// the levels of precision k are on the int8 grid (even integers in [0, 254], docs/FORMAT.md §9).
-// Otherwise the float kernels run on fq(x): the same result up to summation order.
+// The integer kernel that computes this call, or nullptr: the ISA has one (int8_kernel_for) that
+// covers precision k (E5M3/E5M4 everywhere, E5M5/E5M6 with AVX-512 VBMI), few rows (decode;
+// prefill-sized calls run the float GEMM on fq(x)), and the levels of precision k are on the int8
+// grid (even integers in [0, 254], docs/FORMAT.md §9: their signed halves are the kernels' s8
+// weights). Otherwise the float kernels run on fq(x): the same result up to summation order.
 detail::RangeKernel int8_kernel_of(const LinearPlan& plan) {
-  if (plan.bits > 4 || plan.rows > 3) return nullptr;
+  const Int8Kernel kernel = int8_kernel_for(plan.isa);
+  if (kernel.run == nullptr || plan.bits > kernel.max_bits || plan.rows > 3) return nullptr;
   for (int j = 0; j < (1 << plan.bits); ++j) {
     const float v = plan.row[j];
     if (!(v >= 0.0f && v <= 254.0f) || v != 2.0f * std::nearbyint(0.5f * v)) return nullptr;
   }
-  return int8_kernel_for(plan.isa).run;
+  return kernel.run;
 }
 
 // Replaces the zero-padded copy of x in plan->padded by fq(x) (docs/FORMAT.md §9), block by
@@ -394,7 +409,7 @@ Status quantize_activations(LinearPlan* plan) {
   if (integer) {
     plan->xq = plan->xq_buf.data();
     plan->xscale = plan->xscale_buf.data();
-    for (int i = 0; i < 16; ++i) {
+    for (int i = 0; i < 16 && plan->bits <= 4; ++i) {  // E5M5 / E5M6 build their tables from row
       const int j = plan->bits == 3 ? (i & 7) : (((i & 7) << 1) | (i >> 3));
       plan->lut_u8[i] = static_cast<uint8_t>(plan->row[j]);
     }

@@ -122,7 +122,8 @@ struct LinearPlan {
   std::vector<float> padded;  // the zero-padded copy of x (in_features % 64 != 0), or fq(x)
   // Int8 activations (docs/FORMAT.md §9): x above is fq(x). A non-null int8_kernel (an integer
   // kernel) runs instead of the float one, from xq (q, [rows, ldx]) and xscale (a / 127, [rows,
-  // num_groups]) and the level magnitudes lut_u8 (k = 3: [code & 7], k = 4: [(code & 7) | q[4] << 3]).
+  // num_groups]) and, for k <= 4, the level magnitudes lut_u8 (k = 3: [code & 7], k = 4: [(code & 7) |
+  // q[4] << 3]; k = 5, 6 read row).
   void (*int8_kernel)(const LinearPlan& plan, int64_t n_begin, int64_t n_end) = nullptr;
   const int8_t* xq = nullptr;
   const float* xscale = nullptr;
@@ -146,6 +147,10 @@ Status plan_linear(const float* x, int64_t rows, const SEFPWeightView& w, const 
 // The integer kernel that int8-activation decode calls run with `isa` on this CPU: "avx512-vnni",
 // "avx2", "neon-sdot", or "none" (the float kernels on fq(x)).
 const char* int8_kernel_name(Isa isa);
+// The highest precision E5Mk that kernel computes with `isa` on this CPU: 6 for "avx512-vnni" where
+// the CPU has AVX-512 VBMI, 4 for the other kernels, 0 for "none". Calls at higher precisions (and
+// with levels off the int8 grid, or more than 3 rows) run the float kernels on fq(x).
+int int8_kernel_max_bits(Isa isa);
 // Computes y[r, n] for every r < rows and n in [n_begin, n_end) of a planned call,
 // single-threaded (0 <= n_begin <= n_end <= out_features; not checked).
 void run_linear_range(const LinearPlan& plan, int64_t n_begin, int64_t n_end);

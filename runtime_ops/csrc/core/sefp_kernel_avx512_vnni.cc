@@ -17,10 +17,12 @@
 // sign moved onto the weights by a mask made once per task. Lanes 0-7 then hold one group's partial
 // sums and lanes 8-15 the other's, and one convert + FMA with the two groups' scales (x2 for the
 // halving) covers both. Measured (1 thread, SmolLM2 shapes): 1.3-1.5x the one-group loop with
-// cache-resident weights, 1.1-1.2x cold.
+// cache-resident weights, 1.1-1.2x cold. That loop (paired_rows, sefp_kernel_avx512_int8.h) also
+// runs E5M5 / E5M6 where the CPU has VBMI (sefp_kernel_avx512_vbmi.cc).
 #include <immintrin.h>
 
 #include "core/sefp_kernel_avx512_common.h"
+#include "core/sefp_kernel_avx512_int8.h"
 #include "core/sefp_kernel_internal.h"
 
 namespace otaro {
@@ -46,40 +48,29 @@ inline Int8Decode int8_group_context(const LinearPlan& a) {
   };
 }
 
-// E5M3 with groups taken in pairs (see the top): the activations of the task's rows rearranged
-// once per task. Pair j of row m: abs[m][j] = |q| of [A 0..31 | B 0..31] and [A 32..63 | B 32..63]
-// (A = group 2j, B = group 2j + 1, zero past the last group) and neg[m][j] their sign masks.
-constexpr int64_t kMaxPairs = 32;  // K <= 4096; a longer row takes the one-group path
+// E5M3 with groups taken in pairs (see the top; the loop is paired_rows): the signed half-level
+// table and the task's activations in pairs.
 struct PairedE5M3 {
   Int8Decode base;  // the one-group path, for rows longer than kMaxPairs pairs
   bool paired;
   __m512i signed_half_lut;  // [i] = +-L[i & 7] / 2, negative for i >= 8 (the sign bit), every lane
-  alignas(64) uint8_t abs[3][kMaxPairs][2][64];
-  __mmask64 neg[3][kMaxPairs][2];
+  PairedActivations x;
 
-  explicit PairedE5M3(const LinearPlan& a) : base(int8_group_context<3>(a)) {
-    const int64_t G = a.w.num_groups, pairs = (G + 1) / 2;
-    paired = pairs <= kMaxPairs && a.rows <= 3;
+  explicit PairedE5M3(const LinearPlan& a) : base(int8_group_context<3>(a)), paired(PairedActivations::fits(a)) {
     alignas(16) int8_t lut[16];
     for (int i = 0; i < 16; ++i) {
       const int half = a.lut_u8[i & 7] / 2;  // levels are even (plan: the int8 grid)
       lut[i] = static_cast<int8_t>(i < 8 ? half : -half);
     }
     signed_half_lut = _mm512_broadcast_i32x4(_mm_load_si128(reinterpret_cast<const __m128i*>(lut)));
-    if (!paired) return;
-    for (int64_t m = 0; m < a.rows; ++m)
-      for (int64_t j = 0; j < pairs; ++j) {
-        const int8_t* q = a.xq + m * a.ldx + 2 * j * kGroup;
-        const __m512i qa = _mm512_loadu_si512(q);
-        const __m512i qb = 2 * j + 1 < G ? _mm512_loadu_si512(q + kGroup) : _mm512_setzero_si512();
-        const __m512i halves[2] = {
-            _mm512_inserti64x4(qa, _mm512_castsi512_si256(qb), 1),  // elements 0..31
-            _mm512_inserti64x4(_mm512_shuffle_i64x2(qa, qa, 0xEE), _mm512_extracti64x4_epi64(qb, 1), 1)};  // 32..63
-        for (int h = 0; h < 2; ++h) {
-          neg[m][j][h] = _mm512_movepi8_mask(halves[h]);
-          _mm512_store_si512(abs[m][j][h], _mm512_abs_epi8(halves[h]));  // |q| <= 127
-        }
-      }
+    if (paired) x.fill(a);
+  }
+
+  // The nibbles (sign << 3 | q[7:5]) of both groups: low nibbles are elements 0..31, high 32..63.
+  void decode(const SEFPWeightView& w, int64_t ng, bool both, __m512i* lo, __m512i* hi) const {
+    const __m512i b = load_p0_pair(w, ng, both);
+    *lo = _mm512_shuffle_epi8(signed_half_lut, _mm512_and_si512(b, base.low4));
+    *hi = _mm512_shuffle_epi8(signed_half_lut, _mm512_and_si512(_mm512_srli_epi16(b, 4), base.low4));
   }
 };
 
@@ -98,29 +89,6 @@ inline __m512i decode_magnitudes(const Int8Decode& d, const SEFPWeightView& w, i
     index = _mm512_ternarylogic_epi32(_mm512_rolv_epi32(p1, d.p1_rotate), code, d.sign, kSelect);
   }
   return _mm512_shuffle_epi8(d.lut, index);
-}
-
-// Decode streams its weights from memory (a SmolLM2 token reads ~75 MB at E5M3), and the rows
-// are short (K = 576: 288 bytes of p0), so the hardware prefetcher keeps restarting. While block
-// [n, n + R) is computed, pull in the block kPrefetchBlocks ahead: its R * G * 32 bytes of p0 (and
-// p1 for E5M4), spread over the block's G group steps, plus its exponents.
-constexpr int64_t kPrefetchBlocks = 4;
-
-// Prefetches this group step's share of the `bytes` of one plane of that block.
-inline void prefetch_share(const uint8_t* block, int64_t bytes, int64_t g, int64_t G) {
-  const int64_t lines = (bytes + 63) / 64;
-  for (int64_t line = g * lines / G; line < (g + 1) * lines / G; ++line)
-    _mm_prefetch(reinterpret_cast<const char*>(block) + 64 * line, _MM_HINT_T0);
-}
-
-template <int BITS, int R>
-inline void prefetch_ahead(const SEFPWeightView& w, int64_t n, int64_t g) {
-  const int64_t G = w.num_groups, ahead = n + kPrefetchBlocks * R;
-  if (ahead + R > w.out_features) return;
-  prefetch_share(w.p0 + ahead * G * kPlaneBytesPerGroup[0], R * G * kPlaneBytesPerGroup[0], g, G);
-  if constexpr (BITS == 4)
-    prefetch_share(w.p1 + ahead * G * kPlaneBytesPerGroup[1], R * G * kPlaneBytesPerGroup[1], g, G);
-  if (g == 0) _mm_prefetch(reinterpret_cast<const char*>(w.exponents + ahead * G), _MM_HINT_T0);
 }
 
 // M activation rows x R weight rows from row n: every group decoded once per weight row.
@@ -160,57 +128,7 @@ template <int BITS, int M, int R>
 void int8_rows(const LinearPlan& a, const PairedE5M3& d, int64_t n) {
   static_assert(BITS == 3, "the paired path is E5M3's");
   if (!d.paired) return int8_rows<3, M, R>(a, d.base, n);
-  const SEFPWeightView& w = a.w;
-  const int64_t G = w.num_groups;
-  const __m512i low4 = d.base.low4;
-  // lanes 0-7 take the first group's scale, lanes 8-15 the second's
-  const __m512i spread = _mm512_set_epi32(1, 1, 1, 1, 1, 1, 1, 1, 0, 0, 0, 0, 0, 0, 0, 0);
-  __m512 acc[M][R];
-  for (int m = 0; m < M; ++m)
-    for (int r = 0; r < R; ++r) acc[m][r] = _mm512_setzero_ps();
-  alignas(64) float scales[R][kScaleChunk];
-  alignas(64) float both[M][R][kScaleChunk + 16];  // weight scale x activation scale, zero-padded
-  for (int64_t g0 = 0; g0 < G; g0 += kScaleChunk) {
-    const int64_t gc = min64(kScaleChunk, G - g0);
-    for (int r = 0; r < R; ++r) group_scales<1>(w.exponents + (n + r) * G + g0, gc, scales[r]);  // x2: half levels
-    for (int m = 0; m < M; ++m)
-      for (int r = 0; r < R; ++r) {
-        for (int64_t i = 0; i < gc; i += 16) {
-          const __mmask16 keep = gc - i >= 16 ? 0xFFFF : static_cast<__mmask16>((1u << (gc - i)) - 1);
-          const __m512 x = _mm512_maskz_loadu_ps(keep, a.xscale + m * G + g0 + i);
-          _mm512_store_ps(both[m][r] + i, _mm512_maskz_mul_ps(keep, x, _mm512_maskz_loadu_ps(keep, scales[r] + i)));
-        }
-        both[m][r][gc] = 0.0f;  // the missing partner of an odd last group
-      }
-    for (int64_t gg = 0; gg < gc; gg += 2) {
-      const int64_t g = g0 + gg, j = g / 2;
-      prefetch_ahead<3, R>(w, n, g);
-      if (gg + 1 < gc) prefetch_ahead<3, R>(w, n, g + 1);
-      __m512i wlo[R], whi[R];
-      for (int r = 0; r < R; ++r) {
-        const uint8_t* p = w.p0 + ((n + r) * G + g) * kPlaneBytesPerGroup[0];
-        const __m512i b = g + 1 < G ? _mm512_loadu_si512(p)
-                                    : _mm512_zextsi256_si512(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p)));
-        wlo[r] = _mm512_shuffle_epi8(d.signed_half_lut, _mm512_and_si512(b, low4));
-        whi[r] = _mm512_shuffle_epi8(d.signed_half_lut, _mm512_and_si512(_mm512_srli_epi16(b, 4), low4));
-      }
-      for (int m = 0; m < M; ++m) {
-        const __m512i xlo = _mm512_load_si512(d.abs[m][j][0]), xhi = _mm512_load_si512(d.abs[m][j][1]);
-        const __mmask64 nlo = d.neg[m][j][0], nhi = d.neg[m][j][1];
-        for (int r = 0; r < R; ++r) {
-          // sign(x) * w against |x|: u8 x s8, exact (|sum| <= 8 * 127 * 127 per lane)
-          const __m512i lo = _mm512_mask_sub_epi8(wlo[r], nlo, _mm512_setzero_si512(), wlo[r]);
-          const __m512i hi = _mm512_mask_sub_epi8(whi[r], nhi, _mm512_setzero_si512(), whi[r]);
-          const __m512i dot = _mm512_dpbusd_epi32(_mm512_dpbusd_epi32(_mm512_setzero_si512(), xlo, lo), xhi, hi);
-          const __m512 scale = _mm512_permutexvar_ps(
-              spread,
-              _mm512_castpd_ps(_mm512_castpd128_pd512(_mm_load_sd(reinterpret_cast<const double*>(both[m][r] + gg)))));
-          acc[m][r] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(dot), scale, acc[m][r]);
-        }
-      }
-    }
-  }
-  store_row_block<M, R>(a, n, acc);
+  paired_rows<3, M, R>(a, d.x, d, n);
 }
 
 // The per-task context (OTARO_SEFP_DEFINE_INT8_KERNEL makes one per range): E5M3 takes the paired path.

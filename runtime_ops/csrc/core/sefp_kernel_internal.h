@@ -40,8 +40,10 @@ void embedding_range_scalar(const EmbeddingPlan& plan, int64_t begin, int64_t en
 void linear_range_avx2(const LinearPlan& plan, int64_t n_begin, int64_t n_end);
 void embedding_range_avx2(const EmbeddingPlan& plan, int64_t begin, int64_t end);
 void linear_range_avx512(const LinearPlan& plan, int64_t n_begin, int64_t n_end);
-// The int8-activation integer kernels (AVX-512 VNNI, AVX2), for plans with int8_kernel set.
+// The int8-activation integer kernels (AVX-512 VNNI: E5M3/E5M4; AVX-512 VNNI + VBMI: E5M3..E5M6;
+// AVX2: E5M3/E5M4), for plans with int8_kernel set.
 void linear_range_avx512_vnni(const LinearPlan& plan, int64_t n_begin, int64_t n_end);
+void linear_range_avx512_vbmi(const LinearPlan& plan, int64_t n_begin, int64_t n_end);
 void linear_range_avx2_int8(const LinearPlan& plan, int64_t n_begin, int64_t n_end);
 void embedding_range_avx512(const EmbeddingPlan& plan, int64_t begin, int64_t end);
 #endif
