@@ -101,7 +101,7 @@ def test_tune_writes_a_resumable_loadable_run_and_eval_reads_it(cli, tiny_dir, t
     assert [r["precision"] for r in rows] == ["E5M3", "E5M8", "FP", "Q4_0", "MXFP4", "Q5_0", "Q8_0"]
     assert "reconstruction fitted" in ev.output and "Q4_0" in ev.output
     # measured through what the run trained with: its recorded floors and int8 activations (the CLI defaults)
-    assert "floors auto (as tuned), int8 activations up to E5M4 (as tuned)" in ev.output
+    assert "floors auto (as tuned), int8 activations up to E5M5 (as tuned)" in ev.output
     assert (report / "eval.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert "E5M3" in ev.output and "top-1" in ev.output
 
@@ -147,14 +147,14 @@ def test_floors_and_int8_activations_reach_the_trainer_with_the_export_defaults(
 
     monkeypatch.setattr(trainer, "tune_run", fake_run)
     assert cli("tune", "--output", tmp_path / "a").exit_code == 0
-    # the export's default rule: fitted / search, automatic floors, the ONNX export's int8 activations (E5M3..E5M4),
+    # the export's default rule: fitted / search, automatic floors, the ONNX export's int8 activations (E5M3..E5M5),
     # the tied embedding / lm_head in SEFP
     got = seen[-1]
     assert (got.reconstruction, got.exponent_rule, got.layer_floors, got.int8_activations, got.quantize_lm_head) == (
         "fitted",
         "search",
         "auto",
-        4,
+        5,
         True,
     )
     args = ("--layer-floors", "none", "--int8-activations", "0", "--no-quantize-lm-head")

@@ -43,9 +43,9 @@ def test_fused_program_stores_the_encoder_output_and_the_tied_matrix_once(et_roo
     fresh = tiny_causal_lm("llama", num_hidden_layers=2)
     manifest = Manifest.load(directory)
     assert manifest.quantized_layers[-1] == "lm_head" and len(manifest.quantized_layers) == 4 * 2 + 1
-    # the recipe ONNX records, int8 activations up to E5M4 included (docs/FORMAT.md §9)
+    # the recipe ONNX records, int8 activations up to E5M5 included (docs/FORMAT.md §9)
     assert manifest.extra["sefp_recipe"] == default_recipe().for_target("executorch").manifest_fields()
-    assert manifest.extra["sefp_recipe"]["int8_activations"] == 4
+    assert manifest.extra["sefp_recipe"]["int8_activations"] == 5
     stored, encoded = stored_layers(directory), encoded_layers(fresh.model, fresh.tokenizer, manifest)
     for layer, tensors in stored.items():
         for key, tensor in tensors.items():
@@ -78,8 +78,8 @@ def test_qwen2_portable_with_biases_runs_on_the_stock_runtime(et_root):
     assert manifest["kernel_library"] is None and manifest["kernels"] == "portable"
     names = {c.kind for c in sefp_calls(directory)}
     assert not names  # every SEFP op was decomposed into Core ATen ops
-    # int8 activations up to E5M4 (the default) decomposed too: the reference quantizes the same inputs
-    assert manifest["extra"]["sefp_recipe"]["int8_activations"] == 4
+    # int8 activations up to E5M5 (the default) decomposed too: the reference quantizes the same inputs
+    assert manifest["extra"]["sefp_recipe"]["int8_activations"] == 5
     _check_parity(directory, "qwen2", 1, bits_list=(3, 5, 8))
 
 
@@ -165,10 +165,10 @@ def _int8_settings(directory) -> list:
 
 
 def test_int8_activations_are_recorded_and_can_be_turned_off(tmp_path):
-    """Default (as ONNX): every SEFP linear call carries act_int8_max_bits = 4 and the manifest says so; fitted
-    rows E5M3/E5M4 are stored on the int8 grid. --int8-activations 0: float activations. Both programs match
+    """Default (as ONNX): every SEFP linear call carries act_int8_max_bits = 5 and the manifest says so; fitted
+    rows E5M3..E5M5 are stored on the int8 grid. --int8-activations 0: float activations. Both programs match
     their own references (which quantize the inputs where the artifact does, docs/FORMAT.md §9); they differ at
-    E5M3 and agree at E5M5. Tolerance: the float one (1e-4, this module's); a tiny model's one layer does not
+    E5M3 and E5M5 and agree at E5M6. Tolerance: the float one (1e-4, this module's); a tiny model's one layer does not
     amplify an fq rounding-boundary flip (docs/FORMAT.md §9, Parity), as in the ONNX export's int8 test."""
     from otaro_export import activation_quant
 
@@ -180,21 +180,22 @@ def test_int8_activations_are_recorded_and_can_be_turned_off(tmp_path):
         export_model(
             ExportOptions(target="executorch", output=out, max_seq_len=16, recipe=recipe), lambda _m: None, loaded
         )
-        want = 4 if value is None else 0
+        want = 5 if value is None else 0
         assert Manifest.load(out).extra["sefp_recipe"]["int8_activations"] == want
         settings = _int8_settings(out)
         assert len(settings) == 4 + 1 and set(settings) == {want}
         for layer in stored_layers(out).values():
             if "levels" in layer and want:
-                assert all(activation_quant.int8_grid_levels(layer["levels"], k) for k in (3, 4))
+                assert all(activation_quant.int8_grid_levels(layer["levels"], k) for k in (3, 4, 5))
         fresh = tiny_causal_lm("llama", num_hidden_layers=1)
         session = load(out)
-        for k in (3, 5):
+        for k in (3, 5, 6):
             logits[name, k] = session.forward(IDS, k)
             ref = reference_logits(reference_decoder(out, fresh.model, k, fresh.tokenizer), torch.from_numpy(IDS))
             np.testing.assert_allclose(logits[name, k], ref.numpy(), **TOL, err_msg=f"{name} E5M{k}")
-    assert not np.allclose(logits["int8", 3], logits["float", 3], **TOL)
-    np.testing.assert_allclose(logits["int8", 5], logits["float", 5], **TOL)
+    for k in (3, 5):
+        assert not np.allclose(logits["int8", k], logits["float", k], **TOL), k
+    np.testing.assert_allclose(logits["int8", 6], logits["float", 6], **TOL)
 
 
 def test_fp32_baseline(tmp_path):

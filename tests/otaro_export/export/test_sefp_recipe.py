@@ -46,12 +46,12 @@ def test_a_bad_choice_is_one_clear_error(field, value, message):
 def test_int8_activations_resolve_per_target():
     recipe = default_recipe()
     assert recipe.int8_activations is None  # the target's default
-    assert recipe.for_target("onnx").int8_activations == 4
-    assert recipe.for_target("executorch").int8_activations == 4  # the same default on both targets
+    assert recipe.for_target("onnx").int8_activations == 5
+    assert recipe.for_target("executorch").int8_activations == 5  # the same default on both targets
     assert default_recipe(int8_activations=3).for_target("onnx").int8_activations == 3
     assert default_recipe(int8_activations=3).for_target("executorch").int8_activations == 3
     assert default_recipe(int8_activations=0).for_target("executorch").int8_activations == 0
-    assert recipe.for_target("onnx").manifest_fields()["int8_activations"] == 4
+    assert recipe.for_target("onnx").manifest_fields()["int8_activations"] == 5
     assert SEFPRecipe().int8_activations == 0  # the paper's recipe: float activations
 
 
