@@ -57,7 +57,7 @@ def evaluate(
         "--int8-activations",
         metavar="BITS",
         help="score E5M3..E5M<BITS> with int8 activations, as an export with that option runs them (the "
-        "export's default is 4; docs/FORMAT.md §9); 0: float activations; default: as the checkpoint was tuned, "
+        "export's default is 5; docs/FORMAT.md §9); 0: float activations; default: as the checkpoint was tuned, "
         "else 0",
     ),
     output: Path = typer.Option(

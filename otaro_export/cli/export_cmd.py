@@ -60,7 +60,7 @@ def export(
         "--int8-activations",
         metavar="BITS",
         help="run precisions up to E5M<BITS> with int8 activations (per-64-block dynamic quantization; integer "
-        "dot-product kernels, docs/FORMAT.md §9); 0: float activations everywhere; default: 4 (onnx and "
+        "dot-product kernels, docs/FORMAT.md §9); 0: float activations everywhere; default: 5 (onnx and "
         "executorch)",
     ),
     max_seq_len: int = typer.Option(512, "--max-seq-len", help="KV-cache capacity (prompt + generated tokens)"),

@@ -97,7 +97,7 @@ def tune(
         "--int8-activations",
         metavar="BITS",
         help="train E5M3..E5M<BITS> with int8 activations, as the export runs them (docs/FORMAT.md §9); "
-        "0: float activations; default: the export's (4, ONNX and ExecuTorch)",
+        "0: float activations; default: the export's (5, ONNX and ExecuTorch)",
     ),
     seed: int = typer.Option(0, "--seed"),
     checkpoint_every: int = typer.Option(50, "--checkpoint-every", help="write a checkpoint every N steps"),
