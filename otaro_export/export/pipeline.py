@@ -75,7 +75,7 @@ def export_model(options: ExportOptions, log: Callable[[str], None] = print, loa
 
         checkpoint = resolve_checkpoint(options.checkpoint)
         meta = read_meta(checkpoint)
-        recipe, taken = options.recipe.with_tuned_run(meta, options.target, log)
+        recipe, taken = options.recipe.with_tuned_run(meta, log)
         options = replace(options, recipe=recipe)
         tuned_run = {"checkpoint": checkpoint.name, "step": meta.get("step"), "from_run": taken}
     options = replace(options, recipe=options.recipe.for_target(options.target))  # target defaults resolved

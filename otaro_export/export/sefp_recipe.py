@@ -87,13 +87,13 @@ class SEFPRecipe:
             value = DEFAULT_INT8_ACTIVATIONS.get(target, 0)
         return replace(self, int8_activations=value)
 
-    def with_tuned_run(self, meta: dict, target: str, log: Callable[[str], None] = print) -> tuple[SEFPRecipe, list]:
+    def with_tuned_run(self, meta: dict, log: Callable[[str], None] = print) -> tuple[SEFPRecipe, list]:
         """This recipe with the rule an ``otaro tune`` run trained through: reconstruction and exponent rules,
         floors and int8 activations.
 
         ``meta``: the checkpoint's ``meta.json``. Only settings the user did not choose (``explicit``)
-        and the run recorded are taken. Returns ``(recipe, names of the settings taken)``. ``target``: the
-        export's (both run a run's int8 activations as it was tuned).
+        and the run recorded are taken. Returns ``(recipe, names of the settings taken)``. Both targets run a
+        run's int8 activations as it was tuned, so the target does not matter here.
         """
         from otaro_export import reconstruction, sefp
         from otaro_export.reconstruction import FloorPlan

@@ -114,45 +114,45 @@ def _tuned_meta(layer_floors="auto", int8=3, floors=None):
 
 def test_a_tuned_run_gives_its_floors_and_int8_activations_unless_the_user_chose(capsys):
     notes = []
-    recipe, taken = default_recipe().with_tuned_run(_tuned_meta(), "onnx", notes.append)
+    recipe, taken = default_recipe().with_tuned_run(_tuned_meta(), notes.append)
     assert taken == ["layer_floors", "int8_activations"]
     assert (recipe.floors, recipe.int8_activations) == ({"model.layers.0.self_attn.qkv_proj": 5}, 3)
     assert "as the run was tuned" in notes[0]
-    none, _ = default_recipe().with_tuned_run(_tuned_meta("none", 0), "onnx", notes.append)
+    none, _ = default_recipe().with_tuned_run(_tuned_meta("none", 0), notes.append)
     assert (none.layer_floors, none.floors, none.for_target("onnx").int8_activations) == ("none", None, 0)
     # explicit export options win
-    chosen, taken = default_recipe(layer_floors="auto", int8_activations=0).with_tuned_run(_tuned_meta(), "onnx", print)
+    chosen, taken = default_recipe(layer_floors="auto", int8_activations=0).with_tuned_run(_tuned_meta(), print)
     assert (chosen.floors, chosen.int8_activations, taken) == (None, 0, [])
     # the ExecuTorch export runs the run's int8 activations too
-    et, taken = default_recipe().with_tuned_run(_tuned_meta(), "executorch", notes.append)
+    et, taken = default_recipe().with_tuned_run(_tuned_meta(), notes.append)
     assert et.for_target("executorch").int8_activations == 3 and "int8_activations" in taken
     # a run from before the options existed: the export's own defaults
-    old, taken = default_recipe().with_tuned_run({"config": {"method": "bps"}}, "onnx", print)
+    old, taken = default_recipe().with_tuned_run({"config": {"method": "bps"}}, print)
     assert (old.layer_floors, old.floors, old.int8_activations, taken) == ("auto", None, None, [])
     broken = {**_tuned_meta(), "floor_plan": {"floors": {"x": 2}}}
     with pytest.raises(OtaroError, match="floor plan is unreadable"):
-        default_recipe().with_tuned_run(broken, "onnx", print)
+        default_recipe().with_tuned_run(broken, print)
 
 
 def test_a_tuned_runs_reconstruction_and_exponent_rule_are_the_exports_unless_the_user_chose():
     notes = []
     rules = {"reconstruction": "center", "exponent_rule": "floor"}
     meta = {"config": {**rules, "layer_floors": "none", "int8_activations": 0}}
-    recipe, taken = default_recipe().with_tuned_run(meta, "onnx", notes.append)
+    recipe, taken = default_recipe().with_tuned_run(meta, notes.append)
     assert (recipe.reconstruction, recipe.exponent_rule) == ("center", "floor")
     assert taken == ["reconstruction", "exponent_rule", "layer_floors", "int8_activations"]
     assert notes[:2] == ["reconstruction: center, as the run was tuned", "exponents: floor, as the run was tuned"]
     assert recipe.manifest_fields()["reconstruction"] == "center"
     # an explicit option wins over the run, the other setting still follows it
-    chosen, taken = default_recipe(reconstruction="floor").with_tuned_run(meta, "onnx", print)
+    chosen, taken = default_recipe(reconstruction="floor").with_tuned_run(meta, print)
     assert (chosen.reconstruction, chosen.exponent_rule) == ("floor", "floor") and "reconstruction" not in taken
-    chosen, taken = default_recipe(exponent_rule="search").with_tuned_run(meta, "onnx", print)
+    chosen, taken = default_recipe(exponent_rule="search").with_tuned_run(meta, print)
     assert (chosen.reconstruction, chosen.exponent_rule) == ("center", "search") and "exponent_rule" not in taken
     # a run saved before tune recorded its rules: the export's defaults
-    old, taken = default_recipe().with_tuned_run({"config": {"layer_floors": "none"}}, "onnx", print)
+    old, taken = default_recipe().with_tuned_run({"config": {"layer_floors": "none"}}, print)
     assert (old.reconstruction, old.exponent_rule, taken) == ("fitted", "search", ["layer_floors"])
     with pytest.raises(OtaroError, match="checkpoint's reconstruction is unusable: unknown reconstruction rule 'odd'"):
-        default_recipe().with_tuned_run({"config": {"reconstruction": "odd"}}, "onnx", print)
+        default_recipe().with_tuned_run({"config": {"reconstruction": "odd"}}, print)
 
 
 def test_given_floors_replace_the_plan(monkeypatch):
