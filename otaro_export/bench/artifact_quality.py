@@ -22,11 +22,45 @@ from otaro_export.train.evaluation import PrecisionMetrics
 from otaro_export.train.losses import kl_to_teacher, next_token_nll, top1_agreement
 
 
+def artifact_storage(session, teacher: torch.nn.Module) -> dict:
+    """The SEFP layers (name -> packed [rows, K]) and precision floors of the artifact ``session`` runs, as
+    bench.json ``sefp_storage`` records them for the memory table (:func:`report.read_per_token`).
+
+    An ONNX artifact's come from its initializers and manifest, as the bench reads them; an ExecuTorch
+    artifact's from its manifest (``quantized_layers``, ``extra.precision_floors``) and the shapes of
+    ``teacher``'s linears, which the export packed.
+    """
+    from otaro_export.bench.runner import sefp_storage_from_onnx
+    from otaro_export.reconstruction import export_units
+    from otaro_export.sefp import padded_in_features
+
+    manifest = session.manifest
+    if manifest.target == "onnx":
+        storage = sefp_storage_from_onnx(session.directory / manifest.artifact)
+        if storage is not None:
+            return storage
+    units = {u.name: u for u in export_units(teacher)}
+    missing = [name for name in manifest.quantized_layers if name not in units]
+    if missing:
+        raise ValueError(f"the artifact's SEFP layers {missing[:3]} are not linears of the float model given")
+    layers = {}
+    for name in manifest.quantized_layers:
+        linears = [teacher.get_submodule(member) for member in units[name].members]
+        # K as packed (padded to whole groups), as the ONNX initializers give it
+        layers[name] = [sum(m.out_features for m in linears), padded_in_features(linears[0].in_features)]
+    return {"layers": layers, "precision_floors": manifest.extra.get("precision_floors", {})}
+
+
 @torch.no_grad()
 def evaluate_artifact(session, teacher: torch.nn.Module, samples, bits=(3, 4, 5, 6, 7, 8)) -> list[PrecisionMetrics]:
-    """Metrics of ``session`` (any runtime Session) at each precision against ``teacher`` on ``samples``."""
-    from otaro_export.packing import bytes_per_weight_read
+    """Metrics of ``session`` (any runtime Session) at each precision against ``teacher`` on ``samples``.
 
+    ``bits_per_weight`` is what each precision reads with the artifact's precision floors, the same count the
+    bench's memory table makes (:func:`artifact_storage`, :func:`report.read_per_token`).
+    """
+    from otaro_export.bench.report import read_per_token
+
+    read = read_per_token(artifact_storage(session, teacher))
     sums = {k: {"nll": 0.0, "kl": 0.0, "top1": 0.0} for k in bits}
     tokens = 0
     for sample in samples:
@@ -53,7 +87,7 @@ def evaluate_artifact(session, teacher: torch.nn.Module, samples, bits=(3, 4, 5,
             kl=max(0.0, sums[k]["kl"] / tokens),
             top1=sums[k]["top1"] / tokens,
             tokens=tokens,
-            bits_per_weight=bytes_per_weight_read(k) * 8,
+            bits_per_weight=read[k][0] if read else None,  # None: an artifact with no SEFP layer
         )
         for k in bits
     ]
