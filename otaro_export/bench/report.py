@@ -476,12 +476,42 @@ def format_goals(goals: list[Goal]) -> str:
     return "\n".join(lines)
 
 
-def format_accuracy_table(accuracy: dict[str, list]) -> str:
+def format_accuracy_table(accuracy: dict[str, list], rules: dict[str, dict] | None = None) -> str:
+    """One table per run (untuned, tuned), each titled with the rules it was measured through (``rules``:
+    bench.json ``accuracy_rules``; None for a bench.json from before they were recorded)."""
     from otaro_export.train.evaluation import format_table
 
-    return "\n\n".join(
-        format_table(rows, f"accuracy, {name} ({rows[0].tokens} scored tokens)") for name, rows in accuracy.items()
-    )
+    tables = []
+    for name, rows in accuracy.items():
+        title = f"accuracy, {name} ({rows[0].tokens} scored tokens)"
+        if rules is not None and name in rules:
+            title += f"\n{describe_rules(rules[name])}"
+        elif rules is None and name == "tuned":
+            title += (
+                "\n(its rules were not recorded: a bench.json from before they were, when the tuned row ran "
+                "through the export defaults, not the run's)"
+            )
+        tables.append(format_table(rows, title))
+    return "\n\n".join(tables)
+
+
+def describe_rules(rules: dict) -> str:
+    """``otaro eval``'s wording of the settings a run was measured through, ``(as tuned)`` after those its
+    checkpoint recorded (``from_run``)."""
+    int8 = rules["int8_activations"]
+    settings = {
+        "reconstruction": f"reconstruction {rules['reconstruction']}",
+        "exponent_rule": f"exponents {rules['exponent_rule']}",
+        "layer_floors": f"floors {rules['layer_floors']}",
+        "int8_activations": f"int8 activations {f'up to E5M{int8}' if int8 else 'off'}",
+    }
+    from_run = rules.get("from_run", [])
+    text = ", ".join(f"{value}{' (as tuned)' if key in from_run else ''}" for key, value in settings.items())
+    text += f", lm_head {rules['lm_head']}"
+    if "checkpoint" in rules:
+        step = f" (step {rules['step']})" if rules.get("step") is not None else ""
+        text = f"{rules['checkpoint']}{step}: {text}"
+    return f"  {text}"
 
 
 def save_json(path: Path, payload: dict) -> None:

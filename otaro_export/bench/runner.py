@@ -448,6 +448,7 @@ def run_bench(settings: BenchSettings, log: Callable[[str], None] = print) -> di
         resident, resident_note = report.resident_sefp_weights(et_mapped, storage["sefp_stored_bytes"])
 
     accuracy: dict[str, list] = {}
+    accuracy_rules: dict[str, dict] = {}
     if settings.accuracy:
         log(f"accuracy: {settings.eval_samples} samples of up to {settings.eval_gen_tokens} tokens ...")
         loads.sample()
@@ -457,7 +458,7 @@ def run_bench(settings: BenchSettings, log: Callable[[str], None] = print) -> di
             torch.set_num_threads(settings.threads)
             from otaro_export.bench.accuracy import evaluate_accuracy
 
-            accuracy = evaluate_accuracy(
+            accuracy, accuracy_rules = evaluate_accuracy(
                 settings.model,
                 settings.bits,
                 settings.eval_samples,
@@ -485,6 +486,8 @@ def run_bench(settings: BenchSettings, log: Callable[[str], None] = print) -> di
         "resident_sefp_weights_mib": {str(k): v for k, v in resident.items()},
         "resident_note": resident_note,
         "accuracy": {name: [asdict(r) for r in rs] for name, rs in accuracy.items()},
+        # what each accuracy run was measured through; the tuned run's from_run: taken from its checkpoint
+        "accuracy_rules": accuracy_rules,
         "failures": failures,
         "notes": settings.extra_notes,
     }
@@ -596,7 +599,8 @@ def render_text(payload: dict, accuracy: dict, goals: list) -> str:
             noise = f", noise {s['noise']:.3f}" if s.get("noise") is not None else ""
             parts.append(f"  {name}: {steps}; ratio {s['switch_ratio']:.3f}{noise}")
     if accuracy:
-        parts += ["", report.format_accuracy_table(accuracy)]
+        # None: a bench.json from before the rules were recorded
+        parts += ["", report.format_accuracy_table(accuracy, payload.get("accuracy_rules"))]
     parts += ["", "goals:", report.format_goals(goals)]
     if payload["failures"]:
         parts += ["", "FAILED:"] + [f"  {f['what']}: {f['error']}" for f in payload["failures"]]

@@ -68,6 +68,17 @@ def test_bench_quick_on_a_tiny_model(tmp_path):
     # tiny llama: 2 layers x 7 linears, hidden 64; 9.125 bits/weight at rest for K = 64 multiples
     assert abs(data["sefp_storage"]["bytes_per_sefp_weight"] - 9.125 / 8) < 1e-9
     assert [r["precision"] for r in data["accuracy"]["untuned"]] == ["E5M3", "E5M8", "FP"]
+    # the rules the accuracy run used, recorded and in its table's title
+    assert data["accuracy_rules"] == {
+        "untuned": {
+            "reconstruction": "fitted",
+            "exponent_rule": "search",
+            "layer_floors": "auto",
+            "int8_activations": 5,
+            "lm_head": "sefp",
+        }
+    }
+    assert "reconstruction fitted, exponents search, floors auto, int8 activations up to E5M5" in result.output
     goals = {g["name"]: g["met"] for g in data["goals"]}
     anchor_goal = "onnx E5M3 decode vs the best anchor (llama.cpp Q4_1 1/N threads, onnxruntime-genai int4)"
     assert goals[anchor_goal] is None  # not measured, and said so

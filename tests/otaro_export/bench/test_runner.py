@@ -99,3 +99,32 @@ def test_sefp_storage_records_each_layers_size_and_the_manifests_floors(tmp_path
     assert storage["precision_floors"] == floors and storage["sefp_weights"] == 64 * 128 + 32 * 64
     (tmp_path / "manifest.json").write_text(json.dumps({"extra": {}}))  # an export without floors
     assert sefp_storage_from_onnx(tmp_path / "model.onnx")["precision_floors"] == {}
+
+
+def test_the_accuracy_tables_say_which_rules_each_run_used(tmp_path):
+    payload = json.loads((DATA / "bench_sequential.json").read_text())
+    payload["accuracy"]["tuned"] = payload["accuracy"]["untuned"]
+    untuned = {"reconstruction": "fitted", "exponent_rule": "search", "layer_floors": "auto", "int8_activations": 5}
+    untuned["lm_head"] = "sefp"
+    tuned = {**untuned, "reconstruction": "center", "exponent_rule": "floor", "int8_activations": 0}
+    tuned.update(checkpoint="ckpt-000240", step=240, from_run=["reconstruction", "exponent_rule", "int8_activations"])
+    payload["accuracy_rules"] = {"untuned": untuned, "tuned": tuned}
+    (tmp_path / "bench.json").write_text(json.dumps(payload))
+    text = rerender(tmp_path)["text"]
+    untuned_title, tuned_title = (
+        text.split(f"accuracy, {name} (747 scored tokens)\n", 1)[1] for name in payload["accuracy"]
+    )
+    assert untuned_title.startswith(
+        "  reconstruction fitted, exponents search, floors auto, int8 activations up to E5M5, lm_head sefp\n"
+    )
+    assert tuned_title.startswith(
+        "  ckpt-000240 (step 240): reconstruction center (as tuned), exponents floor (as tuned), floors auto, "
+        "int8 activations off (as tuned), lm_head sefp\n"
+    )
+    assert json.loads((tmp_path / "bench.json").read_text())["accuracy_rules"] == payload["accuracy_rules"]
+    # a bench.json from before the rules were recorded: its tuned row ran through the export defaults, and says so
+    del payload["accuracy_rules"]
+    (tmp_path / "bench.json").write_text(json.dumps(payload))
+    text = rerender(tmp_path)["text"]
+    assert "its rules were not recorded" in text.split("accuracy, tuned", 1)[1]
+    assert "rules were not recorded" not in text.split("accuracy, tuned", 1)[0]
