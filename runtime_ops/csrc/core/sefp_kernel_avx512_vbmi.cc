@@ -1,12 +1,15 @@
-// Int8-activation kernel (AVX-512 VNNI + VBMI), docs/FORMAT.md §9: y = fq(x) @ W_k^T for E5M5 and
-// E5M6 with levels on the int8 grid, few activation rows (decode). E5M3 / E5M4 calls go to the
-// VNNI kernel (sefp_kernel_avx512_vnni.cc); this unit is separate because its -mavx512vbmi must
-// not reach code that runs on VNNI CPUs without VBMI (Cascade Lake).
+// Int8-activation kernel (AVX-512 VNNI + VBMI), docs/FORMAT.md §9: y = fq(x) @ W_k^T for E5M4,
+// E5M5 and E5M6 with levels on the int8 grid, few activation rows (decode). E5M3 calls go to the
+// VNNI kernel (sefp_kernel_avx512_vnni.cc), which also runs E5M4 on VNNI CPUs without VBMI (Cascade
+// Lake); this unit is separate because its -mavx512vbmi must not reach code that runs there.
 //
 // The same paired-group loop as E5M3 (sefp_kernel_avx512_int8.h: two groups per step, activations
 // as |q| with their signs moved onto the weights, signed half levels L / 2 as s8, one vpdpbusd per
 // 64 products). Only the weight decode differs: a byte index of (sign, q[7:8-k]) built from the
 // planes in element order, then one table lookup over all 64 bytes.
+// * E5M4: index = s << 4 | q[7:4] (32 entries, repeated in 32..63): the p0 nibble shifted to bits
+//   1..4 and q[4] (the high bit of the p1 field) in bit 0; one vpermb. On the one-group loop
+//   (VNNI) E5M4 took as long as E5M5 here, although it reads a fifth fewer bytes.
 // * E5M5: index = s << 5 | q[7:3] (64 entries): the p0 nibble shifted to bits 2..5 and the p1
 //   field (q[4:3]) in bits 0..1; one vpermb (_mm512_permutexvar_epi8, bits 6..7 ignored).
 // * E5M6: index = s << 6 | q[7:2] (128 entries): the nibble in bits 3..6, the p1 field in bits
@@ -27,24 +30,28 @@ namespace {
 constexpr int kSelect = 0xE4;  // ternary logic: c ? a : b, bitwise
 
 // Signed half levels of precision BITS (entries 0..2^BITS-1 positive, the next 2^BITS negative),
-// as one (E5M5) or two (E5M6) 64-byte tables.
+// as one (E5M4: twice over; E5M5) or two (E5M6) 64-byte tables.
 template <int BITS>
 struct WideDecoder {
-  static_assert(BITS == 5 || BITS == 6, "the VBMI path is E5M5's and E5M6's");
+  static_assert(BITS >= 4 && BITS <= 6, "the VBMI path is E5M4's, E5M5's and E5M6's");
   __m512i table[2];
   __m512i field_shift[2];  // lo / hi half: where field f of p1 sits, per 128-bit lane
   __m512i q2_shift[2];     // E5M6: where q[2] of the p2 field sits
 
   explicit WideDecoder(const LinearPlan& a) {
     alignas(64) int8_t t[128];
-    for (int i = 0; i < 2 << BITS; ++i) {
+    constexpr int kEntries = BITS == 4 ? 64 : 2 << BITS;  // E5M4: bit 5 of its index is not cleared
+    for (int i = 0; i < kEntries; ++i) {
       const int half = static_cast<int>(a.row[i & ((1 << BITS) - 1)]) / 2;  // plan: even integers in [0, 254]
-      t[i] = static_cast<int8_t>(i >> BITS ? -half : half);
+      t[i] = static_cast<int8_t>((i >> BITS) & 1 ? -half : half);
     }
     table[0] = _mm512_load_si512(t);
     table[1] = BITS == 6 ? _mm512_load_si512(t + 64) : _mm512_setzero_si512();
     // lane l of the lo half reads field l & 1 (bits 2(l & 1)..), of the hi half field 2 + (l & 1)
-    if constexpr (BITS == 5) {  // field to bits 0..1: shift right by 2f
+    if constexpr (BITS == 4) {  // q[4] (bit 2f + 1) to bit 0: shift right by 2f + 1
+      field_shift[0] = _mm512_set_epi32(3, 3, 3, 3, 1, 1, 1, 1, 3, 3, 3, 3, 1, 1, 1, 1);
+      field_shift[1] = _mm512_set_epi32(7, 7, 7, 7, 5, 5, 5, 5, 7, 7, 7, 7, 5, 5, 5, 5);
+    } else if constexpr (BITS == 5) {  // field to bits 0..1: shift right by 2f
       field_shift[0] = _mm512_set_epi32(2, 2, 2, 2, 0, 0, 0, 0, 2, 2, 2, 2, 0, 0, 0, 0);
       field_shift[1] = _mm512_set_epi32(6, 6, 6, 6, 4, 4, 4, 4, 6, 6, 6, 6, 4, 4, 4, 4);
     } else {  // field to bits 1..2: rotate left by 1 - 2f; q[2] (bit 2f + 1) to bit 0: left by 31 - 2f
@@ -58,7 +65,17 @@ struct WideDecoder {
   void decode(const SEFPWeightView& w, int64_t ng, bool both, __m512i* lo, __m512i* hi) const {
     const __m512i b = load_p0_pair(w, ng, both);
     const __m512i p1 = load_field_plane_pair(w.p1, ng, both);
-    if constexpr (BITS == 5) {
+    if constexpr (BITS == 4) {
+      // nibble bits 0..3 (lo) / 4..7 (hi) to 1..4; bits 5..7 carry other bits, which the repeated
+      // table (bit 5) and vpermb (bits 6..7) ignore
+      const __m512i one = _mm512_set1_epi8(0x01);
+      const __m512i ilo =
+          _mm512_ternarylogic_epi32(_mm512_srlv_epi32(p1, field_shift[0]), _mm512_slli_epi16(b, 1), one, kSelect);
+      const __m512i ihi =
+          _mm512_ternarylogic_epi32(_mm512_srlv_epi32(p1, field_shift[1]), _mm512_srli_epi16(b, 3), one, kSelect);
+      *lo = _mm512_permutexvar_epi8(ilo, table[0]);
+      *hi = _mm512_permutexvar_epi8(ihi, table[0]);
+    } else if constexpr (BITS == 5) {
       // nibble bits 0..3 (lo) / 4..7 (hi) to 2..5; 16-bit shifts carry nothing into bits 2..5
       const __m512i three = _mm512_set1_epi8(0x03);
       const __m512i ilo =
@@ -111,9 +128,12 @@ void wide_bits(const LinearPlan& a, int64_t n_begin, int64_t n_end) {
 }  // namespace
 
 void linear_range_avx512_vbmi(const LinearPlan& a, int64_t n_begin, int64_t n_end) {
-  if (a.bits <= 4) return linear_range_avx512_vnni(a, n_begin, n_end);
-  // rows longer than the paired activations hold: the float kernel on fq(x) (a.x)
-  if (!PairedActivations::fits(a)) return linear_range_avx512(a, n_begin, n_end);
+  const bool paired = PairedActivations::fits(a);
+  // E5M3, and E5M4 rows longer than the paired activations hold: the VNNI kernel (one-group loop)
+  if (a.bits == 3 || (a.bits == 4 && !paired)) return linear_range_avx512_vnni(a, n_begin, n_end);
+  // E5M5 / E5M6 rows that long: the float kernel on fq(x) (a.x)
+  if (!paired) return linear_range_avx512(a, n_begin, n_end);
+  if (a.bits == 4) return wide_bits<4>(a, n_begin, n_end);
   if (a.bits == 5) return wide_bits<5>(a, n_begin, n_end);
   return wide_bits<6>(a, n_begin, n_end);  // plan: bits <= 6
 }
