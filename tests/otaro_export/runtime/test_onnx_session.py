@@ -158,6 +158,18 @@ def test_smollm2_greedy_text_at_e5m8_matches_torch_reference(tmp_path):
     assert kl <= 3 * spread + 1e-3, (kl, spread)
     assert (got3.argmax(-1) == e5m3.argmax(-1)).float().mean() >= 0.9
 
+    # The demo's multiple-choice tasks (otaro demo's built-in script) are as right at E5M3 and E5M4 as at
+    # E5M8 (before the export's reconstruction rule, E5M3 answered "Saturn" for the Red Planet).
+    from otaro_export.demo.harness import score_options
+    from otaro_export.demo.tasks import load_tasks
+
+    right = {"sentiment": "positive", "quiz": "Mars"}
+    choose = [t for t in load_tasks() if t.kind == "choose"]
+    assert {t.name for t in choose} == set(right)
+    for bits in (8, 4, 3):
+        answers = {t.name: score_options(session, t, bits)[0] for t in choose}
+        assert answers == right, (bits, answers)
+
 
 def _jitter(_module, args):
     x = args[0]
