@@ -47,7 +47,10 @@ def export(
         None, "--exponents", help="group exponent choice: floor (the paper's) or search; default: the best measured"
     ),
     lm_head: str = typer.Option(
-        "sefp", "--lm-head", help="sefp: tied embedding + lm_head stored once in SEFP; float: keep them float32"
+        None,
+        "--lm-head",
+        help="sefp: tied embedding + lm_head stored once in SEFP; float: keep them float32; default: sefp, or "
+        "as the --checkpoint run was tuned (--quantize-lm-head / --no-quantize-lm-head)",
     ),
     lm_head_min_bits: int = typer.Option(
         None, "--lm-head-min-bits", help="lm_head (and tied embedding) run at max(bits, this); default: measured"

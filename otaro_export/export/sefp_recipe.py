@@ -89,7 +89,7 @@ class SEFPRecipe:
 
     def with_tuned_run(self, meta: dict, log: Callable[[str], None] = print) -> tuple[SEFPRecipe, list]:
         """This recipe with the rule an ``otaro tune`` run trained through: reconstruction and exponent rules,
-        floors and int8 activations.
+        floors, int8 activations and whether the tied lm_head was quantized (``--lm-head sefp`` / ``float``).
 
         ``meta``: the checkpoint's ``meta.json``. Only settings the user did not choose (``explicit``)
         and the run recorded are taken. Returns ``(recipe, names of the settings taken)``. Both targets run a
@@ -129,6 +129,16 @@ class SEFPRecipe:
             changes["int8_activations"] = value
             taken.append("int8_activations")
             log(f"int8 activations: as the run was tuned ({f'up to E5M{value}' if value else 'off'})")
+        # tune --no-quantize-lm-head trains (and eval measures) a float tied embedding + lm_head: --lm-head float
+        if "lm_head" not in self.explicit and "quantize_lm_head" in config:
+            quantized = config["quantize_lm_head"]
+            if not isinstance(quantized, bool):
+                raise OtaroError(
+                    f"the tuned checkpoint's quantize_lm_head is unusable: {quantized!r} is not true/false"
+                )
+            changes["lm_head"] = "sefp" if quantized else "float"
+            taken.append("lm_head")
+            log(f"lm_head: {changes['lm_head']}, as the run was tuned")
         return replace(self, **changes), taken
 
     @property

@@ -88,7 +88,7 @@ def test_the_tuned_row_follows_the_rules_its_run_recorded(tiny_run, calls):
         "lm_head": "sefp",
         "checkpoint": resolve_checkpoint(run).name,
         "step": 1,
-        "from_run": ["reconstruction", "exponent_rule", "layer_floors", "int8_activations"],
+        "from_run": ["reconstruction", "exponent_rule", "layer_floors", "int8_activations", "lm_head"],
     }
 
 
@@ -98,7 +98,7 @@ def test_options_given_to_the_bench_win_over_the_run(tiny_run, calls):
     tuned = calls[-1]
     assert (tuned["reconstruction"], tuned["exponent_rule"], tuned["layer_floors"]) == ("floor", "floor", "none")
     assert tuned["plan"] is None
-    assert rules["tuned"]["from_run"] == ["exponent_rule", "int8_activations"]
+    assert rules["tuned"]["from_run"] == ["exponent_rule", "int8_activations", "lm_head"]
 
 
 def test_a_run_that_recorded_no_rules_keeps_the_export_defaults(tiny_run, calls, tmp_path):
@@ -116,7 +116,7 @@ def test_a_run_that_recorded_no_rules_keeps_the_export_defaults(tiny_run, calls,
     tuned = calls[-1]
     assert (tuned["reconstruction"], tuned["exponent_rule"], tuned["int8_activations"]) == ("fitted", "search", 5)
     assert tuned["layer_floors"] == "auto" and tuned["plan"] is None  # planned on the tuned weights, as export does
-    assert rules["tuned"]["from_run"] == []
+    assert rules["tuned"]["from_run"] == ["lm_head"]  # quantize_lm_head has been recorded from the first tune
 
 
 def test_an_unusable_recorded_rule_fails_before_anything_is_measured(tiny_run, calls, tmp_path):

@@ -180,14 +180,32 @@ def test_floors_and_int8_activations_reach_the_trainer_with_the_export_defaults(
     assert res.exit_code == 2 and "keeps its saved settings" in res.output and "int8_activations" in res.output
 
 
-def test_export_and_eval_follow_the_reconstruction_and_exponent_rule_the_run_recorded(
-    cli, tiny_dir, tmp_path, monkeypatch
-):
-    """A run tuned through center / floor (not the defaults fitted / search) is exported and measured through them."""
+@pytest.fixture
+def exported_recipes(monkeypatch):
+    """The ONNX writer replaced by one that records the recipe it gets and writes an empty graph."""
     import onnx
 
     from otaro_export.export import onnx_export
     from otaro_export.export.model_info import model_info
+    from otaro_export.manifest import Manifest
+
+    recipes = []
+
+    def writer(loaded, options, out, log):
+        recipes.append(options.recipe)
+        onnx.save(onnx.helper.make_model(onnx.helper.make_graph([], "g", [], [])), str(out / "model.onnx"))
+        extra = {"sefp_recipe": options.recipe.manifest_fields()}
+        info = model_info(loaded.model, loaded.source, options.max_seq_len)
+        return Manifest("onnx", "model.onnx", "fused", "onnxruntime", [], [], [], info, extra=extra)
+
+    monkeypatch.setattr(onnx_export, "export_onnx", writer)
+    return recipes
+
+
+def test_export_and_eval_follow_the_reconstruction_and_exponent_rule_the_run_recorded(
+    cli, tiny_dir, tmp_path, monkeypatch, exported_recipes
+):
+    """A run tuned through center / floor (not the defaults fitted / search) is exported and measured through them."""
     from otaro_export.manifest import Manifest
     from otaro_export.train import evaluation
     from otaro_export.train.checkpoint import META_FILE, resolve_checkpoint
@@ -224,16 +242,7 @@ def test_export_and_eval_follow_the_reconstruction_and_exponent_rule_the_run_rec
     assert "as the run was tuned: floors none, int8 activations off" in res.output
     assert "reconstruction fitted, exponents search, floors none (as tuned)" in res.output
 
-    recipes = []
-
-    def writer(loaded, options, out, log):
-        recipes.append(options.recipe)
-        onnx.save(onnx.helper.make_model(onnx.helper.make_graph([], "g", [], [])), str(out / "model.onnx"))
-        extra = {"sefp_recipe": options.recipe.manifest_fields()}
-        info = model_info(loaded.model, loaded.source, options.max_seq_len)
-        return Manifest("onnx", "model.onnx", "fused", "onnxruntime", [], [], [], info, extra=extra)
-
-    monkeypatch.setattr(onnx_export, "export_onnx", writer)
+    recipes = exported_recipes
     export = ("export", "--target", "onnx", "--model", tiny_dir, "--checkpoint", run)
     res = cli(*export, "--output", tmp_path / "a")
     assert res.exit_code == 0, res.output
@@ -256,4 +265,40 @@ def test_export_and_eval_follow_the_reconstruction_and_exponent_rule_the_run_rec
     res = cli(*export, "--output", tmp_path / "c", "--layer-floors", "none")
     assert res.exit_code == 0, res.output
     assert (recipes[-1].reconstruction, recipes[-1].exponent_rule) == ("fitted", "search")
-    assert Manifest.load(tmp_path / "c").extra["tuned_run"]["from_run"] == []
+    # quantize_lm_head has been recorded from the first tune: the lm_head still follows the run
+    assert Manifest.load(tmp_path / "c").extra["tuned_run"]["from_run"] == ["lm_head"]
+
+
+def test_the_export_keeps_the_lm_head_float_for_a_run_tuned_with_a_float_lm_head(
+    cli, tiny_dir, tmp_path, exported_recipes
+):
+    """tune --no-quantize-lm-head: eval measures a float lm_head, so the export's default is --lm-head float."""
+    from otaro_export.manifest import Manifest
+    from otaro_export.train.checkpoint import META_FILE, resolve_checkpoint
+
+    run = tmp_path / "run"
+    small = ("--num-samples", 2, "--gen-tokens", 4, "--batch-size", 2, "--steps", 1, "--int8-activations", 0)
+    res = cli("tune", "--model", tiny_dir, "--output", run, *small, "--layer-floors", "none", "--no-quantize-lm-head")
+    assert res.exit_code == 0, res.output
+    meta_path = resolve_checkpoint(run) / META_FILE
+    assert json.loads(meta_path.read_text())["config"]["quantize_lm_head"] is False
+
+    export = ("export", "--target", "onnx", "--model", tiny_dir, "--checkpoint", run)
+    res = cli(*export, "--output", tmp_path / "a")
+    assert res.exit_code == 0, res.output
+    assert exported_recipes[-1].lm_head == "float" and "lm_head: float, as the run was tuned" in res.output
+    manifest = Manifest.load(tmp_path / "a")
+    assert manifest.extra["sefp_recipe"]["lm_head"] == "float" and "lm_head" in manifest.extra["tuned_run"]["from_run"]
+    # an explicit --lm-head wins, and is not listed as taken from the run
+    res = cli(*export, "--output", tmp_path / "b", "--lm-head", "sefp")
+    assert res.exit_code == 0, res.output
+    assert exported_recipes[-1].lm_head == "sefp" and "lm_head: " not in res.output
+    assert "lm_head" not in Manifest.load(tmp_path / "b").extra["tuned_run"]["from_run"]
+    # a meta.json without the setting: the export's default
+    meta = json.loads(meta_path.read_text())
+    del meta["config"]["quantize_lm_head"]
+    meta_path.write_text(json.dumps(meta))
+    res = cli(*export, "--output", tmp_path / "c")
+    assert res.exit_code == 0, res.output
+    assert exported_recipes[-1].lm_head == "sefp"
+    assert "lm_head" not in Manifest.load(tmp_path / "c").extra["tuned_run"]["from_run"]

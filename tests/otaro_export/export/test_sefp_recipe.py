@@ -155,6 +155,25 @@ def test_a_tuned_runs_reconstruction_and_exponent_rule_are_the_exports_unless_th
         default_recipe().with_tuned_run({"config": {"reconstruction": "odd"}}, print)
 
 
+def test_a_run_tuned_with_a_float_lm_head_exports_it_float_unless_the_user_chose():
+    """tune --no-quantize-lm-head records quantize_lm_head false: eval measures a float lm_head, so the export's."""
+    notes = []
+    meta = {"config": {"quantize_lm_head": False}}
+    recipe, taken = default_recipe().with_tuned_run(meta, notes.append)
+    assert (recipe.lm_head, taken, notes) == ("float", ["lm_head"], ["lm_head: float, as the run was tuned"])
+    assert recipe.manifest_fields()["lm_head"] == "float"
+    quantized, taken = default_recipe().with_tuned_run({"config": {"quantize_lm_head": True}}, print)
+    assert (quantized.lm_head, taken) == ("sefp", ["lm_head"])
+    # an explicit --lm-head wins
+    chosen, taken = default_recipe(lm_head="sefp").with_tuned_run(meta, print)
+    assert (chosen.lm_head, taken) == ("sefp", [])
+    # a run that recorded nothing keeps the default
+    old, taken = default_recipe().with_tuned_run({"config": {"method": "bps"}}, print)
+    assert (old.lm_head, taken) == ("sefp", [])
+    with pytest.raises(OtaroError, match="checkpoint's quantize_lm_head is unusable: 'no' is not true/false"):
+        default_recipe().with_tuned_run({"config": {"quantize_lm_head": "no"}}, print)
+
+
 def test_given_floors_replace_the_plan(monkeypatch):
     from otaro_export.export import sefp_recipe
 
