@@ -20,7 +20,12 @@ from torch.export import ExportedProgram
 from otaro_export import ops
 from otaro_export.passes.decompose_sefp_linear import dequantize_planes
 
-__all__ = ["decompose_sefp_embedding", "sefp_embedding_decomposition", "count_sefp_embedding_nodes"]
+__all__ = [
+    "decompose_sefp_embedding",
+    "decomposition_table",
+    "sefp_embedding_decomposition",
+    "count_sefp_embedding_nodes",
+]
 
 _OVERLOADS = (ops.sefp_embedding, ops.sefp_embedding_out)
 
@@ -45,15 +50,16 @@ def count_sefp_embedding_nodes(ep: ExportedProgram) -> int:
     return sum(1 for node in ep.graph.nodes if node.op == "call_function" and node.target in _OVERLOADS)
 
 
+def decomposition_table() -> dict:
+    """``run_decompositions`` table of this pass (merged with the linear's for one retrace of the program)."""
+    return {ops.sefp_embedding: sefp_embedding_decomposition, ops.sefp_embedding_out: _sefp_embedding_out_decomposition}
+
+
 def decompose_sefp_embedding(ep: ExportedProgram) -> ExportedProgram:
     """Return ``ep`` with every ``otaro::sefp_embedding`` node replaced by Core ATen ops (others untouched)."""
     if count_sefp_embedding_nodes(ep) == 0:
         return ep
-    table = {
-        ops.sefp_embedding: sefp_embedding_decomposition,
-        ops.sefp_embedding_out: _sefp_embedding_out_decomposition,
-    }
-    out = ep.run_decompositions(table)
+    out = ep.run_decompositions(decomposition_table())
     left = count_sefp_embedding_nodes(out)
     if left:
         raise RuntimeError(f"decompose_sefp_embedding: {left} otaro::sefp_embedding node(s) survived decomposition")

@@ -15,10 +15,16 @@ subgraph built only from ops the portable runtime has (docs/FORMAT.md §5):
 * ``2**(e - 7)`` is an integer ``pow(2, e + 15)`` (exact in int64 and float32)
   times the float constant ``2**-22``, so every dequantized weight equals
   :meth:`SEFPWeight.dequantize` bit for bit;
-* a reconstruction table ``levels`` (docs/FORMAT.md §3) selects its row with
-  ``index_select`` at ``bits - 3`` and each weight's level with
-  ``index_select`` at ``q_k // 2**(8 - bits)`` (exact); without one, the
-  floor rule uses ``q_k`` itself;
+* the four planes' fields sum to each weight's index ``s * 256 + q`` into a
+  512-entry signed level table built from ``bits`` (and the layer's
+  reconstruction table ``levels``, docs/FORMAT.md §3): entry ``s * 256 + q`` is
+  ``(-1)**s * levels[bits - 3, q_k // 2**(8 - bits)]`` with ``q_k = q & mask``
+  (exact), or ``(-1)**s * q_k`` for the floor rule. One ``index_select`` per
+  weight then replaces masking, a level lookup and a sign select;
+* the table's subgraph depends on ``bits`` and constants only, so
+  ``merge_duplicate_nodes`` (run after this pass by the ExecuTorch export)
+  keeps one copy of what the layers share (the mask, the floor rule's whole
+  table, the field divisors);
 * the matmul is ``aten.linear`` on the dequantized weight (XNNPACK takes it
   when partitioned with ``force_non_static_weights_for_f32_linear=True``);
 * int8 activations (a node's ``act_int8_max_bits > 0``, docs/FORMAT.md §9):
@@ -47,6 +53,7 @@ from otaro_export.sefp import EXPONENT_MIN, GROUP_SIZE, STORED_MANTISSA_BITS, SU
 
 __all__ = [
     "decompose_sefp_linear",
+    "decomposition_table",
     "sefp_linear_decomposition",
     "dequantize_planes",
     "count_sefp_nodes",
@@ -91,13 +98,24 @@ def _fields(plane: torch.Tensor, n: int, g: int, lanes: int, width: int) -> torc
     return torch.bitwise_and(torch.div(b, divisors, rounding_mode="floor"), radix - 1).reshape(n, g, GROUP_SIZE)
 
 
-def _levels_of(q_k: torch.Tensor, bits: torch.Tensor, levels: torch.Tensor) -> torch.Tensor:
-    """``levels[bits - 3, q_k >> (8 - bits)]`` as float32, with Core ATen ops only (no shifts)."""
+def _signed_levels(bits: torch.Tensor, levels: torch.Tensor | None) -> torch.Tensor:
+    """``[512]`` float32: entry ``s * 256 + q`` is ``(-1)**s`` times the level of M8 magnitude ``q`` at ``bits``.
+
+    The floor rule's level is ``q_k = q & mask`` itself; a table's is ``levels[bits - 3, q_k // 2**(8 - bits)]``
+    (exact). Built from ``bits`` and the table only, so every floor-rule layer shares one such subgraph
+    (``merge_duplicate_nodes``), and each weight then needs a single gather instead of masking, a table
+    lookup and a sign select of its own.
+    """
     lowest = SUPPORTED_BITS[0]
-    row = torch.index_select(levels, 0, (bits - lowest).reshape(1)).reshape(-1)
-    step = torch.pow(2, STORED_MANTISSA_BITS - bits)  # int64: one E5Mk step in M8 steps
-    index = torch.div(q_k, step, rounding_mode="floor").reshape(-1)
-    return torch.index_select(row, 0, index).reshape(q_k.shape)
+    q = torch.arange(1 << STORED_MANTISSA_BITS, dtype=torch.int32)
+    q_k = torch.bitwise_and(q, _mask(bits))  # the mask's index_select is the bits range check
+    if levels is None:
+        magnitude = q_k.to(torch.float32)
+    else:
+        row = torch.index_select(levels, 0, (bits - lowest).reshape(1)).reshape(-1)
+        step = torch.pow(2, STORED_MANTISSA_BITS - bits)  # int64: one E5Mk step in M8 steps
+        magnitude = torch.index_select(row, 0, torch.div(q_k, step, rounding_mode="floor"))
+    return torch.cat([magnitude, -magnitude])  # -0.0 for a negative zero level, as the reference gives
 
 
 def dequantize_planes(p0, p1, p2, p3, exponents, bits, levels=None) -> torch.Tensor:
@@ -107,16 +125,15 @@ def dequantize_planes(p0, p1, p2, p3, exponents, bits, levels=None) -> torch.Ten
     """
     n, g = exponents.shape
     lanes = PLANE_BYTES_PER_GROUP  # plane p's byte i of a group holds element i + lanes * j in field j
-    code = _fields(p0, n, g, lanes["p0"], 4)  # sign << 3 | q[7:5]
-    q = (
-        torch.bitwise_and(code, 7) * 32
+    # p0's field is sign << 3 | q[7:5], so 32 * field = sign * 256 + (q & 0xE0): the index s * 256 + q
+    # into the signed level table is a sum of the four planes' fields
+    index = (
+        _fields(p0, n, g, lanes["p0"], 4) * 32
         + _fields(p1, n, g, lanes["p1"], 2) * 8
         + _fields(p2, n, g, lanes["p2"], 2) * 2
         + _fields(p3, n, g, lanes["p3"], 1)
     )
-    q_k = torch.bitwise_and(q, _mask(bits))  # the mask's index_select is the bits range check
-    magnitude = q_k.to(torch.float32) if levels is None else _levels_of(q_k, bits, levels)
-    signed = torch.where(code >= 8, -magnitude, magnitude)
+    signed = torch.index_select(_signed_levels(bits, levels), 0, index.reshape(-1)).reshape(n, g, GROUP_SIZE)
     return (signed * _scale(exponents).reshape(n, g, 1)).reshape(n, g * GROUP_SIZE)
 
 
@@ -163,6 +180,11 @@ def count_sefp_nodes(ep: ExportedProgram) -> int:
     return sum(1 for node in ep.graph.nodes if node.op == "call_function" and node.target in _SEFP_OVERLOADS)
 
 
+def decomposition_table() -> dict:
+    """``run_decompositions`` table of this pass (merged with the embedding's for one retrace of the program)."""
+    return {ops.sefp_linear: sefp_linear_decomposition, ops.sefp_linear_out: _sefp_linear_out_decomposition}
+
+
 def decompose_sefp_linear(ep: ExportedProgram) -> ExportedProgram:
     """Return ``ep`` with every ``otaro::sefp_linear`` node replaced by Core ATen ops.
 
@@ -171,8 +193,7 @@ def decompose_sefp_linear(ep: ExportedProgram) -> ExportedProgram:
     """
     if count_sefp_nodes(ep) == 0:
         return ep
-    table = {ops.sefp_linear: sefp_linear_decomposition, ops.sefp_linear_out: _sefp_linear_out_decomposition}
-    out = ep.run_decompositions(table)
+    out = ep.run_decompositions(decomposition_table())
     left = count_sefp_nodes(out)
     if left:
         raise RuntimeError(f"decompose_sefp_linear: {left} otaro::sefp_linear node(s) survived decomposition")

@@ -13,9 +13,10 @@ Steps (the artifact: docs/FORMAT.md §8):
    every linear gets the recipe's int8-activation setting ``act_int8_max_bits``
    (docs/FORMAT.md §9, ``passes/set_int8_activations``);
 3. ``--kernels portable`` only: the SEFP nodes are rewritten into Core ATen ops
-   (``passes/decompose_sefp_*``), so the stock runtime needs no library;
-4. ``to_edge_transform_and_lower`` with XNNPACK (norms, rotary, SwiGLU, and in
-   portable mode the linears on their dequantized weights), then
+   (``passes/decompose_sefp_*``, then ``passes/merge_duplicate_nodes``), so the
+   stock runtime needs no library;
+4. ``to_edge_transform_and_lower`` with XNNPACK (fp32 baseline: every op it
+   takes; portable: the linears on their dequantized weights only), then
    ``to_executorch``.
 
 Each plane ``p0..p3`` and the exponents are separate constant tensors, so under
@@ -29,6 +30,7 @@ mmap a run at E5M3 (fused kernel) pages in only ``p0`` + exponents.
 from __future__ import annotations
 
 import collections
+import contextlib
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -65,27 +67,118 @@ def _partitioners(kernels: str) -> list:
     is a few small element-wise ops: the portable/optimized kernels run those
     without the delegate's per-call cost, and lowering skips XNNPACK's
     per-partition preprocessing (most of the export time of a delegated model).
+
+    Portable: XNNPACK takes the linears only (``LinearConfig``, ``AddmmConfig``). With
+    every config it also took the float element-wise ops of the weights'
+    dequantization and of the activations' fake quantization, interleaved with
+    the integer unpacking it cannot run, which split each layer into ~18
+    partitions; ExecuTorch re-legalizes and recompiles the whole graph once per
+    partition, so lowering time grew with partitions x graph size. One partition
+    per linear is ~4.5 per layer, each with the same linear XNNPACK ran before.
     """
     if kernels == "fused":
         return []
     from executorch.backends.xnnpack.partition.config import ALL_PARTITIONER_CONFIGS, UpsampleBilinear2dConfig
     from executorch.backends.xnnpack.partition.xnnpack_partitioner import XnnpackPartitioner
 
+    if kernels == "portable":
+        from executorch.backends.xnnpack.partition.config.gemm_configs import AddmmConfig, LinearConfig
+
+        class LinearsPartitioner(XnnpackPartitioner):
+            """Keeps every ``aten.linear`` undecomposed without a per-node check.
+
+            XNNPACK's own answer comes with a check per node, which sends
+            ``to_edge_transform_and_lower`` down a path of two more retraces of
+            the whole program; without it the program, already decomposed by
+            :func:`_decompose` with the same table, is not retraced again. Every
+            float32 linear qualifies here (its weight is not required to be
+            static), and one XNNPACK does not take would still run: the stock
+            runtime has ``aten::linear.out``.
+            """
+
+            def ops_to_not_decompose(self, ep):
+                ops, _check = super().ops_to_not_decompose(ep)
+                return ops, None
+
+        # the decomposed SEFP weight is computed at run time, and XNNPACK only
+        # takes such a linear when told its weight need not be static
+        return [LinearsPartitioner(configs=[LinearConfig, AddmmConfig], force_non_static_weights_for_f32_linear=True)]
     # UpsampleBilinear2d's config traces its pattern graphs on every partitioner run; a decoder has none.
     configs = [c for c in ALL_PARTITIONER_CONFIGS if c is not UpsampleBilinear2dConfig]
-    # Portable: the decomposed SEFP weight is computed at run time, and XNNPACK
-    # only takes such a linear when told its weight need not be static.
-    return [XnnpackPartitioner(configs=configs, force_non_static_weights_for_f32_linear=kernels == "portable")]
+    return [XnnpackPartitioner(configs=configs)]
 
 
-def _decompose(ep: torch.export.ExportedProgram) -> torch.export.ExportedProgram:
-    from otaro_export.passes.decompose_sefp_linear import decompose_sefp_linear
+def _decompose(ep: torch.export.ExportedProgram, partitioners: list) -> torch.export.ExportedProgram:
+    """Portable: the SEFP ops as Core ATen ops, then their shared parts merged.
 
+    One retrace with ExecuTorch's own Core ATen table (less the ops the
+    partitioners keep) plus the SEFP decompositions, so that
+    ``to_edge_transform_and_lower`` finds nothing left to decompose.
+    """
+    from otaro_export.passes import decompose_sefp_embedding as embedding
+    from otaro_export.passes import decompose_sefp_linear as linear
+    from otaro_export.passes.merge_duplicate_nodes import merge_duplicate_nodes
+
+    if linear.count_sefp_nodes(ep) + embedding.count_sefp_embedding_nodes(ep) == 0:
+        return ep
     try:
-        from otaro_export.passes.decompose_sefp_embedding import decompose_sefp_embedding
-    except ImportError:  # the embedding decomposition is not there yet: the gather stays an otaro op
-        return decompose_sefp_linear(ep)
-    return decompose_sefp_embedding(decompose_sefp_linear(ep))
+        from executorch.exir.tracer import _default_decomposition_table
+
+        table = _default_decomposition_table()
+    except ImportError:  # the same table, less an edge-specific extra
+        table = torch.export.default_decompositions()
+    for partitioner in partitioners:
+        for op in partitioner.ops_to_not_decompose(ep)[0]:
+            table.pop(op, None)
+    table.update({**linear.decomposition_table(), **embedding.decomposition_table()})
+    out = ep.run_decompositions(table)
+    left = linear.count_sefp_nodes(out) + embedding.count_sefp_embedding_nodes(out)
+    if left:
+        raise RuntimeError(f"{left} otaro SEFP node(s) survived the portable decomposition")
+    out, _ = merge_duplicate_nodes(out)
+    return out
+
+
+@contextlib.contextmanager
+def _no_relegalize_for_single_op_partitions():
+    """While lowering, a partition of one op is cut out without re-sorting the whole graph.
+
+    ExecuTorch's ``create_submodule_from_nodes`` rebuilds and recompiles the whole
+    FX graph (``legalize_graph``) after cutting out each partition, so delegating
+    costs partitions x graph size: the portable SmolLM2 program (121 linear
+    partitions in a graph of ~10k nodes) spent most of its export there. For a
+    partition of a single op the re-sort is not needed: the call that replaces it
+    is inserted right after it, so its inputs are still defined before it and its
+    users still come after it. Partitions of several ops keep ExecuTorch's path.
+    Nothing is patched if the ExecuTorch version lays its code out differently.
+    """
+    try:
+        from executorch.exir.backend import backend_api
+    except ImportError:
+        yield
+        return
+    original = getattr(backend_api, "create_submodule_from_nodes", None)
+    partitions = getattr(backend_api, "_create_partitions", None)
+    if original is None or partitions is None:
+        yield
+        return
+
+    def create_submodule(gm, node_list, tag, skip_legalize_graph=False):
+        ops = [node for node in node_list if node.op == "call_function"]
+        return original(gm, node_list, tag, skip_legalize_graph=skip_legalize_graph or len(ops) == 1)
+
+    def create_partitions(tagged_graph_module, *args, **kwargs):
+        result = partitions(tagged_graph_module, *args, **kwargs)
+        tagged_graph_module.recompile()  # once, for the partitions cut out without a re-sort
+        return result
+
+    backend_api.create_submodule_from_nodes = create_submodule
+    backend_api._create_partitions = create_partitions
+    try:
+        yield
+    finally:
+        backend_api.create_submodule_from_nodes = original
+        backend_api._create_partitions = partitions
 
 
 def lower_to_executorch(
@@ -101,13 +194,14 @@ def lower_to_executorch(
 
     if kernels not in ("fused", "portable", "fp32"):
         raise ValueError(f"unknown kernels mode {kernels!r}")
+    partitioners = _partitioners(kernels)
     if kernels == "portable":
-        ep = _decompose(ep)
+        ep = _decompose(ep, partitioners)
     # the custom ops (otaro::, otaro_llm::, llama::) are not Core ATen
     compile_config = EdgeCompileConfig(_check_ir_validity=False)
-    partitioners = _partitioners(kernels)
     if partitioners:
-        edge = to_edge_transform_and_lower(ep, partitioner=partitioners, compile_config=compile_config)
+        with _no_relegalize_for_single_op_partitions():
+            edge = to_edge_transform_and_lower(ep, partitioner=partitioners, compile_config=compile_config)
     else:  # one decomposition pass over the graph instead of to_edge_transform_and_lower's two
         edge = to_edge(ep, compile_config=compile_config)
     config = ExecutorchBackendConfig(
@@ -258,7 +352,10 @@ def _write_program(
     check_supported(model)
     lower = kernels != "fp32"
     fused = kernels == "fused"
-    decoder = ExecuTorchDecoder(model, max_seq_len, fused_ops=fused, norm_as_linear=not fused, attention=attention)
+    # the norm's mean as a linear keeps a norm in one XNNPACK partition: fp32 only, where XNNPACK takes every op
+    decoder = ExecuTorchDecoder(
+        model, max_seq_len, fused_ops=fused, norm_as_linear=kernels == "fp32", attention=attention
+    )
     layers = decoder.sefp_linear_names(include_lm_head=recipe.lm_head == "sefp") if lower else []
     input_names, output_names = decoder.io_names()
 

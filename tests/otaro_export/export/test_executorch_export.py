@@ -78,9 +78,41 @@ def test_qwen2_portable_with_biases_runs_on_the_stock_runtime(et_root):
     assert manifest["kernel_library"] is None and manifest["kernels"] == "portable"
     names = {c.kind for c in sefp_calls(directory)}
     assert not names  # every SEFP op was decomposed into Core ATen ops
+    # XNNPACK takes the linears only, one partition each: qkv, o, gate_up, down, lm_head
+    assert manifest["extra"]["calls_per_step"]["delegate_calls"] == 5, manifest["extra"]["calls_per_step"]
     # int8 activations up to E5M5 (the default) decomposed too: the reference quantizes the same inputs
     assert manifest["extra"]["sefp_recipe"]["int8_activations"] == 5
     _check_parity(directory, "qwen2", 1, bits_list=(3, 5, 8))
+
+
+def test_single_op_partitions_skip_the_relegalize_and_the_patch_is_undone():
+    """The lowering's scoped change to ExecuTorch: one-op partitions skip legalize_graph, others keep it."""
+    from executorch.exir.backend import backend_api
+
+    from otaro_export.export import executorch_export
+
+    original, partitions = backend_api.create_submodule_from_nodes, backend_api._create_partitions
+    seen = []
+
+    def record(gm, node_list, tag, skip_legalize_graph=False):
+        seen.append(skip_legalize_graph)
+        return "sub", "node"
+
+    backend_api.create_submodule_from_nodes = record
+    try:
+        graph = torch.fx.Graph()
+        x = graph.placeholder("x")
+        one = [graph.call_function(torch.ops.aten.relu.default, (x,))]
+        two = [*one, graph.call_function(torch.ops.aten.neg.default, (one[0],))]
+        with pytest.raises(KeyError), executorch_export._no_relegalize_for_single_op_partitions():
+            assert backend_api.create_submodule_from_nodes is not record
+            backend_api.create_submodule_from_nodes(None, [x, *one], "a")
+            backend_api.create_submodule_from_nodes(None, two, "b")
+            raise KeyError("the patch is undone on errors too")
+        assert seen == [True, False]
+        assert backend_api.create_submodule_from_nodes is record and backend_api._create_partitions is partitions
+    finally:
+        backend_api.create_submodule_from_nodes = original
 
 
 def test_portable_attention_needs_no_llm_ops_and_gives_the_same_logits(et_root):
