@@ -101,17 +101,26 @@ def test_options_given_to_the_bench_win_over_the_run(tiny_run, calls):
     assert rules["tuned"]["from_run"] == ["exponent_rule", "int8_activations", "lm_head"]
 
 
-def test_a_run_that_recorded_no_rules_keeps_the_export_defaults(tiny_run, calls, tmp_path):
+def _copy_with_config(run, dest, edit):
+    """A copy of the tuned run at ``dest`` whose checkpoint config ``edit(config)`` changed in place."""
     import shutil
 
-    model_dir, run = tiny_run
-    old = tmp_path / "old"
-    shutil.copytree(run, old)
-    meta_path = resolve_checkpoint(old) / META_FILE
+    shutil.copytree(run, dest)
+    meta_path = resolve_checkpoint(dest) / META_FILE
     meta = json.loads(meta_path.read_text())
-    for key in ("reconstruction", "exponent_rule", "layer_floors", "int8_activations"):
-        del meta["config"][key]
+    edit(meta["config"])
     meta_path.write_text(json.dumps(meta))
+    return dest
+
+
+def test_a_run_that_recorded_no_rules_keeps_the_export_defaults(tiny_run, calls, tmp_path):
+    model_dir, run = tiny_run
+
+    def forget_rules(config):
+        for key in ("reconstruction", "exponent_rule", "layer_floors", "int8_activations"):
+            del config[key]
+
+    old = _copy_with_config(run, tmp_path / "old", forget_rules)
     _, rules, _ = _accuracy(model_dir, old)
     tuned = calls[-1]
     assert (tuned["reconstruction"], tuned["exponent_rule"], tuned["int8_activations"]) == ("fitted", "search", 5)
@@ -120,17 +129,10 @@ def test_a_run_that_recorded_no_rules_keeps_the_export_defaults(tiny_run, calls,
 
 
 def test_an_unusable_recorded_rule_fails_before_anything_is_measured(tiny_run, calls, tmp_path):
-    import shutil
-
     from otaro_export.errors import OtaroError
 
     model_dir, run = tiny_run
-    bad = tmp_path / "bad"
-    shutil.copytree(run, bad)
-    meta_path = resolve_checkpoint(bad) / META_FILE
-    meta = json.loads(meta_path.read_text())
-    meta["config"]["reconstruction"] = "nearest-ish"
-    meta_path.write_text(json.dumps(meta))
+    bad = _copy_with_config(run, tmp_path / "bad", lambda config: config.update(reconstruction="nearest-ish"))
     with pytest.raises(OtaroError, match="reconstruction is unusable"):
         _accuracy(model_dir, bad)
     assert calls == []
