@@ -41,30 +41,36 @@ inline void prefetch_ahead(const SEFPWeightView& w, int64_t n, int64_t g) {
 }
 
 // The activations of a task's rows (<= 3) rearranged once per task for groups taken in pairs.
-// Pair j of row m: abs[m][j] = |q| of [A 0..31 | B 0..31] and [A 32..63 | B 32..63] (A = group
-// 2j, B = group 2j + 1, zero past the last group) and neg[m][j] their sign masks.
+// Pair j of row m: q[m][j] = the signed q of [A 0..31 | B 0..31] and [A 32..63 | B 32..63] (A =
+// group 2j, B = group 2j + 1, zero past the last group), and negc[m][j] = -128 x the sum of the four
+// q of each int32 lane over both halves. The decoders give weights as u8 = s8 + 128 (the signed half
+// level with its top bit flipped), so vpdpbusd (u8 x s8) adds 128 x those sums to the exact product;
+// starting each dot from negc takes it off again, for all weight rows at once.
 constexpr int64_t kMaxPairs = 32;  // K <= 4096; longer rows take another path (see the users)
 struct PairedActivations {
-  alignas(64) uint8_t abs[3][kMaxPairs][2][64];
-  __mmask64 neg[3][kMaxPairs][2];
+  alignas(64) int8_t q[3][kMaxPairs][2][64];
+  alignas(64) int32_t negc[3][kMaxPairs][16];
 
   static bool fits(const LinearPlan& a) { return (a.w.num_groups + 1) / 2 <= kMaxPairs && a.rows <= 3; }
 
   // Fills the pairs of a plan that fits().
   void fill(const LinearPlan& a) {
     const int64_t G = a.w.num_groups, pairs = (G + 1) / 2;
+    const __m512i offset = _mm512_set1_epi8(static_cast<char>(0x80));  // 128 as u8
     for (int64_t m = 0; m < a.rows; ++m)
       for (int64_t j = 0; j < pairs; ++j) {
-        const int8_t* q = a.xq + m * a.ldx + 2 * j * kGroup;
-        const __m512i qa = _mm512_loadu_si512(q);
-        const __m512i qb = 2 * j + 1 < G ? _mm512_loadu_si512(q + kGroup) : _mm512_setzero_si512();
+        const int8_t* src = a.xq + m * a.ldx + 2 * j * kGroup;
+        const __m512i qa = _mm512_loadu_si512(src);
+        const __m512i qb = 2 * j + 1 < G ? _mm512_loadu_si512(src + kGroup) : _mm512_setzero_si512();
         const __m512i halves[2] = {
             _mm512_inserti64x4(qa, _mm512_castsi512_si256(qb), 1),  // elements 0..31
             _mm512_inserti64x4(_mm512_shuffle_i64x2(qa, qa, 0xEE), _mm512_extracti64x4_epi64(qb, 1), 1)};  // 32..63
+        __m512i sums = _mm512_setzero_si512();
         for (int h = 0; h < 2; ++h) {
-          neg[m][j][h] = _mm512_movepi8_mask(halves[h]);
-          _mm512_store_si512(abs[m][j][h], _mm512_abs_epi8(halves[h]));  // |q| <= 127
+          _mm512_store_si512(q[m][j][h], halves[h]);
+          sums = _mm512_dpbusd_epi32(sums, offset, halves[h]);  // 128 x (q0 + q1 + q2 + q3) per lane
         }
+        _mm512_store_si512(negc[m][j], _mm512_sub_epi32(_mm512_setzero_si512(), sums));
       }
   }
 };
@@ -89,12 +95,13 @@ inline __m512i load_field_plane_pair(const uint8_t* plane, int64_t ng, bool both
 }
 
 // M activation rows x R weight rows from row n, two groups per step. `d.decode(w, ng, both, lo,
-// hi)` gives the signed half levels (s8; levels are even, so L / 2 fits) of the weights of
-// groups ng and ng + 1 in the element order of the activation pairs (lo: [A 0..31 | B 0..31],
-// hi: [A 32..63 | B 32..63]); `x` holds the activations (PairedActivations). The activations'
-// signs move onto the weights, so vpdpbusd multiplies |q| (u8) by sign(q) * L / 2 (s8). Exact:
-// per int32 lane 2 x 4 products of at most 127 * 127, |sum| <= 8 * 127 * 127 = 129032 < 2^17,
-// so the conversion to float32 is exact too. Lanes 0-7 then hold group A's partial sums and
+// hi)` gives the weights of groups ng and ng + 1 as u8 = L / 2 + 128 with L the signed level (levels
+// are even, so L / 2 fits an s8; + 128 flips its top bit), in the element order of the activation
+// pairs (lo: [A 0..31 | B 0..31], hi: [A 32..63 | B 32..63]); `x` holds the activations
+// (PairedActivations). vpdpbusd multiplies those u8 weights by the s8 activations, starting from
+// negc (the + 128 part, PairedActivations), so no sign is moved per weight row. Exact: per int32
+// lane 2 x 4 products of at most 255 * 127 plus negc, |sum| < 2^19, so the conversion to float32 is
+// exact too, and the sum equals the signed one. Lanes 0-7 then hold group A's partial sums and
 // lanes 8-15 group B's, and one convert + FMA with the two groups' scales, 2^(e-7) * (a / 127)
 // x2 for the halving, covers both.
 template <int BITS, int M, int R, typename Decoder>
@@ -127,12 +134,10 @@ void paired_rows(const LinearPlan& a, const PairedActivations& x, const Decoder&
       __m512i wlo[R], whi[R];
       for (int r = 0; r < R; ++r) d.decode(w, (n + r) * G + g, g + 1 < G, &wlo[r], &whi[r]);
       for (int m = 0; m < M; ++m) {
-        const __m512i xlo = _mm512_load_si512(x.abs[m][j][0]), xhi = _mm512_load_si512(x.abs[m][j][1]);
-        const __mmask64 nlo = x.neg[m][j][0], nhi = x.neg[m][j][1];
+        const __m512i xlo = _mm512_load_si512(x.q[m][j][0]), xhi = _mm512_load_si512(x.q[m][j][1]);
+        const __m512i negc = _mm512_load_si512(x.negc[m][j]);
         for (int r = 0; r < R; ++r) {
-          const __m512i lo = _mm512_mask_sub_epi8(wlo[r], nlo, _mm512_setzero_si512(), wlo[r]);
-          const __m512i hi = _mm512_mask_sub_epi8(whi[r], nhi, _mm512_setzero_si512(), whi[r]);
-          const __m512i dot = _mm512_dpbusd_epi32(_mm512_dpbusd_epi32(_mm512_setzero_si512(), xlo, lo), xhi, hi);
+          const __m512i dot = _mm512_dpbusd_epi32(_mm512_dpbusd_epi32(negc, wlo[r], xlo), whi[r], xhi);
           const __m512 scale = _mm512_permutexvar_ps(
               spread,
               _mm512_castpd_ps(_mm512_castpd128_pd512(_mm_load_sd(reinterpret_cast<const double*>(both[m][r] + gg)))));

@@ -3,10 +3,10 @@
 // VNNI kernel (sefp_kernel_avx512_vnni.cc), which also runs E5M4 on VNNI CPUs without VBMI (Cascade
 // Lake); this unit is separate because its -mavx512vbmi must not reach code that runs there.
 //
-// The same paired-group loop as E5M3 (sefp_kernel_avx512_int8.h: two groups per step, activations
-// as |q| with their signs moved onto the weights, signed half levels L / 2 as s8, one vpdpbusd per
-// 64 products). Only the weight decode differs: a byte index of (sign, q[7:8-k]) built from the
-// planes in element order, then one table lookup over all 64 bytes.
+// The same paired-group loop as E5M3 (sefp_kernel_avx512_int8.h: two groups per step, weights as
+// u8 = L / 2 + 128 from the signed half level, activations as s8 with the + 128 part taken off once
+// per task, one vpdpbusd per 64 products). Only the weight decode differs: a byte index of
+// (sign, q[7:8-k]) built from the planes in element order, then one table lookup over all 64 bytes.
 // * E5M4: index = s << 4 | q[7:4] (32 entries, repeated in 32..63): the p0 nibble shifted to bits
 //   1..4 and q[4] (the high bit of the p1 field) in bit 0; one vpermb. On the one-group loop
 //   (VNNI) E5M4 took as long as E5M5 here, although it reads a fifth fewer bytes.
@@ -43,7 +43,7 @@ struct WideDecoder {
     constexpr int kEntries = BITS == 4 ? 64 : 2 << BITS;  // E5M4: bit 5 of its index is not cleared
     for (int i = 0; i < kEntries; ++i) {
       const int half = static_cast<int>(a.row[i & ((1 << BITS) - 1)]) / 2;  // plan: even integers in [0, 254]
-      t[i] = static_cast<int8_t>((i >> BITS) & 1 ? -half : half);
+      t[i] = static_cast<int8_t>(((i >> BITS) & 1 ? -half : half) ^ 0x80);  // u8 = L / 2 + 128
     }
     table[0] = _mm512_load_si512(t);
     table[1] = BITS == 6 ? _mm512_load_si512(t + 64) : _mm512_setzero_si512();

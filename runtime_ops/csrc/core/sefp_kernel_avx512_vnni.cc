@@ -13,12 +13,15 @@
 // E5M3 goes further (the precision that should be fastest; with the one-group loop it took as long
 // per call as E5M4, bound by the 512-bit ports, not by its fewer bytes): one 64-byte load holds the
 // nibbles of two groups, so the unpacking is shared by two groups; the table holds the signed half
-// levels (levels are even, so L / 2 fits an s8) and the activations enter as |q| (u8) with their
-// sign moved onto the weights by a mask made once per task. Lanes 0-7 then hold one group's partial
-// sums and lanes 8-15 the other's, and one convert + FMA with the two groups' scales (x2 for the
-// halving) covers both. Measured (1 thread, SmolLM2 shapes): 1.3-1.5x the one-group loop with
-// cache-resident weights, 1.1-1.2x cold. That loop (paired_rows, sefp_kernel_avx512_int8.h) also
-// runs E5M5 / E5M6 where the CPU has VBMI (sefp_kernel_avx512_vbmi.cc).
+// levels (levels are even, so L / 2 fits an s8) plus 128, a u8, and the activations enter as s8:
+// their sums times 128, taken once per task, start each dot, so no sign is moved per weight row.
+// Lanes 0-7 then hold one group's partial sums and lanes 8-15 the other's, and one convert + FMA
+// with the two groups' scales (x2 for the halving) covers both. Measured (1 thread, SmolLM2
+// shapes): 1.3-1.5x the one-group loop with cache-resident weights, 1.1-1.2x cold; the + 128 form
+// another 1.07-1.12x warm, 1.03-1.05x cold, over moving the activations' signs onto the weights
+// (two masked byte negations per weight row and pair). That loop (paired_rows,
+// sefp_kernel_avx512_int8.h) also runs E5M4 / E5M5 / E5M6 where the CPU has VBMI
+// (sefp_kernel_avx512_vbmi.cc).
 #include <immintrin.h>
 
 #include "core/sefp_kernel_avx512_common.h"
@@ -53,14 +56,14 @@ inline Int8Decode int8_group_context(const LinearPlan& a) {
 struct PairedE5M3 {
   Int8Decode base;  // the one-group path, for rows longer than kMaxPairs pairs
   bool paired;
-  __m512i signed_half_lut;  // [i] = +-L[i & 7] / 2, negative for i >= 8 (the sign bit), every lane
+  __m512i signed_half_lut;  // [i] = +-L[i & 7] / 2 + 128 as u8, negative L for i >= 8 (the sign bit), every lane
   PairedActivations x;
 
   explicit PairedE5M3(const LinearPlan& a) : base(int8_group_context<3>(a)), paired(PairedActivations::fits(a)) {
     alignas(16) int8_t lut[16];
     for (int i = 0; i < 16; ++i) {
-      const int half = a.lut_u8[i & 7] / 2;  // levels are even (plan: the int8 grid)
-      lut[i] = static_cast<int8_t>(i < 8 ? half : -half);
+      const int half = a.lut_u8[i & 7] / 2;                         // levels are even (plan: the int8 grid)
+      lut[i] = static_cast<int8_t>((i < 8 ? half : -half) ^ 0x80);  // u8 = L / 2 + 128 (paired_rows)
     }
     signed_half_lut = _mm512_broadcast_i32x4(_mm_load_si128(reinterpret_cast<const __m128i*>(lut)));
     if (paired) x.fill(a);
