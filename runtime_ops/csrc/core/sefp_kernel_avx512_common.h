@@ -49,19 +49,28 @@ inline void store_row_block(const LinearPlan& a, int64_t n, const __m512 (&acc)[
   }
 }
 
-// scales[i] = 2^(e[i] - 7 + L) for count groups, 16 at a time from the exponent bits (masked tail).
+// 2^(e[i] - 7 + L) for the first count (<= 16) groups, in one register (lanes past count zero), from
+// the exponent bits; an exponent outside float32's normal range takes the exact libm path.
+template <int L>
+inline __m512 group_scales16(const int8_t* e, int64_t count, __mmask16 keep) {
+  const __m512i biased =
+      _mm512_add_epi32(_mm512_cvtepi8_epi32(_mm_maskz_loadu_epi8(keep, e)), _mm512_set1_epi32(127 - 7 + L));
+  if (_mm512_mask_cmpgt_epi32_mask(keep, _mm512_set1_epi32(1), biased) != 0 ||
+      _mm512_mask_cmpgt_epi32_mask(keep, biased, _mm512_set1_epi32(254)) != 0) {
+    alignas(64) float s[16] = {};
+    for (int64_t j = 0; j < count; ++j) s[j] = unit_scale(e[j]) * static_cast<float>(1 << L);
+    return _mm512_load_ps(s);
+  }
+  return _mm512_maskz_mov_ps(keep, _mm512_castsi512_ps(_mm512_slli_epi32(biased, 23)));
+}
+
+// scales[i] = 2^(e[i] - 7 + L) for count groups, 16 at a time (masked tail).
 template <int L>
 inline void group_scales(const int8_t* e, int64_t count, float* scales) {
   for (int64_t i = 0; i < count; i += 16) {
-    const __mmask16 keep = count - i >= 16 ? 0xFFFF : static_cast<__mmask16>((1u << (count - i)) - 1);
-    const __m512i biased =
-        _mm512_add_epi32(_mm512_cvtepi8_epi32(_mm_maskz_loadu_epi8(keep, e + i)), _mm512_set1_epi32(127 - 7 + L));
-    if (_mm512_mask_cmpgt_epi32_mask(keep, _mm512_set1_epi32(1), biased) != 0 ||
-        _mm512_mask_cmpgt_epi32_mask(keep, biased, _mm512_set1_epi32(254)) != 0) {  // out of range: exact libm path
-      for (int64_t j = i; j < count; ++j) scales[j] = unit_scale(e[j]) * static_cast<float>(1 << L);
-      return;
-    }
-    _mm512_mask_storeu_ps(scales + i, keep, _mm512_castsi512_ps(_mm512_slli_epi32(biased, 23)));
+    const int64_t c = min64(16, count - i);
+    const __mmask16 keep = c >= 16 ? 0xFFFF : static_cast<__mmask16>((1u << c) - 1);
+    _mm512_mask_storeu_ps(scales + i, keep, group_scales16<L>(e + i, c, keep));
   }
 }
 

@@ -108,29 +108,27 @@ template <int BITS, int M, int R, typename Decoder>
 void paired_rows(const LinearPlan& a, const PairedActivations& x, const Decoder& d, int64_t n) {
   const SEFPWeightView& w = a.w;
   const int64_t G = w.num_groups;
-  // lanes 0-7 take the first group's scale, lanes 8-15 the second's
+  // lanes 0-7 take the first group's scale, lanes 8-15 the second's (+ gg: the pair's place in the chunk)
   const __m512i spread = _mm512_set_epi32(1, 1, 1, 1, 1, 1, 1, 1, 0, 0, 0, 0, 0, 0, 0, 0);
   __m512 acc[M][R];
   for (int m = 0; m < M; ++m)
     for (int r = 0; r < R; ++r) acc[m][r] = _mm512_setzero_ps();
-  alignas(64) float scales[R][kScaleChunk];
-  alignas(64) float both[M][R][kScaleChunk + 16];  // weight scale x activation scale, zero-padded
-  for (int64_t g0 = 0; g0 < G; g0 += kScaleChunk) {
-    const int64_t gc = min64(kScaleChunk, G - g0);
-    for (int r = 0; r < R; ++r) group_scales<1>(w.exponents + (n + r) * G + g0, gc, scales[r]);  // x2: half levels
-    for (int m = 0; m < M; ++m)
-      for (int r = 0; r < R; ++r) {
-        for (int64_t i = 0; i < gc; i += 16) {
-          const __mmask16 keep = gc - i >= 16 ? 0xFFFF : static_cast<__mmask16>((1u << (gc - i)) - 1);
-          const __m512 s = _mm512_maskz_loadu_ps(keep, a.xscale + m * G + g0 + i);
-          _mm512_store_ps(both[m][r] + i, _mm512_maskz_mul_ps(keep, s, _mm512_maskz_loadu_ps(keep, scales[r] + i)));
-        }
-        both[m][r][gc] = 0.0f;  // the missing partner of an odd last group
-      }
+  // The scales of 16 groups at a time stay in registers (a pair never straddles two chunks).
+  for (int64_t g0 = 0; g0 < G; g0 += 16) {
+    const int64_t gc = min64(16, G - g0);
+    const __mmask16 keep = gc >= 16 ? 0xFFFF : static_cast<__mmask16>((1u << gc) - 1);
+    __m512 both[M][R];  // weight scale x activation scale of the chunk's 16 groups (zero past gc)
+    __m512 xs[M];
+    for (int m = 0; m < M; ++m) xs[m] = _mm512_maskz_loadu_ps(keep, a.xscale + m * G + g0);
+    for (int r = 0; r < R; ++r) {
+      const __m512 ws = group_scales16<1>(w.exponents + (n + r) * G + g0, gc, keep);  // x2: half levels
+      for (int m = 0; m < M; ++m) both[m][r] = _mm512_maskz_mul_ps(keep, xs[m], ws);
+    }
     for (int64_t gg = 0; gg < gc; gg += 2) {
       const int64_t g = g0 + gg, j = g / 2;
       prefetch_ahead<BITS, R>(w, n, g);
       if (gg + 1 < gc) prefetch_ahead<BITS, R>(w, n, g + 1);
+      const __m512i pick = _mm512_add_epi32(spread, _mm512_set1_epi32(static_cast<int>(gg)));
       __m512i wlo[R], whi[R];
       for (int r = 0; r < R; ++r) d.decode(w, (n + r) * G + g, g + 1 < G, &wlo[r], &whi[r]);
       for (int m = 0; m < M; ++m) {
@@ -138,10 +136,7 @@ void paired_rows(const LinearPlan& a, const PairedActivations& x, const Decoder&
         const __m512i negc = _mm512_load_si512(x.negc[m][j]);
         for (int r = 0; r < R; ++r) {
           const __m512i dot = _mm512_dpbusd_epi32(_mm512_dpbusd_epi32(negc, wlo[r], xlo), whi[r], xhi);
-          const __m512 scale = _mm512_permutexvar_ps(
-              spread,
-              _mm512_castpd_ps(_mm512_castpd128_pd512(_mm_load_sd(reinterpret_cast<const double*>(both[m][r] + gg)))));
-          acc[m][r] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(dot), scale, acc[m][r]);
+          acc[m][r] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(dot), _mm512_permutexvar_ps(pick, both[m][r]), acc[m][r]);
         }
       }
     }
