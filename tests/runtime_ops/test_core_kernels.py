@@ -327,3 +327,31 @@ def test_int8_kernel_is_used_where_the_cpu_has_it(kernels):
     if kernels.isa_available("avx512"):
         assert kernels.int8_kernel_name("avx512") == ("avx512-vnni" if has_vnni else "avx2")
         assert kernels.int8_kernel_max_bits("avx512") == (6 if has_vbmi else 4)
+
+
+def test_vnni_only_int8_kernels_equal_reference_on_a_vbmi_machine(kernels):
+    """$OTARO_NO_VBMI=1 runs the kernels a VNNI-only CPU (Cascade Lake) gets: E5M3/E5M4 in the VNNI unit.
+
+    A VBMI machine otherwise never runs them (E5M3..E5M6 go to the VBMI unit), so the int8 reference test
+    runs again in a fresh process (the switch is read once) with the switch set.
+    """
+    if kernels.int8_kernel_max_bits("avx512") != 6:
+        pytest.skip("needs AVX-512 VNNI + VBMI (without VBMI the main run already tests the VNNI kernels)")
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    probe = "from otaro_export.runtime_ops.core_ctypes import CoreKernels; print(CoreKernels.load().int8_kernel_max_bits('avx512'))"
+    env = {**os.environ, "OTARO_NO_VBMI": "1"}
+    out = subprocess.run([sys.executable, "-c", probe], env=env, capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "4", out.stdout + out.stderr  # the switch takes effect
+    test = f"{Path(__file__)}::test_int8_activations_equal_reference_within_summation_bound[avx512]"
+    run = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", test],
+        env=env,
+        capture_output=True,
+        text=True,
+        cwd=Path(__file__).parent,
+    )
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-2000:]

@@ -95,9 +95,11 @@ bool avx512_vnni_available() {
   return available;
 }
 
-// VBMI's byte permutes (vpermb, vpermi2b) on top: the E5M5 / E5M6 integer path.
+// VBMI's byte permutes (vpermb, vpermi2b) on top: the integer path of E5M3 to E5M6 (paired groups).
+// $OTARO_NO_VBMI=1 leaves it unused, so that a VBMI machine can test and time the VNNI-only kernels.
 bool avx512_vbmi_available() {
-  static const bool available = avx512_vnni_available() && __builtin_cpu_supports("avx512vbmi");
+  static const bool available = avx512_vnni_available() && __builtin_cpu_supports("avx512vbmi") &&
+                                !(std::getenv("OTARO_NO_VBMI") && std::strcmp(std::getenv("OTARO_NO_VBMI"), "1") == 0);
   return available;
 }
 #endif

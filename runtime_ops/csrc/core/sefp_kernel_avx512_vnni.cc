@@ -20,7 +20,7 @@
 // shapes): 1.3-1.5x the one-group loop with cache-resident weights, 1.1-1.2x cold; the + 128 form
 // another 1.07-1.12x warm, 1.03-1.05x cold, over moving the activations' signs onto the weights
 // (two masked byte negations per weight row and pair). That loop (paired_rows,
-// sefp_kernel_avx512_int8.h) also runs E5M4 / E5M5 / E5M6 where the CPU has VBMI
+// sefp_kernel_avx512_int8.h) runs E5M3 to E5M6 in the VBMI kernel where the CPU has VBMI
 // (sefp_kernel_avx512_vbmi.cc).
 #include <immintrin.h>
 
