@@ -196,13 +196,10 @@ template <int BITS, int RULE, int M>
 void matvec(const LinearPlan& a, int64_t n_begin, int64_t n_end) {
   const Tables t = load_tables(a);
   const ByteLanes bl = byte_lanes();
-  int64_t n = n_begin;
-  if constexpr (M == 1) {
-    for (; n + 4 <= n_end; n += 4) matvec_rows<BITS, RULE, M, 4>(a, t, bl, n);
-  } else {
-    for (; n + 2 <= n_end; n += 2) matvec_rows<BITS, RULE, M, 2>(a, t, bl, n);
-  }
-  for (; n < n_end; ++n) matvec_rows<BITS, RULE, M, 1>(a, t, bl, n);
+  constexpr int kRows = M == 1 ? 4 : 2;
+  for_row_blocks<kRows>(
+      a.w.num_groups, n_begin, n_end, [&](int64_t n) { matvec_rows<BITS, RULE, M, kRows>(a, t, bl, n); },
+      [&](int64_t n) { matvec_rows<BITS, RULE, M, 1>(a, t, bl, n); });
 }
 
 // y[i, j] += dot(x row i, wbuf row j) over kc, for MR x NR outputs.

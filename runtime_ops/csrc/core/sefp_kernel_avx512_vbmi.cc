@@ -123,9 +123,9 @@ template <int BITS, int M>
 void wide_matvec(const LinearPlan& a, int64_t n_begin, int64_t n_end) {
   const WideContext<BITS> c(a);
   constexpr int kRows = M == 1 ? 4 : 2;
-  int64_t n = n_begin;
-  for (; n + kRows <= n_end; n += kRows) paired_rows<BITS, M, kRows>(a, c.x, c.decoder, n);
-  for (; n < n_end; ++n) paired_rows<BITS, M, 1>(a, c.x, c.decoder, n);
+  for_row_blocks<kRows>(
+      a.w.num_groups, n_begin, n_end, [&](int64_t n) { paired_rows<BITS, M, kRows>(a, c.x, c.decoder, n); },
+      [&](int64_t n) { paired_rows<BITS, M, 1>(a, c.x, c.decoder, n); });
 }
 
 template <int BITS>
