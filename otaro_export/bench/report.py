@@ -462,7 +462,12 @@ def format_memory_table(
                 f"{r['precision']:<6}{'':>14}{'':>16}{'':>19}{'':>8}  peak RSS {r['config']}: {r['peak_rss_mib']:.0f} MiB"
             )
     if floored is None and bits:
-        lines.append("(bits/w and MiB read without precision floors: this bench.json predates their record)")
+        why = (
+            "this run has no ONNX SEFP artifact, whose initializers and manifest give them"
+            if storage is None
+            else "this bench.json predates their record"
+        )
+        lines.append(f"(bits/w and MiB read without precision floors: {why})")
     return "\n".join(lines)
 
 

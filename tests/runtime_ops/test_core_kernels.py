@@ -317,7 +317,7 @@ def test_int8_kernel_is_used_where_the_cpu_has_it(kernels):
         pytest.skip("no /proc/cpuinfo flags")
     wanted = {"avx512f", "avx512bw", "avx512vl", "avx512dq", "avx512_vnni"}
     has_vnni = wanted.issubset(flags)
-    has_vbmi = has_vnni and "avx512vbmi" in flags  # + the E5M5 / E5M6 integer path
+    has_vbmi = has_vnni and "avx512vbmi" in flags  # + the paired E5M3..E5M6 integer path
     assert (kernels.int8_kernel_name("avx512") == "avx512-vnni") == has_vnni
     assert kernels.int8_kernel_name("scalar") == "none"
     assert kernels.int8_kernel_max_bits("scalar") == 0

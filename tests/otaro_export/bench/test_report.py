@@ -122,6 +122,8 @@ def test_memory_table(results):
     e5m3 = next(line for line in lines if line.startswith("E5M3"))
     assert "4.125" in e5m3 and "25.0" in e5m3 and "0.250" in e5m3  # p0 + exponents: 4.125 bits/weight
     assert any(line.startswith("fp32") for line in lines)
+    # no storage record (a run without the ONNX artifact, e.g. --targets executorch): says why, not "older file"
+    assert "this run has no ONNX SEFP artifact" in table and "predates" not in table
 
 
 def test_anchor_goal_uses_the_fastest_anchor_row(results):

@@ -115,6 +115,33 @@ def test_single_op_partitions_skip_the_relegalize_and_the_patch_is_undone():
         backend_api.create_submodule_from_nodes = original
 
 
+def test_the_single_op_patch_takes_effect_in_a_real_lowering():
+    """ExecuTorch's lowering reaches the patched function: a portable lowering of a linear (one XNNPACK
+    partition of one op) asks to skip the re-legalize. If a new ExecuTorch stopped routing through
+    ``backend_api.create_submodule_from_nodes``, the patch would silently do nothing and the portable
+    export of the default model would go back to > 27 minutes; this fails instead."""
+    from executorch.exir.backend import backend_api
+
+    from otaro_export.export import executorch_export
+
+    original = backend_api.create_submodule_from_nodes
+    seen = []
+
+    def spy(gm, node_list, tag, skip_legalize_graph=False):
+        seen.append(skip_legalize_graph)
+        return original(gm, node_list, tag, skip_legalize_graph=skip_legalize_graph)
+
+    backend_api.create_submodule_from_nodes = spy
+    try:
+        # a linear and an op XNNPACK's linear config does not fuse into it (a ReLU would join the partition)
+        model = torch.nn.Sequential(torch.nn.Linear(16, 8), torch.nn.Softmax(dim=-1)).eval()
+        ep = torch.export.export(model, (torch.randn(2, 16),))
+        executorch_export.lower_to_executorch(ep, "portable")
+    finally:
+        backend_api.create_submodule_from_nodes = original
+    assert seen == [True], f"ExecuTorch's lowering called create_submodule_from_nodes with {seen}"
+
+
 def test_portable_attention_needs_no_llm_ops_and_gives_the_same_logits(et_root):
     """--attention portable: standard ops only, the cache updated in place, the llm-ops program's logits."""
     from executorch.exir._serialize._program import deserialize_pte_binary
