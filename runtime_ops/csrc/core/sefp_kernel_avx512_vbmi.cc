@@ -34,8 +34,8 @@ namespace {
 
 constexpr int kSelect = 0xE4;  // ternary logic: c ? a : b, bitwise
 
-// Signed half levels of precision BITS (entries 0..2^BITS-1 positive, the next 2^BITS negative),
-// as one (E5M4: twice over; E5M5) or two (E5M6) 64-byte tables.
+// Signed half levels of precision BITS (entries 0..2^BITS-1 positive, the next 2^BITS negative), + 128
+// as u8, as one (E5M3: four times over; E5M4: twice over; E5M5) or two (E5M6) 64-byte tables.
 template <int BITS>
 struct WideDecoder {
   static_assert(BITS >= 3 && BITS <= 6, "the VBMI path is E5M3's to E5M6's");
