@@ -85,37 +85,34 @@ def test_qwen2_portable_with_biases_runs_on_the_stock_runtime(et_root):
     _check_parity(directory, "qwen2", 1, bits_list=(3, 5, 8))
 
 
-def test_single_op_partitions_skip_the_relegalize_and_the_patch_is_undone():
+def test_single_op_partitions_skip_the_relegalize_and_the_patch_is_undone(monkeypatch):
     """The lowering's scoped change to ExecuTorch: one-op partitions skip legalize_graph, others keep it."""
     from executorch.exir.backend import backend_api
 
     from otaro_export.export import executorch_export
 
-    original, partitions = backend_api.create_submodule_from_nodes, backend_api._create_partitions
+    partitions = backend_api._create_partitions
     seen = []
 
     def record(gm, node_list, tag, skip_legalize_graph=False):
         seen.append(skip_legalize_graph)
         return "sub", "node"
 
-    backend_api.create_submodule_from_nodes = record
-    try:
-        graph = torch.fx.Graph()
-        x = graph.placeholder("x")
-        one = [graph.call_function(torch.ops.aten.relu.default, (x,))]
-        two = [*one, graph.call_function(torch.ops.aten.neg.default, (one[0],))]
-        with pytest.raises(KeyError), executorch_export._no_relegalize_for_single_op_partitions():
-            assert backend_api.create_submodule_from_nodes is not record
-            backend_api.create_submodule_from_nodes(None, [x, *one], "a")
-            backend_api.create_submodule_from_nodes(None, two, "b")
-            raise KeyError("the patch is undone on errors too")
-        assert seen == [True, False]
-        assert backend_api.create_submodule_from_nodes is record and backend_api._create_partitions is partitions
-    finally:
-        backend_api.create_submodule_from_nodes = original
+    monkeypatch.setattr(backend_api, "create_submodule_from_nodes", record)
+    graph = torch.fx.Graph()
+    x = graph.placeholder("x")
+    one = [graph.call_function(torch.ops.aten.relu.default, (x,))]
+    two = [*one, graph.call_function(torch.ops.aten.neg.default, (one[0],))]
+    with pytest.raises(KeyError), executorch_export._no_relegalize_for_single_op_partitions():
+        assert backend_api.create_submodule_from_nodes is not record
+        backend_api.create_submodule_from_nodes(None, [x, *one], "a")
+        backend_api.create_submodule_from_nodes(None, two, "b")
+        raise KeyError("the patch is undone on errors too")
+    assert seen == [True, False]
+    assert backend_api.create_submodule_from_nodes is record and backend_api._create_partitions is partitions
 
 
-def test_the_single_op_patch_takes_effect_in_a_real_lowering():
+def test_the_single_op_patch_takes_effect_in_a_real_lowering(monkeypatch):
     """ExecuTorch's lowering reaches the patched function: a portable lowering of a linear (one XNNPACK
     partition of one op) asks to skip the re-legalize. If a new ExecuTorch stopped routing through
     ``backend_api.create_submodule_from_nodes``, the patch would silently do nothing and the portable
@@ -131,14 +128,11 @@ def test_the_single_op_patch_takes_effect_in_a_real_lowering():
         seen.append(skip_legalize_graph)
         return original(gm, node_list, tag, skip_legalize_graph=skip_legalize_graph)
 
-    backend_api.create_submodule_from_nodes = spy
-    try:
-        # a linear and an op XNNPACK's linear config does not fuse into it (a ReLU would join the partition)
-        model = torch.nn.Sequential(torch.nn.Linear(16, 8), torch.nn.Softmax(dim=-1)).eval()
-        ep = torch.export.export(model, (torch.randn(2, 16),))
-        executorch_export.lower_to_executorch(ep, "portable")
-    finally:
-        backend_api.create_submodule_from_nodes = original
+    monkeypatch.setattr(backend_api, "create_submodule_from_nodes", spy)
+    # a linear and an op XNNPACK's linear config does not fuse into it (a ReLU would join the partition)
+    model = torch.nn.Sequential(torch.nn.Linear(16, 8), torch.nn.Softmax(dim=-1)).eval()
+    ep = torch.export.export(model, (torch.randn(2, 16),))
+    executorch_export.lower_to_executorch(ep, "portable")
     assert seen == [True], f"ExecuTorch's lowering called create_submodule_from_nodes with {seen}"
 
 
