@@ -318,3 +318,28 @@ print([l for l in open('/proc/self/status') if l.startswith('VmLck')][0])
     assert rss["E5M3"] <= e5m3 + 256 * 1024, (rss, e5m3)
     assert rss["E5M3"] >= 0.9 * e5m3, (rss, e5m3)
     assert rss["E5M8"] >= 0.95 * total, (rss, total)
+
+
+def test_a_step_runs_with_openmp_teams_kept_from_nesting(artifact, monkeypatch):
+    # llama::custom_sdpa's MKL would open an OpenMP team inside each pool thread (openmp_nesting.py)
+    from otaro_export.runtime.openmp_nesting import loaded_openmp_runtimes
+
+    paths = loaded_openmp_runtimes()
+    if not paths:
+        pytest.skip("no OpenMP runtime is loaded in this process")
+    import ctypes
+
+    libs = [ctypes.CDLL(str(p)) for p in paths]
+    session, real = artifact.session, artifact.session._method
+    seen = []
+
+    class Recording:
+        def execute(self, inputs):
+            seen.append([lib.omp_get_max_active_levels() for lib in libs])
+            return real.execute(inputs)
+
+    before = [lib.omp_get_max_active_levels() for lib in libs]
+    monkeypatch.setattr(session, "_method", Recording())
+    session.forward(IDS, 3)
+    assert seen == [[0] * len(libs)]
+    assert [lib.omp_get_max_active_levels() for lib in libs] == before
