@@ -137,14 +137,21 @@ def _stale_recipe(manifest: Path) -> bool:
 
 def _stale_executorch(manifest: Path) -> bool:
     """A cached .pte from before the ExportDecoder-based ExecuTorch decoder (its method took
-    cache_position, not input_pos): the session refuses it, so it is exported again."""
+    cache_position, not input_pos: the session refuses it), or a fused one from before the project's
+    attention kernel (it still runs, but slower than what the export writes now): exported again."""
     import json
 
     try:
         data = json.loads(manifest.read_text())
     except (OSError, ValueError):
         return False
-    return data.get("target") == "executorch" and list(data.get("inputs") or [])[:2] != ["input_ids", "input_pos"]
+    if data.get("target") != "executorch":
+        return False
+    if list(data.get("inputs") or [])[:2] != ["input_ids", "input_pos"]:
+        return True
+    extra = data.get("extra") or {}
+    fused = data.get("kernel_library") == "executorch"
+    return fused and extra.get("attention", "llm-ops") == "llm-ops" and "attention_kernel" not in extra
 
 
 def _export_into(spec: ArtifactSpec, model: str, max_seq_len: int, out: Path, loaded, log) -> None:

@@ -194,7 +194,10 @@ class ExecuTorchDecoder(ExportDecoder):
                 return self.portable_attention(q, k_cache, v_cache, end, mask)
             torch.ops.llama.update_cache(k, k_cache, start)
             torch.ops.llama.update_cache(v, v_cache, start)
-            out = torch.ops.llama.custom_sdpa(q, k_cache, v_cache, start, None, 0.0, True, self.scale)
+            if self.fused_ops:  # the project's kernel (executorch_ops.sdpa: custom_sdpa's MKL is slower at decode)
+                out = executorch_ops.sdpa(q, k_cache, v_cache, start, self.scale)
+            else:
+                out = torch.ops.llama.custom_sdpa(q, k_cache, v_cache, start, None, 0.0, True, self.scale)
             return out.reshape(1, seq, heads * self.head_dim)
 
         return self.decode(input_ids, logits_positions, attend)

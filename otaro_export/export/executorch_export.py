@@ -51,6 +51,13 @@ KERNEL_LIBRARY = "executorch"
 #: ExecuTorch kernel libraries a session registers before loading the method (manifest extra.runtime_ops)
 LLM_CUSTOM_OPS = "executorch.extension.llm.custom_ops"
 DEFAULT_ATTENTION = "llm-ops"
+#: (attention, fused kernels) -> the op that computes attention in the program
+ATTENTION_KERNELS = {
+    ("llm-ops", True): "otaro_llm::sdpa",
+    ("llm-ops", False): "llama::custom_sdpa",
+    ("portable", True): "standard ops",
+    ("portable", False): "standard ops",
+}
 _KV_CACHE = {
     "llm-ops": "mutable buffers k_cache_i/v_cache_i [1, max_seq_len, kv_heads, head_dim] inside the method; "
     "a call writes positions input_pos[0] .. input_pos[0] + S - 1 (llama::update_cache)",
@@ -387,6 +394,8 @@ def _write_program(
         # the kernels beyond ExecuTorch's portable ones (and the project's library) that the method calls
         "runtime_ops": [LLM_CUSTOM_OPS] if attention == "llm-ops" else [],
         "attention": attention,
+        # which kernel attends: the project's (fused programs) or ExecuTorch's (fp32 programs), or standard ops
+        "attention_kernel": ATTENTION_KERNELS[attention, fused],
         "weights": "sefp" if lower else "fp32",
         "file_sizes": sizes,
         "calls_per_step": {k: v for k, v in calls.items() if k != "by_op"},

@@ -1,4 +1,4 @@
-"""The decoder ops of the fused ExecuTorch program: RMSNorm, rotary heads and SwiGLU as one kernel call each.
+"""The decoder ops of the fused ExecuTorch program: RMSNorm, rotary heads, SwiGLU and attention, one kernel call each.
 
 Schemas (functional and ``.out``)::
 
@@ -11,6 +11,14 @@ Schemas (functional and ``.out``)::
         non-interleaved rotary embedding of cos/sin [S, head_dim / 2] applied if rotate
     otaro_llm::swiglu(Tensor gate_up) -> Tensor
         silu(gate) * up for gate_up = [gate | up] along the last dim
+    otaro_llm::sdpa(Tensor q, Tensor k_cache, Tensor v_cache, SymInt start_pos, float scale) -> Tensor
+        causal grouped-query attention of q [1, S, H, D] (tokens at positions
+        start_pos .. start_pos + S - 1) over the cache rows [1, L, KV, D] up to
+        each token's own position; [1, S, H, D]. The caches already hold the
+        new rows (``llama::update_cache`` writes them first). Replaces
+        ``llama::custom_sdpa`` in fused programs: its matrix products go through
+        libtorch's MKL in the Python runtime; on the default model this kernel
+        took 0.32-0.42 ms per decode step against 0.45-0.62 (ETDump, E5M3)
 
 In the graph they replace ~25 small ops per decoder layer (slices, views,
 element-wise ops: each its own kernel call at run time and its own node for
@@ -38,6 +46,9 @@ _lib.define(f"rotary_heads({_ROTARY_ARGS}) -> Tensor")
 _lib.define(f"rotary_heads.out({_ROTARY_ARGS}, *, Tensor(a!) out) -> Tensor(a!)")
 _lib.define("swiglu(Tensor gate_up) -> Tensor")
 _lib.define("swiglu.out(Tensor gate_up, *, Tensor(a!) out) -> Tensor(a!)")
+_SDPA_ARGS = "Tensor q, Tensor k_cache, Tensor v_cache, SymInt start_pos, float scale"
+_lib.define(f"sdpa({_SDPA_ARGS}) -> Tensor")
+_lib.define(f"sdpa.out({_SDPA_ARGS}, *, Tensor(a!) out) -> Tensor(a!)")
 
 
 def rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
@@ -54,6 +65,19 @@ def reference_rotary_heads(qkv, cos, sin, head_offset: int, num_heads: int, head
         batch, seq, num_heads, head_dim
     )
     return (rotate(heads, cos, sin) if rotate_ else heads).contiguous()
+
+
+def reference_sdpa(q, k_cache, v_cache, start_pos: int, scale: float) -> torch.Tensor:
+    """Causal grouped-query attention over the cache; q head h reads kv head h // (H / KV)."""
+    seq, heads = q.shape[1], q.shape[2]
+    end = start_pos + seq
+    group = heads // k_cache.shape[2]
+    keys = k_cache[:, :end].repeat_interleave(group, dim=2)  # [1, end, H, D]
+    values = v_cache[:, :end].repeat_interleave(group, dim=2)
+    scores = torch.einsum("bshd,bthd->bhst", q, keys) * scale
+    visible = torch.arange(end).unsqueeze(0) <= torch.arange(seq).unsqueeze(1) + start_pos  # [S, end]
+    probs = torch.softmax(scores.masked_fill(~visible, float("-inf")), dim=-1)
+    return torch.einsum("bhst,bthd->bshd", probs, values).contiguous()
 
 
 def _rotary_fake(qkv, cos, sin, head_offset, num_heads, head_dim, rotate_):
@@ -73,12 +97,16 @@ _lib.impl("rotary_heads", reference_rotary_heads, "CompositeExplicitAutograd")
 _lib.impl("rotary_heads.out", _out(reference_rotary_heads), "CompositeExplicitAutograd")
 _lib.impl("swiglu", reference_swiglu, "CompositeExplicitAutograd")
 _lib.impl("swiglu.out", _out(reference_swiglu), "CompositeExplicitAutograd")
+_lib.impl("sdpa", reference_sdpa, "CompositeExplicitAutograd")
+_lib.impl("sdpa.out", _out(reference_sdpa), "CompositeExplicitAutograd")
 torch.library.register_fake(f"{NAMESPACE}::rms_norm", lambda x, weight, eps: torch.empty_like(x), lib=_lib)
 torch.library.register_fake(f"{NAMESPACE}::rotary_heads", _rotary_fake, lib=_lib)
 torch.library.register_fake(f"{NAMESPACE}::swiglu", lambda g: g.new_empty(*g.shape[:-1], g.shape[-1] // 2), lib=_lib)
-for _name in ("rms_norm", "rotary_heads", "swiglu"):
+torch.library.register_fake(f"{NAMESPACE}::sdpa", lambda q, k, v, start, scale: torch.empty_like(q), lib=_lib)
+for _name in ("rms_norm", "rotary_heads", "swiglu", "sdpa"):
     torch.library.register_fake(f"{NAMESPACE}::{_name}.out", lambda *args, out, **kwargs: out, lib=_lib)
 
 rms_norm = torch.ops.otaro_llm.rms_norm.default
 rotary_heads = torch.ops.otaro_llm.rotary_heads.default
 swiglu = torch.ops.otaro_llm.swiglu.default
+sdpa = torch.ops.otaro_llm.sdpa.default

@@ -4,16 +4,34 @@
 //   otaro_llm::rotary_heads.out(Tensor qkv, Tensor cos, Tensor sin, int head_offset, int num_heads,
 //                               int head_dim, bool rotate, *, Tensor(a!) out) -> Tensor(a!)
 //   otaro_llm::swiglu.out(Tensor gate_up, *, Tensor(a!) out) -> Tensor(a!)
+//   otaro_llm::sdpa.out(Tensor q, Tensor k_cache, Tensor v_cache, SymInt start_pos, float scale, *,
+//                       Tensor(a!) out) -> Tensor(a!)
 // One call each instead of the ~25 slices, views and element-wise ops per decoder layer they replace.
-// The work per call is one activation row per token: single-threaded. Bad shapes fail the call
+// The work per call is one activation row per token: single-threaded, except attention over a long
+// prompt, which splits its (token, head) rows over ExecuTorch's thread pool. Bad shapes fail the call
 // through ctx (the method's execute() returns an error).
+// The loops are plain C++ written for the auto-vectorizer; on x86 each hot loop is also compiled
+// for AVX2 and AVX-512 (target_clones: the loader picks the clone the CPU runs).
 // Written by the ExecuTorch exporter's owner (issue 14); it builds into the same library as the SEFP kernels.
 #include <executorch/extension/kernel_util/make_boxed_from_unboxed_functor.h>
 #include <executorch/runtime/core/exec_aten/util/tensor_util.h>
 #include <executorch/runtime/kernel/kernel_includes.h>
 
+#include <executorch/runtime/kernel/thread_parallel_interface.h>
+
+#include <algorithm>
 #include <array>
 #include <cmath>
+#include <cstdint>
+#include <cstring>
+#include <limits>
+#include <vector>
+
+#if defined(__x86_64__) && defined(__GNUC__)
+#define OTARO_VECTOR_CLONES __attribute__((target_clones("avx512f", "avx2", "default")))
+#else
+#define OTARO_VECTOR_CLONES
+#endif
 
 namespace otaro {
 namespace llm {
@@ -37,6 +55,224 @@ bool resize_like(Tensor& out, const Tensor& x, int64_t last) {
   for (ssize_t d = 0; d < x.dim(); ++d) sizes[d] = static_cast<SizesType>(x.size(d));
   sizes[x.dim() - 1] = static_cast<SizesType>(last);
   return executorch::runtime::resize_tensor(out, {sizes.data(), static_cast<size_t>(x.dim())}) == Error::Ok;
+}
+
+// e^x for x in [-87, 88] to ~2e-7 relative (below float32 rounding of a softmax or SiLU sum):
+// x = n ln2 + r, |r| <= ln2 / 2, e^r by its degree-7 Taylor polynomial, 2^n by the exponent bits.
+// Branch-free and libm-free, so a loop over it vectorizes (std::exp does not: it is a call per element).
+__attribute__((always_inline)) inline float exp_approx(float x) {
+  x = std::min(std::max(x, -87.0f), 88.0f);
+  constexpr float kRound = 12582912.0f;  // 1.5 * 2^23: adding it rounds to an integer held in the low bits
+  const float shifted = x * 1.44269504088896341f + kRound;
+  int32_t bits;
+  std::memcpy(&bits, &shifted, sizeof bits);
+  const float n = shifted - kRound;
+  const float r = (x - n * 0.693145751953125f) - n * 1.42860682030941723e-6f;  // ln2 split in two: exact n * hi
+  float p = 1.0f / 5040.0f;
+  p = p * r + 1.0f / 720.0f;
+  p = p * r + 1.0f / 120.0f;
+  p = p * r + 1.0f / 24.0f;
+  p = p * r + 1.0f / 6.0f;
+  p = p * r + 0.5f;
+  p = p * r + 1.0f;
+  p = p * r + 1.0f;
+  const int32_t scale_bits = (bits - 0x4B400000 + 127) << 23;  // 2^n, n in [-126, 127]
+  float scale;
+  std::memcpy(&scale, &scale_bits, sizeof scale);
+  return p * scale;
+}
+
+OTARO_VECTOR_CLONES void silu_mul(const float* gate, const float* up, float* y, int64_t n) {
+  for (int64_t i = 0; i < n; ++i) y[i] = gate[i] / (1.0f + exp_approx(-gate[i])) * up[i];
+}
+
+// The v16 helpers below are always inlined: no v16 crosses a call, so the psABI note on passing 64-byte
+// vectors without AVX-512 enabled does not apply.
+#pragma GCC diagnostic ignored "-Wpsabi"
+
+// 16 floats as one GCC/Clang vector: SIMD registers of whatever width the clone targets (one zmm,
+// two ymm, four xmm or NEON q registers). aligned(4): loads and stores of any float address.
+typedef float v16 __attribute__((vector_size(64), aligned(4)));
+
+typedef int32_t v16i __attribute__((vector_size(64)));
+
+__attribute__((always_inline)) inline v16 load16(const float* p) { return *reinterpret_cast<const v16*>(p); }
+
+// exp_approx on 16 lanes at once (the same operations, so the same values lane by lane).
+__attribute__((always_inline)) inline v16 exp16(const v16& in) {
+  v16 x = in;
+  const v16 lo = v16{} - 87.0f, hi = v16{} + 88.0f;
+  x = x < lo ? lo : x;
+  x = x > hi ? hi : x;
+  constexpr float kRound = 12582912.0f;
+  const v16 shifted = x * 1.44269504088896341f + kRound;
+  v16i bits;
+  std::memcpy(&bits, &shifted, sizeof bits);
+  const v16 n = shifted - kRound;
+  const v16 r = (x - n * 0.693145751953125f) - n * 1.42860682030941723e-6f;
+  v16 p = v16{} + 1.0f / 5040.0f;
+  p = p * r + 1.0f / 720.0f;
+  p = p * r + 1.0f / 120.0f;
+  p = p * r + 1.0f / 24.0f;
+  p = p * r + 1.0f / 6.0f;
+  p = p * r + 0.5f;
+  p = p * r + 1.0f;
+  p = p * r + 1.0f;
+  const v16i scale_bits = (bits - 0x4B400000 + 127) << 23;
+  v16 scale;
+  std::memcpy(&scale, &scale_bits, sizeof scale);
+  return p * scale;
+}
+
+// Fold two vectors of 2m-lane partial sums (one group of lanes per position) into one vector of
+// m-lane sums: the lanes [a0 | a1 | ...] of a and b become [a0+a0' | ... | b0+b0' | ...]. Four folds
+// turn the 16 per-position accumulators of a block into the block's 16 dot products, in order.
+__attribute__((always_inline)) inline v16 fold8(const v16& a, const v16& b) {
+  return __builtin_shufflevector(a, b, 0, 1, 2, 3, 4, 5, 6, 7, 16, 17, 18, 19, 20, 21, 22, 23) +
+         __builtin_shufflevector(a, b, 8, 9, 10, 11, 12, 13, 14, 15, 24, 25, 26, 27, 28, 29, 30, 31);
+}
+__attribute__((always_inline)) inline v16 fold4(const v16& a, const v16& b) {
+  return __builtin_shufflevector(a, b, 0, 1, 2, 3, 8, 9, 10, 11, 16, 17, 18, 19, 24, 25, 26, 27) +
+         __builtin_shufflevector(a, b, 4, 5, 6, 7, 12, 13, 14, 15, 20, 21, 22, 23, 28, 29, 30, 31);
+}
+__attribute__((always_inline)) inline v16 fold2(const v16& a, const v16& b) {
+  return __builtin_shufflevector(a, b, 0, 1, 4, 5, 8, 9, 12, 13, 16, 17, 20, 21, 24, 25, 28, 29) +
+         __builtin_shufflevector(a, b, 2, 3, 6, 7, 10, 11, 14, 15, 18, 19, 22, 23, 26, 27, 30, 31);
+}
+__attribute__((always_inline)) inline v16 fold1(const v16& a, const v16& b) {
+  return __builtin_shufflevector(a, b, 0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30) +
+         __builtin_shufflevector(a, b, 1, 3, 5, 7, 9, 11, 13, 15, 17, 19, 21, 23, 25, 27, 29, 31);
+}
+
+// scores[j] = scale * q . k_j for j < count, k_j = k + j * stride; head_dim a multiple of 16.
+__attribute__((always_inline)) inline void dot_rows16(const float* q, const float* k, int64_t stride, int64_t count,
+                                                      int64_t head_dim, float scale, float* scores) {
+  for (int64_t j0 = 0; j0 < count; j0 += 16) {
+    const int64_t n = std::min<int64_t>(16, count - j0);
+    const float* rows[16];  // a short last block repeats its last row; those lanes are not stored
+    for (int p = 0; p < 16; ++p) rows[p] = k + (j0 + std::min<int64_t>(p, n - 1)) * stride;
+    v16 acc[16];
+    for (int p = 0; p < 16; ++p) acc[p] = v16{};
+    for (int64_t d = 0; d < head_dim; d += 16) {  // 16 independent FMA chains, q loaded once per chunk
+      const v16 qv = load16(q + d);
+      for (int p = 0; p < 16; ++p) acc[p] += qv * load16(rows[p] + d);
+    }
+    v16 f8[8], f4[4], f2[2];
+    for (int i = 0; i < 8; ++i) f8[i] = fold8(acc[2 * i], acc[2 * i + 1]);
+    for (int i = 0; i < 4; ++i) f4[i] = fold4(f8[2 * i], f8[2 * i + 1]);
+    for (int i = 0; i < 2; ++i) f2[i] = fold2(f4[2 * i], f4[2 * i + 1]);
+    const v16 dots = fold1(f2[0], f2[1]) * scale;
+    for (int64_t p = 0; p < n; ++p) scores[j0 + p] = dots[p];
+  }
+}
+
+// Any head_dim: one position at a time.
+__attribute__((always_inline)) inline void dot_rows(const float* q, const float* k, int64_t stride, int64_t count,
+                                                    int64_t head_dim, float scale, float* scores) {
+  for (int64_t j = 0; j < count; ++j) {
+    const float* kr = k + j * stride;
+    float dot = 0.0f;
+    for (int64_t d = 0; d < head_dim; ++d) dot += q[d] * kr[d];
+    scores[j] = dot * scale;
+  }
+}
+
+//: head_dim limit of the vector path (its accumulators for one output row live in registers / L1)
+constexpr int64_t kMaxWideHeadDim = 256;
+
+// o = inv * sum_j weights[j] * v_j over C chunks of 16: even and odd rows in two FMA chains per chunk.
+template <int C>
+__attribute__((always_inline)) inline void weighted_rows(const float* weights, int64_t count, const float* v,
+                                                         int64_t stride, float inv, float* o) {
+  v16 acc[C], acc2[C];
+  for (int c = 0; c < C; ++c) acc[c] = acc2[c] = v16{};
+  int64_t j = 0;
+  for (; j + 2 <= count; j += 2) {
+    const float* v0 = v + j * stride;
+    const float* v1 = v0 + stride;
+    for (int c = 0; c < C; ++c) {
+      acc[c] += weights[j] * load16(v0 + 16 * c);
+      acc2[c] += weights[j + 1] * load16(v1 + 16 * c);
+    }
+  }
+  if (j < count)
+    for (int c = 0; c < C; ++c) acc[c] += weights[j] * load16(v + j * stride + 16 * c);
+  for (int c = 0; c < C; ++c) *reinterpret_cast<v16*>(o + 16 * c) = (acc[c] + acc2[c]) * inv;
+}
+
+// Softmax-weighted sum of the value rows for one query row, vector path: scores [count] (raw,
+// scaled), padded with room to a multiple of 16; head_dim a multiple of 16, <= kMaxWideHeadDim.
+__attribute__((always_inline)) inline void softmax_values16(float* scores, int64_t count, const float* v,
+                                                            int64_t stride, int64_t head_dim, float* o) {
+  const int64_t padded = (count + 15) / 16 * 16;
+  for (int64_t j = count; j < padded; ++j) scores[j] = -std::numeric_limits<float>::infinity();
+  v16 top16 = load16(scores);
+  for (int64_t j = 16; j < padded; j += 16) {
+    const v16 s = load16(scores + j);
+    top16 = s > top16 ? s : top16;
+  }
+  float top = top16[0];
+  for (int l = 1; l < 16; ++l) top = std::max(top, top16[l]);
+  v16 total16{};
+  const v16i lane = {0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15};
+  for (int64_t j = 0; j < padded; j += 16) {
+    v16 e = exp16(load16(scores + j) - top);
+    e = (lane + static_cast<int32_t>(j) < static_cast<int32_t>(count)) ? e : v16{};  // padding weighs 0
+    *reinterpret_cast<v16*>(scores + j) = e;
+    total16 += e;
+  }
+  float total = 0.0f;
+  for (int l = 0; l < 16; ++l) total += total16[l];
+  const float inv = 1.0f / total;
+  switch (head_dim / 16) {  // a compile-time chunk count keeps the accumulators in registers
+    case 1: return weighted_rows<1>(scores, count, v, stride, inv, o);
+    case 2: return weighted_rows<2>(scores, count, v, stride, inv, o);
+    case 4: return weighted_rows<4>(scores, count, v, stride, inv, o);
+    case 6: return weighted_rows<6>(scores, count, v, stride, inv, o);
+    case 8: return weighted_rows<8>(scores, count, v, stride, inv, o);
+    default: break;
+  }
+  const int64_t chunks = head_dim / 16;
+  for (int64_t c = 0; c < chunks; ++c) {
+    v16 acc{};
+    for (int64_t j = 0; j < count; ++j) acc += scores[j] * load16(v + j * stride + 16 * c);
+    *reinterpret_cast<v16*>(o + 16 * c) = acc * inv;
+  }
+}
+
+// Attention of the query rows row_begin .. row_end - 1 (row = token t * H + head h) of q [S, H, D] over
+// the cache rows 0 .. start + t: head h reads kv head h / (H / KV) (HF Llama's grouping). scores: a
+// buffer of >= start + S + 16 floats.
+OTARO_VECTOR_CLONES void attend_rows(const float* q, const float* k_cache, const float* v_cache, float* out,
+                                     int64_t row_begin, int64_t row_end, int64_t heads, int64_t kv_heads,
+                                     int64_t head_dim, int64_t start, float scale, float* scores) {
+  const int64_t group = heads / kv_heads, stride = kv_heads * head_dim;  // cache row: [KV, D]
+  const bool wide = head_dim % 16 == 0 && head_dim <= kMaxWideHeadDim;
+  for (int64_t row = row_begin; row < row_end; ++row) {
+    const int64_t t = row / heads, h = row % heads, visible = start + t + 1;
+    const float* qr = q + row * head_dim;
+    const float* k = k_cache + (h / group) * head_dim;
+    const float* v = v_cache + (h / group) * head_dim;
+    float* o = out + row * head_dim;
+    if (wide) {
+      dot_rows16(qr, k, stride, visible, head_dim, scale, scores);
+      softmax_values16(scores, visible, v, stride, head_dim, o);
+      continue;
+    }
+    dot_rows(qr, k, stride, visible, head_dim, scale, scores);
+    float top = -std::numeric_limits<float>::infinity();
+    for (int64_t j = 0; j < visible; ++j) top = std::max(top, scores[j]);
+    float total = 0.0f;
+    for (int64_t j = 0; j < visible; ++j) {
+      scores[j] = exp_approx(scores[j] - top);
+      total += scores[j];
+    }
+    const float inv = 1.0f / total;
+    for (int64_t d = 0; d < head_dim; ++d) o[d] = 0.0f;
+    for (int64_t j = 0; j < visible; ++j)
+      for (int64_t d = 0; d < head_dim; ++d) o[d] += scores[j] * v[j * stride + d];
+    for (int64_t d = 0; d < head_dim; ++d) o[d] *= inv;
+  }
 }
 
 }  // namespace
@@ -125,11 +361,49 @@ Tensor& swiglu_out(KernelRuntimeContext& ctx, const Tensor& gate_up, Tensor& out
   const int64_t rows = f > 0 ? gate_up.numel() / (2 * f) : 0;
   const float* src = gate_up.const_data_ptr<float>();
   float* dst = out.mutable_data_ptr<float>();
-  for (int64_t r = 0; r < rows; ++r) {
-    const float* gate = src + r * 2 * f;
-    const float* up = gate + f;
-    float* y = dst + r * f;
-    for (int64_t i = 0; i < f; ++i) y[i] = gate[i] / (1.0f + std::exp(-gate[i])) * up[i];
+  for (int64_t r = 0; r < rows; ++r) silu_mul(src + r * 2 * f, src + r * 2 * f + f, dst + r * f, f);
+  return out;
+}
+
+Tensor& sdpa_out(KernelRuntimeContext& ctx, const Tensor& q, const Tensor& k_cache, const Tensor& v_cache,
+                 int64_t start_pos, double scale, Tensor& out) {
+  ET_KERNEL_CHECK_MSG(ctx, q.dim() == 4 && k_cache.dim() == 4 && v_cache.dim() == 4, InvalidArgument, out,
+                      "otaro_llm::sdpa: q must be [1, S, H, D] and the caches [1, max_seq_len, KV, D]");
+  const int64_t seq = q.size(1), heads = q.size(2), head_dim = q.size(3);
+  const int64_t max_len = k_cache.size(1), kv_heads = k_cache.size(2);
+  ET_KERNEL_CHECK_MSG(
+      ctx,
+      float_contiguous(q) && float_contiguous(k_cache) && float_contiguous(v_cache) && q.size(0) == 1 &&
+          k_cache.size(0) == 1 && v_cache.size(0) == 1 && v_cache.size(1) == max_len && v_cache.size(2) == kv_heads &&
+          k_cache.size(3) == head_dim && v_cache.size(3) == head_dim && kv_heads > 0 && heads % kv_heads == 0,
+      InvalidArgument, out,
+      "otaro_llm::sdpa: q [1, S, H, D] and caches [1, L, KV, D] float32 contiguous, H a multiple of KV");
+  ET_KERNEL_CHECK_MSG(ctx, start_pos >= 0 && start_pos + seq <= max_len, InvalidArgument, out,
+                      "otaro_llm::sdpa: positions %lld..%lld exceed the cache of %lld",
+                      static_cast<long long>(start_pos), static_cast<long long>(start_pos + seq - 1),
+                      static_cast<long long>(max_len));
+  ET_KERNEL_CHECK_MSG(ctx, out.scalar_type() == ScalarType::Float && resize_like(out, q, head_dim), InvalidArgument,
+                      out, "otaro_llm::sdpa: cannot resize out to q's shape");
+  const int64_t rows = seq * heads;
+  if (rows == 0 || head_dim == 0) return out;
+  const float* qp = q.const_data_ptr<float>();
+  const float* kp = k_cache.const_data_ptr<float>();
+  const float* vp = v_cache.const_data_ptr<float>();
+  float* op = out.mutable_data_ptr<float>();
+  const float s = static_cast<float>(scale);
+  const auto run = [&](int64_t begin, int64_t end) {
+    thread_local std::vector<float> scores;
+    scores.resize(static_cast<size_t>(start_pos + seq + 16));  // + the vector path's padding
+    attend_rows(qp, kp, vp, op, begin, end, heads, kv_heads, head_dim, start_pos, s, scores.data());
+  };
+  // A decode step (one token: H rows over the cache) is a few microseconds of work: no hand-off.
+  constexpr int64_t kMinMacsPerTask = int64_t{1} << 18;
+  const int64_t macs = rows * (start_pos + (seq + 1) / 2) * head_dim * 2;
+  if (macs < 2 * kMinMacsPerTask) {
+    run(0, rows);
+  } else {
+    const int64_t grain = std::max<int64_t>(1, rows * kMinMacsPerTask / macs);
+    executorch::extension::parallel_for(0, rows, grain, run);
   }
   return out;
 }
@@ -140,3 +414,4 @@ Tensor& swiglu_out(KernelRuntimeContext& ctx, const Tensor& gate_up, Tensor& out
 EXECUTORCH_LIBRARY(otaro_llm, "rms_norm.out", otaro::llm::rms_norm_out);
 EXECUTORCH_LIBRARY(otaro_llm, "rotary_heads.out", otaro::llm::rotary_heads_out);
 EXECUTORCH_LIBRARY(otaro_llm, "swiglu.out", otaro::llm::swiglu_out);
+EXECUTORCH_LIBRARY(otaro_llm, "sdpa.out", otaro::llm::sdpa_out);

@@ -83,3 +83,95 @@ def test_bad_shapes_fail_the_call_without_crashing(method):
     x, weight, qkv, cos, sin, gate_up = _inputs(3)
     with pytest.raises(RuntimeError):
         method.execute([x, weight, qkv, cos[:2], sin[:2], gate_up])  # cos/sin rows != sequence length
+
+
+class _Attention(torch.nn.Module):
+    """otaro_llm::sdpa as the fused decoder calls it: start from an input tensor (a SymInt when exported)."""
+
+    def forward(self, q, k_cache, v_cache, input_pos):
+        start = input_pos[0].item()
+        torch._check(start >= 0)
+        torch._check(start + q.shape[1] <= k_cache.shape[1])
+        return ops.sdpa(q, k_cache, v_cache, start, 0.125)
+
+
+CACHE_LEN, HEADS, KV_HEADS = 40, 6, 2
+#: 64: the vector path (SmolLM2's head size); 24 (not a multiple of 16): the kernel's one-position-at-a-time path
+HEAD_DIMS = (64, 24)
+
+
+def _attention_inputs(seq: int, start: int, head_dim: int):
+    g = torch.Generator().manual_seed(100 * seq + start)
+    return (
+        torch.randn(1, seq, HEADS, head_dim, generator=g) * 2,
+        torch.randn(1, CACHE_LEN, KV_HEADS, head_dim, generator=g) * 2,
+        torch.randn(1, CACHE_LEN, KV_HEADS, head_dim, generator=g),
+        torch.tensor([start]),
+    )
+
+
+@pytest.fixture(scope="module", params=HEAD_DIMS)
+def attention(request, tmp_path_factory):
+    from executorch.exir import EdgeCompileConfig, to_edge
+    from executorch.runtime import Runtime
+
+    from otaro_export.runtime_ops.executorch_kernels import load_executorch_kernels
+
+    seq = torch.export.Dim("seq", min=1, max=CACHE_LEN)
+    shapes = ({1: seq}, None, None, None)
+    example = _attention_inputs(3, 2, request.param)
+    ep = torch.export.export(_Attention(), example, dynamic_shapes=shapes, strict=False)
+    program = to_edge(ep, compile_config=EdgeCompileConfig(_check_ir_validity=False)).to_executorch()
+    path = tmp_path_factory.mktemp("llm-sdpa") / "sdpa.pte"
+    path.write_bytes(program.buffer)
+    load_executorch_kernels()
+    return request.param, Runtime.get().load_program(path).load_method("forward")
+
+
+def _textbook_attention(q, k_cache, v_cache, start):
+    """Each query row on its own, in float64: softmax(0.125 q . k) . v over the cache rows 0 .. its position."""
+    seq, group = q.shape[1], HEADS // KV_HEADS
+    out = torch.zeros(q.shape, dtype=torch.float64)
+    for t in range(seq):
+        for h in range(HEADS):
+            keys = k_cache[0, : start + t + 1, h // group].double()
+            values = v_cache[0, : start + t + 1, h // group].double()
+            probs = torch.softmax(keys @ q[0, t, h].double() * 0.125, dim=0)
+            out[0, t, h] = probs @ values
+    return out
+
+
+@pytest.mark.parametrize(("seq", "start"), [(1, 0), (1, 17), (1, CACHE_LEN - 1), (5, 0), (7, 11), (CACHE_LEN, 0)])
+def test_attention_kernel_matches_the_reference(attention, seq, start):
+    head_dim, attention = attention
+    q, k_cache, v_cache, pos = _attention_inputs(seq, start, head_dim)
+    want = _textbook_attention(q, k_cache, v_cache, start)
+    (got,) = attention.execute([q, k_cache, v_cache, pos])
+    # float32 sums over <= 40 positions and <= 64 dims of O(1) terms, exp to ~2e-7: ~1e-6 observed
+    np.testing.assert_allclose(got.numpy(), want.numpy(), rtol=1e-5, atol=1e-5)
+    reference = ops.reference_sdpa(q, k_cache, v_cache, start, 0.125)  # what export traces and eager runs
+    np.testing.assert_allclose(reference.numpy(), want.numpy(), rtol=1e-5, atol=1e-5)
+    # rows past a token's position are never read: changing them changes nothing
+    k_late, v_late = k_cache.clone(), v_cache.clone()
+    k_late[:, start + seq :] = 1e4
+    v_late[:, start + seq :] = float("nan")
+    (again,) = attention.execute([q, k_late, v_late, pos])
+    np.testing.assert_array_equal(again.numpy(), got.numpy())
+
+
+def test_attention_rejects_positions_past_the_cache(attention):
+    head_dim, attention = attention
+    q, k_cache, v_cache, _ = _attention_inputs(3, 0, head_dim)
+    with pytest.raises(RuntimeError):
+        attention.execute([q, k_cache, v_cache, torch.tensor([CACHE_LEN - 2])])
+
+
+def test_swiglu_kernel_is_exact_to_float_rounding_over_the_whole_range(method):
+    """The kernel's exp is a polynomial: check SiLU * up against float64 where exp under- or overflows too."""
+    x, weight, qkv, cos, sin, _ = _inputs(1)
+    gate = torch.linspace(-120, 120, 40 * 1).reshape(1, 1, 40)
+    gate_up = torch.cat([gate, torch.linspace(-3, 3, 40).reshape(1, 1, 40)], dim=-1)
+    got = method.execute([x, weight, qkv, cos, sin, gate_up])[-1].double()
+    g, up = gate.double(), gate_up[..., 40:].double()
+    want = g * torch.sigmoid(g) * up
+    np.testing.assert_allclose(got.numpy(), want.numpy(), rtol=1e-6, atol=1e-30)
