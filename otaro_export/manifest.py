@@ -27,6 +27,8 @@ TARGETS = ("onnx", "executorch")  # "torch" is the in-memory reference, never wr
 KERNEL_MODES = ("fused", "portable")
 #: the native kernel library each target may ask for (None: the stock runtime runs the artifact)
 KERNEL_LIBRARIES = {"onnx": (None, "onnxruntime"), "executorch": (None, "executorch")}
+#: an ExecuTorch manifest's extra.runtime_ops entry: the program calls ExecuTorch's llama:: LLM custom ops
+LLM_CUSTOM_OPS = "executorch.extension.llm.custom_ops"
 _ARTIFACT_SUFFIX = {"onnx": ".onnx", "executorch": ".pte"}
 _HEX64 = re.compile(r"^[0-9a-f]{64}$")
 

@@ -112,7 +112,7 @@ def tiny_executorch_artifact(
 ) -> tuple[Path, LoadedModel]:
     """A tiny ``.pte`` export under ``root``, exported on first use; the model returned is the float one.
 
-    ``attention``: the exporter's ``--attention`` (None: its default, ExecuTorch's LLM custom ops).
+    ``attention``: the exporter's ``--attention`` (None: its default, llm-ops).
     """
     from otaro_export.export.pipeline import ExportOptions, export_model
 

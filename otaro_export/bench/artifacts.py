@@ -149,9 +149,12 @@ def _stale_executorch(manifest: Path) -> bool:
         return False
     if list(data.get("inputs") or [])[:2] != ["input_ids", "input_pos"]:
         return True
+    from otaro_export.export.executorch_export import ATTENTION_KERNELS
+
     extra = data.get("extra") or {}
     fused = data.get("kernel_library") == "executorch"
-    return fused and extra.get("attention", "llm-ops") == "llm-ops" and "attention_kernel" not in extra
+    attention = extra.get("attention", "llm-ops")
+    return fused and attention == "llm-ops" and extra.get("attention_kernel") != ATTENTION_KERNELS[attention, True]
 
 
 def _export_into(spec: ArtifactSpec, model: str, max_seq_len: int, out: Path, loaded, log) -> None:

@@ -13,7 +13,10 @@ tensor); only the runtime-specific ops differ:
 * attention per layer: rotary embedding on the packed q|k heads in plain
   torch ops (XNNPACK takes them), then, by ``attention``:
 
-  - ``"llm-ops"`` (default): ``llama::update_cache`` x2 (writes the new K/V
+  - ``"llm-ops"`` (default): in a fused program (``fused_ops``) one
+    ``otaro_llm::kv_attention`` call (:mod:`otaro_export.export.executorch_ops`:
+    rotary, both cache writes and attention, in the project's kernel library);
+    otherwise ``llama::update_cache`` x2 (writes the new K/V
     rows in place into caches ``[1, max_seq_len, kv_heads, head_dim]`` that
     are mutable buffers of the method: state kept between ``execute`` calls,
     not stored in the file) and one ``llama::custom_sdpa`` (causal,
@@ -90,7 +93,7 @@ class ExecuTorchDecoder(ExportDecoder):
         attention: str = "llm-ops",
     ):
         check_attention(attention)
-        if attention == "llm-ops":
+        if attention == "llm-ops" and not fused_ops:  # fused programs attend with otaro_llm::kv_attention
             load_llm_custom_ops()
         super().__init__(hf_model, max_seq_len)
         self.attention = attention
@@ -183,10 +186,14 @@ class ExecuTorchDecoder(ExportDecoder):
             mask = torch.where(visible, 0.0, float("-inf"))
 
         def attend(i, qkv):
+            k_cache, v_cache = getattr(self, f"k_cache_{i}"), getattr(self, f"v_cache_{i}")
+            if self.fused_ops and not portable:  # rotary, both cache writes and attention: one kernel call
+                return executorch_ops.kv_attention(
+                    qkv, cos, sin, k_cache, v_cache, start, heads, kv, self.head_dim, self.scale
+                )
             q = self.heads(qkv, cos, sin, 0, heads, True)
             k = self.heads(qkv, cos, sin, heads, kv, True)
             v = self.heads(qkv, cos, sin, heads + kv, kv, False)
-            k_cache, v_cache = getattr(self, f"k_cache_{i}"), getattr(self, f"v_cache_{i}")
             if portable:
                 # index_put_ at the new positions (the reinplace pass keeps it in place when lowered)
                 k_cache[:, :, rows] = k.reshape(seq, kv, self.head_dim).permute(1, 2, 0)
@@ -194,10 +201,7 @@ class ExecuTorchDecoder(ExportDecoder):
                 return self.portable_attention(q, k_cache, v_cache, end, mask)
             torch.ops.llama.update_cache(k, k_cache, start)
             torch.ops.llama.update_cache(v, v_cache, start)
-            if self.fused_ops:  # the project's kernel (executorch_ops.sdpa: custom_sdpa's MKL is slower at decode)
-                out = executorch_ops.sdpa(q, k_cache, v_cache, start, self.scale)
-            else:
-                out = torch.ops.llama.custom_sdpa(q, k_cache, v_cache, start, None, 0.0, True, self.scale)
+            out = torch.ops.llama.custom_sdpa(q, k_cache, v_cache, start, None, 0.0, True, self.scale)
             return out.reshape(1, seq, heads * self.head_dim)
 
         return self.decode(input_ids, logits_positions, attend)

@@ -41,7 +41,7 @@ from otaro_export.convert import check_supported
 from otaro_export.errors import OtaroError
 from otaro_export.export.executorch_decoder import ExecuTorchDecoder, check_attention
 from otaro_export.export.model_info import model_info
-from otaro_export.manifest import Manifest
+from otaro_export.manifest import LLM_CUSTOM_OPS, Manifest
 
 ARTIFACT_NAME = "model.pte"
 #: data-file stem for external weights; ExecuTorch appends ".ptd"
@@ -49,11 +49,10 @@ EXTERNAL_DATA_STEM = "model"
 METHOD_NAME = "forward"
 KERNEL_LIBRARY = "executorch"
 #: ExecuTorch kernel libraries a session registers before loading the method (manifest extra.runtime_ops)
-LLM_CUSTOM_OPS = "executorch.extension.llm.custom_ops"
 DEFAULT_ATTENTION = "llm-ops"
 #: (attention, fused kernels) -> the op that computes attention in the program
 ATTENTION_KERNELS = {
-    ("llm-ops", True): "otaro_llm::sdpa",
+    ("llm-ops", True): "otaro_llm::kv_attention",
     ("llm-ops", False): "llama::custom_sdpa",
     ("portable", True): "standard ops",
     ("portable", False): "standard ops",
@@ -392,7 +391,7 @@ def _write_program(
         "data_files": files[1:],
         "backend": "xnnpack",
         # the kernels beyond ExecuTorch's portable ones (and the project's library) that the method calls
-        "runtime_ops": [LLM_CUSTOM_OPS] if attention == "llm-ops" else [],
+        "runtime_ops": [LLM_CUSTOM_OPS] if attention == "llm-ops" and not fused else [],
         "attention": attention,
         # which kernel attends: the project's (fused programs) or ExecuTorch's (fp32 programs), or standard ops
         "attention_kernel": ATTENTION_KERNELS[attention, fused],

@@ -11,14 +11,17 @@ Schemas (functional and ``.out``)::
         non-interleaved rotary embedding of cos/sin [S, head_dim / 2] applied if rotate
     otaro_llm::swiglu(Tensor gate_up) -> Tensor
         silu(gate) * up for gate_up = [gate | up] along the last dim
-    otaro_llm::sdpa(Tensor q, Tensor k_cache, Tensor v_cache, SymInt start_pos, float scale) -> Tensor
-        causal grouped-query attention of q [1, S, H, D] (tokens at positions
-        start_pos .. start_pos + S - 1) over the cache rows [1, L, KV, D] up to
-        each token's own position; [1, S, H, D]. The caches already hold the
-        new rows (``llama::update_cache`` writes them first). Replaces
-        ``llama::custom_sdpa`` in fused programs: its matrix products go through
-        libtorch's MKL in the Python runtime; on the default model this kernel
-        took 0.32-0.42 ms per decode step against 0.45-0.62 (ETDump, E5M3)
+    otaro_llm::kv_attention(Tensor qkv, Tensor cos, Tensor sin, Tensor(a!) k_cache, Tensor(b!) v_cache,
+                            SymInt start_pos, int num_heads, int num_kv_heads, int head_dim, float scale) -> Tensor
+        one decoder layer's attention on the packed projection qkv [1, S, (H + 2 KV) * D]:
+        rotates the q and k heads (as rotary_heads), writes k and v into the caches
+        [1, L, KV, D] at rows start_pos .. start_pos + S - 1 (in place: the caches are
+        the method's mutable buffers), then causal grouped-query attention of each
+        token over the rows up to its own position (q head h reads kv head
+        h // (H / KV)); [1, S, H * D]. Replaces rotary_heads x3, ExecuTorch's
+        llama::update_cache x2 and llama::custom_sdpa (whose matrix products go
+        through libtorch's MKL in the Python runtime): a fused program needs no
+        kernels beyond the project's library
 
 In the graph they replace ~25 small ops per decoder layer (slices, views,
 element-wise ops: each its own kernel call at run time and its own node for
@@ -46,9 +49,12 @@ _lib.define(f"rotary_heads({_ROTARY_ARGS}) -> Tensor")
 _lib.define(f"rotary_heads.out({_ROTARY_ARGS}, *, Tensor(a!) out) -> Tensor(a!)")
 _lib.define("swiglu(Tensor gate_up) -> Tensor")
 _lib.define("swiglu.out(Tensor gate_up, *, Tensor(a!) out) -> Tensor(a!)")
-_SDPA_ARGS = "Tensor q, Tensor k_cache, Tensor v_cache, SymInt start_pos, float scale"
-_lib.define(f"sdpa({_SDPA_ARGS}) -> Tensor")
-_lib.define(f"sdpa.out({_SDPA_ARGS}, *, Tensor(a!) out) -> Tensor(a!)")
+_KV_ATTENTION_ARGS = (
+    "Tensor qkv, Tensor cos, Tensor sin, Tensor(a!) k_cache, Tensor(b!) v_cache, SymInt start_pos, "
+    "int num_heads, int num_kv_heads, int head_dim, float scale"
+)
+_lib.define(f"kv_attention({_KV_ATTENTION_ARGS}) -> Tensor")
+_lib.define(f"kv_attention.out({_KV_ATTENTION_ARGS}, *, Tensor(c!) out) -> Tensor(c!)")
 
 
 def rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
@@ -65,6 +71,23 @@ def reference_rotary_heads(qkv, cos, sin, head_offset: int, num_heads: int, head
         batch, seq, num_heads, head_dim
     )
     return (rotate(heads, cos, sin) if rotate_ else heads).contiguous()
+
+
+def reference_kv_attention(
+    qkv, cos, sin, k_cache, v_cache, start_pos: int, num_heads: int, num_kv_heads: int, head_dim: int, scale: float
+) -> torch.Tensor:
+    """kv_attention in torch ops; writes the new rows into ``k_cache`` / ``v_cache`` like the kernel."""
+    seq = qkv.shape[1]
+    q = reference_rotary_heads(qkv, cos, sin, 0, num_heads, head_dim, True)
+    k = reference_rotary_heads(qkv, cos, sin, num_heads, num_kv_heads, head_dim, True)
+    v = reference_rotary_heads(qkv, cos, sin, num_heads + num_kv_heads, num_kv_heads, head_dim, False)
+    k_cache[:, start_pos : start_pos + seq] = k
+    v_cache[:, start_pos : start_pos + seq] = v
+    return reference_sdpa(q, k_cache, v_cache, start_pos, scale).reshape(qkv.shape[0], seq, num_heads * head_dim)
+
+
+def _kv_attention_fake(qkv, cos, sin, k_cache, v_cache, start_pos, num_heads, num_kv_heads, head_dim, scale):
+    return qkv.new_empty(qkv.shape[0], qkv.shape[1], num_heads * head_dim)
 
 
 def reference_sdpa(q, k_cache, v_cache, start_pos: int, scale: float) -> torch.Tensor:
@@ -97,16 +120,16 @@ _lib.impl("rotary_heads", reference_rotary_heads, "CompositeExplicitAutograd")
 _lib.impl("rotary_heads.out", _out(reference_rotary_heads), "CompositeExplicitAutograd")
 _lib.impl("swiglu", reference_swiglu, "CompositeExplicitAutograd")
 _lib.impl("swiglu.out", _out(reference_swiglu), "CompositeExplicitAutograd")
-_lib.impl("sdpa", reference_sdpa, "CompositeExplicitAutograd")
-_lib.impl("sdpa.out", _out(reference_sdpa), "CompositeExplicitAutograd")
+_lib.impl("kv_attention", reference_kv_attention, "CompositeExplicitAutograd")
+_lib.impl("kv_attention.out", _out(reference_kv_attention), "CompositeExplicitAutograd")
 torch.library.register_fake(f"{NAMESPACE}::rms_norm", lambda x, weight, eps: torch.empty_like(x), lib=_lib)
 torch.library.register_fake(f"{NAMESPACE}::rotary_heads", _rotary_fake, lib=_lib)
 torch.library.register_fake(f"{NAMESPACE}::swiglu", lambda g: g.new_empty(*g.shape[:-1], g.shape[-1] // 2), lib=_lib)
-torch.library.register_fake(f"{NAMESPACE}::sdpa", lambda q, k, v, start, scale: torch.empty_like(q), lib=_lib)
-for _name in ("rms_norm", "rotary_heads", "swiglu", "sdpa"):
+torch.library.register_fake(f"{NAMESPACE}::kv_attention", _kv_attention_fake, lib=_lib)
+for _name in ("rms_norm", "rotary_heads", "swiglu", "kv_attention"):
     torch.library.register_fake(f"{NAMESPACE}::{_name}.out", lambda *args, out, **kwargs: out, lib=_lib)
 
 rms_norm = torch.ops.otaro_llm.rms_norm.default
 rotary_heads = torch.ops.otaro_llm.rotary_heads.default
 swiglu = torch.ops.otaro_llm.swiglu.default
-sdpa = torch.ops.otaro_llm.sdpa.default
+kv_attention = torch.ops.otaro_llm.kv_attention.default

@@ -36,7 +36,7 @@ import torch
 
 from otaro_export import process_memory
 from otaro_export.errors import ArtifactError, KernelLibraryError
-from otaro_export.manifest import Manifest
+from otaro_export.manifest import LLM_CUSTOM_OPS, Manifest
 from otaro_export.runtime.openmp_nesting import OpenMPNestingGuard
 from otaro_export.runtime.session import Session
 
@@ -74,6 +74,18 @@ def ensure_kernel_library(runtime) -> None:
 
 
 _llm_ops_lock = threading.Lock()
+
+
+def needs_llm_custom_ops(manifest: Manifest) -> bool:
+    """Whether the program calls ExecuTorch's ``llama::`` kernels (``extra.runtime_ops``).
+
+    Portable attention never does, nor do fused programs with the project's ``otaro_llm::kv_attention``;
+    a manifest from before ``runtime_ops`` was recorded does with llm-ops attention.
+    """
+    extra = manifest.extra
+    if "runtime_ops" in extra:
+        return LLM_CUSTOM_OPS in (extra["runtime_ops"] or [])
+    return extra.get("attention", "llm-ops") == "llm-ops"
 
 
 def ensure_llm_custom_ops(runtime) -> None:
@@ -245,8 +257,7 @@ class ExecuTorchSession(Session):
             raise ArtifactError(
                 f"{directory}: unknown kernel library {manifest.kernel_library!r} for an ExecuTorch artifact"
             )
-        # a .pte with portable attention (or one whose manifest predates the key: llm-ops) needs no llama:: kernels
-        if manifest.extra.get("attention", "llm-ops") == "llm-ops":
+        if needs_llm_custom_ops(manifest):
             ensure_llm_custom_ops(runtime)
         _set_threads(num_threads)
         path = self.directory / manifest.artifact

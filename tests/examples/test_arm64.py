@@ -102,19 +102,26 @@ def test_onnx_on_arm64_matches_x86_and_torch(userland, onnx_artifact):
 
 
 @pytest.mark.arm64
-@pytest.mark.parametrize("kernels", ["fused", "portable"])  # portable: the stock runtime alone, no project library
-def test_pte_on_arm64_matches_x86_and_torch(userland, tmp_path_factory, kernels):
+@pytest.mark.parametrize(
+    ("kernels", "attention"),
+    [
+        ("fused", "llm-ops"),  # the default export: attention is the project's otaro_llm::kv_attention kernel
+        ("fused", "portable"),
+        ("portable", "portable"),  # the stock runtime alone, no project library
+    ],
+)
+def test_pte_on_arm64_matches_x86_and_torch(userland, tmp_path_factory, kernels, attention):
     if userland.executorch is None:
         pytest.skip(f"no ExecuTorch aarch64 runtime: {userland.versions.get('executorch_unavailable')}")
     from otaro_export.manifest import Manifest
     from otaro_export.testing import tiny_executorch_artifact
 
-    # portable attention: standard ops only, so the stock aarch64 runtime (+ the fused program's kernels) runs it
+    # standard ops or the project's kernels only, so the stock aarch64 runtime (+ the project's library) runs it
     directory, loaded = tiny_executorch_artifact(
-        tmp_path_factory.mktemp("arm64_pte"), kernels=kernels, attention="portable"
+        tmp_path_factory.mktemp("arm64_pte"), kernels=kernels, attention=attention
     )
     extra = Manifest.load(directory).extra
-    assert extra["attention"] == "portable" and extra["runtime_ops"] == [], extra
+    assert extra["attention"] == attention and extra["runtime_ops"] == [], extra
     try:
         report = check.check(directory, reference=_pte_reference(directory, loaded), log=lambda _: None)
     except check.Arm64Unavailable as exc:  # a tool or package this machine cannot have (never a missing kernel)

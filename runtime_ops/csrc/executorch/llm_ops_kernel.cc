@@ -4,8 +4,9 @@
 //   otaro_llm::rotary_heads.out(Tensor qkv, Tensor cos, Tensor sin, int head_offset, int num_heads,
 //                               int head_dim, bool rotate, *, Tensor(a!) out) -> Tensor(a!)
 //   otaro_llm::swiglu.out(Tensor gate_up, *, Tensor(a!) out) -> Tensor(a!)
-//   otaro_llm::sdpa.out(Tensor q, Tensor k_cache, Tensor v_cache, SymInt start_pos, float scale, *,
-//                       Tensor(a!) out) -> Tensor(a!)
+//   otaro_llm::kv_attention.out(Tensor qkv, Tensor cos, Tensor sin, Tensor(a!) k_cache, Tensor(b!) v_cache,
+//                               SymInt start_pos, int num_heads, int num_kv_heads, int head_dim, float scale, *,
+//                               Tensor(c!) out) -> Tensor(c!)
 // One call each instead of the ~25 slices, views and element-wise ops per decoder layer they replace.
 // The work per call is one activation row per token: single-threaded, except attention over a long
 // prompt, which splits its (token, head) rows over ExecuTorch's thread pool. Bad shapes fail the call
@@ -275,6 +276,17 @@ OTARO_VECTOR_CLONES void attend_rows(const float* q, const float* k_cache, const
   }
 }
 
+// Non-interleaved rotary embedding of `count` heads of 2 * half floats each, from `x` to `y`.
+void rotate_heads(const float* x, const float* c, const float* sn, int64_t count, int64_t half, float* y) {
+  for (int64_t h = 0; h < count; ++h, x += 2 * half, y += 2 * half) {
+    for (int64_t i = 0; i < half; ++i) {
+      const float x1 = x[i], x2 = x[i + half];
+      y[i] = x1 * c[i] - x2 * sn[i];
+      y[i + half] = x2 * c[i] + x1 * sn[i];
+    }
+  }
+}
+
 }  // namespace
 
 Tensor& rms_norm_out(KernelRuntimeContext& ctx, const Tensor& x, const Tensor& weight, double eps, Tensor& out) {
@@ -336,15 +348,7 @@ Tensor& rotary_heads_out(KernelRuntimeContext& ctx, const Tensor& qkv, const Ten
       }
       const float* c = cos.const_data_ptr<float>() + s * half;
       const float* sn = sin.const_data_ptr<float>() + s * half;
-      for (int64_t h = 0; h < num_heads; ++h) {
-        const float* x = row + h * head_dim;
-        float* y = o + h * head_dim;
-        for (int64_t i = 0; i < half; ++i) {
-          const float x1 = x[i], x2 = x[i + half];
-          y[i] = x1 * c[i] - x2 * sn[i];
-          y[i + half] = x2 * c[i] + x1 * sn[i];
-        }
-      }
+      rotate_heads(row, c, sn, num_heads, half, o);
     }
   }
   return out;
@@ -365,36 +369,63 @@ Tensor& swiglu_out(KernelRuntimeContext& ctx, const Tensor& gate_up, Tensor& out
   return out;
 }
 
-Tensor& sdpa_out(KernelRuntimeContext& ctx, const Tensor& q, const Tensor& k_cache, const Tensor& v_cache,
-                 int64_t start_pos, double scale, Tensor& out) {
-  ET_KERNEL_CHECK_MSG(ctx, q.dim() == 4 && k_cache.dim() == 4 && v_cache.dim() == 4, InvalidArgument, out,
-                      "otaro_llm::sdpa: q must be [1, S, H, D] and the caches [1, max_seq_len, KV, D]");
-  const int64_t seq = q.size(1), heads = q.size(2), head_dim = q.size(3);
-  const int64_t max_len = k_cache.size(1), kv_heads = k_cache.size(2);
-  ET_KERNEL_CHECK_MSG(
-      ctx,
-      float_contiguous(q) && float_contiguous(k_cache) && float_contiguous(v_cache) && q.size(0) == 1 &&
-          k_cache.size(0) == 1 && v_cache.size(0) == 1 && v_cache.size(1) == max_len && v_cache.size(2) == kv_heads &&
-          k_cache.size(3) == head_dim && v_cache.size(3) == head_dim && kv_heads > 0 && heads % kv_heads == 0,
-      InvalidArgument, out,
-      "otaro_llm::sdpa: q [1, S, H, D] and caches [1, L, KV, D] float32 contiguous, H a multiple of KV");
+Tensor& kv_attention_out(KernelRuntimeContext& ctx, const Tensor& qkv, const Tensor& cos, const Tensor& sin,
+                         Tensor& k_cache, Tensor& v_cache, int64_t start_pos, int64_t num_heads, int64_t num_kv_heads,
+                         int64_t head_dim, double scale, Tensor& out) {
+  const int64_t heads = num_heads, kv_heads = num_kv_heads, half = head_dim / 2;
+  ET_KERNEL_CHECK_MSG(ctx,
+                      heads > 0 && kv_heads > 0 && heads % kv_heads == 0 && head_dim > 0 && head_dim % 2 == 0 &&
+                          qkv.dim() == 3 && qkv.size(0) == 1 && float_contiguous(qkv) &&
+                          qkv.size(2) == (heads + 2 * kv_heads) * head_dim,
+                      InvalidArgument, out,
+                      "otaro_llm::kv_attention: qkv must be contiguous float32 [1, S, (H + 2 KV) * D] with H a "
+                      "multiple of KV and D even");
+  const int64_t seq = qkv.size(1);
+  ET_KERNEL_CHECK_MSG(ctx,
+                      float_contiguous(cos) && float_contiguous(sin) && cos.dim() == 2 && sin.dim() == 2 &&
+                          cos.size(0) == seq && sin.size(0) == seq && cos.size(1) == half && sin.size(1) == half,
+                      InvalidArgument, out, "otaro_llm::kv_attention: cos and sin must be float32 [S, head_dim/2]");
+  ET_KERNEL_CHECK_MSG(ctx,
+                      k_cache.dim() == 4 && v_cache.dim() == 4 && float_contiguous(k_cache) &&
+                          float_contiguous(v_cache) && k_cache.size(0) == 1 && v_cache.size(0) == 1 &&
+                          v_cache.size(1) == k_cache.size(1) && k_cache.size(2) == kv_heads &&
+                          v_cache.size(2) == kv_heads && k_cache.size(3) == head_dim && v_cache.size(3) == head_dim,
+                      InvalidArgument, out,
+                      "otaro_llm::kv_attention: the caches must be contiguous float32 [1, max_seq_len, KV, D]");
+  const int64_t max_len = k_cache.size(1);
   ET_KERNEL_CHECK_MSG(ctx, start_pos >= 0 && start_pos + seq <= max_len, InvalidArgument, out,
-                      "otaro_llm::sdpa: positions %lld..%lld exceed the cache of %lld",
+                      "otaro_llm::kv_attention: positions %lld..%lld exceed the cache of %lld",
                       static_cast<long long>(start_pos), static_cast<long long>(start_pos + seq - 1),
                       static_cast<long long>(max_len));
-  ET_KERNEL_CHECK_MSG(ctx, out.scalar_type() == ScalarType::Float && resize_like(out, q, head_dim), InvalidArgument,
-                      out, "otaro_llm::sdpa: cannot resize out to q's shape");
+  ET_KERNEL_CHECK_MSG(ctx, out.scalar_type() == ScalarType::Float && resize_like(out, qkv, heads * head_dim),
+                      InvalidArgument, out, "otaro_llm::kv_attention: cannot resize out to [1, S, H * D]");
+  if (seq == 0) return out;
+
+  // Rotated q heads to a scratch [S, H, D]; rotated k and plain v heads straight into their cache rows.
+  thread_local std::vector<float> q_rotated;
+  q_rotated.resize(static_cast<size_t>(seq * heads * head_dim));
+  const int64_t width = qkv.size(2), stride = kv_heads * head_dim;
+  const float* src = qkv.const_data_ptr<float>();
+  float* kc = k_cache.mutable_data_ptr<float>();
+  float* vc = v_cache.mutable_data_ptr<float>();
+  for (int64_t t = 0; t < seq; ++t) {
+    const float* row = src + t * width;
+    const float* c = cos.const_data_ptr<float>() + t * half;
+    const float* sn = sin.const_data_ptr<float>() + t * half;
+    rotate_heads(row, c, sn, heads, half, q_rotated.data() + t * heads * head_dim);
+    rotate_heads(row + heads * head_dim, c, sn, kv_heads, half, kc + (start_pos + t) * stride);
+    std::memcpy(vc + (start_pos + t) * stride, row + (heads + kv_heads) * head_dim,
+                static_cast<size_t>(stride) * sizeof(float));
+  }
+
   const int64_t rows = seq * heads;
-  if (rows == 0 || head_dim == 0) return out;
-  const float* qp = q.const_data_ptr<float>();
-  const float* kp = k_cache.const_data_ptr<float>();
-  const float* vp = v_cache.const_data_ptr<float>();
+  const float* qp = q_rotated.data();
   float* op = out.mutable_data_ptr<float>();
   const float s = static_cast<float>(scale);
   const auto run = [&](int64_t begin, int64_t end) {
     thread_local std::vector<float> scores;
     scores.resize(static_cast<size_t>(start_pos + seq + 16));  // + the vector path's padding
-    attend_rows(qp, kp, vp, op, begin, end, heads, kv_heads, head_dim, start_pos, s, scores.data());
+    attend_rows(qp, kc, vc, op, begin, end, heads, kv_heads, head_dim, start_pos, s, scores.data());
   };
   // A decode step (one token: H rows over the cache) is a few microseconds of work: no hand-off.
   constexpr int64_t kMinMacsPerTask = int64_t{1} << 18;
@@ -414,4 +445,4 @@ Tensor& sdpa_out(KernelRuntimeContext& ctx, const Tensor& q, const Tensor& k_cac
 EXECUTORCH_LIBRARY(otaro_llm, "rms_norm.out", otaro::llm::rms_norm_out);
 EXECUTORCH_LIBRARY(otaro_llm, "rotary_heads.out", otaro::llm::rotary_heads_out);
 EXECUTORCH_LIBRARY(otaro_llm, "swiglu.out", otaro::llm::swiglu_out);
-EXECUTORCH_LIBRARY(otaro_llm, "sdpa.out", otaro::llm::sdpa_out);
+EXECUTORCH_LIBRARY(otaro_llm, "kv_attention.out", otaro::llm::kv_attention_out);

@@ -32,13 +32,14 @@ def test_a_cached_artifact_of_another_recipe_is_exported_again(tmp_path):
 def test_a_cached_fused_pte_from_before_the_projects_attention_kernel_is_exported_again(tmp_path):
     """It still runs (llama::custom_sdpa), but the bench would time an attention users no longer get."""
     current = default_recipe().for_target("executorch").manifest_fields()
-    extra = {"sefp_recipe": current, "attention": "llm-ops", "attention_kernel": "otaro_llm::sdpa"}
+    extra = {"sefp_recipe": current, "attention": "llm-ops", "attention_kernel": "otaro_llm::kv_attention"}
     manifest = {"target": "executorch", "kernel_library": "executorch", "inputs": ["input_ids", "input_pos"]}
     (tmp_path / "manifest.json").write_text(json.dumps({**manifest, "extra": extra}))
     assert is_complete(tmp_path)
-    del extra["attention_kernel"]
-    (tmp_path / "manifest.json").write_text(json.dumps({**manifest, "extra": extra}))
-    assert not is_complete(tmp_path)
+    for older in ("otaro_llm::sdpa", None):  # a kernel of an earlier export, or none recorded
+        extra["attention_kernel"] = older
+        (tmp_path / "manifest.json").write_text(json.dumps({**manifest, "extra": extra}))
+        assert not is_complete(tmp_path)
     # an fp32 .pte keeps ExecuTorch's attention: its cache stays
     fp32 = {"target": "executorch", "kernel_library": None, "inputs": ["input_ids", "input_pos"]}
     (tmp_path / "manifest.json").write_text(json.dumps({**fp32, "extra": {"weights": "fp32", "attention": "llm-ops"}}))

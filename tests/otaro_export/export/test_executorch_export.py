@@ -71,6 +71,18 @@ def test_a_layer_is_a_handful_of_calls(et_root):
     assert per_layer <= 48, calls
 
 
+def test_the_fused_program_needs_no_kernels_beyond_the_projects_library(et_root):
+    """Attention is otaro_llm::kv_attention: no llama:: op (ExecuTorch's LLM custom ops link libtorch)."""
+    from executorch.exir._serialize._program import deserialize_pte_binary
+
+    directory, _ = tiny_executorch_artifact(et_root, "llama", kernels="fused", num_layers=2)
+    extra = Manifest.load(directory).extra
+    assert extra["runtime_ops"] == [] and extra["attention_kernel"] == "otaro_llm::kv_attention", extra
+    plan = deserialize_pte_binary((directory / "model.pte").read_bytes()).program.execution_plan[0]
+    ops = {op.name for op in plan.operators}
+    assert "otaro_llm::kv_attention" in ops and not [op for op in ops if op.startswith("llama::")], ops
+
+
 def test_qwen2_portable_with_biases_runs_on_the_stock_runtime(et_root):
     """Qwen2's q/k/v biases go through the decomposed op; the stock runtime needs no library."""
     directory, _ = tiny_executorch_artifact(et_root, "qwen2", kernels="portable", num_layers=1)

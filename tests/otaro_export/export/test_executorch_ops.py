@@ -1,4 +1,4 @@
-"""otaro_llm::rms_norm / rotary_heads / swiglu: torch references vs the ExecuTorch kernels, and bad shapes."""
+"""otaro_llm::rms_norm / rotary_heads / swiglu / kv_attention: torch references vs the ExecuTorch kernels, bad shapes."""
 
 import numpy as np
 import pytest
@@ -85,27 +85,38 @@ def test_bad_shapes_fail_the_call_without_crashing(method):
         method.execute([x, weight, qkv, cos[:2], sin[:2], gate_up])  # cos/sin rows != sequence length
 
 
-class _Attention(torch.nn.Module):
-    """otaro_llm::sdpa as the fused decoder calls it: start from an input tensor (a SymInt when exported)."""
-
-    def forward(self, q, k_cache, v_cache, input_pos):
-        start = input_pos[0].item()
-        torch._check(start >= 0)
-        torch._check(start + q.shape[1] <= k_cache.shape[1])
-        return ops.sdpa(q, k_cache, v_cache, start, 0.125)
-
-
 CACHE_LEN, HEADS, KV_HEADS = 40, 6, 2
 #: 64: the vector path (SmolLM2's head size); 24 (not a multiple of 16): the kernel's one-position-at-a-time path
 HEAD_DIMS = (64, 24)
+#: (new tokens, first position) of consecutive calls: a prompt, decode steps, a chunk, then up to the last row
+STEPS = [(5, 0), (1, 5), (1, 6), (3, 7), (1, 10), (CACHE_LEN - 11, 11)]
+
+
+class _Attention(torch.nn.Module):
+    """otaro_llm::kv_attention as the fused decoder calls it: caches are mutable buffers, start a SymInt."""
+
+    def __init__(self, head_dim: int):
+        super().__init__()
+        self.head_dim = head_dim
+        self.register_buffer("k_cache", torch.zeros(1, CACHE_LEN, KV_HEADS, head_dim), persistent=False)
+        self.register_buffer("v_cache", torch.zeros(1, CACHE_LEN, KV_HEADS, head_dim), persistent=False)
+
+    def forward(self, qkv, cos, sin, input_pos):
+        start = input_pos[0].item()
+        torch._check(start >= 0)
+        torch._check(start + qkv.shape[1] <= CACHE_LEN)
+        return ops.kv_attention(
+            qkv, cos, sin, self.k_cache, self.v_cache, start, HEADS, KV_HEADS, self.head_dim, self.head_dim**-0.5
+        )
 
 
 def _attention_inputs(seq: int, start: int, head_dim: int):
     g = torch.Generator().manual_seed(100 * seq + start)
+    angles = (torch.arange(start, start + seq).unsqueeze(1) + 1.0) * torch.rand(1, head_dim // 2, generator=g)
     return (
-        torch.randn(1, seq, HEADS, head_dim, generator=g) * 2,
-        torch.randn(1, CACHE_LEN, KV_HEADS, head_dim, generator=g) * 2,
-        torch.randn(1, CACHE_LEN, KV_HEADS, head_dim, generator=g),
+        torch.randn(1, seq, (HEADS + 2 * KV_HEADS) * head_dim, generator=g) * 2,
+        torch.cos(angles),
+        torch.sin(angles),
         torch.tensor([start]),
     )
 
@@ -113,57 +124,76 @@ def _attention_inputs(seq: int, start: int, head_dim: int):
 @pytest.fixture(scope="module", params=HEAD_DIMS)
 def attention(request, tmp_path_factory):
     from executorch.exir import EdgeCompileConfig, to_edge
-    from executorch.runtime import Runtime
 
     from otaro_export.runtime_ops.executorch_kernels import load_executorch_kernels
 
+    head_dim = request.param
     seq = torch.export.Dim("seq", min=1, max=CACHE_LEN)
-    shapes = ({1: seq}, None, None, None)
-    example = _attention_inputs(3, 2, request.param)
-    ep = torch.export.export(_Attention(), example, dynamic_shapes=shapes, strict=False)
+    shapes = ({1: seq}, {0: seq}, {0: seq}, None)
+    module = _Attention(head_dim)
+    ep = torch.export.export(module, _attention_inputs(3, 2, head_dim), dynamic_shapes=shapes, strict=False)
     program = to_edge(ep, compile_config=EdgeCompileConfig(_check_ir_validity=False)).to_executorch()
-    path = tmp_path_factory.mktemp("llm-sdpa") / "sdpa.pte"
+    path = tmp_path_factory.mktemp("llm-attention") / "attention.pte"
     path.write_bytes(program.buffer)
     load_executorch_kernels()
-    return request.param, Runtime.get().load_program(path).load_method("forward")
+    return head_dim, path
 
 
-def _textbook_attention(q, k_cache, v_cache, start):
-    """Each query row on its own, in float64: softmax(0.125 q . k) . v over the cache rows 0 .. its position."""
-    seq, group = q.shape[1], HEADS // KV_HEADS
-    out = torch.zeros(q.shape, dtype=torch.float64)
-    for t in range(seq):
-        for h in range(HEADS):
-            keys = k_cache[0, : start + t + 1, h // group].double()
-            values = v_cache[0, : start + t + 1, h // group].double()
-            probs = torch.softmax(keys @ q[0, t, h].double() * 0.125, dim=0)
-            out[0, t, h] = probs @ values
-    return out
+def _method(path):
+    from executorch.runtime import Runtime
+
+    return Runtime.get().load_program(path).load_method("forward")  # fresh caches (zeros)
 
 
-@pytest.mark.parametrize(("seq", "start"), [(1, 0), (1, 17), (1, CACHE_LEN - 1), (5, 0), (7, 11), (CACHE_LEN, 0)])
-def test_attention_kernel_matches_the_reference(attention, seq, start):
-    head_dim, attention = attention
-    q, k_cache, v_cache, pos = _attention_inputs(seq, start, head_dim)
-    want = _textbook_attention(q, k_cache, v_cache, start)
-    (got,) = attention.execute([q, k_cache, v_cache, pos])
-    # float32 sums over <= 40 positions and <= 64 dims of O(1) terms, exp to ~2e-7: ~1e-6 observed
-    np.testing.assert_allclose(got.numpy(), want.numpy(), rtol=1e-5, atol=1e-5)
-    reference = ops.reference_sdpa(q, k_cache, v_cache, start, 0.125)  # what export traces and eager runs
-    np.testing.assert_allclose(reference.numpy(), want.numpy(), rtol=1e-5, atol=1e-5)
-    # rows past a token's position are never read: changing them changes nothing
-    k_late, v_late = k_cache.clone(), v_cache.clone()
-    k_late[:, start + seq :] = 1e4
-    v_late[:, start + seq :] = float("nan")
-    (again,) = attention.execute([q, k_late, v_late, pos])
-    np.testing.assert_array_equal(again.numpy(), got.numpy())
+def test_attention_kernel_matches_the_reference_call_after_call(attention):
+    """Each call writes its rows into the method's caches; later calls attend over them."""
+    head_dim, path = attention
+    method, eager = _method(path), _Attention(head_dim)  # eager: the torch reference on its own buffers
+    for seq, start in STEPS:
+        inputs = _attention_inputs(seq, start, head_dim)
+        (got,) = method.execute(list(inputs))
+        want = eager(*inputs)
+        # float32 sums over <= 40 positions and <= 64 dims of O(1) terms, exp to ~2e-7: ~1e-6 observed
+        np.testing.assert_allclose(got.numpy(), want.numpy(), rtol=1e-5, atol=1e-5, err_msg=f"call {seq}@{start}")
+
+
+def test_a_fresh_sequence_never_reads_rows_of_an_earlier_longer_one(attention):
+    head_dim, path = attention
+    method = _method(path)
+    short = _attention_inputs(4, 0, head_dim)
+    (first,) = method.execute(list(short))
+    for seq, start in STEPS:  # fill the whole cache with another sequence
+        method.execute(list(_attention_inputs(seq, start, head_dim)))
+    (again,) = method.execute(list(short))
+    np.testing.assert_array_equal(again.numpy(), first.numpy())
 
 
 def test_attention_rejects_positions_past_the_cache(attention):
-    head_dim, attention = attention
-    q, k_cache, v_cache, _ = _attention_inputs(3, 0, head_dim)
+    head_dim, path = attention
+    qkv, cos, sin, _ = _attention_inputs(3, 0, head_dim)
     with pytest.raises(RuntimeError):
-        attention.execute([q, k_cache, v_cache, torch.tensor([CACHE_LEN - 2])])
+        _method(path).execute([qkv, cos, sin, torch.tensor([CACHE_LEN - 2])])
+
+
+def _textbook_attention(q, k_cache, v_cache, start, scale):
+    """Each query row on its own, in float64: softmax(scale q . k) . v over the cache rows 0 .. its position."""
+    seq, heads, group = q.shape[1], q.shape[2], q.shape[2] // k_cache.shape[2]
+    out = torch.zeros(q.shape, dtype=torch.float64)
+    for t in range(seq):
+        for h in range(heads):
+            keys = k_cache[0, : start + t + 1, h // group].double()
+            values = v_cache[0, : start + t + 1, h // group].double()
+            out[0, t, h] = torch.softmax(keys @ q[0, t, h].double() * scale, dim=0) @ values
+    return out
+
+
+@pytest.mark.parametrize(("seq", "start"), [(1, 0), (1, 17), (5, 0), (7, 11)])
+def test_the_reference_attention_is_causal_grouped_query_attention(seq, start):
+    g = torch.Generator().manual_seed(seq + start)
+    q = torch.randn(1, seq, HEADS, 16, generator=g)
+    k_cache, v_cache = torch.randn(2, 1, CACHE_LEN, KV_HEADS, 16, generator=g)
+    got = ops.reference_sdpa(q, k_cache, v_cache, start, 0.25)
+    np.testing.assert_allclose(got.numpy(), _textbook_attention(q, k_cache, v_cache, start, 0.25).numpy(), 1e-5, 1e-5)
 
 
 def test_swiglu_kernel_is_exact_to_float_rounding_over_the_whole_range(method):

@@ -29,7 +29,12 @@ from otaro_export.errors import ArtifactError, InvalidBitsError, KernelLibraryEr
 from otaro_export.export.executorch_reference import reference_decoder
 from otaro_export.export.onnx_reference import reference_logits
 from otaro_export.runtime import load
-from otaro_export.runtime.executorch_session import ExecuTorchSession, ensure_kernel_library, release_locked_pages
+from otaro_export.runtime.executorch_session import (
+    ExecuTorchSession,
+    ensure_kernel_library,
+    needs_llm_custom_ops,
+    release_locked_pages,
+)
 from otaro_export.sefp import SUPPORTED_BITS
 from otaro_export.testing import TINY_VOCAB, tiny_causal_lm, tiny_executorch_artifact
 
@@ -343,3 +348,17 @@ def test_a_step_runs_with_openmp_teams_kept_from_nesting(artifact, monkeypatch):
     session.forward(IDS, 3)
     assert seen == [[0] * len(libs)]
     assert [lib.omp_get_max_active_levels() for lib in libs] == before
+
+
+def test_only_programs_that_call_llama_ops_load_executorch_s_llm_custom_ops():
+    from otaro_export.manifest import LLM_CUSTOM_OPS
+
+    def manifest(**extra):
+        return types.SimpleNamespace(extra=extra)
+
+    assert not needs_llm_custom_ops(manifest(attention="llm-ops", runtime_ops=[]))  # fused: otaro_llm::kv_attention
+    assert needs_llm_custom_ops(manifest(attention="llm-ops", runtime_ops=[LLM_CUSTOM_OPS]))  # fp32 programs
+    assert not needs_llm_custom_ops(manifest(attention="portable", runtime_ops=[]))
+    assert needs_llm_custom_ops(manifest(attention="llm-ops"))  # a manifest from before runtime_ops was recorded
+    assert needs_llm_custom_ops(manifest())
+    assert not needs_llm_custom_ops(manifest(attention="portable"))
