@@ -1,13 +1,16 @@
 """No nested OpenMP teams while an ExecuTorch method runs in this process.
 
-Why: the executorch wheel's LLM custom ops (``llama::custom_sdpa``) run their
-matrix products through ``cpublas::gemm``, which in the Python runtime is the
-MKL inside ``libtorch_cpu``. MKL opens an OpenMP team of one thread per core
-from inside each of ExecuTorch's own pool threads: on 2 cores that is 4 busy
-threads, and libgomp's workers spin after every region, taking cycles from the
-pool's next kernel. Measured on the default model (2 threads, E5M3), the fused
-``.pte`` decoded 1.05-1.53x faster (median 1.20x, one process, alternating)
-with those teams off, and alike with ``OMP_NUM_THREADS=1`` set before start.
+Why: the executorch wheel's LLM custom ops (``llama::custom_sdpa``, in fp32
+programs and in fused ones exported before the project's
+``otaro_llm::kv_attention``) run their matrix products through
+``cpublas::gemm``, which in the Python runtime is the MKL inside
+``libtorch_cpu``. MKL opens an OpenMP team of one thread per core from inside
+each of ExecuTorch's own pool threads: on 2 cores that is 4 busy threads, and
+libgomp's workers spin after every region, taking cycles from the pool's next
+kernel. Measured on the default model (2 threads, E5M3), the fused ``.pte``
+(then with ``custom_sdpa``) decoded 1.05-1.53x faster (median 1.20x, one
+process, alternating) with those teams off, and alike with
+``OMP_NUM_THREADS=1`` set before start.
 
 How: OpenMP's max-active-levels is a process-wide setting in libgomp (torch's
 OpenMP runtime on Linux); at 0 every parallel region runs on the thread that
