@@ -178,7 +178,7 @@ __attribute__((always_inline)) inline void dot_rows(const float* q, const float*
   }
 }
 
-//: head_dim limit of the vector path (its accumulators for one output row live in registers / L1)
+// head_dim limit of the vector path (its accumulators for one output row live in registers / L1)
 constexpr int64_t kMaxWideHeadDim = 256;
 
 // o = inv * sum_j weights[j] * v_j over C chunks of 16: even and odd rows in two FMA chains per chunk.
