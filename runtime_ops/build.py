@@ -220,7 +220,7 @@ def _target(kind: str) -> _Target:
         ]
         link = [f"-L{et_lib}", "-lexecutorch"]
         if (et_lib / "libexecutorch_threadpool.so").is_file():
-            # the wrapper then splits rows over ExecuTorch's thread pool (the one XNNPACK uses)
+            # the kernels size their threads as the session sized this pool (executorch/kernel_threads.h)
             et_flags.append("-DET_USE_THREADPOOL")
             link.append("-lexecutorch_threadpool")
         return _Target(

@@ -73,8 +73,9 @@ def export(
     attention: Attention = typer.Option(
         None,
         "--attention",
-        help="executorch: llm-ops (ExecuTorch's llama:: custom ops; default) or portable (standard ops only: "
-        "runs on any ExecuTorch runtime, e.g. the aarch64 one)",
+        help="executorch: llm-ops (default: one attention kernel per layer that also writes the KV cache, the "
+        "project's otaro_llm::kv_attention with fused kernels, ExecuTorch's llama:: ops in fp32 programs) or portable "
+        "(standard ops only: runs on any ExecuTorch runtime)",
     ),
     force: bool = typer.Option(
         False,

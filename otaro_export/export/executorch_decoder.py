@@ -63,8 +63,8 @@ ATTENTION_MODES = ("llm-ops", "portable")
 def check_attention(attention: str) -> str:
     if attention not in ATTENTION_MODES:
         raise ValueError(
-            f"unknown ExecuTorch attention {attention!r}; choose llm-ops (ExecuTorch's llama:: custom ops, "
-            "the faster on x86) or portable (standard ops only: any ExecuTorch runtime, e.g. aarch64)"
+            f"unknown ExecuTorch attention {attention!r}; choose llm-ops (one attention kernel per layer that "
+            "also writes the KV cache; the faster) or portable (standard ops only: any ExecuTorch runtime)"
         )
     return attention
 

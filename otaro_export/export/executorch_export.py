@@ -59,7 +59,8 @@ ATTENTION_KERNELS = {
 }
 _KV_CACHE = {
     "llm-ops": "mutable buffers k_cache_i/v_cache_i [1, max_seq_len, kv_heads, head_dim] inside the method; "
-    "a call writes positions input_pos[0] .. input_pos[0] + S - 1 (llama::update_cache)",
+    "a call writes positions input_pos[0] .. input_pos[0] + S - 1 (fused programs: otaro_llm::kv_attention, in "
+    "place; fp32 programs: llama::update_cache)",
     "portable": "mutable buffers k_cache_i [kv_heads, head_dim, max_seq_len] (keys transposed) and v_cache_i "
     "[kv_heads, max_seq_len, head_dim] inside the method; a call writes positions input_pos[0] .. input_pos[0] + S - 1 "
     "(index_put_, in place)",

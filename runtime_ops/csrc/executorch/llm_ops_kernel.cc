@@ -9,7 +9,7 @@
 //                               Tensor(c!) out) -> Tensor(c!)
 // One call each instead of the ~25 slices, views and element-wise ops per decoder layer they replace.
 // The work per call is one activation row per token: single-threaded, except attention over a long
-// prompt, which splits its (token, head) rows over ExecuTorch's thread pool. Bad shapes fail the call
+// prompt, which splits its (token, head) rows over the core's thread pool (kernel_threads.h). Bad shapes fail the call
 // through ctx (the method's execute() returns an error).
 // The loops are plain C++ written for the auto-vectorizer; on x86 each hot loop is also compiled
 // for AVX2 and AVX-512 (target_clones: the loader picks the clone the CPU runs).
@@ -18,8 +18,6 @@
 #include <executorch/runtime/core/exec_aten/util/tensor_util.h>
 #include <executorch/runtime/kernel/kernel_includes.h>
 
-#include <executorch/runtime/kernel/thread_parallel_interface.h>
-
 #include <algorithm>
 #include <array>
 #include <cmath>
@@ -27,6 +25,8 @@
 #include <cstring>
 #include <limits>
 #include <vector>
+
+#include "executorch/kernel_threads.h"
 
 #if defined(__x86_64__) && defined(__GNUC__)
 #define OTARO_VECTOR_CLONES __attribute__((target_clones("avx512f", "avx2", "default")))
@@ -416,7 +416,7 @@ Tensor& kv_attention_out(KernelRuntimeContext& ctx, const Tensor& qkv, const Ten
     run(0, rows);
   } else {
     const int64_t grain = std::max<int64_t>(1, rows * kMinMacsPerTask / macs);
-    executorch::extension::parallel_for(0, rows, grain, run);
+    et::parallel_rows(rows, grain, run);
   }
   return out;
 }

@@ -12,13 +12,13 @@
 #include <executorch/extension/kernel_util/make_boxed_from_unboxed_functor.h>
 #include <executorch/runtime/core/exec_aten/util/tensor_util.h>
 #include <executorch/runtime/kernel/kernel_includes.h>
-#include <executorch/runtime/kernel/thread_parallel_interface.h>
 
 #include <algorithm>
 #include <array>
 #include <optional>
 
 #include "core/sefp_kernel.h"
+#include "executorch/kernel_threads.h"
 
 namespace otaro {
 namespace et {
@@ -91,35 +91,12 @@ int bits_of(const Tensor& bits) {
 // kInvalidActivationBits (as it does 1 and 2).
 int act_bits_of(int64_t v) { return (v < 0 || v > kMaxBits) ? -1 : static_cast<int>(v); }
 
-#ifdef ET_USE_THREADPOOL
-// Output rows split over ExecuTorch's own thread pool, the one XNNPACK and the LLM custom ops use and
-// the session sizes (Python: _unsafe_reset_threadpool): a second pool of spinning workers next to it
-// would compete with it for the same cores (executorch helper, issue 14).
-constexpr int64_t kTasksPerThread = 4;
-
+// Output rows split over the core's pool, as many threads as the session gave ExecuTorch
+// (kernel_threads.h says why not ExecuTorch's own pool).
 Status run_linear(const float* x, int64_t rows, const SEFPWeightView& w, const float* bias, int bits, float* y,
                   int act_int8_max_bits) {
-  LinearPlan plan;
-  const Status status = plan_linear(x, rows, w, bias, bits, y, w.out_features, Isa::kAuto, &plan, act_int8_max_bits);
-  if (status != Status::kOk || rows == 0 || w.out_features == 0) return status;
-  const int64_t threads = linear_threads(plan, static_cast<int>(executorch::extension::get_thread_count()));
-  if (threads <= 1) {
-    run_linear_range(plan, 0, w.out_features);
-    return Status::kOk;
-  }
-  const int64_t blocks = (w.out_features + kRowBlock - 1) / kRowBlock;
-  const int64_t grain = std::max<int64_t>(1, blocks / (threads * kTasksPerThread));
-  executorch::extension::parallel_for(0, blocks, grain, [&](int64_t begin, int64_t end) {
-    run_linear_range(plan, begin * kRowBlock, std::min(w.out_features, end * kRowBlock));
-  });
-  return Status::kOk;
+  return sefp_linear(x, rows, w, bias, bits, y, kernel_threads(), Isa::kAuto, act_int8_max_bits);
 }
-#else
-Status run_linear(const float* x, int64_t rows, const SEFPWeightView& w, const float* bias, int bits, float* y,
-                  int act_int8_max_bits) {
-  return sefp_linear(x, rows, w, bias, bits, y, 0, Isa::kAuto, act_int8_max_bits);
-}
-#endif
 
 }  // namespace
 
