@@ -3,6 +3,10 @@
 #include <algorithm>
 #include <chrono>
 
+#if defined(__linux__)
+#include <pthread.h>
+#endif
+
 #if defined(__x86_64__) || defined(_M_X64)
 #include <immintrin.h>
 #define OTARO_CPU_RELAX() _mm_pause()
@@ -25,6 +29,7 @@ constexpr auto kSpinTime = std::chrono::microseconds(1000);
 constexpr auto kFirstNap = std::chrono::milliseconds(1);
 constexpr auto kLongestNap = std::chrono::milliseconds(64);
 constexpr int kMaxWorkers = 63;
+[[maybe_unused]] constexpr char kWorkerName[] = "otaro-kernels";  // <= 15 characters (Linux)
 }  // namespace
 
 // Spin briefly, then yield: on an oversubscribed machine a spinning caller
@@ -62,7 +67,14 @@ ThreadPool::~ThreadPool() {
 void ThreadPool::ensure_workers(int count) {
   count = std::min(count, kMaxWorkers);
   try {
-    while (static_cast<int>(workers_.size()) < count) workers_.emplace_back([this] { worker_loop(); });
+    while (static_cast<int>(workers_.size()) < count) {
+      workers_.emplace_back([this] { worker_loop(); });
+#if defined(__linux__)
+      // named here, not in the thread (which may not have run yet): per-thread tools show it (top -H,
+      // /proc/PID/task/*/comm), and tests count the pool's workers by it
+      pthread_setname_np(workers_.back().native_handle(), kWorkerName);
+#endif
+    }
   } catch (...) {  // no more threads (or memory): run with the workers we have; the caller works anyway
   }
 }

@@ -157,6 +157,37 @@ print([l for l in open('/proc/self/status') if l.startswith('VmLck')][0])
     assert re.search(r"VmLck:\s+0 kB", proc.stdout), proc.stdout
 
 
+def test_fused_kernels_use_the_kernel_pool_sized_by_the_session(et_root):
+    """The SEFP kernels split rows over the kernel core's pool, as many threads as the session asked for.
+
+    Fresh process: the pool and ExecuTorch's thread count are process-wide. Its workers are named
+    otaro-kernels; a 1-thread session must start none, a 2-thread one exactly one (the caller works too).
+    """
+    directory, _ = tiny_executorch_artifact(et_root, **CONFIGS["fused"])
+    code = f"""
+import os, numpy as np
+from otaro_export.runtime import load
+def workers():
+    names = []
+    for task in os.listdir('/proc/self/task'):
+        try:
+            names.append(open(f'/proc/self/task/{{task}}/comm').read().strip())
+        except OSError:
+            pass
+    return names.count('otaro-kernels')
+ids = np.array([list(range(3, 35))])
+one = load({str(directory)!r}, num_threads=1)
+one.forward(ids, 3)
+print('ONE', workers())
+two = load({str(directory)!r}, num_threads=2)
+np.testing.assert_array_equal(two.forward(ids, 3), one.forward(ids, 3))
+print('TWO', workers())
+"""
+    proc = _run_python(code)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "ONE 0" in proc.stdout and "TWO 1" in proc.stdout, proc.stdout
+
+
 def test_portable_attention_loads_without_the_llm_custom_ops(et_root, tmp_path):
     """A --attention portable .pte never loads ExecuTorch's llama:: kernels (libcustom_ops_aot_lib)."""
     directory, _ = tiny_executorch_artifact(et_root, "llama", kernels="fused", num_layers=2, attention="portable")
