@@ -19,8 +19,10 @@ follows the precision (E5M3 reads ``p0`` + exponents of every SEFP layer).
 Where that cannot be arranged, the mlock is undone after the load instead
 (:func:`release_locked_pages`).
 
-Threads: ExecuTorch's pool (``num_threads``) runs every kernel; while a step
-runs, OpenMP teams are kept from nesting inside it
+Threads: the session sizes ExecuTorch's pool (``num_threads``), which runs
+XNNPACK and ExecuTorch's own ops; the project's kernels (SEFP, attention) run
+that many threads on the kernel core's pool (docs/EXPORT_EXECUTORCH.md, 1.03-1.17x
+decode measured). While a step runs, OpenMP teams are kept from nesting
 (:mod:`otaro_export.runtime.openmp_nesting`: 1.2x decode measured).
 """
 
