@@ -115,7 +115,25 @@ def artifact_dir(spec: ArtifactSpec, model: str, max_seq_len: int, root: Path | 
 
 def is_complete(directory: Path) -> bool:
     manifest = directory / MANIFEST_NAME
-    return manifest.is_file() and not _stale_executorch(manifest) and not _stale_recipe(manifest)
+    return (
+        manifest.is_file()
+        and not _stale_executorch(manifest)
+        and not _stale_recipe(manifest)
+        and not _stale_onnx(manifest)
+    )
+
+
+def _stale_onnx(manifest: Path) -> bool:
+    """A cached SEFP ONNX file from before the MLP's SwiGLU was folded into its SEFPLinear (it still runs,
+    with four more nodes per layer than what the export writes now): exported again."""
+    import json
+
+    try:
+        data = json.loads(manifest.read_text())
+    except (OSError, ValueError):
+        return False
+    extra = data.get("extra") or {}
+    return data.get("target") == "onnx" and extra.get("weights") == "sefp" and "fused_swiglu" not in extra
 
 
 def _stale_recipe(manifest: Path) -> bool:

@@ -11,7 +11,9 @@ and present, ``SkipSimplifiedLayerNormalization``) -> the ``ai.otaro``
 function bodies attached (stock onnxruntime runs them without the library) ->
 ``onnx.checker`` -> all tensors in one external data file.
 
-The graph has ~11 nodes per decoder layer. ``export_onnx_fp32`` writes the same
+The graph has 7 nodes per decoder layer (4 SEFPLinear, the MLP's SwiGLU folded into the
+gate/up one by :mod:`~otaro_export.export.onnx_fuse_swiglu`; 2 SkipSimplifiedLayerNormalization;
+1 GroupQueryAttention). ``export_onnx_fp32`` writes the same
 graph with float32 weights: the benchmarks' baseline.
 """
 
@@ -30,6 +32,7 @@ from otaro_export.errors import ArtifactError
 from otaro_export.export import contrib_ops
 from otaro_export.export.llm_decoder import ExportDecoder
 from otaro_export.export.model_info import model_info
+from otaro_export.export.onnx_fuse_swiglu import fuse_swiglu
 from otaro_export.export.onnx_sefp_function import DOMAIN, attach_function, register_schema, set_int8_activations
 from otaro_export.manifest import Manifest
 
@@ -66,12 +69,11 @@ def _translate_sefp_embedding(ids, p0, p1, p2, p3, exponents, bits, in_features:
     return otaro.SEFPEmbedding(*inputs, in_features=in_features)
 
 
-def _to_onnx(
-    ep: torch.export.ExportedProgram, path: Path, input_names, output_names, int8_activations: int = 0
-) -> None:
+def _to_onnx(ep: torch.export.ExportedProgram, path: Path, input_names, output_names, int8_activations: int = 0) -> int:
     """torch.onnx.export ``ep`` to ``path`` (+ ``path.data``), then attach the ``ai.otaro`` functions.
 
     ``int8_activations``: the ``act_int8_max_bits`` of every SEFPLinear node (docs/FORMAT.md §9).
+    Returns the number of MLP SwiGLUs folded into their SEFPLinear (``swiglu=1``).
 
     ``optimize=False``: the graph is already what onnxruntime should run (fused
     ops chosen by the decoder module), and onnxruntime applies its own graph
@@ -97,10 +99,13 @@ def _to_onnx(
         # per-node torch debug metadata (fx node, module path, stack) was ~90% of the graph file
         del node.metadata_props[:]
         node.doc_string = ""
+    fused = 0
     if any(n.domain == DOMAIN for n in model.graph.node):
         set_int8_activations(model, int8_activations)
+        fused = fuse_swiglu(model)
         attach_function(model)
     onnx.save(model, str(path))
+    return fused
 
 
 def data_files(path: Path) -> list[Path]:
@@ -153,7 +158,7 @@ def _write(loaded, options, out_dir: Path, log: Callable[[str], None], lower: bo
     for stale in [path, out_dir / f"{ARTIFACT_NAME}.data"]:
         stale.unlink(missing_ok=True)
     t1 = time.perf_counter()
-    _to_onnx(ep, path, input_names, output_names, recipe.int8_activations if lower else 0)
+    fused_swiglu = _to_onnx(ep, path, input_names, output_names, recipe.int8_activations if lower else 0)
     try:
         onnx.checker.check_model(str(path), full_check=False)
     except onnx.checker.ValidationError as exc:
@@ -178,6 +183,7 @@ def _write(loaded, options, out_dir: Path, log: Callable[[str], None], lower: bo
         "bound as both past and present: a step writes positions total_sequence_length - S .. - 1",
     }
     if lower:
+        extra["fused_swiglu"] = fused_swiglu  # SEFPLinear nodes with swiglu=1 (the MLPs' gate/up)
         extra["sefp_recipe"] = recipe.manifest_fields()
         extra["precision_floors"] = dict(report.floors)
     return Manifest(

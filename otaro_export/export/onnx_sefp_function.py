@@ -12,7 +12,10 @@ without it the paper's ``floor`` rule applies. ``SEFPLinear``'s int attribute
 ``act_int8_max_bits`` (default 0: never) turns on int8 activations
 (docs/FORMAT.md §9): a call at ``bits <= act_int8_max_bits`` computes
 ``fq(X) @ W_k^T + B`` (:mod:`otaro_export.activation_quant`); the function bodies
-do the same in float ops.
+do the same in float ops. Its int attribute ``swiglu`` (default 0) set to 1 makes the
+node output ``silu(Z[..., :N/2]) * Z[..., N/2:]`` of its result ``Z``, ``[..., N/2]``:
+the MLP of a packed ``[gate | up]`` projection in one node
+(:mod:`otaro_export.export.onnx_fuse_swiglu` sets it).
 
 The model carries model-local ``FunctionProto``\\ s of the same domain and names
 whose bodies use only standard ONNX ops, so stock onnxruntime runs the file
@@ -70,6 +73,8 @@ EMBEDDING_RANGE_CHECK_NODE = "SEFPEmbedding_bits_must_be_3_to_8"
 IDS_CHECK_NODE = "SEFPEmbedding_ids_out_of_range"
 #: SEFPLinear's attribute: 0, or int8 activations at bits <= it (docs/FORMAT.md §9)
 INT8_ATTRIBUTE = "act_int8_max_bits"
+#: SEFPLinear's attribute: 1 = output silu(gate) * up of the result [gate | up] (docs/FORMAT.md §5)
+SWIGLU_ATTRIBUTE = "swiglu"
 #: ONNX IR version that has function overloads
 _OVERLOAD_IR_VERSION = 10
 
@@ -102,13 +107,18 @@ def register_schema() -> None:
                     P("B", "tensor(float)", "bias [N]", param_option=optional),
                     levels,
                 ],
-                outputs=[P("Y", "tensor(float)", "[..., N]")],
+                outputs=[P("Y", "tensor(float)", "[..., N], or [..., N/2] with swiglu=1")],
                 attributes=[
                     defs.OpSchema.Attribute(
                         INT8_ATTRIBUTE,
                         helper.make_attribute(INT8_ATTRIBUTE, 0),
                         "0, or int8 activations (per-64-block dynamic quantization) at bits <= this",
-                    )
+                    ),
+                    defs.OpSchema.Attribute(
+                        SWIGLU_ATTRIBUTE,
+                        helper.make_attribute(SWIGLU_ATTRIBUTE, 0),
+                        "1: Y = silu(Z[..., :N/2]) * Z[..., N/2:] of the result Z = [gate | up]",
+                    ),
                 ],
             )
         )
@@ -236,6 +246,32 @@ class _Body:
             [helper.make_tensor_value_info("x_float", TensorProto.FLOAT, [None, None])],
         )
         node("If", ["int8_now"], [out], then_branch=_int8_branch(x, k, self.op), else_branch=keep)
+
+    def swiglu(self, z: str, out: str) -> None:
+        """``out`` = silu(gate) * up of ``z`` = [gate | up] when the attribute ``swiglu`` is 1, else ``z``."""
+        node = self.node
+        flag = helper.make_node("Constant", [], ["swiglu_attr"], name="const_swiglu")
+        flag.attribute.append(helper.make_attribute_ref("value_int", AttributeProto.INT))
+        flag.attribute[0].ref_attr_name = SWIGLU_ATTRIBUTE
+        self.nodes.append(flag)
+        self.const("swiglu_on_value", np.array(1, np.int64))
+        node("Equal", ["swiglu_attr", "swiglu_on_value"], ["swiglu_on"])
+        rank_free = [helper.make_tensor_value_info("swiglu_y", TensorProto.FLOAT, None)]
+        gated = helper.make_graph(
+            [
+                helper.make_node("Split", [z], ["sg_gate", "sg_up"], name="Split_gate_up", axis=-1, num_outputs=2),
+                helper.make_node("Sigmoid", ["sg_gate"], ["sg_sigmoid"], name="Sigmoid_gate"),
+                helper.make_node("Mul", ["sg_gate", "sg_sigmoid"], ["sg_silu"], name="Mul_silu"),
+                helper.make_node("Mul", ["sg_silu", "sg_up"], ["swiglu_y"], name="Mul_up"),
+            ],
+            f"{self.op}_swiglu",
+            [],
+            rank_free,
+        )
+        plain = helper.make_graph(
+            [helper.make_node("Identity", [z], ["swiglu_y"], name="Identity_z")], f"{self.op}_linear", [], rank_free
+        )
+        node("If", ["swiglu_on"], [out], then_branch=gated, else_branch=plain)
 
     def values(self, levels: bool, out: str) -> None:
         """``out`` = float [R, G, 64] weights at ``bits``: floor, or the rule of table ``L``."""
@@ -367,7 +403,8 @@ def function_proto(opset: int, levels: bool = False) -> onnx.FunctionProto:
     node("Gemm", ["X2q", "W", "B"], ["Y2"], transB=1)
     node("Shape", ["X"], ["lead"], end=-1)
     node("Concat", ["lead", "R"], ["shapeY"], axis=0)
-    node("Reshape", ["Y2", "shapeY"], ["Y"])
+    node("Reshape", ["Y2", "shapeY"], ["Z"])
+    b.swiglu("Z", "Y")
     inputs = INPUTS if levels else INPUTS[:-1]
     fn = helper.make_function(
         DOMAIN,
@@ -376,7 +413,7 @@ def function_proto(opset: int, levels: bool = False) -> onnx.FunctionProto:
         ["Y"],
         b.nodes,
         opset_imports=opsets,
-        attribute_protos=[helper.make_attribute(INT8_ATTRIBUTE, 0)],
+        attribute_protos=[helper.make_attribute(INT8_ATTRIBUTE, 0), helper.make_attribute(SWIGLU_ATTRIBUTE, 0)],
     )
     if levels:
         fn.overload = LEVELS_OVERLOAD

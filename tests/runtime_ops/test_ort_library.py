@@ -33,7 +33,15 @@ def make_layer(n: int, k: int, bias: bool, seed: int = 0):
 
 
 def make_model(
-    packed, bias, *, overrides=None, bits_shape=(), empty_bias_name=False, levels=None, act_int8_max_bits=None
+    packed,
+    bias,
+    *,
+    overrides=None,
+    bits_shape=(),
+    empty_bias_name=False,
+    levels=None,
+    act_int8_max_bits=None,
+    swiglu=None,
 ) -> bytes:
     """SEFPLinear with the planes (bias, levels) as initializers; X (any rank) and bits are graph inputs.
 
@@ -51,6 +59,8 @@ def make_model(
     inputs += ["B"] if "B" in arrays else ([""] if empty_bias_name or "L" in arrays else [])
     inputs += ["L"] if "L" in arrays else []
     attrs = {} if act_int8_max_bits is None else {"act_int8_max_bits": act_int8_max_bits}
+    if swiglu is not None:
+        attrs["swiglu"] = swiglu
     node = helper.make_node(ort_library.OP_TYPE, inputs, ["Y"], domain=ort_library.DOMAIN, **attrs)
     graph = helper.make_graph(
         [node],
@@ -148,6 +158,56 @@ def test_int8_activations_attribute(rule):
     plain = session(make_model(packed, bias, levels=levels))
     assert not np.array_equal(run(plain, x, 3), run(sess, x, 3))
     assert np.array_equal(run(plain, x, 5), run(sess, x, 5))
+
+
+def swiglu_reference(x: np.ndarray, packed, bias, bits: int):
+    """(silu(gate) * up, the gate and up halves of Z = x @ W_k^T + b, Z's summation bound) from the torch op."""
+    xt = torch.from_numpy(x)
+    z = ops.sefp_linear(xt, *packed.planes(), packed.exponents, ops.bits_tensor(bits), bias)
+    w = packed.unpack().dequantize(bits)
+    bound = (x.shape[-1] + 1) * 2.0**-23 * (xt.abs() @ w.abs().T + (bias.abs() if bias is not None else 0))
+    half = z.shape[-1] // 2
+    gate, up = z[..., :half], z[..., half:]
+    return torch.nn.functional.silu(gate) * up, (gate, up), (bound[..., :half], bound[..., half:])
+
+
+@pytest.mark.parametrize("int8", [None, 4])
+@pytest.mark.parametrize("n", [2 * 72, 2 * 1000])  # 72: the up half starts mid row-block; 2000 rows: several tasks
+def test_swiglu_attribute_outputs_silu_gate_times_up(n, int8):
+    """swiglu=1: Y = silu(Z[:, :N/2]) * Z[:, N/2:] for decode and prefill rows, on 1 and 2 threads."""
+    from otaro_export import activation_quant as aq
+
+    packed, bias = make_layer(n, 100, bias=True, seed=8)
+    model = make_model(packed, bias, swiglu=1, act_int8_max_bits=int8)
+    one, two = session(model, num_threads=1), session(model, num_threads=2)
+    for rows in (1, 5):
+        x = np.random.default_rng(rows).standard_normal((rows, 100)).astype(np.float32)
+        for bits in (3, 4, 8):
+            y = run(two, x, bits)
+            xq = aq.fake_quantize(torch.from_numpy(x)).numpy() if int8 and bits <= int8 else x
+            expected, (gate, up), (gate_bound, up_bound) = swiglu_reference(xq, packed, bias, bits)
+            assert y.shape == (rows, n // 2)
+            # Tolerance: Z's halves carry the summation bound of assert_matches_reference; silu has slope
+            # in [-0.1, 1.1], so the product moves by at most 1.1 * gate_bound * |up| + |silu(gate)| *
+            # up_bound; the kernel's e^x (a degree-7 polynomial, ~2e-7 relative) and the divide and
+            # multiplies add a few float32 roundings of the result: 1e-6 relative.
+            silu = torch.nn.functional.silu(gate)
+            bound = 1.1 * gate_bound * up.abs() + silu.abs() * up_bound + 1e-6 * expected.abs()
+            err = (torch.from_numpy(y) - expected).abs()
+            assert bool((err <= bound).all()), f"max err {err.max():.3g} (rows={rows}, bits={bits})"
+            np.testing.assert_array_equal(y, run(one, x, bits))  # same code for each feature, whatever the split
+
+
+def test_swiglu_attribute_errors_are_clean():
+    odd, _ = make_layer(9, 64, bias=False)
+    x = {"X": np.zeros((1, 64), np.float32), "bits": np.array(4, np.int64)}
+    with pytest.raises(Exception, match="swiglu=1 needs an even number of output features"):
+        session(make_model(odd, None, swiglu=1)).run(None, x)
+    even, _ = make_layer(8, 64, bias=False)
+    with pytest.raises(Exception, match="attribute swiglu must be 0 or 1"):
+        session(make_model(even, None, swiglu=2)).run(None, x)
+    plain = run(session(make_model(even, None, swiglu=0)), x["X"], 4)
+    np.testing.assert_array_equal(plain, run(session(make_model(even, None)), x["X"], 4))
 
 
 @pytest.mark.parametrize("bad", [1, 9, -4])

@@ -18,7 +18,7 @@ from otaro_export.export.sefp_recipe import default_recipe
 def test_a_cached_artifact_of_another_recipe_is_exported_again(tmp_path):
     """A default that changed since the cached export (e.g. int8 activations) must not be measured stale."""
     current = default_recipe().for_target("onnx").manifest_fields()
-    manifest = {"target": "onnx", "inputs": ["input_ids"], "extra": {"sefp_recipe": current}}
+    manifest = {"target": "onnx", "inputs": ["input_ids"], "extra": {"sefp_recipe": current, "fused_swiglu": 2}}
     (tmp_path / "manifest.json").write_text(json.dumps(manifest))
     assert is_complete(tmp_path)
     manifest["extra"]["sefp_recipe"] = {**current, "int8_activations": 0}
@@ -27,6 +27,20 @@ def test_a_cached_artifact_of_another_recipe_is_exported_again(tmp_path):
     manifest["extra"] = {"weights": "fp32"}  # a float baseline records no recipe: nothing to compare
     (tmp_path / "manifest.json").write_text(json.dumps(manifest))
     assert is_complete(tmp_path)
+
+
+def test_a_cached_onnx_file_from_before_the_swiglu_fold_is_exported_again(tmp_path):
+    """It still runs, with the MLP's Split / Sigmoid / Mul / Mul nodes the export no longer writes."""
+    current = default_recipe().for_target("onnx").manifest_fields()
+    extra = {"weights": "sefp", "sefp_recipe": current, "fused_swiglu": 30}
+    manifest = {"target": "onnx", "inputs": ["input_ids"]}
+    (tmp_path / "manifest.json").write_text(json.dumps({**manifest, "extra": extra}))
+    assert is_complete(tmp_path)
+    del extra["fused_swiglu"]
+    (tmp_path / "manifest.json").write_text(json.dumps({**manifest, "extra": extra}))
+    assert not is_complete(tmp_path)
+    (tmp_path / "manifest.json").write_text(json.dumps({**manifest, "extra": {"weights": "fp32"}}))
+    assert is_complete(tmp_path)  # the float baseline has no SEFP node to fold into
 
 
 def test_a_cached_fused_pte_from_before_the_projects_attention_kernel_is_exported_again(tmp_path):

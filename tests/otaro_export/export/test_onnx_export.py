@@ -113,10 +113,15 @@ def test_artifact_structure_and_manifest(tiny_onnx):
     ops = Counter(n.op_type for n in model.graph.node)
     assert ops["SEFPLinear"] == 4 * num_layers + 1 and ops["SEFPEmbedding"] == 1
     assert ops["GroupQueryAttention"] == num_layers and ops["SkipSimplifiedLayerNormalization"] == 2 * num_layers
-    # a decoder layer is 11 nodes; the rest is the first norm, the embedding, the final norm and the
-    # logits, plus a Max (and its constant) per distinct precision floor
+    # a decoder layer is 7 nodes: the MLP's SwiGLU is folded into its gate/up SEFPLinear (swiglu=1); the rest
+    # is the first norm, the embedding, the final norm and the logits, plus a Max (and its constant) per
+    # distinct precision floor
+    assert manifest.extra["fused_swiglu"] == num_layers
+    swiglu = [n for n in model.graph.node if any(a.name == "swiglu" and a.i == 1 for a in n.attribute)]
+    assert len(swiglu) == num_layers and all(n.op_type == "SEFPLinear" for n in swiglu)
+    assert ops["Split"] == ops["Sigmoid"] == 0
     floors = len(set(manifest.extra["precision_floors"].values()))
-    assert len(model.graph.node) <= 11 * num_layers + 12 + 2 * floors, ops
+    assert len(model.graph.node) <= 7 * num_layers + 12 + 2 * floors, ops
     assert ops["Max"] == floors
     opset = {o.domain: o.version for o in model.opset_import}
     for function in model.functions:

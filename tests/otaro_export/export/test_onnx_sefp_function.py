@@ -44,7 +44,7 @@ def _tables():
 RULES = list(_tables())
 
 
-def _session(packed, *, bias=None, levels=None, embedding=False, in_features=K, act_int8_max_bits=None):
+def _session(packed, *, bias=None, levels=None, embedding=False, in_features=K, act_int8_max_bits=None, swiglu=None):
     register_schema()
     inits = [numpy_helper.from_array(t.numpy(), n) for n, t in zip(PLANES, (*packed.planes(), packed.exponents))]
     if embedding:
@@ -55,8 +55,10 @@ def _session(packed, *, bias=None, levels=None, embedding=False, in_features=K, 
     else:
         inputs = ["X", *PLANES, "bits", "B" if bias is not None else ""]
         first = helper.make_tensor_value_info("X", TensorProto.FLOAT, [1, "S", K])
-        out = helper.make_tensor_value_info("Y", TensorProto.FLOAT, [1, "S", N])
+        out = helper.make_tensor_value_info("Y", TensorProto.FLOAT, [1, "S", N // 2 if swiglu else N])
         attrs = {} if act_int8_max_bits is None else {"act_int8_max_bits": act_int8_max_bits}
+        if swiglu is not None:
+            attrs["swiglu"] = swiglu
         if bias is not None:
             inits.append(numpy_helper.from_array(bias.numpy(), "B"))
     if levels is not None:
@@ -116,6 +118,30 @@ def test_linear_body_int8_activations(rule):
         session.run(None, {"X": x.numpy(), "bits": np.array(3, np.int64)})[0][0, 0],
         _session(packed, bias=bias, levels=levels).run(None, {"X": x.numpy(), "bits": np.array(3, np.int64)})[0][0, 0],
     )
+
+
+@pytest.mark.parametrize("levels", [False, True])
+def test_linear_body_swiglu(levels):
+    """swiglu=1: the body outputs silu(Z[..., :N/2]) * Z[..., N/2:] (N/2 columns); swiglu=0 is the plain linear."""
+    packed, bias = _packed()
+    table = _tables()["fitted"] if levels else None
+    gated = _session(packed, bias=bias, levels=table, swiglu=1)
+    plain = _session(packed, bias=bias, levels=table, swiglu=0)
+    x = torch.randn(1, 5, K, generator=torch.Generator().manual_seed(3))
+    for k in (3, 8):
+        z = ops.reference_sefp_linear(x, *packed.planes(), packed.exponents, ops.bits_tensor(k), bias, table)
+        ref = torch.nn.functional.silu(z[..., : N // 2]) * z[..., N // 2 :]
+        feed = {"X": x.numpy(), "bits": np.array(k, np.int64)}
+        y = gated.run(None, feed)[0]
+        assert y.shape == (1, 5, N // 2)
+        # Z's halves within 1e-4 (test_linear_body_matches_reference_at_every_precision); silu's slope is in
+        # [-0.1, 1.1], so the product moves by at most 1.1e-4 |up| + 1e-4 |silu(gate)|, plus a few float32
+        # roundings of onnxruntime's Sigmoid and Muls (1e-6 relative)
+        gate, up = z[..., : N // 2], z[..., N // 2 :]
+        bound = 1.1e-4 * up.abs() + 1e-4 * torch.nn.functional.silu(gate).abs() + 1e-6 * ref.abs()
+        err = (torch.from_numpy(y) - ref).abs()
+        assert bool((err <= bound).all()), f"E5M{k}: max err {err.max():.3g}"
+        np.testing.assert_allclose(plain.run(None, feed)[0], z.numpy(), rtol=0, atol=1e-4)
 
 
 @pytest.mark.parametrize("rule", RULES)
