@@ -498,20 +498,11 @@ Status sefp_linear_range(const float* x, int64_t rows, const SEFPWeightView& w, 
 // Runs fn(begin, end) over [0, total) in blocks of `align`, on up to `threads` pool threads.
 template <typename Fn>
 static void parallel_blocks(int64_t total, int64_t align, int64_t threads, const Fn& fn) {
-  if (threads <= 1) {
-    fn(int64_t{0}, total);
-    return;
-  }
   // A few tasks per thread: a thread that runs late (a busy machine) leaves its
   // share to the others instead of stalling the call.
   const int64_t blocks = (total + align - 1) / align;
-  const int64_t tasks = std::min<int64_t>(blocks, threads * kTasksPerThread);
-  const int64_t per_task = (blocks + tasks - 1) / tasks * align;
-  ThreadPool::instance().run(static_cast<int>(threads), static_cast<int>(tasks), [&](int t) {
-    const int64_t begin = t * per_task;
-    const int64_t end = std::min(total, begin + per_task);
-    if (begin < end) fn(begin, end);
-  });
+  const int64_t tasks = std::max<int64_t>(1, std::min<int64_t>(blocks, threads * kTasksPerThread));
+  parallel_slices(total, (blocks + tasks - 1) / tasks * align, threads, fn);
 }
 
 Status sefp_linear(const float* x, int64_t rows, const SEFPWeightView& w, const float* bias, int bits, float* y,

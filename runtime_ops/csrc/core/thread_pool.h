@@ -1,6 +1,7 @@
 // A small persistent thread pool for the SEFP kernels (one per library).
 #pragma once
 
+#include <algorithm>
 #include <atomic>
 #include <condition_variable>
 #include <cstdint>
@@ -50,5 +51,25 @@ class ThreadPool {
   Job* job_ = nullptr;  // guarded by mutex_
   bool stop_ = false;
 };
+
+// Runs fn(begin, end) over [0, total) in slices of `slice` items (the last one may be shorter) on up to
+// `threads` threads of the pool; with one thread, or one slice, fn(0, total) runs on the caller. The
+// callers choose the slice: a few per thread (the SEFP kernels, sefp_kernel.cc) or a grain of work
+// (the ExecuTorch attention kernel, executorch/kernel_threads.h).
+template <typename Fn>
+void parallel_slices(int64_t total, int64_t slice, int64_t threads, const Fn& fn) {
+  if (total <= 0) return;
+  constexpr int64_t kMaxTasks = int64_t{1} << 20;  // the pool counts tasks in an int: wider slices beyond
+  slice = std::max<int64_t>({1, slice, (total + kMaxTasks - 1) / kMaxTasks});
+  const int64_t tasks = (total + slice - 1) / slice;
+  if (threads <= 1 || tasks == 1) {
+    fn(int64_t{0}, total);
+    return;
+  }
+  ThreadPool::instance().run(static_cast<int>(std::min(threads, tasks)), static_cast<int>(tasks), [&](int t) {
+    const int64_t begin = t * slice;
+    fn(begin, std::min(total, begin + slice));
+  });
+}
 
 }  // namespace otaro

@@ -34,15 +34,7 @@ inline int kernel_threads() {
 // Runs fn(begin, end) over [0, total) in slices of `grain` on kernel_threads() threads of the core's pool.
 template <typename Fn>
 void parallel_rows(int64_t total, int64_t grain, const Fn& fn) {
-  constexpr int64_t kMaxTasks = int64_t{1} << 20;  // the pool counts tasks in an int
-  if (total <= 0) return;
-  grain = std::max<int64_t>({1, grain, (total + kMaxTasks - 1) / kMaxTasks});
-  const int64_t tasks = (total + grain - 1) / grain;
-  const int threads = static_cast<int>(std::min<int64_t>(kernel_threads(), tasks));
-  ThreadPool::instance().run(threads, static_cast<int>(tasks), [&](int t) {
-    const int64_t begin = t * grain;
-    fn(begin, std::min(total, begin + grain));
-  });
+  parallel_slices(total, grain, kernel_threads(), fn);
 }
 
 }  // namespace et
