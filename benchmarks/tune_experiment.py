@@ -52,7 +52,7 @@ from otaro_export.train.evaluation import (
     rows_to_json,
 )
 from otaro_export.train.fake_quant import fake_quant_layers
-from otaro_export.train.teacher import FPTeacher
+from otaro_export.train.teacher import DEFAULT_CACHE_BYTES, FPTeacher
 from otaro_export.train.trainer import Tuner
 from otaro_export.train.tune_config import TuneConfig
 from otaro_export.train.tune_data import (
@@ -310,6 +310,12 @@ def main() -> None:
     ap.add_argument("--configs", default=",".join(CONFIGS), help="comma-separated subset of: " + ", ".join(CONFIGS))
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--samples-cache", default=None, help="directory to save/reuse the generated samples")
+    ap.add_argument(
+        "--teacher-cache-gib",
+        type=float,
+        default=DEFAULT_CACHE_BYTES / 2**30,
+        help="FP teacher log-probs up to this size are computed once (float16); larger sets rerun the teacher each step",
+    )
     ap.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     ap.add_argument("--merge", nargs="+", default=None, help="results directories to combine into --out")
     ap.add_argument("--tag", default="", help="suffix for the run names in the results (e.g. ' lr2e-5')")
@@ -381,7 +387,7 @@ def main() -> None:
         ),
     )
     vocab = original.get_output_embeddings().weight.shape[0]
-    teacher = FPTeacher(original, train, vocab)
+    teacher = FPTeacher(original, train, vocab, int(args.teacher_cache_gib * 2**30))
     setup = {
         "model": loaded.source,
         "device": args.device,

@@ -99,6 +99,13 @@ def tune(
         help="train E5M3..E5M<BITS> with int8 activations, as the export runs them (docs/FORMAT.md §9); "
         "0: float activations; default: the export's (5, ONNX and ExecuTorch)",
     ),
+    teacher_cache_gib: float = typer.Option(
+        3.0,
+        "--teacher-cache-gib",
+        min=0.0,
+        help="the FP teacher's log-probs (float16, samples x scored tokens x vocab) up to this size are computed "
+        "once; a larger set runs a frozen teacher copy every step (slower)",
+    ),
     seed: int = typer.Option(0, "--seed"),
     checkpoint_every: int = typer.Option(50, "--checkpoint-every", help="write a checkpoint every N steps"),
     device: str = typer.Option(
@@ -165,6 +172,7 @@ def tune(
             layer_floors=_export_floors() if layer_floors is None else layer_floors.value,
             int8_activations=_export_int8() if int8_activations is None else int8_activations,
             seed=seed,
+            teacher_cache_bytes=int(teacher_cache_gib * 2**30),
             checkpoint_every=checkpoint_every,
             device=device or "cpu",
             parallel=chosen_parallel or "ddp",

@@ -162,6 +162,12 @@ def test_floors_and_int8_activations_reach_the_trainer_with_the_export_defaults(
     assert (seen[-1].layer_floors, seen[-1].int8_activations, seen[-1].quantize_lm_head) == ("none", 0, False)
     assert cli("tune", "--output", tmp_path / "a", "--int8-activations", "3").exit_code == 0
     assert seen[-1].int8_activations == 3
+    assert seen[-1].teacher_cache_bytes == 3 * 2**30  # the default: the log-probs of ~256 SmolLM2 answers
+    assert cli("tune", "--output", tmp_path / "a", "--teacher-cache-gib", "6").exit_code == 0
+    assert seen[-1].teacher_cache_bytes == 6 * 2**30
+    res = cli("tune", "--output", tmp_path / "a", "--teacher-cache-gib", "-1")
+    assert res.exit_code == 2 and "Invalid value" in res.output and "Traceback" not in res.output
+    del seen[-1]
 
     res = cli("tune", "--output", tmp_path / "a", "--layer-floors", "some")
     assert res.exit_code == 2 and "--layer-floors" in res.output and "'some'" in res.output
