@@ -114,55 +114,40 @@ def artifact_dir(spec: ArtifactSpec, model: str, max_seq_len: int, root: Path | 
 
 
 def is_complete(directory: Path) -> bool:
-    manifest = directory / MANIFEST_NAME
-    return (
-        manifest.is_file()
-        and not _stale_executorch(manifest)
-        and not _stale_recipe(manifest)
-        and not _stale_onnx(manifest)
-    )
-
-
-def _stale_onnx(manifest: Path) -> bool:
-    """A cached SEFP ONNX file from before the MLP's SwiGLU was folded into its SEFPLinear (it still runs,
-    with four more nodes per layer than what the export writes now): exported again."""
     import json
 
+    manifest = directory / MANIFEST_NAME
+    if not manifest.is_file():
+        return False
     try:
         data = json.loads(manifest.read_text())
     except (OSError, ValueError):
-        return False
+        return True  # unreadable here: the session that loads it reports what is wrong
+    return not (_stale_executorch(data) or _stale_recipe(data) or _stale_onnx(data))
+
+
+def _stale_onnx(data: dict) -> bool:
+    """A cached SEFP ONNX file from before the MLP's SwiGLU was folded into its SEFPLinear (it still runs,
+    with four more nodes per layer than what the export writes now): exported again."""
     extra = data.get("extra") or {}
     return data.get("target") == "onnx" and extra.get("weights") == "sefp" and "fused_swiglu" not in extra
 
 
-def _stale_recipe(manifest: Path) -> bool:
+def _stale_recipe(data: dict) -> bool:
     """A cached SEFP artifact whose recorded recipe is not what the export writes by default now (e.g. a
     default changed since it was exported): the bench would measure something users no longer get."""
-    import json
-
     from otaro_export.export.sefp_recipe import default_recipe
 
-    try:
-        data = json.loads(manifest.read_text())
-    except (OSError, ValueError):
-        return False
     recorded = (data.get("extra") or {}).get("sefp_recipe")
     if recorded is None or data.get("target") not in ("onnx", "executorch"):
         return False  # an fp32 baseline: nothing to compare
     return recorded != default_recipe().for_target(data["target"]).manifest_fields()
 
 
-def _stale_executorch(manifest: Path) -> bool:
+def _stale_executorch(data: dict) -> bool:
     """A cached .pte from before the ExportDecoder-based ExecuTorch decoder (its method took
     cache_position, not input_pos: the session refuses it), or a fused one from before the project's
     attention kernel (it still runs, but slower than what the export writes now): exported again."""
-    import json
-
-    try:
-        data = json.loads(manifest.read_text())
-    except (OSError, ValueError):
-        return False
     if data.get("target") != "executorch":
         return False
     if list(data.get("inputs") or [])[:2] != ["input_ids", "input_pos"]:
