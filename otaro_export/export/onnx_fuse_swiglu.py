@@ -21,7 +21,7 @@ from __future__ import annotations
 import onnx
 from onnx import helper
 
-from otaro_export.export.onnx_sefp_function import DOMAIN, OP_TYPE, SWIGLU_ATTRIBUTE
+from otaro_export.export.onnx_sefp_function import DOMAIN, OP_TYPE, SWIGLU_ATTRIBUTE, set_int_attribute
 
 
 def _attr(node: onnx.NodeProto, name: str, default=None):
@@ -78,9 +78,7 @@ def fuse_swiglu(model: onnx.ModelProto) -> int:
         if product.op_type != "Mul" or sorted(product.input) != sorted([silu.output[0], up]) or silu_users != [product]:
             continue
         linear.output[0] = product.output[0]
-        kept = [a for a in linear.attribute if a.name != SWIGLU_ATTRIBUTE]  # the exporter writes the default 0
-        del linear.attribute[:]
-        linear.attribute.extend([*kept, helper.make_attribute(SWIGLU_ATTRIBUTE, 1)])
+        set_int_attribute(linear, SWIGLU_ATTRIBUTE, 1)  # the exporter wrote the default 0
         removed.update(id(n) for n in (split, sigmoid, silu, product))
         fused += 1
     if fused:

@@ -154,6 +154,14 @@ class _Body:
     def node(self, op, inputs, outputs, name=None, **attrs) -> None:
         self.nodes.append(helper.make_node(op, inputs, outputs, name=name or f"{op}_{outputs[0]}", **attrs))
 
+    def attribute_const(self, name: str, attribute: str) -> str:
+        """An int64 scalar ``name`` holding the calling node's int attribute ``attribute`` (its default if unset)."""
+        const = helper.make_node("Constant", [], [name], name=f"const_{attribute}")
+        const.attribute.append(helper.make_attribute_ref("value_int", AttributeProto.INT))
+        const.attribute[0].ref_attr_name = attribute
+        self.nodes.append(const)
+        return name
+
     def constants(self) -> None:
         u8, i64 = np.uint8, np.int64
         for name, value in {
@@ -231,10 +239,7 @@ class _Body:
     def int8_activations(self, x: str, k: str, out: str) -> None:
         """``out`` = fq(x) when ``bits <= act_int8_max_bits`` (the attribute, default 0), else ``x``."""
         node = self.node
-        amb = helper.make_node("Constant", [], ["int8_max_bits"], name="const_act_int8_max_bits")
-        amb.attribute.append(helper.make_attribute_ref("value_int", AttributeProto.INT))
-        amb.attribute[0].ref_attr_name = INT8_ATTRIBUTE
-        self.nodes.append(amb)
+        self.attribute_const("int8_max_bits", INT8_ATTRIBUTE)
         self.const("zero_bits", np.array(0, np.int64))
         node("Greater", ["int8_max_bits", "zero_bits"], ["int8_on"])
         node("LessOrEqual", ["bits", "int8_max_bits"], ["int8_low"])
@@ -250,10 +255,7 @@ class _Body:
     def swiglu(self, z: str, out: str) -> None:
         """``out`` = silu(gate) * up of ``z`` = [gate | up] when the attribute ``swiglu`` is 1, else ``z``."""
         node = self.node
-        flag = helper.make_node("Constant", [], ["swiglu_attr"], name="const_swiglu")
-        flag.attribute.append(helper.make_attribute_ref("value_int", AttributeProto.INT))
-        flag.attribute[0].ref_attr_name = SWIGLU_ATTRIBUTE
-        self.nodes.append(flag)
+        self.attribute_const("swiglu_attr", SWIGLU_ATTRIBUTE)
         self.const("swiglu_on_value", np.array(1, np.int64))
         node("Equal", ["swiglu_attr", "swiglu_on_value"], ["swiglu_on"])
         rank_free = [helper.make_tensor_value_info("swiglu_y", TensorProto.FLOAT, None)]
@@ -447,10 +449,7 @@ def embedding_function_proto(opset: int, levels: bool = False) -> onnx.FunctionP
     b.unpack(rows[:4], rows[4])  # only the gathered rows
     b.masked(EMBEDDING_RANGE_CHECK_NODE)
     b.values(levels, "wg")
-    k_attr = helper.make_node("Constant", [], ["k_scalar"], name="const_in_features")
-    k_attr.attribute.append(helper.make_attribute_ref("value_int", AttributeProto.INT))
-    k_attr.attribute[0].ref_attr_name = "in_features"
-    b.nodes.append(k_attr)
+    b.attribute_const("k_scalar", "in_features")
     node("Unsqueeze", ["k_scalar", "i0"], ["K"])
     node("Concat", ["R", "im1"], ["shapeTK"], axis=0)
     node("Reshape", ["wg", "shapeTK"], ["w_pad"])
@@ -481,6 +480,15 @@ def _sefp_nodes(graph: onnx.GraphProto):
                 yield from _sefp_nodes(sub)
 
 
+def set_int_attribute(node: onnx.NodeProto, name: str, value: int | None) -> None:
+    """Replace ``node``'s attribute ``name`` by the int ``value`` (``None``: remove it)."""
+    kept = [a for a in node.attribute if a.name != name]
+    del node.attribute[:]
+    node.attribute.extend(kept)
+    if value is not None:
+        node.attribute.append(helper.make_attribute(name, value))
+
+
 def set_int8_activations(model: onnx.ModelProto, max_bits: int) -> int:
     """Give every ``SEFPLinear`` node ``act_int8_max_bits = max_bits`` (0 removes it); returns the node count."""
     from otaro_export.activation_quant import check_max_bits
@@ -490,11 +498,7 @@ def set_int8_activations(model: onnx.ModelProto, max_bits: int) -> int:
     for node in _sefp_nodes(model.graph):
         if node.op_type != OP_TYPE:
             continue
-        kept = [a for a in node.attribute if a.name != INT8_ATTRIBUTE]
-        del node.attribute[:]
-        node.attribute.extend(kept)
-        if max_bits:
-            node.attribute.append(helper.make_attribute(INT8_ATTRIBUTE, max_bits))
+        set_int_attribute(node, INT8_ATTRIBUTE, max_bits or None)
         count += 1
     return count
 
